@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One idempotent set-up for `npm start`, `npm test` and the benchmarks on a fresh machine:
+# Debian packages when their commands are missing, npm dependencies from package-lock.json,
+# the TypeScript build, and data/repos seeded from repos-fixture/ on first run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v git >/dev/null || need_pkgs+=(git)
+command -v hg >/dev/null || need_pkgs+=(mercurial)
+command -v haproxy >/dev/null || need_pkgs+=(haproxy)
+for p in "$@"; do # extra packages a caller needs, e.g. the benchmarks' nginx and fcgiwrap
+  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if ((${#need_pkgs[@]})); then
+  echo "setup: installing Debian packages: ${need_pkgs[*]}" >&2
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing npm dependencies" >&2
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+npx --no-install tsc -p tsconfig.json
+
+if [ ! -d data/repos ]; then
+  mkdir -p data
+  cp -a repos-fixture data/repos.tmp && mv data/repos.tmp data/repos
+  echo "setup: seeded data/repos from repos-fixture/" >&2
+fi

@@ -1,0 +1,69 @@
+/**
+ * Builds the fastify app from its parts. Never listens: cli.ts and the tests do. Every route
+ * and plugin of the worker is listed here, in one place.
+ */
+import http from 'node:http'
+import { realpathSync } from 'node:fs'
+import Fastify, { LogController, type FastifyInstance, type FastifyServerFactory } from 'fastify'
+import type { Logger } from 'pino'
+import type { Config } from './config.js'
+import { installErrorHandlers, UnauthorizedError } from './errors.js'
+import { installAccessLog, loggerOptions, requestIdGenerator } from './log.js'
+import { createGitRunner, type GitRunner } from './git/spawn.js'
+import { gitHandlers, type Authorize } from './git/routes.js'
+import { repositoryDispatcher } from './dispatch.js'
+
+export interface AppDeps {
+  /** a pino logger to use instead of one built from the config (tests capture logs this way) */
+  logger?: Logger
+  git?: GitRunner
+}
+
+/** Node's http server with the timeouts a VCS server needs (see README "Timeouts"). */
+function serverFactory(config: Config): FastifyServerFactory {
+  return (handler) => {
+    const server = http.createServer({
+      // Node 20 defaults would cut a push after 300 s (requestTimeout): a push or clone may take
+      // an hour. Progress is bounded instead by the socket inactivity timeout below.
+      requestTimeout: 0,
+      headersTimeout: config.headersTimeoutMs,
+      keepAliveTimeout: config.keepAliveTimeoutMs,
+      connectionsCheckingInterval: Math.min(config.headersTimeoutMs, 30_000) / 2,
+      // hg sends its arguments as X-HgArg-N headers; a discovery with many heads exceeds 16 KiB.
+      maxHeaderSize: 256 * 1024,
+    }, handler)
+    server.setTimeout(config.idleTimeoutMs)
+    return server
+  }
+}
+
+/** Builds the worker app for `config`. */
+export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    ...(deps.logger ? { loggerInstance: deps.logger } : { logger: loggerOptions(config.logLevel) }),
+    // Fastify's two lines per request give way to our one access line (log.ts).
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'req_id' }),
+    genReqId: requestIdGenerator(),
+    serverFactory: serverFactory(config),
+    return503OnClosing: true,
+  }) as unknown as FastifyInstance
+  installErrorHandlers(app)
+  installAccessLog(app)
+
+  // Request bodies of repository routes are streamed by their handlers, never parsed here.
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', (_req, _payload, done) => done(null))
+
+  const git = deps.git ?? createGitRunner(config)
+  const reposRoot = realpathSync(config.reposDir)
+  // TODO(auth issue): replace with the auth plugin; until then reads are anonymous and pushes
+  // need the allowAnonymousPush switch.
+  const authorize: Authorize = async (_req, _reply, _repo, action) => {
+    if (action === 'write' && !config.allowAnonymousPush) throw new UnauthorizedError('authentication required to push', config.realm)
+  }
+
+  app.get('/health/live', async (_req, reply) => reply.type('text/plain').send('ok\n'))
+  const dispatch = repositoryDispatcher(gitHandlers({ config, git, reposRoot, authorize }))
+  app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'], url: '/*', handler: dispatch })
+  return app
+}

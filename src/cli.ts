@@ -1,0 +1,133 @@
+#!/usr/bin/env node
+/**
+ * `vcs-worker` commands. Exit codes (DESIGN.md): 0 ok, 2 bad usage or configuration (every
+ * problem printed, each naming its key), 1 runtime failure.
+ */
+import { parseArgs } from 'node:util'
+import { mkdirSync, statSync } from 'node:fs'
+import { pino } from 'pino'
+import { buildApp } from './app.js'
+import { loadConfig, flagSpec, type Config } from './config.js'
+import { ConfigError } from './errors.js'
+import { loggerOptions } from './log.js'
+import { createGitRunner } from './git/spawn.js'
+import { createRepo, RepoExistsError } from './repos/create.js'
+
+const USAGE = `usage:
+  vcs-worker serve [--config FILE] [--host H] [--port N] [--repos DIR] [--data DIR] [--hg-processes N] [...]
+  vcs-worker repo create PATH --git|--hg [--public]
+run 'vcs-worker help' for every option`
+
+class UsageError extends Error {}
+
+function parse(argv: string[]) {
+  const options = { ...flagSpec(), git: { type: 'boolean' as const }, hg: { type: 'boolean' as const }, public: { type: 'boolean' as const }, help: { type: 'boolean' as const } }
+  try {
+    return parseArgs({ args: argv, options, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+}
+
+function configFrom(values: Record<string, string | boolean | undefined>): Config {
+  return loadConfig({ flags: values, env: process.env })
+}
+
+/** Creates the data dir layout; the repos dir must exist unless it is the default one. */
+function prepareDirs(config: Config, explicitRepos: boolean): void {
+  for (const dir of [config.dataDir, config.homeDir, config.tmpDir]) mkdirSync(dir, { recursive: true, mode: 0o700 })
+  try {
+    if (!statSync(config.reposDir).isDirectory()) throw new ConfigError([`reposDir: ${config.reposDir} is not a directory`])
+  } catch (err) {
+    if (err instanceof ConfigError) throw err
+    if (explicitRepos) throw new ConfigError([`reposDir: ${config.reposDir} does not exist`])
+    mkdirSync(config.reposDir, { recursive: true })
+  }
+}
+
+async function serve(config: Config, explicitRepos: boolean): Promise<void> {
+  prepareDirs(config, explicitRepos)
+  const logger = pino(loggerOptions(config.logLevel))
+  const git = createGitRunner(config)
+  let version: string
+  try {
+    version = (await git.exec(['--version'])).trim()
+  } catch (err) {
+    throw new Error(`git is not usable (gitBin=${config.gitBin}): ${(err as Error).message}`)
+  }
+  const app = await buildApp(config, { logger, git })
+  const address = await app.listen({ host: config.host, port: config.port })
+  const port = (app.server.address() as { port: number }).port
+  logger.info({ address, git: version, repos: config.reposDir }, 'vcs-worker listening')
+  const host = config.host.includes(':') ? `[${config.host}]` : config.host
+  process.stdout.write(`vcs-worker listening on http://${host}:${port}/ (repos in ${config.reposDir})\n`)
+  process.stdout.write(`try: git clone http://${host}:${port}/demo.git\n`)
+  let stopping = false
+  const stop = (signal: string): void => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal: exiting now')
+      process.exit(1)
+    }
+    stopping = true
+    logger.info({ signal }, 'shutting down')
+    app.close().then(() => process.exit(0), (err: unknown) => {
+      logger.error({ err }, 'shutdown failed')
+      process.exit(1)
+    })
+  }
+  process.on('SIGTERM', () => stop('SIGTERM'))
+  process.on('SIGINT', () => stop('SIGINT'))
+}
+
+async function repoCommand(config: Config, args: string[], values: Record<string, unknown>): Promise<void> {
+  const [sub, name, ...rest] = args
+  if (sub !== 'create') throw new UsageError(`unknown repo command: ${sub ?? '(none)'}`)
+  if (!name || rest.length) throw new UsageError('repo create takes exactly one PATH')
+  if (Boolean(values.git) === Boolean(values.hg)) throw new UsageError('repo create needs exactly one of --git or --hg')
+  prepareDirs(config, values.repos !== undefined)
+  const git = createGitRunner(config)
+  try {
+    const created = await createRepo(config.reposDir, name, values.git ? 'git' : 'hg', { git })
+    process.stdout.write(`created ${values.git ? 'git' : 'hg'} repository ${created}\n`)
+  } catch (err) {
+    if (err instanceof RepoExistsError) throw err
+    if ((err as { code?: string }).code === 'VCS_BAD_REQUEST') throw new UsageError(`bad repository path: ${(err as Error).message}`)
+    throw err
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(argv)
+  const [command, ...args] = positionals
+  if (values.help || command === 'help' || !command) {
+    process.stdout.write(`${USAGE}\n`)
+    return command || values.help ? 0 : 2
+  }
+  const config = configFrom(values as Record<string, string | boolean | undefined>)
+  switch (command) {
+    case 'serve':
+      if (args.length) throw new UsageError(`serve takes no arguments, got ${args.join(' ')}`)
+      await serve(config, (values as Record<string, unknown>).repos !== undefined || process.env.VCS_WORKER_REPOS !== undefined)
+      return -1 // keeps running
+    case 'repo':
+      await repoCommand(config, args, values)
+      return 0
+    default:
+      throw new UsageError(`unknown command: ${command}`)
+  }
+}
+
+main(process.argv.slice(2)).then((code) => {
+  if (code >= 0) process.exitCode = code
+}, (err: unknown) => {
+  if (err instanceof UsageError) {
+    process.stderr.write(`vcs-worker: ${err.message}\n${USAGE}\n`)
+    process.exitCode = 2
+  } else if (err instanceof ConfigError) {
+    for (const p of err.problems) process.stderr.write(`vcs-worker: bad configuration: ${p}\n`)
+    process.exitCode = 2
+  } else {
+    process.stderr.write(`vcs-worker: ${(err as Error).message ?? String(err)}\n`)
+    process.exitCode = 1
+  }
+})

@@ -1,0 +1,199 @@
+/**
+ * The one configuration object: defaults < config file (`--config FILE`, JSON) < `VCS_WORKER_*`
+ * environment < command-line flags (DESIGN.md). Read once, every problem reported with the key
+ * that has it, then frozen and passed in. Only this file reads `process.env`.
+ */
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { ConfigError } from './errors.js'
+
+type Kind = 'string' | 'int' | 'bool' | 'list'
+
+interface Option {
+  kind: Kind
+  /** the flag name (without `--`) */
+  flag: string
+  /** the environment variable */
+  env: string
+  doc: string
+  min?: number
+  max?: number
+  choices?: readonly string[]
+}
+
+/** Every setting, its flag, variable and meaning; README's configuration table mirrors this. */
+export const OPTIONS = {
+  host: { kind: 'string', flag: 'host', env: 'VCS_WORKER_HOST', doc: 'address to listen on' },
+  port: { kind: 'int', flag: 'port', env: 'VCS_WORKER_PORT', doc: 'TCP port (0 = any free port)', min: 0, max: 65535 },
+  dataDir: { kind: 'string', flag: 'data', env: 'VCS_WORKER_DATA', doc: 'data dir: auth store, temp files, git HOME' },
+  reposDir: { kind: 'string', flag: 'repos', env: 'VCS_WORKER_REPOS', doc: 'repository root (default DATA/repos)' },
+  gitBin: { kind: 'string', flag: 'git-bin', env: 'VCS_WORKER_GIT_BIN', doc: 'git executable' },
+  hgBin: { kind: 'string', flag: 'hg-bin', env: 'VCS_WORKER_HG_BIN', doc: 'hg executable' },
+  hgProcesses: { kind: 'int', flag: 'hg-processes', env: 'VCS_WORKER_HG_PROCESSES', doc: 'number of `hg serve` children', min: 0, max: 64 },
+  logLevel: {
+    kind: 'string', flag: 'log-level', env: 'VCS_WORKER_LOG_LEVEL', doc: 'pino log level',
+    choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+  },
+  maxPushBytes: { kind: 'int', flag: 'max-push-bytes', env: 'VCS_WORKER_MAX_PUSH_BYTES', doc: 'largest push body (after gzip decoding)', min: 1 },
+  maxNegotiationBytes: {
+    kind: 'int', flag: 'max-negotiation-bytes', env: 'VCS_WORKER_MAX_NEGOTIATION_BYTES',
+    doc: 'largest upload-pack request body (after gzip decoding)', min: 1,
+  },
+  headersTimeoutMs: { kind: 'int', flag: 'headers-timeout-ms', env: 'VCS_WORKER_HEADERS_TIMEOUT_MS', doc: 'time a client has to send its request headers', min: 100 },
+  keepAliveTimeoutMs: { kind: 'int', flag: 'keep-alive-timeout-ms', env: 'VCS_WORKER_KEEP_ALIVE_TIMEOUT_MS', doc: 'idle time allowed between two requests on one connection', min: 100 },
+  idleTimeoutMs: { kind: 'int', flag: 'idle-timeout-ms', env: 'VCS_WORKER_IDLE_TIMEOUT_MS', doc: 'socket inactivity (no byte either way) that ends a connection', min: 1000 },
+  killGraceMs: { kind: 'int', flag: 'kill-grace-ms', env: 'VCS_WORKER_KILL_GRACE_MS', doc: 'SIGTERM to SIGKILL delay for child processes', min: 0 },
+  allowAnonymousPush: { kind: 'bool', flag: 'allow-anonymous-push', env: 'VCS_WORKER_ALLOW_ANONYMOUS_PUSH', doc: 'accept pushes without credentials (tests only)' },
+  realm: { kind: 'string', flag: 'realm', env: 'VCS_WORKER_REALM', doc: 'HTTP Basic realm shown by clients' },
+} as const satisfies Record<string, Option>
+
+export type ConfigKey = keyof typeof OPTIONS
+
+export interface Config {
+  readonly host: string
+  readonly port: number
+  readonly dataDir: string
+  readonly reposDir: string
+  readonly gitBin: string
+  readonly hgBin: string
+  readonly hgProcesses: number
+  readonly logLevel: string
+  readonly maxPushBytes: number
+  readonly maxNegotiationBytes: number
+  readonly headersTimeoutMs: number
+  readonly keepAliveTimeoutMs: number
+  readonly idleTimeoutMs: number
+  readonly killGraceMs: number
+  readonly allowAnonymousPush: boolean
+  readonly realm: string
+  /** derived: PATH handed to children (the worker's own) */
+  readonly envPath: string
+  /** derived: HOME for children, `<dataDir>/home` */
+  readonly homeDir: string
+  /** derived: temp files (spilled request bodies), `<dataDir>/tmp` */
+  readonly tmpDir: string
+}
+
+/** Defaults; `reposDir` empty means `<dataDir>/repos`. */
+export const DEFAULTS: Config = {
+  host: '127.0.0.1',
+  port: 8080,
+  dataDir: 'data',
+  reposDir: '',
+  gitBin: 'git',
+  hgBin: 'hg',
+  hgProcesses: 2,
+  logLevel: 'info',
+  maxPushBytes: 2 * 1024 ** 3,
+  maxNegotiationBytes: 64 * 1024 ** 2,
+  headersTimeoutMs: 20_000,
+  keepAliveTimeoutMs: 5_000,
+  idleTimeoutMs: 300_000,
+  killGraceMs: 5_000,
+  allowAnonymousPush: false,
+  realm: 'vcs-worker',
+  envPath: '/usr/local/bin:/usr/bin:/bin',
+  homeDir: '',
+  tmpDir: '',
+}
+
+/** Flags that every command accepts for `util.parseArgs`. */
+export function flagSpec(): Record<string, { type: 'string' | 'boolean' }> {
+  const spec: Record<string, { type: 'string' | 'boolean' }> = { config: { type: 'string' } }
+  for (const opt of Object.values(OPTIONS) as Option[]) spec[opt.flag] = { type: opt.kind === 'bool' ? 'boolean' : 'string' }
+  return spec
+}
+
+interface Source {
+  /** parsed flag values (strings, or booleans for bool options) */
+  flags: Record<string, string | boolean | undefined>
+  env: NodeJS.ProcessEnv
+  cwd?: string
+}
+
+/** Builds, validates and freezes the configuration. Throws ConfigError naming every bad key. */
+export function loadConfig(src: Source): Config {
+  const problems: string[] = []
+  const raw: Record<string, unknown> = { ...DEFAULTS }
+  const configFile = src.flags.config ?? src.env.VCS_WORKER_CONFIG
+  if (typeof configFile === 'string') Object.assign(raw, readConfigFile(configFile, problems))
+  for (const [key, opt] of Object.entries(OPTIONS) as [ConfigKey, Option][]) {
+    const fromEnv = src.env[opt.env]
+    if (fromEnv !== undefined && fromEnv !== '') raw[key] = coerce(fromEnv, opt, `${opt.env}`, problems)
+    const fromFlag = src.flags[opt.flag]
+    if (fromFlag !== undefined) raw[key] = coerce(fromFlag, opt, `--${opt.flag}`, problems)
+  }
+  for (const [key, opt] of Object.entries(OPTIONS) as [ConfigKey, Option][]) checkValue(key, raw[key], opt, problems)
+  if (problems.length) throw new ConfigError(problems)
+  const cwd = src.cwd ?? process.cwd()
+  const dataDir = path.resolve(cwd, raw.dataDir as string)
+  raw.dataDir = dataDir
+  raw.reposDir = raw.reposDir ? path.resolve(cwd, raw.reposDir as string) : path.join(dataDir, 'repos')
+  raw.envPath = src.env.PATH ?? DEFAULTS.envPath
+  raw.homeDir = path.join(dataDir, 'home')
+  raw.tmpDir = path.join(dataDir, 'tmp')
+  return Object.freeze(raw as unknown as Config)
+}
+
+function readConfigFile(file: string, problems: string[]): Record<string, unknown> {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(readFileSync(file, 'utf8'))
+  } catch (err) {
+    problems.push(`config file ${file}: ${(err as Error).message}`)
+    return {}
+  }
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    problems.push(`config file ${file}: must hold a JSON object`)
+    return {}
+  }
+  const out: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(parsed)) {
+    if (!(key in OPTIONS)) problems.push(`${key}: unknown configuration key (in ${file})`)
+    else out[key] = value
+  }
+  return out
+}
+
+function coerce(value: string | boolean, opt: Option, where: string, problems: string[]): unknown {
+  if (typeof value === 'boolean') return value
+  switch (opt.kind) {
+    case 'int': {
+      if (!/^-?\d+$/.test(value.trim())) {
+        problems.push(`${where}: expected an integer, got ${JSON.stringify(value)}`)
+        return undefined
+      }
+      return Number(value)
+    }
+    case 'bool': {
+      if (/^(1|true|yes|on)$/i.test(value)) return true
+      if (/^(0|false|no|off)$/i.test(value)) return false
+      problems.push(`${where}: expected true or false, got ${JSON.stringify(value)}`)
+      return undefined
+    }
+    case 'list': return value.split(',').map((s) => s.trim()).filter(Boolean)
+    case 'string': return value
+  }
+}
+
+function checkValue(key: string, value: unknown, opt: Option, problems: string[]): void {
+  if (value === undefined) return // already reported by coerce
+  switch (opt.kind) {
+    case 'int':
+      if (typeof value !== 'number' || !Number.isSafeInteger(value)) problems.push(`${key}: expected an integer, got ${JSON.stringify(value)}`)
+      else if ((opt.min !== undefined && value < opt.min) || (opt.max !== undefined && value > opt.max))
+        problems.push(`${key}: ${value} is out of range [${opt.min ?? '-inf'}, ${opt.max ?? 'inf'}]`)
+      return
+    case 'bool':
+      if (typeof value !== 'boolean') problems.push(`${key}: expected true or false, got ${JSON.stringify(value)}`)
+      return
+    case 'list':
+      if (!Array.isArray(value) || value.some((v) => typeof v !== 'string')) problems.push(`${key}: expected a list of strings`)
+      return
+    case 'string':
+      if (typeof value !== 'string') problems.push(`${key}: expected a string, got ${JSON.stringify(value)}`)
+      else if (opt.choices && !opt.choices.includes(value)) problems.push(`${key}: must be one of ${opt.choices.join(', ')}, got ${JSON.stringify(value)}`)
+      else if (value.includes('\0')) problems.push(`${key}: contains a NUL byte`)
+      return
+  }
+}

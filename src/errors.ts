@@ -1,0 +1,97 @@
+/**
+ * Error classes with stable codes, and the one handler that maps them to HTTP.
+ * Every body is one line of plain text: git prints a `text/plain` error body to its user as
+ * `remote:` lines, hg prints the reason, so the line must make sense in a terminal.
+ */
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+
+/** Base class: a client-safe one-line message, an HTTP status and a stable code. */
+export class VcsError extends Error {
+  readonly code: string
+  readonly statusCode: number
+  readonly headers: Record<string, string>
+  constructor(code: string, statusCode: number, message: string, opts: { cause?: unknown; headers?: Record<string, string> } = {}) {
+    super(message, { cause: opts.cause })
+    this.name = new.target.name
+    this.code = code
+    this.statusCode = statusCode
+    this.headers = opts.headers ?? {}
+  }
+}
+
+export class BadRequestError extends VcsError {
+  constructor(message: string, cause?: unknown) { super('VCS_BAD_REQUEST', 400, message, { cause }) }
+}
+export class UnauthorizedError extends VcsError {
+  constructor(message: string, realm: string) {
+    super('VCS_UNAUTHORIZED', 401, message, { headers: { 'www-authenticate': `Basic realm="${realm}", charset="UTF-8"` } })
+  }
+}
+export class ForbiddenError extends VcsError {
+  constructor(message: string) { super('VCS_FORBIDDEN', 403, message) }
+}
+export class RepoNotFoundError extends VcsError {
+  constructor() { super('VCS_REPO_NOT_FOUND', 404, 'repository not found') }
+}
+export class MethodNotAllowedError extends VcsError {
+  constructor(allow: string[]) { super('VCS_METHOD_NOT_ALLOWED', 405, `method not allowed; use ${allow.join(' or ')}`, { headers: { allow: allow.join(', ') } }) }
+}
+export class PayloadTooLargeError extends VcsError {
+  constructor(limit: number) { super('VCS_PAYLOAD_TOO_LARGE', 413, `request body is larger than this server accepts (${limit} bytes)`) }
+}
+export class UnsupportedMediaTypeError extends VcsError {
+  constructor(message: string) { super('VCS_UNSUPPORTED_MEDIA_TYPE', 415, message) }
+}
+export class ServiceUnavailableError extends VcsError {
+  constructor(message: string, retryAfterSeconds = 5) {
+    super('VCS_UNAVAILABLE', 503, message, { headers: { 'retry-after': String(retryAfterSeconds) } })
+  }
+}
+/** A git or hg process failed before it produced any output. */
+export class ChildFailedError extends VcsError {
+  constructor(message: string, cause?: unknown) { super('VCS_CHILD_FAILED', 500, message, { cause }) }
+}
+/** Invalid configuration or command line: the CLI prints every problem and exits 2. */
+export class ConfigError extends Error {
+  readonly code = 'VCS_BAD_CONFIG'
+  constructor(readonly problems: string[]) {
+    super(problems.join('\n'))
+    this.name = 'ConfigError'
+  }
+}
+
+/** Keeps a message to one printable line. */
+export function oneLine(text: string, max = 300): string {
+  const line = text.replace(/[\r\n\t]+/g, ' ').replace(/[^\x20-\x7e]/g, '?').trim()
+  return line.length > max ? `${line.slice(0, max - 3)}...` : line
+}
+
+/** Sends an error as one line of text; only for use before any byte of the body went out. */
+export function sendError(reply: FastifyReply, status: number, message: string, headers: Record<string, string> = {}): FastifyReply {
+  return reply.code(status).headers(headers).type('text/plain; charset=utf-8').send(`${oneLine(message)}\n`)
+}
+
+/** Installs the error and not-found handlers: the whole status table of DESIGN.md lives here. */
+export function installErrorHandlers(app: FastifyInstance): void {
+  app.setErrorHandler((err: FastifyError | VcsError, req: FastifyRequest, reply: FastifyReply) => {
+    if (reply.sent || reply.raw.headersSent) {
+      // Headers are out: the status can't change any more. The caller already reported in-band.
+      req.log.warn({ err }, 'error after response started')
+      reply.raw.destroy()
+      return
+    }
+    if (err instanceof VcsError) {
+      const level = err.statusCode >= 500 ? 'error' : 'info'
+      req.log[level]({ code: err.code, status: err.statusCode, err: err.statusCode >= 500 ? err : undefined }, err.message)
+      return sendError(reply, err.statusCode, err.message, err.headers)
+    }
+    const status = typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500
+    if (status >= 500) {
+      req.log.error({ err }, 'unhandled error')
+      return sendError(reply, status, 'internal server error')
+    }
+    req.log.info({ code: err.code, status }, err.message)
+    return sendError(reply, status, err.message)
+  })
+  app.setNotFoundHandler((_req, reply) => sendError(reply, 404, 'not found'))
+}

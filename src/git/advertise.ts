@@ -1,0 +1,56 @@
+/**
+ * The protocol v2 capability advertisement. Under v2, info/refs lists no refs (they come later
+ * through `ls-refs`), only capabilities that depend on git's version, the repository's config
+ * (object format, lsrefs.unborn, uploadpack.*) and ours. So the worker asks git once per
+ * repository and config version, and answers later probes from memory: an info/refs under v2
+ * costs no process (git's protocol-v2.txt: "Capability Advertisement").
+ */
+import { stat } from 'node:fs/promises'
+import path from 'node:path'
+import type { GitRunner } from './spawn.js'
+import { describeExit } from '../process.js'
+
+const MAX_ENTRIES = 2048
+const MAX_BYTES = 64 * 1024
+
+interface Entry {
+  key: string
+  body: Promise<Buffer>
+}
+
+/** A cache of v2 advertisements keyed by repo dir and the mtime of its config file. */
+export class V2AdvertisementCache {
+  private readonly entries = new Map<string, Entry>()
+  constructor(private readonly git: GitRunner) {}
+
+  async get(repoDir: string): Promise<Buffer> {
+    const st = await stat(path.join(repoDir, 'config')).catch(() => undefined)
+    const key = `${st?.mtimeMs ?? 0}:${st?.size ?? 0}`
+    const hit = this.entries.get(repoDir)
+    if (hit && hit.key === key) return hit.body
+    if (this.entries.size >= MAX_ENTRIES) this.entries.clear()
+    const body = this.fetch(repoDir)
+    const entry = { key, body }
+    this.entries.set(repoDir, entry)
+    body.catch(() => { if (this.entries.get(repoDir) === entry) this.entries.delete(repoDir) })
+    return body
+  }
+
+  private async fetch(repoDir: string): Promise<Buffer> {
+    const child = this.git.serve('upload-pack', repoDir, { advertise: true, gitProtocol: 'version=2' })
+    child.proc.stdin.end()
+    const chunks: Buffer[] = []
+    let size = 0
+    child.proc.stdout.on('data', (c: Buffer) => {
+      size += c.length
+      if (size > MAX_BYTES) child.kill()
+      else chunks.push(c)
+    })
+    const status = await child.exited
+    if (status.error) throw status.error
+    if (status.code !== 0) throw new Error(`git upload-pack --advertise-refs: ${describeExit(status)}: ${child.stderr()}`)
+    const body = Buffer.concat(chunks)
+    if (!body.subarray(0, 32).toString('latin1').includes('version 2')) throw new Error('git did not answer with a v2 advertisement')
+    return body
+  }
+}

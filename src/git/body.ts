@@ -1,0 +1,132 @@
+/**
+ * Request bodies of the git POST endpoints: Content-Encoding decoded as a stream (git gzips
+ * large upload-pack requests), the decoded size bounded (a gzip bomb stops at the limit, 413),
+ * and, for upload-pack, a spill buffer that holds the whole request before git starts.
+ */
+import { createReadStream, createWriteStream, type WriteStream } from 'node:fs'
+import { rm } from 'node:fs/promises'
+import path from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { PassThrough, Readable, Transform, Writable, type TransformCallback } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { createGunzip } from 'node:zlib'
+import type { IncomingMessage } from 'node:http'
+import { BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../errors.js'
+
+/** Counts bytes and fails with 413 once more than `limit` went by. */
+export class ByteLimit extends Transform {
+  bytes = 0
+  constructor(private readonly limit: number) { super() }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length
+    if (this.bytes > this.limit) return cb(new PayloadTooLargeError(this.limit))
+    cb(null, chunk)
+  }
+}
+
+export interface DecodedBody {
+  /** the decoded bytes; fails with a VcsError (400 bad gzip, 413 over the limit) */
+  stream: Readable
+  /** bytes read off the wire so far */
+  wireBytes(): number
+  /**
+   * Stops feeding the decoder and discards what the client still sends, up to `limit` bytes,
+   * so an early answer (401, 413) reaches a client that writes its whole body before reading;
+   * past the bound the connection is closed.
+   */
+  abandon(limit: number): void
+}
+
+/**
+ * Decodes the request body per Content-Encoding with a bound on the decoded size. Throws 415
+ * for an encoding git never sends, 413 at once when Content-Length already exceeds the bound.
+ * The socket's request stream is never handed to `pipeline` (which would destroy the socket
+ * on error and with it the chance to answer); it is piped into a buffer stage instead.
+ */
+export function decodeBody(raw: IncomingMessage, limit: number): DecodedBody {
+  const encoding = String(raw.headers['content-encoding'] ?? 'identity').trim().toLowerCase()
+  const gzip = encoding === 'gzip' || encoding === 'x-gzip'
+  if (!gzip && encoding !== 'identity' && encoding !== '') throw new UnsupportedMediaTypeError(`unsupported Content-Encoding: ${encoding.slice(0, 40)}`)
+  const declared = Number(raw.headers['content-length'])
+  if (!gzip && Number.isFinite(declared) && declared > limit) throw new PayloadTooLargeError(limit)
+  let wire = 0
+  const count = (c: Buffer): void => { wire += c.length }
+  raw.on('data', count)
+  const src = new PassThrough()
+  const onAbort = (): void => { src.destroy(new BadRequestError('client closed the request body early')) }
+  raw.once('aborted', onAbort)
+  raw.pipe(src)
+  const out = new PassThrough()
+  const stages: NodeJS.ReadWriteStream[] = gzip ? [createGunzip()] : []
+  pipeline([src, ...stages, new ByteLimit(limit), out] as unknown as [PassThrough, PassThrough]).catch((err: unknown) => {
+    out.destroy(toClientError(err))
+  })
+  return {
+    stream: out,
+    wireBytes: () => wire,
+    abandon(max: number) {
+      raw.unpipe(src)
+      raw.off('aborted', onAbort)
+      if (raw.complete) return
+      let discarded = 0
+      raw.on('data', (c: Buffer) => {
+        discarded += c.length
+        if (discarded > max) raw.socket?.destroy()
+      })
+      raw.resume()
+    },
+  }
+}
+
+/** zlib and socket errors become one-line client errors; our own errors pass through. */
+function toClientError(err: unknown): Error {
+  const e = err as NodeJS.ErrnoException
+  if (typeof e?.code === 'string' && e.code.startsWith('Z_')) return new BadRequestError('request body is not valid gzip', err)
+  if (e?.code === 'ERR_STREAM_PREMATURE_CLOSE' || e?.code === 'ECONNRESET') return new BadRequestError('client closed the request body early', err)
+  return e instanceof Error ? e : new Error(String(err))
+}
+
+/** A whole request body held in memory up to a threshold, past it in a temp file. */
+export class SpillBuffer extends Writable {
+  private chunks: Buffer[] = []
+  private size = 0
+  private file: string | undefined
+  private fileStream: WriteStream | undefined
+  constructor(private readonly memLimit: number, private readonly tmpDir: string) { super() }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.size += chunk.length
+    if (!this.fileStream && this.size <= this.memLimit) {
+      this.chunks.push(chunk)
+      return cb()
+    }
+    if (!this.fileStream) {
+      this.file = path.join(this.tmpDir, `body-${randomBytes(8).toString('hex')}`)
+      this.fileStream = createWriteStream(this.file, { mode: 0o600 })
+      this.fileStream.on('error', (err) => this.destroy(err))
+      for (const c of this.chunks) this.fileStream.write(c)
+      this.chunks = []
+    }
+    if (this.fileStream.write(chunk)) cb()
+    else this.fileStream.once('drain', () => cb())
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    if (!this.fileStream) return cb()
+    this.fileStream.end(() => cb())
+  }
+
+  /** The buffered bytes as a fresh stream. */
+  reader(): Readable {
+    return this.file ? createReadStream(this.file) : Readable.from(this.chunks)
+  }
+
+  get bytes(): number { return this.size }
+
+  /** Removes the temp file, if one was needed. */
+  async dispose(): Promise<void> {
+    this.chunks = []
+    this.fileStream?.destroy()
+    if (this.file) await rm(this.file, { force: true })
+  }
+}

@@ -1,0 +1,146 @@
+/**
+ * git smart HTTP (git's Documentation/technical/http-protocol.txt): the ref advertisement on
+ * `GET info/refs?service=…`, and the two RPC endpoints. Each handler reads like the protocol:
+ * check the request, find the repo, authorize, spawn git, stream.
+ */
+import { pipeline } from 'node:stream/promises'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { Config } from '../config.js'
+import { BadRequestError, UnsupportedMediaTypeError, VcsError } from '../errors.js'
+import { resolveGitRepo, type RepoRef } from '../repos/path.js'
+import { stdinSink } from '../process.js'
+import { decodeBody, SpillBuffer } from './body.js'
+import { FLUSH, pkt, PktLineChecker } from './pktline.js'
+import { streamChild } from './respond.js'
+import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
+import { V2AdvertisementCache } from './advertise.js'
+
+export type Action = 'read' | 'write'
+/** Throws 401/403/404 when the request may not do `action` on `repo`. */
+export type Authorize = (req: FastifyRequest, reply: FastifyReply, repo: RepoRef, action: Action) => Promise<void>
+
+export interface GitDeps {
+  config: Config
+  git: GitRunner
+  /** realpath of the repos dir */
+  reposRoot: string
+  authorize: Authorize
+}
+
+const SERVICES: Record<string, GitService> = { 'git-upload-pack': 'upload-pack', 'git-receive-pack': 'receive-pack' }
+/** upload-pack requests up to this size stay in memory; larger ones spill to a temp file */
+const SPILL_MEMORY = 1024 * 1024
+/** what a refused request may still send before the connection is closed instead */
+const DISCARD_LIMIT = 16 * 1024 * 1024
+const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', pragma: 'no-cache', expires: 'Fri, 01 Jan 1980 00:00:00 GMT' }
+
+function requireContentType(req: FastifyRequest, expected: string): void {
+  const type = String(req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase()
+  if (type !== expected) throw new UnsupportedMediaTypeError(`expected Content-Type ${expected}`)
+}
+
+/** The three git endpoints, bound to their dependencies. */
+export function gitHandlers(deps: GitDeps) {
+  const { config, git } = deps
+  const v2 = new V2AdvertisementCache(git)
+
+  async function findRepo(req: FastifyRequest, reply: FastifyReply, repoPath: string, action: Action): Promise<RepoRef> {
+    const repo = await resolveGitRepo(deps.reposRoot, repoPath)
+    req.access.repo = repo.name
+    await deps.authorize(req, reply, repo, action)
+    return repo
+  }
+
+  function protocolOf(req: FastifyRequest): string | undefined {
+    const gitProtocol = checkGitProtocol(req.headers['git-protocol'])
+    req.access.protocol = protocolVersion(gitProtocol)
+    return gitProtocol
+  }
+
+  return {
+    /** `GET /{repo}/info/refs?service=git-upload-pack|git-receive-pack` */
+    async infoRefs(req: FastifyRequest, reply: FastifyReply, repoPath: string): Promise<FastifyReply> {
+      req.access.route = 'git_info_refs'
+      const serviceName = (req.query as Record<string, unknown>).service
+      if (serviceName === undefined) throw new BadRequestError('dumb HTTP is not supported: use a git client that speaks smart HTTP (git 1.6.6 or newer)')
+      const service = typeof serviceName === 'string' ? SERVICES[serviceName] : undefined
+      if (!service) throw new BadRequestError('unknown service: use git-upload-pack or git-receive-pack')
+      req.access.service = service
+      const repo = await findRepo(req, reply, repoPath, service === 'receive-pack' ? 'write' : 'read')
+      const gitProtocol = protocolOf(req)
+      reply.type(`application/x-git-${service}-advertisement`).headers(NO_CACHE)
+      if (service === 'upload-pack' && req.access.protocol === 'v2') {
+        const body = await v2.get(repo.dir)
+        req.access.bytesOut = body.length
+        return reply.send(body)
+      }
+      const child = git.serve(service, repo.dir, { advertise: true, gitProtocol })
+      child.proc.stdin.end()
+      // Under v0/v1 the smart-HTTP answer starts with `# service=…` and a flush (http-protocol.txt).
+      const prefix = Buffer.concat([pkt(`# service=git-${service}\n`), FLUSH])
+      return reply.send(streamChild(req, reply, child, { what: `git ${service}`, prefix }))
+    },
+
+    /** `POST /{repo}/git-upload-pack`: negotiation in, pack out. */
+    async uploadPack(req: FastifyRequest, reply: FastifyReply, repoPath: string): Promise<FastifyReply> {
+      req.access.route = 'git_upload_pack'
+      req.access.service = 'upload-pack'
+      requireContentType(req, 'application/x-git-upload-pack-request')
+      const repo = await findRepo(req, reply, repoPath, 'read')
+      const gitProtocol = protocolOf(req)
+      const body = decodeBody(req.raw, config.maxNegotiationBytes)
+      req.access.countIn = body.wireBytes
+      // The whole request is read before git starts: a client that sends megabytes of `have`
+      // lines before reading would otherwise deadlock against a git that answers ACKs early.
+      const checker = new PktLineChecker({ mode: 'all' })
+      const spill = new SpillBuffer(SPILL_MEMORY, config.tmpDir)
+      try {
+        await pipeline(body.stream, checker, spill)
+      } catch (err) {
+        await spill.dispose()
+        body.abandon(DISCARD_LIMIT)
+        if (err instanceof VcsError) reply.header('connection', 'close')
+        throw err
+      }
+      reply.type('application/x-git-upload-pack-result').headers(NO_CACHE)
+      if (checker.isFlushProbe) {
+        await spill.dispose()
+        return reply.send(Buffer.alloc(0))
+      }
+      const child = git.serve('upload-pack', repo.dir, { gitProtocol })
+      void child.exited.then(() => spill.dispose())
+      pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))
+      return reply.send(streamChild(req, reply, child, { what: 'git upload-pack' }))
+    },
+
+    /** `POST /{repo}/git-receive-pack`: commands and a pack in, report-status out. */
+    async receivePack(req: FastifyRequest, reply: FastifyReply, repoPath: string): Promise<FastifyReply> {
+      req.access.route = 'git_receive_pack'
+      req.access.service = 'receive-pack'
+      requireContentType(req, 'application/x-git-receive-pack-request')
+      const repo = await findRepo(req, reply, repoPath, 'write')
+      const gitProtocol = protocolOf(req)
+      const body = decodeBody(req.raw, config.maxPushBytes)
+      req.access.countIn = body.wireBytes
+      const hookEnv: Record<string, string> = {}
+      if (req.access.user) {
+        hookEnv.REMOTE_USER = req.access.user
+        hookEnv.VCS_WORKER_USER = req.access.user
+      }
+      const child = git.serve('receive-pack', repo.dir, { gitProtocol, env: hookEnv })
+      const out = streamChild(req, reply, child, { what: 'git receive-pack' })
+      // The body streams into git while it arrives; a bad or oversized body kills git before it
+      // can update a ref (refs move only after the whole pack is in and checked).
+      pipeline(body.stream, new PktLineChecker({ mode: 'commands' }), stdinSink(child)).catch((err: unknown) => {
+        child.kill()
+        body.abandon(DISCARD_LIMIT)
+        if (!reply.raw.headersSent) reply.header('connection', 'close')
+        out.destroy(err instanceof Error ? err : new Error(String(err)))
+      })
+      reply.type('application/x-git-receive-pack-result').headers(NO_CACHE)
+      return reply.send(out)
+    },
+  }
+}
+
+export type GitHandlers = ReturnType<typeof gitHandlers>

@@ -1,0 +1,97 @@
+/**
+ * The only place that starts git. argv arrays (never a shell), `--` before the repository
+ * operand, an environment allowlist instead of `process.env`, and the serving options the
+ * worker needs passed with `-c` so repositories need no special config.
+ */
+import type { Config } from '../config.js'
+import { spawnChild, describeExit, type Child } from '../process.js'
+
+export type GitService = 'upload-pack' | 'receive-pack'
+
+/**
+ * `-c` options for serving: partial clone needs allowFilter; lazy fetches of a partial clone
+ * over protocol v0 need to ask for reachable objects by id; push options must be advertised
+ * or `git push -o` fails with "the receiving end does not support push options".
+ */
+const SERVE_CONFIG = [
+  'uploadpack.allowFilter=true',
+  'uploadpack.allowReachableSHA1InWant=true',
+  'receive.advertisePushOptions=true',
+]
+
+/**
+ * `Git-Protocol` header → GIT_PROTOCOL, only when it is a well-formed `key[=value](:key[=value])*`
+ * list (git's Documentation/technical/protocol-v2.txt, "HTTP Transport"); anything else is dropped.
+ */
+const GIT_PROTOCOL = /^[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?(:[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$/
+
+export function checkGitProtocol(header: string | string[] | undefined): string | undefined {
+  if (typeof header !== 'string' || header.length > 256 || !GIT_PROTOCOL.test(header)) return undefined
+  return header
+}
+
+/** 'v2', 'v1' or 'v0' for logs and metrics. */
+export function protocolVersion(gitProtocol: string | undefined): 'v0' | 'v1' | 'v2' {
+  const keys = gitProtocol?.split(':') ?? []
+  if (keys.includes('version=2')) return 'v2'
+  if (keys.includes('version=1')) return 'v1'
+  return 'v0'
+}
+
+export interface RunOptions {
+  /** `--advertise-refs`: the info/refs answer */
+  advertise?: boolean
+  gitProtocol?: string
+  /** extra variables for hooks (REMOTE_USER …); names are fixed by callers, values checked */
+  env?: Record<string, string>
+}
+
+export interface GitRunner {
+  /** Starts `git <service> --stateless-rpc [--advertise-refs] -- <dir>`. */
+  serve(service: GitService, repoDir: string, opts?: RunOptions): Child
+  /** Runs a short administrative git command to completion and returns its stdout. */
+  exec(args: string[], opts?: { cwd?: string; maxOutput?: number }): Promise<string>
+}
+
+/** Creates the git runner for one app. */
+export function createGitRunner(config: Config): GitRunner {
+  const baseEnv: Record<string, string> = {
+    PATH: config.envPath,
+    HOME: config.homeDir,
+    GIT_TERMINAL_PROMPT: '0',
+    GIT_CONFIG_NOSYSTEM: '1',
+    LC_ALL: 'C',
+  }
+  const childEnv = (extra?: Record<string, string>, gitProtocol?: string): Record<string, string> => {
+    const env = { ...baseEnv, ...extra }
+    if (gitProtocol) env.GIT_PROTOCOL = gitProtocol
+    return env
+  }
+  const cfgArgs = SERVE_CONFIG.flatMap((c) => ['-c', c])
+  return {
+    serve(service, repoDir, opts = {}) {
+      const args = [...cfgArgs, service, '--stateless-rpc']
+      if (opts.advertise) args.push('--advertise-refs')
+      args.push('--', repoDir)
+      return spawnChild(config.gitBin, args, { env: childEnv(opts.env, opts.gitProtocol), killGraceMs: config.killGraceMs })
+    },
+    async exec(args, opts = {}) {
+      if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')
+      const child = spawnChild(config.gitBin, args, { env: childEnv(), cwd: opts.cwd, killGraceMs: config.killGraceMs })
+      child.proc.stdin.end()
+      const max = opts.maxOutput ?? 1024 * 1024
+      const chunks: Buffer[] = []
+      let size = 0
+      child.proc.stdout.on('data', (c: Buffer) => {
+        size += c.length
+        if (size <= max) chunks.push(c)
+        else child.kill()
+      })
+      const status = await child.exited
+      if (status.error || status.code !== 0) {
+        throw new Error(`git ${args[0]} failed (${describeExit(status)}): ${child.stderr().split('\n').pop() ?? ''}`)
+      }
+      return Buffer.concat(chunks).toString('utf8')
+    },
+  }
+}

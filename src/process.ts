@@ -1,0 +1,124 @@
+/**
+ * Shared child-process helpers: spawn in an own process group, escalate SIGTERM to SIGKILL,
+ * always await the exit, keep a bounded tail of stderr. git/ and hg/ build on this; nothing
+ * else calls `spawn`.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { Writable } from 'node:stream'
+
+export interface ExitStatus {
+  code: number | null
+  signal: NodeJS.Signals | null
+  /** set when the process could not be started at all (e.g. ENOENT) */
+  error?: Error
+}
+
+export interface Child {
+  readonly proc: ChildProcessWithoutNullStreams
+  readonly pid: number | undefined
+  /** resolves once the process exited and its stdio closed; never rejects */
+  readonly exited: Promise<ExitStatus>
+  /** the last bytes the process wrote to stderr */
+  stderr(): string
+  /** SIGTERM the whole group, SIGKILL it after the grace period if it is still there */
+  kill(): void
+  readonly killed: boolean
+}
+
+export interface SpawnOptions {
+  env: Record<string, string>
+  cwd?: string
+  killGraceMs: number
+  stderrLimit?: number
+}
+
+/** Spawns `bin args` without a shell, in its own process group, with a bounded stderr buffer. */
+export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Child {
+  const proc = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: ['pipe', 'pipe', 'pipe'] })
+  const limit = opts.stderrLimit ?? 8192
+  let tail = ''
+  let done = false
+  let killed = false
+  let killTimer: NodeJS.Timeout | undefined
+  proc.stderr.setEncoding('utf8')
+  proc.stderr.on('data', (s: string) => {
+    tail = (tail + s).slice(-limit)
+  })
+  // A child that never started emits 'error' and then maybe no 'close': settle on either.
+  const exited = new Promise<ExitStatus>((resolve) => {
+    proc.once('error', (error) => {
+      if (proc.pid === undefined) {
+        done = true
+        resolve({ code: null, signal: null, error })
+      }
+    })
+    proc.once('close', (code, signal) => {
+      done = true
+      if (killTimer) clearTimeout(killTimer)
+      resolve({ code, signal })
+    })
+  })
+  // Writes into a child that already exited fail with EPIPE; the exit status tells the story.
+  proc.stdin.on('error', () => {})
+  const child: Child = {
+    proc,
+    pid: proc.pid,
+    exited,
+    stderr: () => tail.trim(),
+    get killed() { return killed },
+    kill() {
+      if (done || killed || proc.pid === undefined) return
+      killed = true
+      signalGroup(proc.pid, 'SIGTERM')
+      killTimer = setTimeout(() => { if (!done && proc.pid !== undefined) signalGroup(proc.pid, 'SIGKILL') }, opts.killGraceMs)
+      killTimer.unref()
+    },
+  }
+  return child
+}
+
+/** Signals a process group; a group that is already gone is not an error. */
+export function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal)
+  } catch {
+    try { process.kill(pid, signal) } catch { /* already gone */ }
+  }
+}
+
+/** Describes an exit for logs and one-line errors. */
+export function describeExit(status: ExitStatus): string {
+  if (status.error) return status.error.message
+  if (status.signal) return `killed by ${status.signal}`
+  return `exit code ${status.code}`
+}
+
+/**
+ * A Writable that feeds a child's stdin with backpressure and, once the child stops reading
+ * (exited, EPIPE), swallows the rest: the request is still read to its end, so the client that
+ * writes everything before reading gets the child's answer instead of a reset.
+ */
+export function stdinSink(child: Child): Writable {
+  const stdin = child.proc.stdin
+  let gone = false
+  const markGone = (): void => { gone = true }
+  stdin.once('error', markGone)
+  stdin.once('close', markGone)
+  return new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      if (gone || stdin.destroyed) return cb()
+      if (stdin.write(chunk)) return cb()
+      const resume = (): void => { stdin.off('drain', resume); stdin.off('close', resume); cb() }
+      stdin.on('drain', resume)
+      stdin.on('close', resume)
+    },
+    final(cb) {
+      if (!gone && !stdin.destroyed) stdin.end()
+      cb()
+    },
+    destroy(err, cb) {
+      if (!stdin.destroyed) stdin.destroy()
+      cb(err)
+    },
+  })
+}
