@@ -78,7 +78,7 @@ export function installAccessLog(app: FastifyInstance): void {
         bytes_in: a.countIn ? a.countIn() : a.bytesIn,
         bytes_out: a.bytesOut,
         exit_code: a.exitCode,
-        pid: a.pid,
+        child_pid: a.pid,
         aborted: a.aborted || !reply.raw.writableFinished || undefined,
         duration_ms: Math.round(durationMs * 10) / 10,
       }, 'request')

@@ -64,11 +64,11 @@ export function streamChild(req: FastifyRequest, reply: FastifyReply, child: Chi
     access.bytesOut = out.bytes
     const stderr = child.stderr()
     if (status.code === 0) {
-      if (stderr) req.log.debug({ pid: child.pid, stderr }, 'git stderr')
+      if (stderr) req.log.debug({ child_pid: child.pid, stderr }, 'git stderr')
       return undefined
     }
     const level = child.killed ? 'info' : 'error'
-    req.log[level]({ pid: child.pid, exit_code: access.exitCode, stderr, bytes_out: out.bytes }, `${opts.what} ended: ${describeExit(status)}`)
+    req.log[level]({ child_pid: child.pid, exit_code: access.exitCode, stderr, bytes_out: out.bytes }, `${opts.what} ended: ${describeExit(status)}`)
     if (status.error) return new ServiceUnavailableError('git is not available on this worker')
     const last = stderr.split('\n').filter(Boolean).pop()
     return new ChildFailedError(oneLine(`${opts.what} failed${last ? `: ${last.replace(/^fatal: /, '')}` : ''}`))

@@ -1,0 +1,114 @@
+import t from 'tap'
+import path from 'node:path'
+import { readFile } from 'node:fs/promises'
+import { startWorker, gitClient, processesMatching, waitFor } from '../helpers/worker.js'
+
+const MAIN = '5ac674cbf899a6fbcdfc314785e2e58c31ca95a2'
+
+for (const version of ['0', '1', '2']) {
+  t.test(`protocol v${version}: ls-remote, clone, fetch`, async (t) => {
+    const w = await startWorker(t)
+    const git = gitClient(w.dir)
+    const ls = await git(['-c', `protocol.version=${version}`, 'ls-remote', `${w.url}/demo.git`])
+    t.equal(ls.code, 0, ls.stderr)
+    t.match(ls.stdout, `${MAIN}\trefs/heads/main`)
+    t.match(ls.stdout, 'refs/tags/v1.1^{}')
+    t.match(ls.stdout, 'refs/heads/release/1.x')
+
+    const clone = await git(['-c', `protocol.version=${version}`, 'clone', `${w.url}/demo.git`, 'c'])
+    t.equal(clone.code, 0, clone.stderr)
+    t.equal((await git(['rev-parse', 'HEAD'], path.join(w.dir, 'c'))).stdout.trim(), MAIN)
+    t.equal((await git(['fsck', '--strict'], path.join(w.dir, 'c'))).code, 0)
+    const fetch = await git(['-c', `protocol.version=${version}`, 'fetch', 'origin', 'refs/tags/*:refs/tags/*'], path.join(w.dir, 'c'))
+    t.equal(fetch.code, 0, fetch.stderr)
+    const access = w.logs().filter((l) => l.msg === 'request' && l.route === 'git_upload_pack')
+    t.ok(access.length >= 1, 'upload-pack requests logged')
+    t.equal(access[0]!.protocol, `v${version}`, 'the access line names the protocol git used')
+    t.equal(access[0]!.exit_code, 0)
+    t.ok((access[0]!.bytes_out as number) > 0)
+    t.equal(access[0]!.repo, 'demo.git')
+  })
+}
+
+t.test('URLs with and without .git, nested paths, the empty repo', async (t) => {
+  const w = await startWorker(t)
+  const git = gitClient(w.dir)
+  for (const url of ['demo', 'demo.git', 'team/project', 'team/project.git']) {
+    const r = await git(['clone', `${w.url}/${url}`, `c-${url.replace(/\//g, '_')}`])
+    t.equal(r.code, 0, `${url}: ${r.stderr}`)
+  }
+  const empty = await git(['clone', `${w.url}/empty.git`, 'c-empty'])
+  t.equal(empty.code, 0, empty.stderr)
+  t.match(empty.stderr, 'You appear to have cloned an empty repository')
+  const missing = await git(['clone', `${w.url}/nope.git`, 'c-nope'])
+  t.not(missing.code, 0)
+  t.match(missing.stderr, /not found|404/)
+})
+
+t.test('shallow clones: --depth, --deepen, --shallow-since, --unshallow', async (t) => {
+  const w = await startWorker(t)
+  for (const v of ['0', '2']) {
+    const git = gitClient(w.dir, { GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'protocol.version', GIT_CONFIG_VALUE_0: v })
+    const dir = path.join(w.dir, `shallow-v${v}`)
+    t.equal((await git(['clone', '--depth', '1', `${w.url}/demo.git`, dir])).code, 0)
+    t.equal((await git(['rev-list', '--count', 'HEAD'], dir)).stdout.trim(), '1')
+    t.equal((await git(['fetch', '--deepen', '2'], dir)).code, 0)
+    t.equal((await git(['rev-list', '--count', 'HEAD'], dir)).stdout.trim(), '3')
+    const since = path.join(w.dir, `since-v${v}`)
+    // fixture commits are one hour apart from 2024-01-01T01:00Z; main has 4 commits
+    const r = await git(['clone', '--shallow-since', '2024-01-01T02:30:00Z', `${w.url}/demo.git`, since])
+    t.equal(r.code, 0, r.stderr)
+    t.equal((await git(['rev-list', '--count', 'HEAD'], since)).stdout.trim(), '2', `v${v} shallow-since cut at the date`)
+    t.equal((await git(['fetch', '--unshallow'], dir)).code, 0)
+    t.equal((await git(['rev-list', '--count', 'HEAD'], dir)).stdout.trim(), '4')
+  }
+})
+
+t.test('partial clone --filter=blob:none, with lazy fetches of missing blobs', async (t) => {
+  const w = await startWorker(t)
+  for (const v of ['0', '2']) {
+    const git = gitClient(w.dir, { GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'protocol.version', GIT_CONFIG_VALUE_0: v })
+    const dir = path.join(w.dir, `partial-v${v}`)
+    const r = await git(['clone', '--no-checkout', '--filter=blob:none', `${w.url}/demo.git`, dir])
+    t.equal(r.code, 0, r.stderr)
+    t.equal((await git(['config', 'remote.origin.promisor'], dir)).stdout.trim(), 'true', `v${v}: a real partial clone`)
+    const missing = await git(['rev-list', '--objects', '--all', '--missing=print'], dir)
+    t.match(missing.stdout, /^\?[0-9a-f]{40}/m, 'blobs are missing after the clone')
+    const co = await git(['checkout', 'main'], dir)
+    t.equal(co.code, 0, co.stderr)
+    t.equal(await readFile(path.join(dir, 'src.txt'), 'utf8'), 'one\ntwo\n', 'checkout fetched the blobs lazily')
+  }
+})
+
+t.test('20 concurrent clones', async (t) => {
+  const w = await startWorker(t)
+  const git = gitClient(w.dir)
+  const results = await Promise.all(Array.from({ length: 20 }, (_, i) => git(['clone', '-q', `${w.url}/demo.git`, `cc${i}`])))
+  t.same(results.map((r) => r.code), Array(20).fill(0), results.map((r) => r.stderr).join(''))
+  for (let i = 0; i < 20; i++) t.equal((await git(['rev-parse', 'HEAD'], path.join(w.dir, `cc${i}`))).stdout.trim(), MAIN)
+  await waitFor(async () => (await processesMatching(w.reposDir)).length === 0, 5000, 'git children to be reaped')
+  t.same(await processesMatching(w.reposDir), [], 'no git process left, no zombie')
+})
+
+t.test('the v2 advertisement is served without a git process', async (t) => {
+  const w = await startWorker(t)
+  const get = () => fetch(`${w.url}/demo.git/info/refs?service=git-upload-pack`, { headers: { 'git-protocol': 'version=2' } })
+  const first = await get()
+  t.equal(first.status, 200)
+  t.equal(first.headers.get('content-type'), 'application/x-git-upload-pack-advertisement')
+  const body = await first.text()
+  t.match(body, /^000eversion 2\n/)
+  t.match(body, 'fetch=shallow')
+  t.match(body, 'filter', 'partial clone advertised')
+  for (let i = 0; i < 5; i++) t.equal(await (await get()).text(), body)
+  const spawned = w.logs().filter((l) => l.msg === 'request' && l.route === 'git_info_refs' && l.child_pid !== undefined)
+  t.equal(spawned.length, 0, 'no request spawned git')
+  // v0 still gets the service header and refs from git
+  const v0 = await fetch(`${w.url}/demo.git/info/refs?service=git-upload-pack`)
+  const v0body = await v0.text()
+  t.match(v0body, /^001e# service=git-upload-pack\n0000/)
+  t.match(v0body, MAIN)
+  // a malformed Git-Protocol header is ignored, not passed to git
+  const bad = await fetch(`${w.url}/demo.git/info/refs?service=git-upload-pack`, { headers: { 'git-protocol': 'version=2;rm -rf' } })
+  t.match(await bad.text(), /^001e# service=git-upload-pack/)
+})

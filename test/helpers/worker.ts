@@ -1,0 +1,156 @@
+/**
+ * Test helpers: a real worker on 127.0.0.1:0 over a temp copy of repos-fixture/, real git
+ * and hg clients with a private HOME and fixed dates, and process accounting.
+ */
+import { cp, mkdir, readdir, readFile } from 'node:fs/promises'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { Writable } from 'node:stream'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { pino } from 'pino'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../../src/app.js'
+import { loadConfig, type Config } from '../../src/config.js'
+import { loggerOptions } from '../../src/log.js'
+
+/** the checkout root (tests run from dist/test/...) */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..')
+export const FIXTURES = path.join(ROOT, 'repos-fixture')
+export const CLI = path.join(ROOT, 'dist/src/cli.js')
+
+/** The subset of tap's Test the helpers need. */
+export interface T {
+  testdir(fixture?: unknown): string
+  teardown(fn: () => unknown): void
+}
+
+export interface Worker {
+  url: string
+  port: number
+  app: FastifyInstance
+  config: Config
+  reposDir: string
+  dir: string
+  /** log lines written so far, parsed */
+  logs(): Record<string, unknown>[]
+  /** raw log text written so far */
+  logText(): string
+}
+
+/** Copies the fixtures into a fresh temp dir and returns its paths. */
+export async function fixtureDir(t: T): Promise<{ dir: string; reposDir: string; dataDir: string }> {
+  const dir = t.testdir()
+  const reposDir = path.join(dir, 'repos')
+  const dataDir = path.join(dir, 'data')
+  await cp(FIXTURES, reposDir, { recursive: true })
+  for (const sub of ['home', 'tmp']) await mkdir(path.join(dataDir, sub), { recursive: true })
+  await mkdir(path.join(dir, 'client-home'), { recursive: true })
+  return { dir, reposDir, dataDir }
+}
+
+/** Starts the app in-process on 127.0.0.1:0 with config flags on top of the defaults. */
+export async function startWorker(t: T, flags: Record<string, string | boolean> = {}): Promise<Worker> {
+  const { dir, reposDir, dataDir } = await fixtureDir(t)
+  const config = loadConfig({ flags: { repos: reposDir, data: dataDir, port: '0', 'log-level': 'debug', ...flags }, env: { PATH: process.env.PATH } })
+  let text = ''
+  const sink = new Writable({ write(chunk, _e, cb) { text += chunk.toString(); cb() } })
+  const logger = pino(loggerOptions(config.logLevel), sink)
+  const app = await buildApp(config, { logger })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  t.teardown(() => app.close())
+  const port = (app.server.address() as { port: number }).port
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    app,
+    config,
+    reposDir,
+    dir,
+    logText: () => text,
+    logs: () => text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>),
+  }
+}
+
+export interface RunResult {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+/** The environment of a user's git: private HOME, no prompts, fixed identity and dates. */
+export function clientEnv(home: string, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    HOME: home,
+    LC_ALL: 'C',
+    GIT_CONFIG_NOSYSTEM: '1',
+    GIT_TERMINAL_PROMPT: '0',
+    GIT_AUTHOR_NAME: 'Test User', GIT_AUTHOR_EMAIL: 'test@example.invalid',
+    GIT_COMMITTER_NAME: 'Test User', GIT_COMMITTER_EMAIL: 'test@example.invalid',
+    GIT_AUTHOR_DATE: '2025-01-01T00:00:00Z', GIT_COMMITTER_DATE: '2025-01-01T00:00:00Z',
+    HGPLAIN: '1',
+    HGUSER: 'Test User <test@example.invalid>',
+    ...extra,
+  }
+}
+
+/** Runs a command to completion and collects its output (never throws on a non-zero exit). */
+export function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string | Buffer; timeoutMs?: number } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (c) => { stdout += c })
+    child.stderr.on('data', (c) => { stderr += c })
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`${cmd} ${args.join(' ')} timed out`)) }, opts.timeoutMs ?? 120_000)
+    child.on('error', (err) => { clearTimeout(timer); reject(err) })
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }) })
+    child.stdin.on('error', () => {})
+    child.stdin.end(opts.input)
+  })
+}
+
+/** A git client bound to a test dir's HOME. */
+export function gitClient(dir: string, extra: Record<string, string> = {}) {
+  const env = clientEnv(path.join(dir, 'client-home'), extra)
+  return (args: string[], cwd = dir, opts: { timeoutMs?: number; input?: string } = {}) => run('git', args, { cwd, env, ...opts })
+}
+
+/** Processes whose command line contains `marker` (e.g. a test's temp dir), with their state. */
+export async function processesMatching(marker: string): Promise<{ pid: number; state: string; cmd: string }[]> {
+  const found: { pid: number; state: string; cmd: string }[] = []
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const cmd = (await readFile(`/proc/${entry}/cmdline`, 'utf8')).split('\0').join(' ')
+      const stat = await readFile(`/proc/${entry}/stat`, 'utf8')
+      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+      if (cmd.includes(marker) && Number(entry) !== process.pid) found.push({ pid: Number(entry), state, cmd })
+      else if (state === 'Z' && stat.includes('(git')) found.push({ pid: Number(entry), state, cmd: stat })
+    } catch { /* gone */ }
+  }
+  return found
+}
+
+/** Polls `check` until it returns true or the deadline passes. */
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const until = Date.now() + timeoutMs
+  while (Date.now() < until) {
+    if (await check()) return
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+}
+
+/** Starts `vcs-worker serve` as its own process and waits for its listening line. */
+export async function spawnWorker(t: T, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ url: string; proc: ChildProcess; output: () => string }> {
+  const proc = spawn(process.execPath, [CLI, 'serve', '--port', '0', ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  proc.stdout!.on('data', (c) => { out += c })
+  proc.stderr!.on('data', (c) => { out += c })
+  t.teardown(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL') })
+  await waitFor(() => /listening on (http:\/\/\S+?)\/ /.test(out) || proc.exitCode !== null, 15_000, 'worker to listen')
+  const m = /listening on (http:\/\/\S+?)\/ /.exec(out)
+  if (!m) throw new Error(`worker did not start: ${out}`)
+  return { url: m[1]!, proc, output: () => out }
+}
