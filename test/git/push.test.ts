@@ -1,0 +1,131 @@
+import t from 'tap'
+import type { Test } from 'tap'
+import path from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises'
+import { startWorker, gitClient, processesMatching, waitFor } from '../helpers/worker.js'
+
+async function setup(t: Test, flags: Record<string, string | boolean> = { 'allow-anonymous-push': true }) {
+  const w = await startWorker(t, flags)
+  const git = gitClient(w.dir)
+  const work = path.join(w.dir, 'work')
+  const c = await git(['clone', `${w.url}/demo.git`, work])
+  t.equal(c.code, 0, c.stderr)
+  const server = (args: string[]) => git(['--git-dir', path.join(w.reposDir, 'demo.git'), ...args])
+  return { w, git, work, server }
+}
+
+t.test('push: new branch, update, delete, tags, notes, refs/for, options', async (t) => {
+  const { git, work, server, w } = await setup(t)
+  await writeFile(path.join(work, 'new.txt'), 'new\n')
+  t.equal((await git(['add', 'new.txt'], work)).code, 0)
+  t.equal((await git(['commit', '-m', 'new'], work)).code, 0)
+  const head = (await git(['rev-parse', 'HEAD'], work)).stdout.trim()
+
+  let r = await git(['push', 'origin', 'HEAD:refs/heads/topic'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stderr, '* [new branch]      HEAD -> topic')
+  t.equal((await server(['rev-parse', 'refs/heads/topic'])).stdout.trim(), head, 'new branch on the server')
+
+  r = await git(['push', 'origin', 'main'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.equal((await server(['rev-parse', 'main'])).stdout.trim(), head, 'main updated')
+
+  r = await git(['push', 'origin', '--delete', 'feature'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.not((await server(['rev-parse', '--verify', '-q', 'refs/heads/feature'])).code, 0, 'feature deleted')
+
+  await git(['tag', 'v2.0'], work)
+  await git(['tag', '-a', 'v2.1', '-m', 'annotated'], work)
+  r = await git(['push', 'origin', 'v2.0', 'v2.1'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.equal((await server(['cat-file', '-t', 'v2.1'])).stdout.trim(), 'tag', 'annotated tag pushed as a tag object')
+
+  await git(['notes', 'add', '-m', 'a note', 'HEAD'], work)
+  r = await git(['push', 'origin', 'refs/notes/commits'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.equal((await server(['notes', 'show', head])).stdout.trim(), 'a note')
+
+  r = await git(['push', 'origin', 'HEAD:refs/for/main'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.equal((await server(['rev-parse', 'refs/for/main'])).stdout.trim(), head)
+
+  // push options reach the repository's hooks
+  const hook = path.join(w.reposDir, 'demo.git', 'hooks', 'pre-receive')
+  const record = path.join(w.dir, 'options.txt')
+  await mkdir(path.dirname(hook), { recursive: true })
+  await writeFile(hook, `#!/bin/sh\nenv | grep '^GIT_PUSH_OPTION' | sort > '${record}'\n`)
+  await chmod(hook, 0o755)
+  await git(['commit', '--allow-empty', '-m', 'opts'], work)
+  r = await git(['push', '-o', 'ci.skip', '-o', 'reviewer=ada', 'origin', 'main'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.equal(await readFile(record, 'utf8'), 'GIT_PUSH_OPTION_0=ci.skip\nGIT_PUSH_OPTION_1=reviewer=ada\nGIT_PUSH_OPTION_COUNT=2\n')
+
+  t.equal((await server(['fsck', '--strict'])).code, 0, 'server repo is sound')
+  const access = w.logs().filter((l) => l.msg === 'request' && l.route === 'git_receive_pack')
+  t.ok(access.length >= 7)
+  t.ok(access.every((l) => l.status === 200 && l.exit_code === 0 && (l.bytes_in as number) > 0))
+})
+
+t.test('non-fast-forward: refused as git refuses it, accepted with --force', async (t) => {
+  const { git, work, server } = await setup(t)
+  const before = (await server(['rev-parse', 'main'])).stdout.trim()
+  await git(['reset', '--hard', 'HEAD~1'], work)
+  await git(['commit', '--allow-empty', '-m', 'diverge'], work)
+  let r = await git(['push', 'origin', 'main'], work)
+  t.not(r.code, 0)
+  t.match(r.stderr, '! [rejected]        main -> main (non-fast-forward)')
+  t.equal((await server(['rev-parse', 'main'])).stdout.trim(), before, 'unchanged')
+  r = await git(['push', '--force', 'origin', 'main'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stderr, '+ ')
+  t.not((await server(['rev-parse', 'main'])).stdout.trim(), before)
+})
+
+t.test('anonymous push is refused with 401 and changes nothing', async (t) => {
+  const { git, work, server, w } = await setup(t, {})
+  const before = (await server(['show-ref'])).stdout
+  await git(['commit', '--allow-empty', '-m', 'anon'], work)
+  const r = await git(['push', 'origin', 'main'], work)
+  t.not(r.code, 0)
+  t.match(r.stderr, /terminal prompts disabled|Authentication failed/)
+  t.equal((await server(['show-ref'])).stdout, before)
+  const res = await fetch(`${w.url}/demo.git/info/refs?service=git-receive-pack`)
+  t.equal(res.status, 401)
+  t.match(res.headers.get('www-authenticate') ?? '', /^Basic realm="vcs-worker"/)
+  t.equal(await res.text(), 'authentication required to push\n')
+})
+
+t.test('a 200 MB push streams through without the worker holding it', async (t) => {
+  const { git, work, server } = await setup(t)
+  // incompressible content: the pack is as large as the file
+  const big = path.join(work, 'big.bin')
+  const chunk = 8 * 1024 * 1024
+  for (let i = 0; i < 25; i++) await writeFile(big, randomBytes(chunk), { flag: i ? 'a' : 'w' })
+  await git(['add', 'big.bin'], work)
+  await git(['commit', '-m', 'big'], work)
+  const rssBefore = process.memoryUsage().rss
+  let peak = rssBefore
+  const timer = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss) }, 20)
+  const r = await git(['push', 'origin', 'main'], work, { timeoutMs: 300_000 })
+  clearInterval(timer)
+  t.equal(r.code, 0, r.stderr)
+  t.equal((await server(['rev-parse', 'main'])).stdout.trim(), (await git(['rev-parse', 'HEAD'], work)).stdout.trim())
+  t.ok(peak - rssBefore < 100 * 1024 * 1024, `worker RSS grew by ${Math.round((peak - rssBefore) / 1048576)} MB while 200 MB went through`)
+})
+
+t.test('a push over the size limit gets 413 while the client is still sending, and changes nothing', async (t) => {
+  const { git, work, server, w } = await setup(t, { 'allow-anonymous-push': true, 'max-push-bytes': String(2 * 1024 * 1024) })
+  const before = (await server(['show-ref'])).stdout
+  await writeFile(path.join(work, 'big.bin'), randomBytes(20 * 1024 * 1024))
+  await git(['add', 'big.bin'], work)
+  await git(['commit', '-m', 'too big'], work)
+  const r = await git(['push', 'origin', 'main'], work)
+  t.not(r.code, 0)
+  t.match(r.stderr, /413/)
+  t.equal((await server(['show-ref'])).stdout, before, 'no ref moved')
+  await waitFor(async () => (await processesMatching(w.reposDir)).length === 0, 10_000, 'git receive-pack to be gone')
+  // the worker is fine afterwards
+  const again = await git(['ls-remote', `${w.url}/demo.git`])
+  t.equal(again.code, 0)
+})
