@@ -3,6 +3,7 @@
  * and plugin of the worker is listed here, in one place.
  */
 import http from 'node:http'
+import type { Socket } from 'node:net'
 import { realpathSync } from 'node:fs'
 import Fastify, { LogController, type FastifyInstance, type FastifyServerFactory } from 'fastify'
 import type { Logger } from 'pino'
@@ -33,6 +34,11 @@ function serverFactory(config: Config): FastifyServerFactory {
       maxHeaderSize: 256 * 1024,
     }, handler)
     server.setTimeout(config.idleTimeoutMs)
+    // Node's headersTimeout only starts with a request's first byte; a connection that never
+    // sends one (1,000 idle sockets) would live until idleTimeoutMs. Until its first request
+    // a connection gets the headers timeout; from then on the inactivity timeout.
+    server.on('connection', (socket: Socket) => socket.setTimeout(config.headersTimeoutMs))
+    server.on('request', (req: http.IncomingMessage) => req.socket.setTimeout(config.idleTimeoutMs))
     return server
   }
 }

@@ -9,6 +9,7 @@ import { stat } from 'node:fs/promises'
 import path from 'node:path'
 import type { GitRunner } from './spawn.js'
 import { describeExit } from '../process.js'
+import { ServiceUnavailableError } from '../errors.js'
 
 const MAX_ENTRIES = 2048
 const MAX_BYTES = 64 * 1024
@@ -47,7 +48,7 @@ export class V2AdvertisementCache {
       else chunks.push(c)
     })
     const status = await child.exited
-    if (status.error) throw status.error
+    if (status.error) throw new ServiceUnavailableError('git is not available on this worker')
     if (status.code !== 0) throw new Error(`git upload-pack --advertise-refs: ${describeExit(status)}: ${child.stderr()}`)
     const body = Buffer.concat(chunks)
     if (!body.subarray(0, 32).toString('latin1').includes('version 2')) throw new Error('git did not answer with a v2 advertisement')

@@ -25,7 +25,7 @@ export class ByteLimit extends Transform {
 }
 
 export interface DecodedBody {
-  /** the decoded bytes; fails with a VcsError (400 bad gzip, 413 over the limit) */
+  /** the decoded bytes; its errors go through toClientError (400 bad gzip, 413 over the limit) */
   stream: Readable
   /** bytes read off the wire so far */
   wireBytes(): number
@@ -56,11 +56,10 @@ export function decodeBody(raw: IncomingMessage, limit: number): DecodedBody {
   const onAbort = (): void => { src.destroy(new BadRequestError('client closed the request body early')) }
   raw.once('aborted', onAbort)
   raw.pipe(src)
-  const out = new PassThrough()
+  const out = new ByteLimit(limit)
   const stages: NodeJS.ReadWriteStream[] = gzip ? [createGunzip()] : []
-  pipeline([src, ...stages, new ByteLimit(limit), out] as unknown as [PassThrough, PassThrough]).catch((err: unknown) => {
-    out.destroy(toClientError(err))
-  })
+  // Errors reach the consumer through `out`; it maps them with toClientError.
+  pipeline([src, ...stages, out] as unknown as [PassThrough, PassThrough]).catch(() => {})
   return {
     stream: out,
     wireBytes: () => wire,
@@ -79,7 +78,7 @@ export function decodeBody(raw: IncomingMessage, limit: number): DecodedBody {
 }
 
 /** zlib and socket errors become one-line client errors; our own errors pass through. */
-function toClientError(err: unknown): Error {
+export function toClientError(err: unknown): Error {
   const e = err as NodeJS.ErrnoException
   if (typeof e?.code === 'string' && e.code.startsWith('Z_')) return new BadRequestError('request body is not valid gzip', err)
   if (e?.code === 'ERR_STREAM_PREMATURE_CLOSE' || e?.code === 'ECONNRESET') return new BadRequestError('client closed the request body early', err)

@@ -6,10 +6,10 @@
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
-import { BadRequestError, UnsupportedMediaTypeError, VcsError } from '../errors.js'
+import { BadRequestError, UnsupportedMediaTypeError } from '../errors.js'
 import { resolveGitRepo, type RepoRef } from '../repos/path.js'
 import { stdinSink } from '../process.js'
-import { decodeBody, SpillBuffer } from './body.js'
+import { decodeBody, SpillBuffer, toClientError } from './body.js'
 import { FLUSH, pkt, PktLineChecker } from './pktline.js'
 import { streamChild } from './respond.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
@@ -99,8 +99,8 @@ export function gitHandlers(deps: GitDeps) {
       } catch (err) {
         await spill.dispose()
         body.abandon(DISCARD_LIMIT)
-        if (err instanceof VcsError) reply.header('connection', 'close')
-        throw err
+        reply.header('connection', 'close')
+        throw toClientError(err)
       }
       reply.type('application/x-git-upload-pack-result').headers(NO_CACHE)
       if (checker.isFlushProbe) {
@@ -135,7 +135,7 @@ export function gitHandlers(deps: GitDeps) {
         child.kill()
         body.abandon(DISCARD_LIMIT)
         if (!reply.raw.headersSent) reply.header('connection', 'close')
-        out.destroy(err instanceof Error ? err : new Error(String(err)))
+        out.destroy(toClientError(err))
       })
       reply.type('application/x-git-receive-pack-result').headers(NO_CACHE)
       return reply.send(out)

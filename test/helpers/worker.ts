@@ -2,9 +2,10 @@
  * Test helpers: a real worker on 127.0.0.1:0 over a temp copy of repos-fixture/, real git
  * and hg clients with a private HOME and fixed dates, and process accounting.
  */
-import { cp, mkdir, readdir, readFile } from 'node:fs/promises'
+import { cp, mkdir, readdir, readFile, readlink } from 'node:fs/promises'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { Writable } from 'node:stream'
+import http from 'node:http'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { pino } from 'pino'
@@ -116,7 +117,7 @@ export function gitClient(dir: string, extra: Record<string, string> = {}) {
   return (args: string[], cwd = dir, opts: { timeoutMs?: number; input?: string } = {}) => run('git', args, { cwd, env, ...opts })
 }
 
-/** Processes whose command line contains `marker` (e.g. a test's temp dir), with their state. */
+/** Processes whose command line or working dir contains `marker` (e.g. a test's temp dir), with their state. */
 export async function processesMatching(marker: string): Promise<{ pid: number; state: string; cmd: string }[]> {
   const found: { pid: number; state: string; cmd: string }[] = []
   for (const entry of await readdir('/proc')) {
@@ -125,7 +126,8 @@ export async function processesMatching(marker: string): Promise<{ pid: number; 
       const cmd = (await readFile(`/proc/${entry}/cmdline`, 'utf8')).split('\0').join(' ')
       const stat = await readFile(`/proc/${entry}/stat`, 'utf8')
       const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
-      if (cmd.includes(marker) && Number(entry) !== process.pid) found.push({ pid: Number(entry), state, cmd })
+      const cwd = await readlink(`/proc/${entry}/cwd`).catch(() => '')
+      if ((cmd.includes(marker) || cwd.startsWith(marker)) && Number(entry) !== process.pid) found.push({ pid: Number(entry), state, cmd })
       else if (state === 'Z' && stat.includes('(git')) found.push({ pid: Number(entry), state, cmd: stat })
     } catch { /* gone */ }
   }
@@ -153,4 +155,24 @@ export async function spawnWorker(t: T, args: string[], env: NodeJS.ProcessEnv =
   const m = /listening on (http:\/\/\S+?)\/ /.exec(out)
   if (!m) throw new Error(`worker did not start: ${out}`)
   return { url: m[1]!, proc, output: () => out }
+}
+
+export interface RawResponse {
+  status: number
+  headers: Record<string, string | string[] | undefined>
+  body: Buffer
+}
+
+/** An HTTP request with the path exactly as given (fetch would normalise `..` and `%2e`). */
+export function rawRequest(port: number, method: string, rawPath: string, headers: Record<string, string> = {}, body?: Buffer | string): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path: rawPath, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks) }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
 }
