@@ -1,0 +1,92 @@
+import t from 'tap'
+import type { Test } from 'tap'
+import path from 'node:path'
+import http from 'node:http'
+import { randomBytes } from 'node:crypto'
+import { chmod, rm, writeFile } from 'node:fs/promises'
+import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, waitFor, run, CLI, rawRequest } from '../helpers/worker.js'
+
+const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
+
+/** Adds big.git (one 40 MB incompressible blob) to a repos dir; returns its main commit. */
+async function addBigRepo(t: Test, dir: string, reposDir: string): Promise<string> {
+  const git = gitClient(dir)
+  const src = path.join(dir, 'big-src')
+  await git(['init', '-q', '-b', 'main', src])
+  await writeFile(path.join(src, 'blob.bin'), randomBytes(40 * 1024 * 1024))
+  await git(['add', 'blob.bin'], src)
+  await git(['commit', '-q', '-m', 'big'], src)
+  const r = await git(['clone', '-q', '--bare', src, path.join(reposDir, 'big.git')])
+  t.equal(r.code, 0, r.stderr)
+  return (await git(['rev-parse', 'HEAD'], src)).stdout.trim()
+}
+
+/** Starts a v0 fetch of `oid`, reads the first bytes, then stops reading; resolves with the request. */
+function stalledClone(port: number, oid: string): Promise<{ req: http.ClientRequest; res: http.IncomingMessage }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/big.git/git-upload-pack', agent: false, headers: { 'content-type': 'application/x-git-upload-pack-request' } }, (res) => {
+      res.once('data', () => { res.pause(); resolve({ req, res }) })
+    })
+    req.on('error', (err) => { if (!req.destroyed) reject(err) })
+    req.end(`${pkt(`want ${oid} side-band-64k ofs-delta\n`)}0000${pkt('done\n')}`)
+  })
+}
+
+t.test('a client that goes away mid-clone: git is killed and reaped at once', async (t) => {
+  const w = await startWorker(t)
+  const main = await addBigRepo(t, w.dir, w.reposDir)
+  const { req } = await stalledClone(w.port, main)
+  const running = await processesMatching(path.join(w.reposDir, 'big.git'))
+  t.ok(running.length >= 1, `git is running (${running.map((p) => p.cmd.split(' ')[0]).join(', ')})`)
+  req.destroy()
+  await waitFor(async () => (await processesMatching(w.reposDir)).length === 0, 5000, 'git to be gone')
+  t.same(await processesMatching(w.reposDir), [], 'no git process and no zombie')
+  await waitFor(() => w.logs().some((l) => l.msg === 'request' && l.route === 'git_upload_pack'), 5000, 'the access line')
+  const line = w.logs().find((l) => l.msg === 'request' && l.route === 'git_upload_pack')!
+  t.equal(line.aborted, true, 'logged as aborted')
+  t.not(line.exit_code, 0, 'with the exit of the killed git')
+})
+
+t.test('kill -9 of the worker mid-clone leaves no git process behind', async (t) => {
+  const { dir, reposDir, dataDir } = await fixtureDir(t)
+  const main = await addBigRepo(t, dir, reposDir)
+  const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir])
+  const port = Number(new URL(worker.url).port)
+  const { req } = await stalledClone(port, main)
+  t.ok((await processesMatching(reposDir)).length >= 1, 'git is serving the clone')
+  worker.proc.kill('SIGKILL')
+  await waitFor(async () => (await processesMatching(reposDir)).length === 0, 10_000, 'orphaned git to exit')
+  t.same(await processesMatching(reposDir), [])
+  req.destroy()
+})
+
+t.test('git missing at start-up: exit 1 with a clean message', async (t) => {
+  const { dir, reposDir, dataDir } = await fixtureDir(t)
+  const start = await run(process.execPath, [CLI, 'serve', '--port', '0', '--repos', reposDir, '--data', dataDir, '--git-bin', path.join(dir, 'no-such-git')])
+  t.equal(start.code, 1, 'exit 1: a runtime failure')
+  t.match(start.stderr, /^vcs-worker: git is not usable \(gitBin=.*no-such-git\)/)
+})
+
+t.test('git that disappears or breaks while serving: clean per-request errors, no crash', async (t) => {
+  const wrapper = path.join(t.testdirName, 'git-wrapper')
+  const w = await startWorker(t, { 'git-bin': wrapper })
+  await writeFile(wrapper, '#!/bin/sh\nexec git "$@"\n')
+  await chmod(wrapper, 0o755)
+  t.equal((await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack')).status, 200)
+  await rm(wrapper)
+  for (const headers of [{}, { 'git-protocol': 'version=2' }] as Record<string, string>[]) {
+    const res = await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack', headers)
+    t.equal(res.status, 503, `missing git -> 503 (${JSON.stringify(headers)})`)
+    t.equal(res.body.toString(), 'git is not available on this worker\n')
+  }
+  const post = await rawRequest(w.port, 'POST', '/demo.git/git-upload-pack', { 'content-type': 'application/x-git-upload-pack-request' }, `${pkt('want 5ac674cbf899a6fbcdfc314785e2e58c31ca95a2\n')}0000${pkt('done\n')}`)
+  t.equal(post.status, 503)
+  await writeFile(wrapper, '#!/bin/sh\necho "fatal: this git is broken" >&2\nexit 128\n')
+  await chmod(wrapper, 0o755)
+  const broken = await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack')
+  t.equal(broken.status, 500)
+  t.equal(broken.body.toString(), 'git upload-pack failed: this git is broken\n')
+  t.ok(w.logs().some((l) => l.level === 50 && String(l.stderr).includes('this git is broken')), "git's stderr is in the log")
+  await writeFile(wrapper, '#!/bin/sh\nexec git "$@"\n')
+  t.equal((await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack')).status, 200, 'the worker lived through it')
+})
