@@ -52,6 +52,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     genReqId: requestIdGenerator(),
     serverFactory: serverFactory(config),
     return503OnClosing: true,
+    connectionTimeout: config.idleTimeoutMs,
   }) as unknown as FastifyInstance
   installErrorHandlers(app)
   installAccessLog(app)

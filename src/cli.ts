@@ -56,7 +56,7 @@ async function serve(config: Config, explicitRepos: boolean): Promise<void> {
     throw new Error(`git is not usable (gitBin=${config.gitBin}): ${(err as Error).message}`)
   }
   const app = await buildApp(config, { logger, git })
-  const address = await app.listen({ host: config.host, port: config.port })
+  const address = await app.listen({ host: config.host, port: config.port, backlog: 2048 })
   const port = (app.server.address() as { port: number }).port
   logger.info({ address, git: version, repos: config.reposDir }, 'vcs-worker listening')
   const host = config.host.includes(':') ? `[${config.host}]` : config.host

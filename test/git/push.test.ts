@@ -97,7 +97,7 @@ t.test('anonymous push is refused with 401 and changes nothing', async (t) => {
 })
 
 t.test('a 200 MB push streams through without the worker holding it', async (t) => {
-  const { git, work, server } = await setup(t)
+  const { git, work, server, w } = await setup(t)
   // incompressible content: the pack is as large as the file
   const big = path.join(work, 'big.bin')
   const chunk = 8 * 1024 * 1024
@@ -110,6 +110,7 @@ t.test('a 200 MB push streams through without the worker holding it', async (t) 
   const r = await git(['push', 'origin', 'main'], work, { timeoutMs: 300_000 })
   clearInterval(timer)
   t.equal(r.code, 0, r.stderr)
+  if (r.code !== 0) t.comment(w.logText().split('\n').filter((l) => l.includes('receive')).join('\n'))
   t.equal((await server(['rev-parse', 'main'])).stdout.trim(), (await git(['rev-parse', 'HEAD'], work)).stdout.trim())
   t.ok(peak - rssBefore < 100 * 1024 * 1024, `worker RSS grew by ${Math.round((peak - rssBefore) / 1048576)} MB while 200 MB went through`)
 })

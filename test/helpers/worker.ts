@@ -57,7 +57,7 @@ export async function startWorker(t: T, flags: Record<string, string | boolean> 
   const sink = new Writable({ write(chunk, _e, cb) { text += chunk.toString(); cb() } })
   const logger = pino(loggerOptions(config.logLevel), sink)
   const app = await buildApp(config, { logger })
-  await app.listen({ host: '127.0.0.1', port: 0 })
+  await app.listen({ host: '127.0.0.1', port: 0, backlog: 2048 })
   t.teardown(() => app.close())
   const port = (app.server.address() as { port: number }).port
   return {

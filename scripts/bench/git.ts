@@ -1,0 +1,191 @@
+/**
+ * `npm run bench:git`: our worker against the limit (`git clone --no-local` from the path, no
+ * HTTP at all) and the classic deployment (nginx + fcgiwrap + git http-backend), in one run,
+ * interleaved. Prints ratios; README records them. Generated repos live in data/bench/ (not
+ * committed) and are reused by later runs.
+ */
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import path from 'node:path'
+import { ROOT, freePort, median, rssOf, sh, startWorker, stopProcess, table, timeAsync, waitHttp, wrk } from './lib.js'
+
+const BENCH = path.join(ROOT, 'data', 'bench')
+const REPOS = path.join(BENCH, 'repos')
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const SMALL_REPS = 10
+const CONCURRENT = 16
+
+/** A deterministic large repo: thousands of commits, ~80 MB of incompressible pack. */
+function makeLargeRepo(dir: string): void {
+  if (existsSync(path.join(dir, 'HEAD'))) return
+  console.error('bench: generating the large repo (once)...')
+  const tmp = `${dir}.tmp`
+  rmSync(tmp, { recursive: true, force: true })
+  sh('git', ['init', '-q', '--bare', tmp])
+  let seed = 0x9e3779b9
+  const rand = (n: number): Buffer => {
+    const b = Buffer.allocUnsafe(n)
+    for (let i = 0; i < n; i++) {
+      seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5
+      b[i] = seed & 0xff
+    }
+    return b
+  }
+  const parts: Buffer[] = []
+  const commits = 3000
+  for (let c = 1; c <= commits; c++) {
+    const blob = rand(24 * 1024 + (c % 7) * 1024)
+    const msg = `commit ${c}\n`
+    parts.push(Buffer.from(`commit refs/heads/main\ncommitter Bench <bench@example.invalid> ${1_700_000_000 + c * 60} +0000\ndata ${msg.length}\n${msg}`))
+    if (c > 1) parts.push(Buffer.from(''))
+    parts.push(Buffer.from(`M 100644 inline dir${c % 50}/file${c % 400}.bin\ndata ${blob.length}\n`), blob, Buffer.from('\n'))
+    parts.push(Buffer.from(`M 100644 inline README\ndata ${`rev ${c}\n`.length}\nrev ${c}\n\n`))
+  }
+  sh('git', ['--git-dir', tmp, 'fast-import', '--quiet'], { input: Buffer.concat(parts) })
+  sh('git', ['--git-dir', tmp, 'repack', '-adq'])
+  sh('mv', [tmp, dir])
+}
+
+/** nginx + fcgiwrap + git http-backend on loopback: the classic smart-HTTP deployment. */
+async function startClassic(reposDir: string): Promise<{ url: string; stop(): Promise<void> }> {
+  const dir = path.join(BENCH, 'classic')
+  rmSync(dir, { recursive: true, force: true })
+  mkdirSync(path.join(dir, 'tmp'), { recursive: true })
+  const port = await freePort()
+  const sock = path.join(dir, 'fcgiwrap.sock')
+  const fcgi = spawn('fcgiwrap', ['-c', String(CONCURRENT), '-s', `unix:${sock}`], { stdio: 'inherit' })
+  const conf = `
+worker_processes 2;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+daemon off;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/tmp/body; fastcgi_temp_path ${dir}/tmp/fcgi;
+  proxy_temp_path ${dir}/tmp/proxy; uwsgi_temp_path ${dir}/tmp/uwsgi; scgi_temp_path ${dir}/tmp/scgi;
+  server {
+    listen 127.0.0.1:${port};
+    client_max_body_size 0;
+    location / {
+      fastcgi_pass unix:${sock};
+      fastcgi_buffering off;
+      fastcgi_request_buffering off;
+      fastcgi_read_timeout 3600s;
+      fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
+      fastcgi_param GIT_PROJECT_ROOT ${reposDir};
+      fastcgi_param GIT_HTTP_EXPORT_ALL "";
+      fastcgi_param PATH_INFO $uri;
+      fastcgi_param QUERY_STRING $query_string;
+      fastcgi_param REQUEST_METHOD $request_method;
+      fastcgi_param CONTENT_TYPE $content_type;
+      fastcgi_param CONTENT_LENGTH $content_length;
+      fastcgi_param GIT_PROTOCOL $http_git_protocol;
+      fastcgi_param HTTP_CONTENT_ENCODING $http_content_encoding;
+      fastcgi_param REMOTE_ADDR $remote_addr;
+    }
+  }
+}`
+  writeFileSync(path.join(dir, 'nginx.conf'), conf)
+  const nginx = spawn('nginx', ['-c', path.join(dir, 'nginx.conf'), '-p', dir], { stdio: 'inherit' })
+  const url = `http://127.0.0.1:${port}`
+  await waitHttp(url)
+  return {
+    url,
+    async stop() {
+      await stopProcess(nginx)
+      await stopProcess(fcgi)
+    },
+  }
+}
+
+async function main(): Promise<void> {
+  mkdirSync(REPOS, { recursive: true })
+  makeLargeRepo(path.join(REPOS, 'large.git'))
+  if (!existsSync(path.join(REPOS, 'small.git'))) sh('cp', ['-a', path.join(ROOT, 'repos-fixture', 'demo.git'), path.join(REPOS, 'small.git')])
+  const packMb = Number(sh('du', ['-sm', path.join(REPOS, 'large.git')]).split('\t')[0])
+  const commits = sh('git', ['--git-dir', path.join(REPOS, 'large.git'), 'rev-list', '--count', 'main']).trim()
+  console.error(`bench: large repo ${packMb} MB, ${commits} commits`)
+
+  const data = path.join(BENCH, 'worker-data')
+  const worker = await startWorker(['--repos', REPOS, '--data', data])
+  const classic = await startClassic(REPOS)
+  const work = path.join(BENCH, 'work')
+  const env = { ...process.env, HOME: path.join(BENCH, 'home'), GIT_CONFIG_NOSYSTEM: '1', GIT_TERMINAL_PROMPT: '0' }
+  mkdirSync(env.HOME, { recursive: true })
+  const clone = async (src: string, extra: string[] = []): Promise<number> => {
+    rmSync(work, { recursive: true, force: true })
+    const r = await timeAsync('git', ['clone', '-q', '--bare', ...extra, src, work], { env })
+    if (r.code !== 0) throw new Error(`clone of ${src} failed`)
+    return r.ms
+  }
+  try {
+    const t = { largeWorker: [] as number[], largeClassic: [] as number[], largeLimit: [] as number[], smallWorker: [] as number[], smallClassic: [] as number[] }
+    await clone(`${worker.url}/large.git`) // warm the page cache for every contender
+    for (let round = 0; round < ROUNDS; round++) {
+      t.largeWorker.push(await clone(`${worker.url}/large.git`))
+      t.largeClassic.push(await clone(`${classic.url}/large.git`))
+      t.largeLimit.push(await clone(path.join(REPOS, 'large.git'), ['--no-local']))
+      for (let i = 0; i < SMALL_REPS; i++) {
+        t.smallWorker.push(await clone(`${worker.url}/small.git`))
+        t.smallClassic.push(await clone(`${classic.url}/small.git`))
+      }
+    }
+    const rps: Record<string, { rps: number; errors: number }> = {}
+    const refs = (base: string) => `${base}/large.git/info/refs?service=git-upload-pack`
+    for (const round of [0, 1]) {
+      for (const [name, base] of [['worker', worker.url], ['classic', classic.url]] as const) {
+        for (const v of ['v0', 'v2']) {
+          const r = wrk(refs(base), CONCURRENT, 5, v === 'v2' ? { 'Git-Protocol': 'version=2' } : {})
+          const key = `${name}-${v}`
+          if (!rps[key] || round === 1) rps[key] = rps[key] ? { rps: (rps[key]!.rps + r.rps) / 2, errors: rps[key]!.errors + r.errors } : r
+        }
+      }
+    }
+    // worker RSS (the node process only, git children excluded) during 16 concurrent large clones
+    let peakRss = rssOf(worker.proc.pid!)
+    const baseRss = peakRss
+    const sampler = setInterval(() => { peakRss = Math.max(peakRss, rssOf(worker.proc.pid!)) }, 50)
+    const conc = await Promise.all(Array.from({ length: CONCURRENT }, (_, i) => {
+      const dest = path.join(BENCH, `conc-${i}`)
+      rmSync(dest, { recursive: true, force: true })
+      return timeAsync('git', ['clone', '-q', '--bare', `${worker.url}/large.git`, dest], { env })
+    }))
+    clearInterval(sampler)
+    for (let i = 0; i < CONCURRENT; i++) rmSync(path.join(BENCH, `conc-${i}`), { recursive: true, force: true })
+    const concFailures = conc.filter((c) => c.code !== 0).length
+
+    const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)])) as Record<keyof typeof t, number>
+    const r2 = (x: number) => x.toFixed(2)
+    const results = {
+      large_pack_mb: packMb,
+      large_clone_ms: { worker: m.largeWorker, classic: m.largeClassic, limit: m.largeLimit },
+      small_clone_ms: { worker: m.smallWorker, classic: m.smallClassic },
+      info_refs_rps: Object.fromEntries(Object.entries(rps).map(([k, v]) => [k, Math.round(v.rps)])),
+      info_refs_errors: Object.values(rps).reduce((a, b) => a + b.errors, 0),
+      worker_rss_mb: { idle: Math.round(baseRss / 1048576), peak_16_large_clones: Math.round(peakRss / 1048576) },
+      concurrent_clone_failures: concFailures,
+    }
+    console.log(table([
+      ['measure', 'value', 'target', 'met'],
+      ['large clone worker/limit', r2(m.largeWorker / m.largeLimit), '<= 1.10', m.largeWorker / m.largeLimit <= 1.1 ? 'yes' : 'NO'],
+      ['large clone classic/limit', r2(m.largeClassic / m.largeLimit), '(reference)', ''],
+      ['small clone worker/classic', r2(m.smallWorker / m.smallClassic), '<= 0.90', m.smallWorker / m.smallClassic <= 0.9 ? 'yes' : 'NO'],
+      ['info/refs v0 worker/classic', r2(rps['worker-v0']!.rps / rps['classic-v0']!.rps), '>= 1.0', rps['worker-v0']!.rps >= rps['classic-v0']!.rps ? 'yes' : 'NO'],
+      ['info/refs v2 worker/classic', r2(rps['worker-v2']!.rps / rps['classic-v2']!.rps), '>= 3.0', rps['worker-v2']!.rps >= 3 * rps['classic-v2']!.rps ? 'yes' : 'NO'],
+      ['worker RSS peak, 16 large clones (MB)', results.worker_rss_mb.peak_16_large_clones, '<= 150', results.worker_rss_mb.peak_16_large_clones <= 150 ? 'yes' : 'NO'],
+      ['failed concurrent clones', concFailures, '0', concFailures === 0 ? 'yes' : 'NO'],
+    ]))
+    console.log(JSON.stringify(results, null, 2))
+    writeFileSync(path.join(BENCH, 'git-results.json'), JSON.stringify(results, null, 2))
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+    await worker.stop()
+    await classic.stop()
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(`bench:git failed: ${(err as Error).message}`)
+  process.exitCode = 1
+})

@@ -1,0 +1,122 @@
+/**
+ * Shared benchmark plumbing: start our worker as its own process, time commands, sample RSS,
+ * run wrk, and print a table of ratios. Every loop here is bounded in count and time, and all
+ * traffic goes to 127.0.0.1.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { createServer } from 'node:net'
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..')
+export const CLI = path.join(ROOT, 'dist/src/cli.js')
+
+/** Runs a command, throws with its stderr on failure, returns stdout. */
+export function sh(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string | Buffer } = {}): string {
+  const r = spawnSync(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, input: opts.input, maxBuffer: 256 * 1024 * 1024 })
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr?.toString().slice(-2000)}`)
+  return r.stdout.toString()
+}
+
+/** Asks the OS for a free loopback port (for servers that cannot listen on port 0 and tell us). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port
+      srv.close(() => resolve(port))
+    })
+    srv.on('error', reject)
+  })
+}
+
+/** Waits until a TCP port on 127.0.0.1 accepts an HTTP request. */
+export async function waitHttp(url: string, timeoutMs = 15_000): Promise<void> {
+  const until = Date.now() + timeoutMs
+  while (Date.now() < until) {
+    try {
+      await fetch(url)
+      return
+    } catch { await new Promise((r) => setTimeout(r, 100)) }
+  }
+  throw new Error(`${url} did not answer within ${timeoutMs} ms`)
+}
+
+export interface Started {
+  url: string
+  proc: ChildProcess
+  stop(): Promise<void>
+}
+
+/** Starts `vcs-worker serve` on a free port and waits for its listening line. */
+export async function startWorker(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Started> {
+  const proc = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--log-level', 'warn', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+  let out = ''
+  proc.stdout!.on('data', (c) => { out += c })
+  const until = Date.now() + 15_000
+  while (!/listening on (http:\/\/\S+?)\/ /.test(out)) {
+    if (Date.now() > until || proc.exitCode !== null) throw new Error(`worker did not start: ${out}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  const url = /listening on (http:\/\/\S+?)\/ /.exec(out)![1]!
+  return { url, proc, stop: () => stopProcess(proc) }
+}
+
+/** SIGTERM a process we started, SIGKILL it after 5 s, and wait for it. */
+export async function stopProcess(proc: ChildProcess): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return
+  const exited = new Promise((r) => proc.once('exit', r))
+  proc.kill('SIGTERM')
+  const t = setTimeout(() => proc.kill('SIGKILL'), 5000)
+  await exited
+  clearTimeout(t)
+}
+
+/** Wall time of a command in ms; throws if it fails. */
+export function timeIt(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): number {
+  const t0 = process.hrtime.bigint()
+  sh(cmd, args, opts)
+  return Number(process.hrtime.bigint() - t0) / 1e6
+}
+
+/** Async wall time of a spawned command. */
+export function timeAsync(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ ms: number; code: number | null }> {
+  return new Promise((resolve) => {
+    const t0 = process.hrtime.bigint()
+    const p = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: 'ignore' })
+    p.on('close', (code) => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, code }))
+  })
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = Math.floor(s.length / 2)
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
+}
+
+/** Resident set size of a pid in bytes (0 when it is gone). */
+export function rssOf(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? Number(m[1]) * 1024 : 0
+  } catch { return 0 }
+}
+
+/** Requests per second from wrk at the given concurrency, bounded to `seconds`. */
+export function wrk(url: string, concurrency: number, seconds: number, headers: Record<string, string> = {}): { rps: number; errors: number } {
+  const args = ['-t', '2', '-c', String(concurrency), '-d', `${seconds}s`, '--latency']
+  for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`)
+  const out = sh('wrk', [...args, url])
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0)
+  const errs = /Non-2xx or 3xx responses: (\d+)/.exec(out)
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
+  const errors = Number(errs?.[1] ?? 0) + (sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0)
+  return { rps, errors }
+}
+
+/** Prints rows as an aligned table. */
+export function table(rows: (string | number)[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)))
+  return rows.map((r) => r.map((c, i) => String(c).padEnd(widths[i]!)).join('  ')).join('\n')
+}
