@@ -8,16 +8,22 @@ import { realpathSync } from 'node:fs'
 import Fastify, { LogController, type FastifyInstance, type FastifyServerFactory } from 'fastify'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
-import { installErrorHandlers, UnauthorizedError } from './errors.js'
+import { installErrorHandlers } from './errors.js'
 import { installAccessLog, loggerOptions, requestIdGenerator } from './log.js'
 import { createGitRunner, type GitRunner } from './git/spawn.js'
-import { gitHandlers, type Authorize } from './git/routes.js'
+import { gitHandlers } from './git/routes.js'
+import { installHookScripts, RefHookServer } from './git/ref-hooks.js'
+import authPlugin from './auth/plugin.js'
+import { openSqliteStore } from './auth/sqlite-store.js'
+import type { AuthStore } from './auth/store.js'
 import { repositoryDispatcher } from './dispatch.js'
 
 export interface AppDeps {
   /** a pino logger to use instead of one built from the config (tests capture logs this way) */
   logger?: Logger
   git?: GitRunner
+  /** an auth store to use instead of opening `<dataDir>/auth.sqlite` (closed by the caller) */
+  store?: AuthStore
 }
 
 /** Node's http server with the timeouts a VCS server needs (see README "Timeouts"). */
@@ -52,6 +58,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     genReqId: requestIdGenerator(),
     serverFactory: serverFactory(config),
     return503OnClosing: true,
+    // X-Forwarded-For is believed only from the configured proxies (HAProxy); else the socket.
+    trustProxy: config.trustedProxies.length ? [...config.trustedProxies] : false,
     connectionTimeout: config.idleTimeoutMs,
   }) as unknown as FastifyInstance
   installErrorHandlers(app)
@@ -63,14 +71,22 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   const git = deps.git ?? createGitRunner(config)
   const reposRoot = realpathSync(config.reposDir)
-  // TODO(auth issue): replace with the auth plugin; until then reads are anonymous and pushes
-  // need the allowAnonymousPush switch.
-  const authorize: Authorize = async (_req, _reply, _repo, action) => {
-    if (action === 'write' && !config.allowAnonymousPush) throw new UnauthorizedError('authentication required to push', config.realm)
-  }
+  const store = deps.store ?? openSqliteStore(config.authDb)
+  if (!deps.store) app.addHook('onClose', async () => store.close())
+  await app.register(authPlugin, {
+    store,
+    realm: config.realm,
+    cacheTtlMs: config.authCacheTtlMs,
+    throttleLimit: config.loginFailureLimit,
+    throttleWindowMs: config.loginFailureWindowMs,
+  })
+  installHookScripts(config.hooksDir)
+  const refHooks = new RefHookServer((ctx) => app.vcsAuth.checkRefUpdates(ctx), config.tmpDir)
+  await refHooks.start()
+  app.addHook('onClose', () => refHooks.stop())
 
   app.get('/health/live', async (_req, reply) => reply.type('text/plain').send('ok\n'))
-  const dispatch = repositoryDispatcher(gitHandlers({ config, git, reposRoot, authorize }))
+  const dispatch = repositoryDispatcher(gitHandlers({ config, git, reposRoot, auth: app.vcsAuth, refHooks }))
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'], url: '/*', handler: dispatch })
   return app
 }

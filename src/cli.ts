@@ -11,17 +11,29 @@ import { loadConfig, flagSpec, type Config } from './config.js'
 import { ConfigError } from './errors.js'
 import { loggerOptions } from './log.js'
 import { createGitRunner } from './git/spawn.js'
-import { createRepo, RepoExistsError } from './repos/create.js'
+import { openSqliteStore } from './auth/sqlite-store.js'
+import { runAdmin, UsageError, type AdminContext } from './admin.js'
 
 const USAGE = `usage:
   vcs-worker serve [--config FILE] [--host H] [--port N] [--repos DIR] [--data DIR] [--hg-processes N] [...]
   vcs-worker repo create PATH --git|--hg [--public]
-run 'vcs-worker help' for every option`
-
-class UsageError extends Error {}
+  vcs-worker repo visibility PATH public|private
+  vcs-worker user add|passwd NAME          (password on standard input)
+  vcs-worker user remove NAME
+  vcs-worker token create NAME [--expires 30d|DATE]
+  vcs-worker token revoke NAME ID
+  vcs-worker grant NAME PATH read|write|admin
+  vcs-worker revoke NAME PATH
+  vcs-worker protect PATH REF-PATTERN [--users a,b]
+  vcs-worker unprotect PATH REF-PATTERN
+every command takes --data DIR and --repos DIR (or --config FILE) to find the store and repos`
 
 function parse(argv: string[]) {
-  const options = { ...flagSpec(), git: { type: 'boolean' as const }, hg: { type: 'boolean' as const }, public: { type: 'boolean' as const }, help: { type: 'boolean' as const } }
+  const options = {
+    ...flagSpec(),
+    git: { type: 'boolean' as const }, hg: { type: 'boolean' as const }, public: { type: 'boolean' as const },
+    expires: { type: 'string' as const }, users: { type: 'string' as const }, help: { type: 'boolean' as const },
+  }
   try {
     return parseArgs({ args: argv, options, allowPositionals: true, strict: true })
   } catch (err) {
@@ -79,23 +91,6 @@ async function serve(config: Config, explicitRepos: boolean): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'))
 }
 
-async function repoCommand(config: Config, args: string[], values: Record<string, unknown>): Promise<void> {
-  const [sub, name, ...rest] = args
-  if (sub !== 'create') throw new UsageError(`unknown repo command: ${sub ?? '(none)'}`)
-  if (!name || rest.length) throw new UsageError('repo create takes exactly one PATH')
-  if (Boolean(values.git) === Boolean(values.hg)) throw new UsageError('repo create needs exactly one of --git or --hg')
-  prepareDirs(config, values.repos !== undefined)
-  const git = createGitRunner(config)
-  try {
-    const created = await createRepo(config.reposDir, name, values.git ? 'git' : 'hg', { git })
-    process.stdout.write(`created ${values.git ? 'git' : 'hg'} repository ${created}\n`)
-  } catch (err) {
-    if (err instanceof RepoExistsError) throw err
-    if ((err as { code?: string }).code === 'VCS_BAD_REQUEST') throw new UsageError(`bad repository path: ${(err as Error).message}`)
-    throw err
-  }
-}
-
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv)
   const [command, ...args] = positionals
@@ -109,11 +104,16 @@ async function main(argv: string[]): Promise<number> {
       if (args.length) throw new UsageError(`serve takes no arguments, got ${args.join(' ')}`)
       await serve(config, (values as Record<string, unknown>).repos !== undefined || process.env.VCS_WORKER_REPOS !== undefined)
       return -1 // keeps running
-    case 'repo':
-      await repoCommand(config, args, values)
+    default: {
+      prepareDirs(config, (values as Record<string, unknown>).repos !== undefined)
+      const store = openSqliteStore(config.authDb)
+      try {
+        await runAdmin(command, args, { config, store, flags: values as AdminContext['flags'], out: (line) => process.stdout.write(`${line}\n`) })
+      } finally {
+        store.close()
+      }
       return 0
-    default:
-      throw new UsageError(`unknown command: ${command}`)
+    }
   }
 }
 

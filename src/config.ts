@@ -43,7 +43,10 @@ export const OPTIONS = {
   keepAliveTimeoutMs: { kind: 'int', flag: 'keep-alive-timeout-ms', env: 'VCS_WORKER_KEEP_ALIVE_TIMEOUT_MS', doc: 'idle time allowed between two requests on one connection', min: 100 },
   idleTimeoutMs: { kind: 'int', flag: 'idle-timeout-ms', env: 'VCS_WORKER_IDLE_TIMEOUT_MS', doc: 'socket inactivity (no byte either way) that ends a connection', min: 1000 },
   killGraceMs: { kind: 'int', flag: 'kill-grace-ms', env: 'VCS_WORKER_KILL_GRACE_MS', doc: 'SIGTERM to SIGKILL delay for child processes', min: 0 },
-  allowAnonymousPush: { kind: 'bool', flag: 'allow-anonymous-push', env: 'VCS_WORKER_ALLOW_ANONYMOUS_PUSH', doc: 'accept pushes without credentials (tests only)' },
+  trustedProxies: { kind: 'list', flag: 'trusted-proxies', env: 'VCS_WORKER_TRUSTED_PROXIES', doc: 'addresses/CIDRs whose X-Forwarded-For is believed (HAProxy)' },
+  authCacheTtlMs: { kind: 'int', flag: 'auth-cache-ttl-ms', env: 'VCS_WORKER_AUTH_CACHE_TTL_MS', doc: 'how long a verified credential is remembered', min: 0, max: 3_600_000 },
+  loginFailureLimit: { kind: 'int', flag: 'login-failure-limit', env: 'VCS_WORKER_LOGIN_FAILURE_LIMIT', doc: 'failed logins per user and address before 429', min: 1 },
+  loginFailureWindowMs: { kind: 'int', flag: 'login-failure-window-ms', env: 'VCS_WORKER_LOGIN_FAILURE_WINDOW_MS', doc: 'window of the failed-login count', min: 1000 },
   realm: { kind: 'string', flag: 'realm', env: 'VCS_WORKER_REALM', doc: 'HTTP Basic realm shown by clients' },
 } as const satisfies Record<string, Option>
 
@@ -64,7 +67,10 @@ export interface Config {
   readonly keepAliveTimeoutMs: number
   readonly idleTimeoutMs: number
   readonly killGraceMs: number
-  readonly allowAnonymousPush: boolean
+  readonly trustedProxies: readonly string[]
+  readonly authCacheTtlMs: number
+  readonly loginFailureLimit: number
+  readonly loginFailureWindowMs: number
   readonly realm: string
   /** derived: PATH handed to children (the worker's own) */
   readonly envPath: string
@@ -72,6 +78,10 @@ export interface Config {
   readonly homeDir: string
   /** derived: temp files (spilled request bodies), `<dataDir>/tmp` */
   readonly tmpDir: string
+  /** derived: the SQLite auth store, `<dataDir>/auth.sqlite` */
+  readonly authDb: string
+  /** derived: hook scripts receive-pack runs, `<dataDir>/hooks` */
+  readonly hooksDir: string
 }
 
 /** Defaults; `reposDir` empty means `<dataDir>/repos`. */
@@ -90,11 +100,16 @@ export const DEFAULTS: Config = {
   keepAliveTimeoutMs: 5_000,
   idleTimeoutMs: 300_000,
   killGraceMs: 5_000,
-  allowAnonymousPush: false,
+  trustedProxies: [],
+  authCacheTtlMs: 60_000,
+  loginFailureLimit: 10,
+  loginFailureWindowMs: 300_000,
   realm: 'vcs-worker',
   envPath: '/usr/local/bin:/usr/bin:/bin',
   homeDir: '',
   tmpDir: '',
+  authDb: '',
+  hooksDir: '',
 }
 
 /** Flags that every command accepts for `util.parseArgs`. */
@@ -132,6 +147,8 @@ export function loadConfig(src: Source): Config {
   raw.envPath = src.env.PATH ?? DEFAULTS.envPath
   raw.homeDir = path.join(dataDir, 'home')
   raw.tmpDir = path.join(dataDir, 'tmp')
+  raw.authDb = path.join(dataDir, 'auth.sqlite')
+  raw.hooksDir = path.join(dataDir, 'hooks')
   return Object.freeze(raw as unknown as Config)
 }
 

@@ -5,7 +5,7 @@ import { loadConfig } from '../src/config.js'
 import { ConfigError } from '../src/errors.js'
 import { CLI, fixtureDir, gitClient, run, spawnWorker } from './helpers/worker.js'
 
-const cli = (args: string[], env: NodeJS.ProcessEnv = {}) => run(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH, ...env } })
+const cli = (args: string[], env: NodeJS.ProcessEnv = {}, input?: string) => run(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH, ...env }, input })
 
 t.test('config precedence: defaults < file < env < flags', async (t) => {
   const dir = t.testdir({ 'c.json': JSON.stringify({ port: 1111, host: '127.0.0.2', hgProcesses: 3, logLevel: 'warn' }) })
@@ -56,7 +56,7 @@ t.test('repo create: git and nested paths, refuses bad and existing names, never
   const common = ['--repos', reposDir, '--data', dataDir]
   let r = await cli(['repo', 'create', 'team/new-thing', '--git', ...common])
   t.equal(r.code, 0, r.stderr)
-  t.equal(r.stdout, 'created git repository team/new-thing.git\n')
+  t.equal(r.stdout, 'created git repository team/new-thing.git (private)\n')
   r = await cli(['repo', 'create', 'team/new-thing.git', '--git', ...common])
   t.equal(r.code, 1)
   t.match(r.stderr, 'team/new-thing.git already exists')
@@ -69,12 +69,19 @@ t.test('repo create: git and nested paths, refuses bad and existing names, never
   t.same(entries, [], 'no temp dirs or escaped repos left')
   t.same((await readdir(path.dirname(reposDir))).sort(), ['client-home', 'data', 'repos'], 'nothing written beside the repos dir')
 
-  // a server already running sees the new repo at once, and can clone and push it
-  const worker = await spawnWorker(t, [...common, '--allow-anonymous-push'])
-  r = await cli(['repo', 'create', 'fresh', '--git', ...common])
+  // a server already running sees the new repo, user and grant at once, and serves them
+  const worker = await spawnWorker(t, common)
+  r = await cli(['repo', 'create', 'fresh', '--git', '--public', ...common])
   t.equal(r.code, 0)
+  r = await cli(['user', 'add', 'maker', ...common], {}, 'maker-password\n')
+  t.equal(r.code, 0, r.stderr)
+  r = await cli(['grant', 'maker', 'fresh', 'write', ...common])
+  t.equal(r.stdout, 'maker has write on fresh.git\n')
   const git = gitClient(dir)
-  const c = await git(['clone', `${worker.url}/fresh.git`, 'fresh'])
+  const anon = await git(['clone', `${worker.url}/fresh.git`, 'fresh-anon'])
+  t.equal(anon.code, 0, 'public: anonymous clone works')
+  const url = new URL(worker.url)
+  const c = await git(['clone', `http://maker:maker-password@${url.host}/fresh.git`, 'fresh'])
   t.equal(c.code, 0, c.stderr)
   await writeFile(path.join(dir, 'fresh', 'a'), 'a\n')
   await git(['add', 'a'], path.join(dir, 'fresh'))

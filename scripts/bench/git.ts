@@ -52,8 +52,10 @@ async function startClassic(reposDir: string): Promise<{ url: string; stop(): Pr
   rmSync(dir, { recursive: true, force: true })
   mkdirSync(path.join(dir, 'tmp'), { recursive: true })
   const port = await freePort()
-  const sock = path.join(dir, 'fcgiwrap.sock')
-  const fcgi = spawn('fcgiwrap', ['-c', String(CONCURRENT), '-s', `unix:${sock}`], { stdio: 'inherit' })
+  // TCP rather than a unix socket: nginx's workers drop to www-data when started as root and
+  // could not open a root-owned socket.
+  const fcgiPort = await freePort()
+  const fcgi = spawn('fcgiwrap', ['-c', String(CONCURRENT), '-s', `tcp:127.0.0.1:${fcgiPort}`], { stdio: 'inherit', detached: true })
   const conf = `
 worker_processes 2;
 pid ${dir}/nginx.pid;
@@ -68,7 +70,7 @@ http {
     listen 127.0.0.1:${port};
     client_max_body_size 0;
     location / {
-      fastcgi_pass unix:${sock};
+      fastcgi_pass 127.0.0.1:${fcgiPort};
       fastcgi_buffering off;
       fastcgi_request_buffering off;
       fastcgi_read_timeout 3600s;
@@ -87,7 +89,7 @@ http {
   }
 }`
   writeFileSync(path.join(dir, 'nginx.conf'), conf)
-  const nginx = spawn('nginx', ['-c', path.join(dir, 'nginx.conf'), '-p', dir], { stdio: 'inherit' })
+  const nginx = spawn('nginx', ['-c', path.join(dir, 'nginx.conf'), '-p', dir], { stdio: 'inherit', detached: true })
   const url = `http://127.0.0.1:${port}`
   await waitHttp(url)
   return {
@@ -116,7 +118,7 @@ async function main(): Promise<void> {
   const clone = async (src: string, extra: string[] = []): Promise<number> => {
     rmSync(work, { recursive: true, force: true })
     const r = await timeAsync('git', ['clone', '-q', '--bare', ...extra, src, work], { env })
-    if (r.code !== 0) throw new Error(`clone of ${src} failed`)
+    if (r.code !== 0) throw new Error(`clone of ${src} failed: ${r.stderr}`)
     return r.ms
   }
   try {

@@ -63,13 +63,19 @@ export async function startWorker(args: string[], env: NodeJS.ProcessEnv = {}): 
   return { url, proc, stop: () => stopProcess(proc) }
 }
 
-/** SIGTERM a process we started, SIGKILL it after 5 s, and wait for it. */
+/**
+ * SIGTERM a process we started (and its process group, when it was spawned detached: fcgiwrap
+ * and nginx fork workers), SIGKILL after 5 s, and wait for it, at most 10 s.
+ */
 export async function stopProcess(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return
-  const exited = new Promise((r) => proc.once('exit', r))
-  proc.kill('SIGTERM')
-  const t = setTimeout(() => proc.kill('SIGKILL'), 5000)
-  await exited
+  const pid = proc.pid
+  if (pid === undefined) return
+  const signal = (s: NodeJS.Signals) => { try { process.kill(-pid, s) } catch { try { process.kill(pid, s) } catch { /* gone */ } } }
+  const exited = proc.exitCode !== null || proc.signalCode !== null ? Promise.resolve() : new Promise((r) => proc.once('exit', r))
+  signal('SIGTERM')
+  const t = setTimeout(() => signal('SIGKILL'), 5000)
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))])
+  signal('SIGKILL') // whatever is left of the group
   clearTimeout(t)
 }
 
@@ -81,11 +87,13 @@ export function timeIt(cmd: string, args: string[], opts: { cwd?: string; env?: 
 }
 
 /** Async wall time of a spawned command. */
-export function timeAsync(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ ms: number; code: number | null }> {
+export function timeAsync(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ ms: number; code: number | null; stderr: string }> {
   return new Promise((resolve) => {
     const t0 = process.hrtime.bigint()
-    const p = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: 'ignore' })
-    p.on('close', (code) => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, code }))
+    const p = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    p.stderr!.on('data', (c) => { stderr = (stderr + c).slice(-4000) })
+    p.on('close', (code) => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, code, stderr }))
   })
 }
 

@@ -44,6 +44,8 @@ export interface StreamChildOptions {
   what: string
   /** bytes the response starts with, sent only once git produced output or succeeded */
   prefix?: Buffer
+  /** a transform git's output goes through first (report-status rewriting) */
+  rewrite?: Transform
 }
 
 /**
@@ -73,6 +75,7 @@ export function streamChild(req: FastifyRequest, reply: FastifyReply, child: Chi
     const last = stderr.split('\n').filter(Boolean).pop()
     return new ChildFailedError(oneLine(`${opts.what} failed${last ? `: ${last.replace(/^fatal: /, '')}` : ''}`))
   }, opts.prefix)
-  pipeline(child.proc.stdout, out, () => { /* errors surface through `out` */ })
+  const stages = opts.rewrite ? [child.proc.stdout, opts.rewrite, out] : [child.proc.stdout, out]
+  pipeline(stages, () => { /* errors surface through `out` */ })
   return out
 }

@@ -14,17 +14,17 @@ import { FLUSH, pkt, PktLineChecker } from './pktline.js'
 import { streamChild } from './respond.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
 import { V2AdvertisementCache } from './advertise.js'
-
-export type Action = 'read' | 'write'
-/** Throws 401/403/404 when the request may not do `action` on `repo`. */
-export type Authorize = (req: FastifyRequest, reply: FastifyReply, repo: RepoRef, action: Action) => Promise<void>
+import { ReportRewriter } from './report-status.js'
+import type { RefHookServer } from './ref-hooks.js'
+import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
 
 export interface GitDeps {
   config: Config
   git: GitRunner
   /** realpath of the repos dir */
   reposRoot: string
-  authorize: Authorize
+  auth: VcsAuth
+  refHooks: RefHookServer
 }
 
 const SERVICES: Record<string, GitService> = { 'git-upload-pack': 'upload-pack', 'git-receive-pack': 'receive-pack' }
@@ -44,11 +44,11 @@ export function gitHandlers(deps: GitDeps) {
   const { config, git } = deps
   const v2 = new V2AdvertisementCache(git)
 
-  async function findRepo(req: FastifyRequest, reply: FastifyReply, repoPath: string, action: Action): Promise<RepoRef> {
+  async function findRepo(req: FastifyRequest, repoPath: string, action: Action): Promise<{ repo: RepoRef; principal: Identity }> {
     const repo = await resolveGitRepo(deps.reposRoot, repoPath)
     req.access.repo = repo.name
-    await deps.authorize(req, reply, repo, action)
-    return repo
+    const principal = await deps.auth.authorize(req, repo, action)
+    return { repo, principal }
   }
 
   function protocolOf(req: FastifyRequest): string | undefined {
@@ -66,7 +66,7 @@ export function gitHandlers(deps: GitDeps) {
       const service = typeof serviceName === 'string' ? SERVICES[serviceName] : undefined
       if (!service) throw new BadRequestError('unknown service: use git-upload-pack or git-receive-pack')
       req.access.service = service
-      const repo = await findRepo(req, reply, repoPath, service === 'receive-pack' ? 'write' : 'read')
+      const { repo } = await findRepo(req, repoPath, service === 'receive-pack' ? 'write' : 'read')
       const gitProtocol = protocolOf(req)
       reply.type(`application/x-git-${service}-advertisement`).headers(NO_CACHE)
       if (service === 'upload-pack' && req.access.protocol === 'v2') {
@@ -86,7 +86,7 @@ export function gitHandlers(deps: GitDeps) {
       req.access.route = 'git_upload_pack'
       req.access.service = 'upload-pack'
       requireContentType(req, 'application/x-git-upload-pack-request')
-      const repo = await findRepo(req, reply, repoPath, 'read')
+      const { repo } = await findRepo(req, repoPath, 'read')
       const gitProtocol = protocolOf(req)
       const body = decodeBody(req.raw, config.maxNegotiationBytes)
       req.access.countIn = body.wireBytes
@@ -118,17 +118,20 @@ export function gitHandlers(deps: GitDeps) {
       req.access.route = 'git_receive_pack'
       req.access.service = 'receive-pack'
       requireContentType(req, 'application/x-git-receive-pack-request')
-      const repo = await findRepo(req, reply, repoPath, 'write')
+      const { repo, principal } = await findRepo(req, repoPath, 'write')
       const gitProtocol = protocolOf(req)
       const body = decodeBody(req.raw, config.maxPushBytes)
       req.access.countIn = body.wireBytes
-      const hookEnv: Record<string, string> = {}
-      if (req.access.user) {
-        hookEnv.REMOTE_USER = req.access.user
-        hookEnv.VCS_WORKER_USER = req.access.user
+      // Repository hooks learn who pushed; our own hooks learn which push this is.
+      const session = deps.refHooks.open({ principal, repo })
+      const hookEnv: Record<string, string> = { ...session.env }
+      if (principal.kind === 'user') {
+        hookEnv.REMOTE_USER = principal.name
+        hookEnv.VCS_WORKER_USER = principal.name
       }
-      const child = git.serve('receive-pack', repo.dir, { gitProtocol, env: hookEnv })
-      const out = streamChild(req, reply, child, { what: 'git receive-pack' })
+      const child = git.serve('receive-pack', repo.dir, { gitProtocol, env: hookEnv, config: [`core.hooksPath=${config.hooksDir}`] })
+      void child.exited.then(() => session.close())
+      const out = streamChild(req, reply, child, { what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor) })
       // The body streams into git while it arrives; a bad or oversized body kills git before it
       // can update a ref (refs move only after the whole pack is in and checked).
       pipeline(body.stream, new PktLineChecker({ mode: 'commands' }), stdinSink(child)).catch((err: unknown) => {

@@ -44,6 +44,8 @@ export interface RunOptions {
   gitProtocol?: string
   /** extra variables for hooks (REMOTE_USER …); names are fixed by callers, values checked */
   env?: Record<string, string>
+  /** extra `-c key=value` settings (core.hooksPath for pushes) */
+  config?: string[]
 }
 
 export interface GitRunner {
@@ -64,13 +66,14 @@ export function createGitRunner(config: Config): GitRunner {
   }
   const childEnv = (extra?: Record<string, string>, gitProtocol?: string): Record<string, string> => {
     const env = { ...baseEnv, ...extra }
+    for (const v of Object.values(env)) if (v.includes('\0')) throw new Error('NUL byte in child environment')
     if (gitProtocol) env.GIT_PROTOCOL = gitProtocol
     return env
   }
   const cfgArgs = SERVE_CONFIG.flatMap((c) => ['-c', c])
   return {
     serve(service, repoDir, opts = {}) {
-      const args = [...cfgArgs, service, '--stateless-rpc']
+      const args = [...cfgArgs, ...(opts.config ?? []).flatMap((c) => ['-c', c]), service, '--stateless-rpc']
       if (opts.advertise) args.push('--advertise-refs')
       args.push('--', repoDir)
       return spawnChild(config.gitBin, args, { env: childEnv(opts.env, opts.gitProtocol), killGraceMs: config.killGraceMs })

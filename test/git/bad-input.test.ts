@@ -51,6 +51,9 @@ t.test('symlinks out of the repos dir, non-repos and working trees are 404', asy
   await symlink(path.join(outside, 'secret.git'), path.join(w.reposDir, 'evil.git'))
   await symlink(outside, path.join(w.reposDir, 'linkdir'))
   await symlink(path.join(w.reposDir, 'demo.git'), path.join(w.reposDir, 'alias.git'))
+  await w.store.setRepo('alias.git', 'git', true)
+  await w.store.setRepo('evil.git', 'git', true)
+  await w.store.setRepo('linkdir/secret.git', 'git', true)
   await mkdir(path.join(w.reposDir, 'plain.git'))
   t.equal((await git(['init', '-q', path.join(w.reposDir, 'wt')])).code, 0)
   for (const p of ['/evil.git', '/linkdir/secret.git', '/plain.git', '/wt', '/wt.git', '/nope']) {

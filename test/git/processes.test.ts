@@ -25,6 +25,7 @@ async function addBigRepo(t: Test, dir: string, reposDir: string): Promise<strin
 function stalledClone(port: number, oid: string): Promise<{ req: http.ClientRequest; res: http.IncomingMessage }> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/big.git/git-upload-pack', agent: false, headers: { 'content-type': 'application/x-git-upload-pack-request' } }, (res) => {
+      if (res.statusCode !== 200) reject(new Error(`clone answered ${res.statusCode}`))
       res.once('data', () => { res.pause(); resolve({ req, res }) })
     })
     req.on('error', (err) => { if (!req.destroyed) reject(err) })
@@ -35,6 +36,7 @@ function stalledClone(port: number, oid: string): Promise<{ req: http.ClientRequ
 t.test('a client that goes away mid-clone: git is killed and reaped at once', async (t) => {
   const w = await startWorker(t)
   const main = await addBigRepo(t, w.dir, w.reposDir)
+  await w.store.setRepo('big.git', 'git', true)
   const { req } = await stalledClone(w.port, main)
   const running = await processesMatching(path.join(w.reposDir, 'big.git'))
   t.ok(running.length >= 1, `git is running (${running.map((p) => p.cmd.split(' ')[0]).join(', ')})`)
@@ -50,6 +52,8 @@ t.test('a client that goes away mid-clone: git is killed and reaped at once', as
 t.test('kill -9 of the worker mid-clone leaves no git process behind', async (t) => {
   const { dir, reposDir, dataDir } = await fixtureDir(t)
   const main = await addBigRepo(t, dir, reposDir)
+  const vis = await run(process.execPath, [CLI, 'repo', 'visibility', 'big', 'public', '--repos', reposDir, '--data', dataDir])
+  t.equal(vis.code, 0, vis.stderr)
   const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir])
   const port = Number(new URL(worker.url).port)
   const { req } = await stalledClone(port, main)

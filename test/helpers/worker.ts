@@ -13,6 +13,9 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config.js'
 import { loggerOptions } from '../../src/log.js'
+import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import { hashPassword } from '../../src/auth/password.js'
+import type { AuthStore, Level } from '../../src/auth/store.js'
 
 /** the checkout root (tests run from dist/test/...) */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..')
@@ -27,6 +30,11 @@ export interface T {
 
 export interface Worker {
   url: string
+  /** the URL with credentials in it, as a user would paste it */
+  urlAs(user: string, secret: string): string
+  store: AuthStore
+  /** adds a user with a password and grants (repo name → level) */
+  addUser(name: string, password: string, grants?: Record<string, Level>): Promise<void>
   port: number
   app: FastifyInstance
   config: Config
@@ -49,19 +57,36 @@ export async function fixtureDir(t: T): Promise<{ dir: string; reposDir: string;
   return { dir, reposDir, dataDir }
 }
 
-/** Starts the app in-process on 127.0.0.1:0 with config flags on top of the defaults. */
-export async function startWorker(t: T, flags: Record<string, string | boolean> = {}): Promise<Worker> {
+/** The fixture repos, as the auth store names them. */
+export const FIXTURE_REPOS: [string, 'git' | 'hg'][] = [['demo.git', 'git'], ['team/project.git', 'git'], ['empty.git', 'git'], ['demo-hg', 'hg']]
+
+/**
+ * Starts the app in-process on 127.0.0.1:0 with config flags on top of the defaults. The
+ * fixture repos are public unless `opts.private`.
+ */
+export async function startWorker(t: T, flags: Record<string, string | boolean> = {}, opts: { private?: boolean } = {}): Promise<Worker> {
   const { dir, reposDir, dataDir } = await fixtureDir(t)
   const config = loadConfig({ flags: { repos: reposDir, data: dataDir, port: '0', 'log-level': 'debug', ...flags }, env: { PATH: process.env.PATH } })
+  const store = openSqliteStore(config.authDb)
+  for (const [name, kind] of FIXTURE_REPOS) await store.setRepo(name, kind, !opts.private)
   let text = ''
   const sink = new Writable({ write(chunk, _e, cb) { text += chunk.toString(); cb() } })
   const logger = pino(loggerOptions(config.logLevel), sink)
-  const app = await buildApp(config, { logger })
+  const app = await buildApp(config, { logger, store })
   await app.listen({ host: '127.0.0.1', port: 0, backlog: 2048 })
-  t.teardown(() => app.close())
+  t.teardown(async () => {
+    await app.close()
+    store.close()
+  })
   const port = (app.server.address() as { port: number }).port
   return {
     url: `http://127.0.0.1:${port}`,
+    urlAs: (user, secret) => `http://${encodeURIComponent(user)}:${encodeURIComponent(secret)}@127.0.0.1:${port}`,
+    store,
+    async addUser(name, password, grants = {}) {
+      await store.addUser(name, await hashPassword(password))
+      for (const [repo, level] of Object.entries(grants)) await store.setGrant(name, repo, level)
+    },
     port,
     app,
     config,

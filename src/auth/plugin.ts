@@ -1,0 +1,189 @@
+/**
+ * The auth middleware as a fastify plugin. Authenticate once per request (credentials →
+ * identity, or the anonymous identity), authorize per thing: repository × action through repo
+ * hooks, and for git pushes each ref update through ref hooks. The store's visibility and
+ * grants are the first repo hook; branch protection is the first ref hook. Other code adds
+ * its own with `app.vcsAuth.addRepoHook` / `addRefHook`; a hook denies by throwing (repo) or
+ * by returning rejections (refs). Anything unknown is denied: fail closed.
+ */
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { ForbiddenError, RepoNotFoundError, UnauthorizedError, VcsError } from '../errors.js'
+import type { RepoRef } from '../repos/path.js'
+import { parseAuthorization, type Credentials } from './credentials.js'
+import { burnPasswordCheck, verifyPassword, DEFAULT_SCRYPT } from './password.js'
+import { hashToken, looksLikeToken } from './tokens.js'
+import { CredentialCache } from './cache.js'
+import { LoginThrottle } from './throttle.js'
+import type { AuthStore, Level } from './store.js'
+import { protectionHook } from './protection.js'
+
+export type Action = 'read' | 'write'
+
+export type Identity =
+  | { kind: 'anonymous' }
+  | { kind: 'user'; id: number; name: string; via: 'password' | 'token' }
+
+export const ANONYMOUS: Identity = Object.freeze({ kind: 'anonymous' })
+
+export interface RepoContext {
+  principal: Identity
+  repo: RepoRef
+  action: Action
+}
+/** Throws a VcsError to deny; returning means "no objection". */
+export type RepoHook = (ctx: RepoContext) => Promise<void>
+
+export type RefUpdateKind = 'create' | 'update' | 'force' | 'delete'
+export interface RefUpdate {
+  ref: string
+  oldId: string
+  newId: string
+  kind: RefUpdateKind
+}
+export interface RefRejection {
+  ref: string
+  reason: string
+}
+export interface RefContext {
+  principal: Identity
+  repo: RepoRef
+  updates: RefUpdate[]
+}
+/** Returns the updates it refuses, each with a one-line reason the git user will see. */
+export type RefHook = (ctx: RefContext) => Promise<RefRejection[]>
+
+export interface VcsAuth {
+  readonly store: AuthStore
+  /** Who is asking: from the Authorization header, once per request. */
+  authenticate(req: FastifyRequest): Promise<Identity>
+  /** Authenticates if needed, then runs every repo hook; throws 401/403/404. */
+  authorize(req: FastifyRequest, repo: RepoRef, action: Action): Promise<Identity>
+  /** Runs every ref hook over a push's updates; the union of their rejections. */
+  checkRefUpdates(ctx: RefContext): Promise<RefRejection[]>
+  addRepoHook(hook: RepoHook): void
+  addRefHook(hook: RefHook): void
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    identity: Identity | null
+  }
+  interface FastifyInstance {
+    vcsAuth: VcsAuth
+  }
+}
+
+export interface AuthOptions {
+  store: AuthStore
+  realm: string
+  cacheTtlMs?: number
+  throttleLimit?: number
+  throttleWindowMs?: number
+  scrypt?: { N: number; r: number; p: number }
+}
+
+/** Public when the store says so; otherwise grantees only. admin ⊃ write ⊃ read. */
+export function levelAllows(level: Level | undefined, action: Action): boolean {
+  switch (action) {
+    case 'read': return level !== undefined
+    case 'write': return level === 'write' || level === 'admin'
+    default: {
+      const never: never = action
+      return Boolean(never) && false
+    }
+  }
+}
+
+async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void> {
+  const { store, realm } = opts
+  const cache = new CredentialCache(opts.cacheTtlMs ?? 60_000)
+  const throttle = new LoginThrottle(opts.throttleLimit ?? 10, opts.throttleWindowMs ?? 5 * 60_000)
+  const scryptParams = opts.scrypt ?? DEFAULT_SCRYPT
+  const repoHooks: RepoHook[] = []
+  const refHooks: RefHook[] = []
+  const challenge = (msg: string): UnauthorizedError => new UnauthorizedError(msg, realm)
+
+  async function verify(creds: Credentials): Promise<Identity | undefined> {
+    if (creds.scheme === 'basic' && !looksLikeToken(creds.secret)) {
+      const user = await store.findUser(creds.username)
+      if (!user) {
+        await burnPasswordCheck(creds.secret, scryptParams) // same time whether the user exists or not
+        return undefined
+      }
+      return (await verifyPassword(creds.secret, user.passwordHash)) ? { kind: 'user', id: user.id, name: user.name, via: 'password' } : undefined
+    }
+    const token = await store.findToken(hashToken(creds.secret))
+    if (!token || token.revokedAt !== null) return undefined
+    if (token.expiresAt !== null && token.expiresAt * 1000 <= Date.now()) return undefined
+    // With Basic, the token must belong to the user named (git sends user + token as password).
+    if (creds.scheme === 'basic' && creds.username !== token.userName) return undefined
+    return { kind: 'user', id: token.userId, name: token.userName, via: 'token' }
+  }
+
+  async function authenticate(req: FastifyRequest): Promise<Identity> {
+    if (req.identity) return req.identity
+    const creds = parseAuthorization(req.headers.authorization)
+    if (creds === undefined) return (req.identity = ANONYMOUS)
+    const user = creds !== 'malformed' && creds.scheme === 'basic' ? creds.username : ''
+    if (creds === 'malformed') {
+      throttle.fail('', req.ip)
+      throw challenge('malformed Authorization header')
+    }
+    if (store.changedSinceLastCheck()) cache.clear()
+    const key = cache.keyFor(creds)
+    const cached = cache.get(key)
+    if (cached) return (req.identity = { kind: 'user', ...cached })
+    const wait = throttle.retryAfter(user, req.ip)
+    if (wait > 0) throw new VcsError('VCS_THROTTLED', 429, 'too many failed logins; try again later', { headers: { 'retry-after': String(wait) } })
+    const identity = await verify(creds)
+    if (!identity || identity.kind !== 'user') {
+      throttle.fail(user, req.ip)
+      req.log.info({ ip: req.ip, scheme: creds.scheme }, 'authentication failed')
+      throw challenge('invalid credentials')
+    }
+    cache.set(key, { id: identity.id, name: identity.name, via: identity.via })
+    return (req.identity = identity)
+  }
+
+  /** The built-in repo hook: visibility and grants from the store. */
+  const grantsHook: RepoHook = async ({ principal, repo, action }) => {
+    const record = await store.findRepo(repo.name)
+    const isPublic = record?.public ?? false
+    if (principal.kind === 'anonymous') {
+      if (action === 'read' && isPublic) return
+      throw challenge(action === 'write' ? 'authentication required to push' : 'authentication required')
+    }
+    const level = await store.findGrant(principal.id, repo.name)
+    if (!isPublic && !levelAllows(level, 'read')) throw new RepoNotFoundError() // never reveal a private repo
+    if (!levelAllows(level, action) && !(action === 'read' && isPublic)) {
+      throw new ForbiddenError(`${principal.name} may read ${repo.name} but not push to it`)
+    }
+  }
+  repoHooks.push(grantsHook)
+  refHooks.push(protectionHook(store))
+
+  const auth: VcsAuth = {
+    store,
+    authenticate,
+    async authorize(req, repo, action) {
+      const principal = await authenticate(req)
+      if (principal.kind === 'user') req.access.user = principal.name
+      for (const hook of repoHooks) await hook({ principal, repo, action })
+      return principal
+    },
+    async checkRefUpdates(ctx) {
+      const rejections: RefRejection[] = []
+      for (const hook of refHooks) {
+        for (const r of await hook(ctx)) if (!rejections.some((x) => x.ref === r.ref)) rejections.push(r)
+      }
+      return rejections
+    },
+    addRepoHook: (hook) => { repoHooks.push(hook) },
+    addRefHook: (hook) => { refHooks.push(hook) },
+  }
+  app.decorateRequest('identity', null)
+  app.decorate('vcsAuth', auth)
+}
+
+export default fp(authPlugin, { name: 'vcs-auth', fastify: '5.x' })

@@ -1,0 +1,154 @@
+/**
+ * The embedded credential store: one SQLite file in the data dir (better-sqlite3), WAL mode so
+ * the CLI can write while servers read, schema migrated at open by `user_version`.
+ * Changes by other processes are seen through `PRAGMA data_version`, which changes whenever
+ * another connection commits (sqlite.org/pragma.html#pragma_data_version).
+ */
+import Database from 'better-sqlite3'
+import type { AuthStore, Level, Protection, RepoRecord, TokenRecord, UserRecord } from './store.js'
+import { StoreConflictError, StoreNotFoundError } from './store.js'
+
+/** Each entry moves the schema one version up; never edit a released one, append. */
+const MIGRATIONS = [
+  `CREATE TABLE users (
+     id INTEGER PRIMARY KEY,
+     name TEXT NOT NULL UNIQUE,
+     password TEXT NOT NULL,
+     created_at INTEGER NOT NULL
+   );
+   CREATE TABLE tokens (
+     id INTEGER PRIMARY KEY,
+     user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+     hash BLOB NOT NULL UNIQUE,
+     expires_at INTEGER,
+     revoked_at INTEGER,
+     created_at INTEGER NOT NULL
+   );
+   CREATE TABLE repos (
+     name TEXT PRIMARY KEY,
+     kind TEXT NOT NULL CHECK (kind IN ('git', 'hg')),
+     public INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE TABLE grants (
+     user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+     repo TEXT NOT NULL,
+     level TEXT NOT NULL CHECK (level IN ('read', 'write', 'admin')),
+     PRIMARY KEY (user_id, repo)
+   );
+   CREATE TABLE protections (
+     repo TEXT NOT NULL,
+     pattern TEXT NOT NULL,
+     users TEXT NOT NULL DEFAULT '',
+     PRIMARY KEY (repo, pattern)
+   );`,
+]
+
+/** Opens (creating and migrating as needed) the store at `file`. */
+export function openSqliteStore(file: string): AuthStore {
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
+  db.pragma('busy_timeout = 5000')
+  db.pragma('foreign_keys = ON')
+  migrate(db)
+
+  const q = {
+    user: db.prepare<[string], { id: number; name: string; password: string }>('SELECT id, name, password FROM users WHERE name = ?'),
+    token: db.prepare<[Buffer], { id: number; user_id: number; name: string; expires_at: number | null; revoked_at: number | null }>(
+      'SELECT t.id, t.user_id, u.name, t.expires_at, t.revoked_at FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = ?'),
+    repo: db.prepare<[string], { name: string; kind: 'git' | 'hg'; public: number }>('SELECT name, kind, public FROM repos WHERE name = ?'),
+    grant: db.prepare<[number, string], { level: Level }>('SELECT level FROM grants WHERE user_id = ? AND repo = ?'),
+    protections: db.prepare<[string], { pattern: string; users: string }>('SELECT pattern, users FROM protections WHERE repo = ? ORDER BY pattern'),
+  }
+  const userId = (name: string): number => {
+    const row = q.user.get(name)
+    if (!row) throw new StoreNotFoundError(`no such user: ${name}`)
+    return row.id
+  }
+  const now = (): number => Math.floor(Date.now() / 1000)
+  let dataVersion = db.pragma('data_version', { simple: true }) as number
+
+  return {
+    async findUser(name): Promise<UserRecord | undefined> {
+      const row = q.user.get(name)
+      return row && { id: row.id, name: row.name, passwordHash: row.password }
+    },
+    async findToken(hash): Promise<TokenRecord | undefined> {
+      const row = q.token.get(hash)
+      return row && { id: row.id, userId: row.user_id, userName: row.name, expiresAt: row.expires_at, revokedAt: row.revoked_at }
+    },
+    async findRepo(name): Promise<RepoRecord | undefined> {
+      const row = q.repo.get(name)
+      return row && { name: row.name, kind: row.kind, public: row.public === 1 }
+    },
+    async findGrant(id, repo) {
+      return q.grant.get(id, repo)?.level
+    },
+    async protections(repo): Promise<Protection[]> {
+      return q.protections.all(repo).map((r) => ({ pattern: r.pattern, users: r.users ? r.users.split(',') : [] }))
+    },
+    changedSinceLastCheck() {
+      const v = db.pragma('data_version', { simple: true }) as number
+      if (v === dataVersion) return false
+      dataVersion = v
+      return true
+    },
+    async addUser(name, hash) {
+      try {
+        db.prepare('INSERT INTO users (name, password, created_at) VALUES (?, ?, ?)').run(name, hash, now())
+      } catch (err) {
+        if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw new StoreConflictError(`user ${name} already exists`)
+        throw err
+      }
+    },
+    async setPassword(name, hash) {
+      if (db.prepare('UPDATE users SET password = ? WHERE name = ?').run(hash, name).changes === 0) throw new StoreNotFoundError(`no such user: ${name}`)
+    },
+    async removeUser(name) {
+      if (db.prepare('DELETE FROM users WHERE name = ?').run(name).changes === 0) throw new StoreNotFoundError(`no such user: ${name}`)
+    },
+    async addToken(name, hash, expiresAt) {
+      const info = db.prepare('INSERT INTO tokens (user_id, hash, expires_at, created_at) VALUES (?, ?, ?, ?)').run(userId(name), hash, expiresAt, now())
+      return Number(info.lastInsertRowid)
+    },
+    async revokeToken(name, id) {
+      const info = db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL').run(now(), id, userId(name))
+      if (info.changes === 0) throw new StoreNotFoundError(`no active token ${id} for user ${name}`)
+    },
+    async setRepo(name, kind, isPublic) {
+      db.prepare('INSERT INTO repos (name, kind, public) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, public = excluded.public')
+        .run(name, kind, isPublic ? 1 : 0)
+    },
+    async setGrant(name, repo, level) {
+      db.prepare('INSERT INTO grants (user_id, repo, level) VALUES (?, ?, ?) ON CONFLICT (user_id, repo) DO UPDATE SET level = excluded.level')
+        .run(userId(name), repo, level)
+    },
+    async removeGrant(name, repo) {
+      if (db.prepare('DELETE FROM grants WHERE user_id = ? AND repo = ?').run(userId(name), repo).changes === 0) {
+        throw new StoreNotFoundError(`${name} has no grant on ${repo}`)
+      }
+    },
+    async setProtection(repo, pattern, users) {
+      db.prepare('INSERT INTO protections (repo, pattern, users) VALUES (?, ?, ?) ON CONFLICT (repo, pattern) DO UPDATE SET users = excluded.users')
+        .run(repo, pattern, users.join(','))
+    },
+    async removeProtection(repo, pattern) {
+      if (db.prepare('DELETE FROM protections WHERE repo = ? AND pattern = ?').run(repo, pattern).changes === 0) {
+        throw new StoreNotFoundError(`${repo} has no protection ${pattern}`)
+      }
+    },
+    close() {
+      db.close()
+    },
+  }
+}
+
+function migrate(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number
+  if (current > MIGRATIONS.length) throw new Error(`auth store schema version ${current} is newer than this worker (${MIGRATIONS.length})`)
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!)
+      db.pragma(`user_version = ${v + 1}`)
+    }).immediate()
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * The credential and permission store behind an interface: SQLite (sqlite-store.ts) is the
+ * embedded default; a PostgreSQL store for pools that span machines implements the same.
+ * Reads are on the request path; writes come from the CLI (another process).
+ */
+
+export type Level = 'read' | 'write' | 'admin'
+export const LEVELS: readonly Level[] = ['read', 'write', 'admin']
+
+export interface UserRecord {
+  id: number
+  name: string
+  passwordHash: string
+}
+
+export interface TokenRecord {
+  id: number
+  userId: number
+  userName: string
+  expiresAt: number | null
+  revokedAt: number | null
+}
+
+export interface RepoRecord {
+  name: string
+  kind: 'git' | 'hg'
+  public: boolean
+}
+
+/** A protected ref pattern: force-push and delete refused; writable only by `users` when set. */
+export interface Protection {
+  pattern: string
+  users: string[]
+}
+
+export interface AuthStore {
+  findUser(name: string): Promise<UserRecord | undefined>
+  findToken(hash: Buffer): Promise<TokenRecord | undefined>
+  findRepo(name: string): Promise<RepoRecord | undefined>
+  /** the user's level on a repo, or undefined */
+  findGrant(userId: number, repo: string): Promise<Level | undefined>
+  protections(repo: string): Promise<Protection[]>
+  /**
+   * True when the data may have changed since the last call (any writer, any process). Cheap
+   * and synchronous: it is asked on every request before a cached credential is trusted.
+   */
+  changedSinceLastCheck(): boolean
+
+  addUser(name: string, passwordHash: string): Promise<void>
+  setPassword(name: string, passwordHash: string): Promise<void>
+  removeUser(name: string): Promise<void>
+  /** stores a token hash; returns the token's id */
+  addToken(userName: string, hash: Buffer, expiresAt: number | null): Promise<number>
+  revokeToken(userName: string, id: number): Promise<void>
+  setRepo(name: string, kind: 'git' | 'hg', isPublic: boolean): Promise<void>
+  setGrant(userName: string, repo: string, level: Level): Promise<void>
+  removeGrant(userName: string, repo: string): Promise<void>
+  setProtection(repo: string, pattern: string, users: string[]): Promise<void>
+  removeProtection(repo: string, pattern: string): Promise<void>
+  close(): void
+}
+
+/** A store write that names something that isn't there (unknown user, token, grant). */
+export class StoreNotFoundError extends Error {
+  readonly code = 'VCS_STORE_NOT_FOUND'
+}
+/** A store write that would duplicate something (user exists). */
+export class StoreConflictError extends Error {
+  readonly code = 'VCS_STORE_CONFLICT'
+}

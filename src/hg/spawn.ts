@@ -1,0 +1,20 @@
+/**
+ * The only place that starts hg. argv arrays, an environment allowlist with HGPLAIN=1 (stable,
+ * untranslated output) and a controlled HGRCPATH, so no user or system hgrc changes behaviour.
+ */
+import type { Config } from '../config.js'
+import { describeExit, spawnChild } from '../process.js'
+
+/** Environment for every hg child. */
+export function hgEnv(config: Config, extra: Record<string, string> = {}): Record<string, string> {
+  return { PATH: config.envPath, HOME: config.homeDir, HGPLAIN: '1', HGRCPATH: '', HGENCODING: 'utf-8', LC_ALL: 'C', ...extra }
+}
+
+/** `hg init DIR`. */
+export async function hgInit(config: Config, dir: string): Promise<void> {
+  const child = spawnChild(config.hgBin, ['init', '--', dir], { env: hgEnv(config), killGraceMs: config.killGraceMs })
+  child.proc.stdin.end()
+  child.proc.stdout.resume()
+  const status = await child.exited
+  if (status.error || status.code !== 0) throw new Error(`hg init failed (${describeExit(status)}): ${child.stderr()}`)
+}
