@@ -113,11 +113,17 @@ export function stdinSink(child: Child): Writable {
       stdin.on('close', resume)
     },
     final(cb) {
-      if (!gone && !stdin.destroyed) stdin.end()
-      cb()
+      // Wait until stdin has handed every byte to the pipe: this sink finishing lets the
+      // pipeline end, and a stdin destroyed with bytes still queued would give git an early EOF.
+      if (gone || stdin.destroyed) return cb()
+      const done = (): void => { stdin.off('finish', done); stdin.off('close', done); cb() }
+      stdin.on('finish', done)
+      stdin.on('close', done)
+      stdin.end()
     },
     destroy(err, cb) {
-      if (!stdin.destroyed) stdin.destroy()
+      // Only an aborted feed cuts git off; a finished one already closed stdin in final().
+      if (err && !stdin.destroyed) stdin.destroy()
       cb(err)
     },
   })

@@ -142,6 +142,7 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
       req.log.info({ ip: req.ip, scheme: creds.scheme }, 'authentication failed')
       throw challenge('invalid credentials')
     }
+    req.log.debug({ via: identity.via }, 'credentials verified (cache miss)')
     cache.set(key, { id: identity.id, name: identity.name, via: identity.via })
     return (req.identity = identity)
   }
