@@ -113,7 +113,7 @@ export function rssOf(pid: number): number {
 
 /** Requests per second from wrk at the given concurrency, bounded to `seconds`. */
 export function wrk(url: string, concurrency: number, seconds: number, headers: Record<string, string> = {}): { rps: number; errors: number } {
-  const args = ['-t', '2', '-c', String(concurrency), '-d', `${seconds}s`, '--latency']
+  const args = ['-t', String(Math.min(2, concurrency)), '-c', String(concurrency), '-d', `${seconds}s`, '--timeout', '10s', '--latency']
   for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`)
   const out = sh('wrk', [...args, url])
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0)

@@ -155,9 +155,10 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
       if (action === 'read' && isPublic) return
       throw challenge(action === 'write' ? 'authentication required to push' : 'authentication required')
     }
+    if (action === 'read' && isPublic) return // no grant needed, no query
     const level = await store.findGrant(principal.id, repo.name)
     if (!isPublic && !levelAllows(level, 'read')) throw new RepoNotFoundError() // never reveal a private repo
-    if (!levelAllows(level, action) && !(action === 'read' && isPublic)) {
+    if (!levelAllows(level, action)) {
       throw new ForbiddenError(`${principal.name} may read ${repo.name} but not push to it`)
     }
   }
@@ -169,7 +170,7 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     authenticate,
     async authorize(req, repo, action) {
       const principal = await authenticate(req)
-      if (principal.kind === 'user') req.access.user = principal.name
+      if (principal.kind === 'user' && req.access) req.access.user = principal.name // our access log, when present
       for (const hook of repoHooks) await hook({ principal, repo, action })
       return principal
     },

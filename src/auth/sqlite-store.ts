@@ -8,6 +8,9 @@ import Database from 'better-sqlite3'
 import type { AuthStore, Level, Protection, RepoRecord, TokenRecord, UserRecord } from './store.js'
 import { StoreConflictError, StoreNotFoundError } from './store.js'
 
+/** How stale a cached credential may be after another process changed the store. */
+export const CHANGE_CHECK_MS = 50
+
 /** Each entry moves the schema one version up; never edit a released one, append. */
 const MIGRATIONS = [
   `CREATE TABLE users (
@@ -65,7 +68,14 @@ export function openSqliteStore(file: string): AuthStore {
     return row.id
   }
   const now = (): number => Math.floor(Date.now() / 1000)
-  let dataVersion = db.pragma('data_version', { simple: true }) as number
+  // Prepared once: db.pragma() would compile the statement on every request. Even so it costs
+  // ~15 us (it reads the WAL index), so it is asked at most every CHANGE_CHECK_MS: a change by
+  // the CLI is seen by the next request after that.
+  const dataVersionStmt = db.prepare('PRAGMA data_version').pluck()
+  let dataVersion = dataVersionStmt.get() as number
+  let checkedAt = 0
+  // writes through this connection do not move data_version for it: they flag themselves
+  let wroteHere = false
 
   return {
     async findUser(name): Promise<UserRecord | undefined> {
@@ -87,12 +97,20 @@ export function openSqliteStore(file: string): AuthStore {
       return q.protections.all(repo).map((r) => ({ pattern: r.pattern, users: r.users ? r.users.split(',') : [] }))
     },
     changedSinceLastCheck() {
-      const v = db.pragma('data_version', { simple: true }) as number
+      if (wroteHere) {
+        wroteHere = false
+        return true
+      }
+      const now = performance.now()
+      if (now - checkedAt < CHANGE_CHECK_MS) return false
+      checkedAt = now
+      const v = dataVersionStmt.get() as number
       if (v === dataVersion) return false
       dataVersion = v
       return true
     },
     async addUser(name, hash) {
+      wroteHere = true
       try {
         db.prepare('INSERT INTO users (name, password, created_at) VALUES (?, ?, ?)').run(name, hash, now())
       } catch (err) {
@@ -101,37 +119,46 @@ export function openSqliteStore(file: string): AuthStore {
       }
     },
     async setPassword(name, hash) {
+      wroteHere = true
       if (db.prepare('UPDATE users SET password = ? WHERE name = ?').run(hash, name).changes === 0) throw new StoreNotFoundError(`no such user: ${name}`)
     },
     async removeUser(name) {
+      wroteHere = true
       if (db.prepare('DELETE FROM users WHERE name = ?').run(name).changes === 0) throw new StoreNotFoundError(`no such user: ${name}`)
     },
     async addToken(name, hash, expiresAt) {
+      wroteHere = true
       const info = db.prepare('INSERT INTO tokens (user_id, hash, expires_at, created_at) VALUES (?, ?, ?, ?)').run(userId(name), hash, expiresAt, now())
       return Number(info.lastInsertRowid)
     },
     async revokeToken(name, id) {
+      wroteHere = true
       const info = db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL').run(now(), id, userId(name))
       if (info.changes === 0) throw new StoreNotFoundError(`no active token ${id} for user ${name}`)
     },
     async setRepo(name, kind, isPublic) {
+      wroteHere = true
       db.prepare('INSERT INTO repos (name, kind, public) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, public = excluded.public')
         .run(name, kind, isPublic ? 1 : 0)
     },
     async setGrant(name, repo, level) {
+      wroteHere = true
       db.prepare('INSERT INTO grants (user_id, repo, level) VALUES (?, ?, ?) ON CONFLICT (user_id, repo) DO UPDATE SET level = excluded.level')
         .run(userId(name), repo, level)
     },
     async removeGrant(name, repo) {
+      wroteHere = true
       if (db.prepare('DELETE FROM grants WHERE user_id = ? AND repo = ?').run(userId(name), repo).changes === 0) {
         throw new StoreNotFoundError(`${name} has no grant on ${repo}`)
       }
     },
     async setProtection(repo, pattern, users) {
+      wroteHere = true
       db.prepare('INSERT INTO protections (repo, pattern, users) VALUES (?, ?, ?) ON CONFLICT (repo, pattern) DO UPDATE SET users = excluded.users')
         .run(repo, pattern, users.join(','))
     },
     async removeProtection(repo, pattern) {
+      wroteHere = true
       if (db.prepare('DELETE FROM protections WHERE repo = ? AND pattern = ?').run(repo, pattern).changes === 0) {
         throw new StoreNotFoundError(`${repo} has no protection ${pattern}`)
       }

@@ -1,0 +1,53 @@
+import t from 'tap'
+import path from 'node:path'
+import Fastify from 'fastify'
+import vcsAuth, { type RefHook } from '../../src/auth/plugin.js'
+import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import { hashPassword } from '../../src/auth/password.js'
+import { ForbiddenError } from '../../src/errors.js'
+import type { RepoRef } from '../../src/repos/path.js'
+
+// The plugin in another fastify service, as README shows: register, then authorize per thing.
+t.test('the auth plugin works in a plain fastify app, with extra repo and ref hooks', async (t) => {
+  const store = openSqliteStore(path.join(t.testdir(), 'auth.sqlite'))
+  t.teardown(() => store.close())
+  await store.addUser('ivy', await hashPassword('ivy-password', { N: 1024, r: 8, p: 1 }))
+  await store.setRepo('docs.git', 'git', false)
+  await store.setGrant('ivy', 'docs.git', 'write')
+
+  const app = Fastify()
+  await app.register(vcsAuth, { store, realm: 'docs' })
+  app.vcsAuth.addRepoHook(async ({ action, repo }) => {
+    if (action === 'write' && repo.name === 'docs.git' && process.env.FREEZE_DOCS === '1') throw new ForbiddenError('docs are frozen')
+  })
+  const seen: string[] = []
+  const noTags: RefHook = async ({ updates }) => updates.filter((u) => u.ref.startsWith('refs/tags/')).map((u) => ({ ref: u.ref, reason: 'no tags here' }))
+  app.vcsAuth.addRefHook(noTags)
+  app.setErrorHandler((err: Error & { statusCode?: number; headers?: Record<string, string> }, _req, reply) => {
+    reply.code(err.statusCode ?? 500).headers(err.headers ?? {}).send(err.message)
+  })
+  const repo: RepoRef = { kind: 'git', name: 'docs.git', dir: '/nowhere' }
+  app.post('/docs/publish', async (req) => {
+    const who = await app.vcsAuth.authorize(req, repo, 'write')
+    const refused = await app.vcsAuth.checkRefUpdates({ principal: who, repo, updates: [
+      { ref: 'refs/heads/main', oldId: 'a'.repeat(40), newId: 'b'.repeat(40), kind: 'update' },
+      { ref: 'refs/tags/v1', oldId: '0'.repeat(40), newId: 'c'.repeat(40), kind: 'create' },
+    ] })
+    seen.push(who.kind === 'user' ? who.name : 'anonymous')
+    return { refused }
+  })
+  const basic = `Basic ${Buffer.from('ivy:ivy-password').toString('base64')}`
+  let res = await app.inject({ method: 'POST', url: '/docs/publish' })
+  t.equal(res.statusCode, 401)
+  t.match(res.headers['www-authenticate'], /^Basic realm="docs"/)
+  res = await app.inject({ method: 'POST', url: '/docs/publish', headers: { authorization: basic } })
+  t.equal(res.statusCode, 200)
+  t.same(res.json(), { refused: [{ ref: 'refs/tags/v1', reason: 'no tags here' }] })
+  process.env.FREEZE_DOCS = '1'
+  res = await app.inject({ method: 'POST', url: '/docs/publish', headers: { authorization: basic } })
+  delete process.env.FREEZE_DOCS
+  t.equal(res.statusCode, 403)
+  t.equal(res.body, 'docs are frozen')
+  t.same(seen, ['ivy'])
+  await app.close()
+})
