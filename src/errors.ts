@@ -71,6 +71,32 @@ export function sendError(reply: FastifyReply, status: number, message: string, 
   return reply.code(status).headers(headers).type('text/plain; charset=utf-8').send(`${oneLine(message)}\n`)
 }
 
+/** How much of a refused request's body is read and thrown away to keep the connection usable. */
+export const DISCARD_LIMIT = 16 * 1024 * 1024
+
+/**
+ * A request refused before its body was read (401, 403, 404, 413): a client that writes its
+ * whole body before reading (git, hg, curl) must still get the answer, not a reset, and a
+ * keep-alive connection must not be left in the middle of a body. So the body is read and
+ * discarded up to DISCARD_LIMIT; one that is longer, or of unknown length, also gets
+ * `Connection: close`, and past the limit the connection is cut.
+ */
+export function settleUnreadBody(req: FastifyRequest, reply: FastifyReply): void {
+  const raw = req.raw
+  if (raw.complete || raw.readableFlowing !== null) return // read to the end, or someone reads it
+  const declared = Number(raw.headers['content-length'] ?? 0)
+  const chunked = raw.headers['transfer-encoding'] !== undefined
+  if (!chunked && !(declared > 0)) return
+  if (chunked || declared > DISCARD_LIMIT) reply.header('connection', 'close')
+  let seen = 0
+  raw.on('data', (c: Buffer) => {
+    seen += c.length
+    if (seen > DISCARD_LIMIT) raw.socket?.destroy()
+  })
+  raw.on('error', () => {})
+  raw.resume()
+}
+
 /** Installs the error and not-found handlers: the whole status table of DESIGN.md lives here. */
 export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | VcsError, req: FastifyRequest, reply: FastifyReply) => {
@@ -80,6 +106,7 @@ export function installErrorHandlers(app: FastifyInstance): void {
       reply.raw.destroy()
       return
     }
+    settleUnreadBody(req, reply)
     if (err instanceof VcsError) {
       const level = err.statusCode >= 500 ? 'error' : 'info'
       req.log[level]({ code: err.code, status: err.statusCode, err: err.statusCode >= 500 ? err : undefined }, err.message)
@@ -93,5 +120,8 @@ export function installErrorHandlers(app: FastifyInstance): void {
     req.log.info({ code: err.code, status }, err.message)
     return sendError(reply, status, err.message)
   })
-  app.setNotFoundHandler((_req, reply) => sendError(reply, 404, 'not found'))
+  app.setNotFoundHandler((req, reply) => {
+    settleUnreadBody(req, reply)
+    return sendError(reply, 404, 'not found')
+  })
 }

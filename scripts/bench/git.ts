@@ -7,7 +7,7 @@
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { ROOT, freePort, median, rssOf, sh, startWorker, stopProcess, table, timeAsync, waitHttp, wrk } from './lib.js'
+import { CLI, ROOT, freePort, median, rssOf, sh, startWorker, stopProcess, table, timeAsync, waitHttp, wrk } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench')
 const REPOS = path.join(BENCH, 'repos')
@@ -110,6 +110,7 @@ async function main(): Promise<void> {
   console.error(`bench: large repo ${packMb} MB, ${commits} commits`)
 
   const data = path.join(BENCH, 'worker-data')
+  for (const repo of ['large', 'small']) sh(process.execPath, [CLI, 'repo', 'visibility', repo, 'public', '--repos', REPOS, '--data', data])
   const worker = await startWorker(['--repos', REPOS, '--data', data])
   const classic = await startClassic(REPOS)
   const work = path.join(BENCH, 'work')

@@ -6,7 +6,7 @@
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
-import { BadRequestError, UnsupportedMediaTypeError } from '../errors.js'
+import { BadRequestError, DISCARD_LIMIT, UnsupportedMediaTypeError } from '../errors.js'
 import { resolveGitRepo, type RepoRef } from '../repos/path.js'
 import { stdinSink } from '../process.js'
 import { decodeBody, SpillBuffer, toClientError } from './body.js'
@@ -30,8 +30,6 @@ export interface GitDeps {
 const SERVICES: Record<string, GitService> = { 'git-upload-pack': 'upload-pack', 'git-receive-pack': 'receive-pack' }
 /** upload-pack requests up to this size stay in memory; larger ones spill to a temp file */
 const SPILL_MEMORY = 1024 * 1024
-/** what a refused request may still send before the connection is closed instead */
-const DISCARD_LIMIT = 16 * 1024 * 1024
 const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', pragma: 'no-cache', expires: 'Fri, 01 Jan 1980 00:00:00 GMT' }
 
 function requireContentType(req: FastifyRequest, expected: string): void {

@@ -2,6 +2,9 @@ import t from 'tap'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises'
+import http from 'node:http'
+import net from 'node:net'
+import { Readable } from 'node:stream'
 import { startWorker, gitClient } from '../helpers/worker.js'
 
 t.test('branch protection: force-push and delete refused per ref, with our reason', async (t) => {
@@ -114,4 +117,41 @@ t.test('a 100 MB push without credentials: git is asked for them, then the push 
   r = await withAsk(['push', 'origin', 'main'], work, { timeoutMs: 300_000 })
   t.equal(r.code, 0, r.stderr)
   t.match(await readFile(asked, 'utf8'), /^Username for 'http:\/\/127\.0\.0\.1:\d+': \nPassword for 'http:\/\/hal@127\.0\.0\.1:\d+': \n$/)
+})
+
+t.test('a POST refused before its body is read: the answer arrives, the connection stays in sync', async (t) => {
+  const w = await startWorker(t, {}, { private: true })
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+  t.teardown(() => agent.destroy())
+  const post = (body: Buffer | (() => Readable), headers: Record<string, string> = {}) => new Promise<{ status: number; text: string; reused: boolean; connection?: string }>((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: w.port, method: 'POST', path: '/demo.git/git-receive-pack', agent, headers: { 'content-type': 'application/x-git-receive-pack-request', ...headers } }, (res) => {
+      let text = ''
+      res.on('data', (c) => { text += c })
+      res.on('end', () => resolve({ status: res.statusCode!, text, reused: req.reusedSocket, connection: res.headers.connection }))
+    })
+    req.on('error', reject)
+    if (Buffer.isBuffer(body)) req.end(body)
+    else body().pipe(req)
+  })
+  // 5 MB with a Content-Length: read and discarded, and the same connection then serves the
+  // next request (raw socket: Node's own client never reuses a socket whose body was cut short)
+  const exchange = await new Promise<string>((resolve, reject) => {
+    const s = net.connect(w.port, '127.0.0.1')
+    let got = ''
+    s.on('data', (c) => { got += c.toString('latin1') })
+    s.on('error', reject)
+    s.on('close', () => resolve(got))
+    s.write('POST /demo.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-receive-pack-request\r\nContent-Length: 5242880\r\n\r\n')
+    s.write(Buffer.alloc(5 * 1024 * 1024, 1), () => {
+      s.write('GET /demo.git/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+    })
+  })
+  const answers = exchange.match(/^HTTP\/1\.1 \d+/gm)
+  if (answers?.length !== 2) t.comment(exchange.slice(0, 600))
+  t.same(answers, ['HTTP/1.1 401', 'HTTP/1.1 401'], 'both requests answered on one connection, in order')
+  t.match(exchange, 'authentication required to push\n')
+  // 12 MB chunked (length unknown): answered, then the connection is closed
+  const chunked = await post(() => Readable.from((function* () { for (let i = 0; i < 12; i++) yield Buffer.alloc(1024 * 1024, 2) })()))
+  t.equal(chunked.status, 401)
+  t.equal(chunked.connection, 'close')
 })

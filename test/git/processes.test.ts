@@ -94,3 +94,20 @@ t.test('git that disappears or breaks while serving: clean per-request errors, n
   await writeFile(wrapper, '#!/bin/sh\nexec git "$@"\n')
   t.equal((await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack')).status, 200, 'the worker lived through it')
 })
+
+t.test('a clone streams: the worker does not hold the pack', async (t) => {
+  const w = await startWorker(t)
+  await addBigRepo(t, w.dir, w.reposDir)
+  await w.store.setRepo('big.git', 'git', true)
+  const git = gitClient(w.dir)
+  t.equal((await git(['ls-remote', `${w.url}/big.git`])).code, 0, 'warm-up')
+  const before = process.memoryUsage().rss
+  let peak = before
+  const timer = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss) }, 10)
+  const r = await git(['clone', '-q', '--bare', `${w.url}/big.git`, 'big-clone.git'])
+  clearInterval(timer)
+  t.equal(r.code, 0, r.stderr)
+  const line = w.logs().filter((l) => l.msg === 'request' && l.route === 'git_upload_pack').pop()!
+  t.ok((line.bytes_out as number) > 40 * 1024 * 1024, `${line.bytes_out} bytes streamed`)
+  t.ok(peak - before < 30 * 1024 * 1024, `worker RSS grew by ${Math.round((peak - before) / 1048576)} MB for a 40 MB pack`)
+})
