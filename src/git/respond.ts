@@ -9,24 +9,35 @@ import { pipeline } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ChildFailedError, ServiceUnavailableError, oneLine } from '../errors.js'
 import { describeExit, type Child, type ExitStatus } from '../process.js'
+import { pkt } from './pktline.js'
 
 /** Passes git's output through, counts it, and ends only once git exited, failing if git failed. */
 class ChildOutput extends Transform {
   bytes = 0
+  private readonly frames = new PktFrames()
   constructor(
     private readonly child: Child,
     private readonly onExit: (s: ExitStatus) => Error | undefined,
     private prefix: Buffer | undefined,
+    private readonly inBand: boolean,
   ) { super() }
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.emitPrefix()
     this.bytes += chunk.length
+    if (this.inBand) this.frames.feed(chunk)
     cb(null, chunk)
   }
   override _flush(cb: TransformCallback): void {
     this.child.exited.then((status) => {
       const err = this.onExit(status)
       if (!err) this.emitPrefix()
+      // After the first byte the status line is gone: if git died between two packets, tell the
+      // client inside the protocol (band 3 once side-band is on, else an ERR packet), which git
+      // prints as "remote error: ..."; inside a packet the stream can only be cut.
+      if (err && this.bytes > 0 && this.inBand && this.frames.atBoundary()) {
+        this.push(this.frames.errorPacket(err.message))
+        return cb()
+      }
       cb(err)
     }, cb)
   }
@@ -39,6 +50,46 @@ class ChildOutput extends Transform {
   }
 }
 
+/** Follows pkt-line framing of git's output as it passes, to know where a packet ends. */
+class PktFrames {
+  private need = 0
+  private header = ''
+  private sideband = false
+
+  feed(chunk: Buffer): void {
+    let at = 0
+    while (at < chunk.length) {
+      if (this.need > 0) {
+        const take = Math.min(this.need, chunk.length - at)
+        this.need -= take
+        at += take
+        continue
+      }
+      const want = 4 - this.header.length
+      this.header += chunk.subarray(at, at + want).toString('latin1')
+      at += Math.min(want, chunk.length - at)
+      if (this.header.length < 4) return
+      const len = parseInt(this.header, 16)
+      this.header = ''
+      if (Number.isNaN(len)) { this.need = Infinity; return } // not pkt-lines: never at a boundary again
+      if (len > 4) {
+        this.need = len - 4
+        const band = at < chunk.length ? chunk[at] : undefined
+        if (band === 1 || band === 2) this.sideband = true
+      }
+    }
+  }
+
+  atBoundary(): boolean {
+    return this.need === 0 && this.header === ''
+  }
+
+  errorPacket(message: string): Buffer {
+    const text = message.slice(0, 1000)
+    return this.sideband ? pkt(Buffer.concat([Buffer.from([3]), Buffer.from(`${text}\n`)])) : pkt(`ERR ${text}\n`)
+  }
+}
+
 export interface StreamChildOptions {
   /** what to say when git fails before its first byte */
   what: string
@@ -46,6 +97,8 @@ export interface StreamChildOptions {
   prefix?: Buffer
   /** a transform git's output goes through first (report-status rewriting) */
   rewrite?: Transform
+  /** report a failure after the first byte inside the protocol (upload-pack responses) */
+  inBand?: boolean
 }
 
 /**
@@ -74,7 +127,7 @@ export function streamChild(req: FastifyRequest, reply: FastifyReply, child: Chi
     if (status.error) return new ServiceUnavailableError('git is not available on this worker')
     const last = stderr.split('\n').filter(Boolean).pop()
     return new ChildFailedError(oneLine(`${opts.what} failed${last ? `: ${last.replace(/^fatal: /, '')}` : ''}`))
-  }, opts.prefix)
+  }, opts.prefix, opts.inBand ?? false)
   const stages = opts.rewrite ? [child.proc.stdout, opts.rewrite, out] : [child.proc.stdout, out]
   pipeline(stages, () => { /* errors surface through `out` */ })
   return out

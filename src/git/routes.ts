@@ -108,7 +108,7 @@ export function gitHandlers(deps: GitDeps) {
       const child = git.serve('upload-pack', repo.dir, { gitProtocol })
       void child.exited.then(() => spill.dispose())
       pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))
-      return reply.send(streamChild(req, reply, child, { what: 'git upload-pack' }))
+      return reply.send(streamChild(req, reply, child, { what: 'git upload-pack', inBand: true }))
     },
 
     /** `POST /{repo}/git-receive-pack`: commands and a pack in, report-status out. */

@@ -3,7 +3,8 @@ import type { Test } from 'tap'
 import path from 'node:path'
 import http from 'node:http'
 import { randomBytes } from 'node:crypto'
-import { chmod, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
 import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, waitFor, run, CLI, rawRequest } from '../helpers/worker.js'
 
 const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
@@ -111,3 +112,50 @@ t.test('a clone streams: the worker does not hold the pack', async (t) => {
   t.ok((line.bytes_out as number) > 40 * 1024 * 1024, `${line.bytes_out} bytes streamed`)
   t.ok(peak - before < 30 * 1024 * 1024, `worker RSS grew by ${Math.round((peak - before) / 1048576)} MB for a 40 MB pack`)
 })
+
+/** A git that serves upload-pack for `packets` pkt-lines (plus `extra` bytes), then dies. */
+async function dyingGit(dir: string, name: string, packets: number, extra: number): Promise<string> {
+  const file = path.join(dir, `${name}.cjs`)
+  await writeFile(file, `#!/usr/bin/env node
+const { spawn } = require('child_process')
+const args = process.argv.slice(2)
+if (!args.includes('upload-pack') || args.includes('--advertise-refs')) {
+  spawn('git', args, { stdio: 'inherit' }).on('exit', (c) => process.exit(c ?? 1))
+} else {
+  const git = spawn('git', args, { stdio: ['inherit', 'pipe', 'inherit'] })
+  let buf = Buffer.alloc(0), sent = 0, done = false
+  git.stdout.on('data', (c) => {
+    if (done) return
+    buf = Buffer.concat([buf, c])
+    while (buf.length >= 4 && sent < ${packets}) {
+      const len = parseInt(buf.subarray(0, 4).toString(), 16), size = len < 4 ? 4 : len
+      if (buf.length < size) break
+      process.stdout.write(buf.subarray(0, size)); buf = buf.subarray(size); sent++
+    }
+    if (sent >= ${packets} && buf.length >= ${extra}) {
+      done = true
+      process.stdout.write(buf.subarray(0, ${extra}), () => { git.kill('SIGKILL'); process.stderr.write('fatal: simulated crash\\n'); process.exit(1) })
+    }
+  })
+}
+`)
+  await chmod(file, 0o755)
+  return file
+}
+
+for (const v of ['0', '2']) {
+  for (const [where, extra] of [['between packets', 0], ['inside a packet', 2]] as const) {
+    t.test(`git dying mid-clone ${where}, protocol v${v}`, async (t) => {
+      const bin = await mkdtemp(path.join(os.tmpdir(), 'vcsw-git-'))
+      t.teardown(() => rm(bin, { recursive: true, force: true }))
+      const w = await startWorker(t, { 'git-bin': await dyingGit(bin, 'git-dies', 3, extra) })
+      await addBigRepo(t, w.dir, w.reposDir)
+      await w.store.setRepo('big.git', 'git', true)
+      const r = await gitClient(w.dir)(['-c', `protocol.version=${v}`, 'clone', `${w.url}/big.git`, 'c'])
+      t.not(r.code, 0, 'the clone fails')
+      if (extra === 0) t.match(r.stderr, /remote( error)?: git upload-pack failed: simulated crash/, 'the client prints our reason')
+      else t.notMatch(r.stderr, /simulated crash/, 'cut: no partial packet is passed off as complete')
+      t.ok(w.logs().some((l) => l.level === 50 && String(l.stderr).includes('simulated crash')), "the log has git's stderr")
+    })
+  }
+}
