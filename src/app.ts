@@ -17,6 +17,14 @@ import authPlugin from './auth/plugin.js'
 import { openSqliteStore } from './auth/sqlite-store.js'
 import type { AuthStore } from './auth/store.js'
 import { repositoryDispatcher } from './dispatch.js'
+import { HgPool } from './hg/pool.js'
+import { hgHandler } from './hg/routes.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    hgPool?: HgPool
+  }
+}
 
 export interface AppDeps {
   /** a pino logger to use instead of one built from the config (tests capture logs this way) */
@@ -86,7 +94,16 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   app.addHook('onClose', () => refHooks.stop())
 
   app.get('/health/live', async (_req, reply) => reply.type('text/plain').send('ok\n'))
-  const dispatch = repositoryDispatcher(gitHandlers({ config, git, reposRoot, auth: app.vcsAuth, refHooks }))
+  let hg
+  if (config.hgProcesses > 0) {
+    const pool = new HgPool(config, app.log)
+    await pool.start()
+    app.decorate('hgPool', pool)
+    // onClose runs after in-flight requests finished: only then stop the children.
+    app.addHook('onClose', () => pool.stop())
+    hg = hgHandler({ config, pool, auth: app.vcsAuth, reposRoot })
+  }
+  const dispatch = repositoryDispatcher(gitHandlers({ config, git, reposRoot, auth: app.vcsAuth, refHooks }), hg)
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'], url: '/*', handler: dispatch })
   return app
 }

@@ -40,12 +40,18 @@ const METHODS: Record<RouteId, string> = {
   git_dumb: 'GET',
 }
 
-/** Builds the catch-all handler from the protocol handlers. */
-export function repositoryDispatcher(git: GitHandlers) {
+type HgHandler = (req: FastifyRequest, reply: FastifyReply, rawPath: string) => Promise<FastifyReply>
+
+/** Builds the catch-all handler from the protocol handlers; what is not git is tried as hg. */
+export function repositoryDispatcher(git: GitHandlers, hg?: HgHandler) {
   return async function dispatch(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const rawPath = req.raw.url!.split('?', 1)[0]!
     const match = classify(rawPath)
-    if (!match) return reply.callNotFound() as unknown as FastifyReply
+    if (!match) {
+      if (!hg) return reply.callNotFound() as unknown as FastifyReply
+      if (req.method !== 'GET' && req.method !== 'POST' && req.method !== 'HEAD') throw new MethodNotAllowedError(['GET', 'POST'])
+      return hg(req, reply, rawPath)
+    }
     req.access.route = match.id
     const method = METHODS[match.id]
     if (req.method !== method && !(method === 'GET' && req.method === 'HEAD')) throw new MethodNotAllowedError([method])

@@ -68,6 +68,8 @@ export function oneLine(text: string, max = 300): string {
 
 /** Sends an error as one line of text; only for use before any byte of the body went out. */
 export function sendError(reply: FastifyReply, status: number, message: string, headers: Record<string, string> = {}): FastifyReply {
+  // hg shows only the reason phrase ("abort: HTTP Error 403: <phrase>"), so it carries the line too.
+  reply.raw.statusMessage = oneLine(message, 200)
   return reply.code(status).headers(headers).type('text/plain; charset=utf-8').send(`${oneLine(message)}\n`)
 }
 

@@ -73,3 +73,26 @@ export async function resolveGitRepo(reposRoot: string, urlPath: string): Promis
   if (!(await isBareGitRepo(dir))) throw new RepoNotFoundError()
   return { kind: 'git', name, dir }
 }
+
+/**
+ * Finds the hg repo a URL path starts with (`/team/site/file/tip/README` → `team/site` when
+ * `team/site/.hg` exists), checking each segment of the repo part against the grammar before
+ * touching the filesystem; the rest of the path is hgweb's. 400 outside the grammar, 404 when
+ * no prefix is an hg repo inside the repos dir.
+ */
+export async function resolveHgRepo(reposRoot: string, rawPath: string): Promise<RepoRef> {
+  const segments = rawPath.replace(/^\//, '').split('/')
+  if (!segments[0]) throw new BadRequestError('missing repository path')
+  for (let i = 1; i <= Math.min(segments.length, MAX_SEGMENTS); i++) {
+    const seg = segments[i - 1]!
+    if (seg === '' && i === segments.length) break // trailing slash
+    if (!SEGMENT.test(seg)) throw new BadRequestError('malformed repository path: use segments of A-Z a-z 0-9 . _ - not starting with a dot')
+    const name = segments.slice(0, i).join('/')
+    if (name.length > MAX_LENGTH) throw new BadRequestError('repository path is too long')
+    if (name.endsWith('.git')) continue
+    const dir = await resolveInside(reposRoot, name).catch(() => undefined)
+    if (dir && (await isDir(path.join(dir, '.hg')))) return { kind: 'hg', name, dir }
+    if (!dir) break
+  }
+  throw new RepoNotFoundError()
+}

@@ -66,7 +66,7 @@ export const FIXTURE_REPOS: [string, 'git' | 'hg'][] = [['demo.git', 'git'], ['t
  */
 export async function startWorker(t: T, flags: Record<string, string | boolean> = {}, opts: { private?: boolean } = {}): Promise<Worker> {
   const { dir, reposDir, dataDir } = await fixtureDir(t)
-  const config = loadConfig({ flags: { repos: reposDir, data: dataDir, port: '0', 'log-level': 'debug', ...flags }, env: { PATH: process.env.PATH } })
+  const config = loadConfig({ flags: { repos: reposDir, data: dataDir, port: '0', 'log-level': 'debug', 'hg-processes': '0', ...flags }, env: { PATH: process.env.PATH } })
   const store = openSqliteStore(config.authDb)
   for (const [name, kind] of FIXTURE_REPOS) await store.setRepo(name, kind, !opts.private)
   let text = ''

@@ -1,0 +1,164 @@
+/**
+ * The supervised pool of `hg serve` children. One hg process is bound by Python's GIL, so N
+ * children are how a worker uses its cores. Each child is a small state machine
+ * (starting → ready → draining → stopped), logged at every transition with its pid; it gets
+ * traffic only after a real request to it succeeded; a child that exits is restarted with
+ * backoff, and a crash loop opens a breaker instead of spinning. Children serve every repo
+ * under the repos dir through one generated hgweb config, and carry a per-child secret that
+ * our extension (vcsworker_ext.py) demands on every request.
+ */
+import http from 'node:http'
+import { randomBytes } from 'node:crypto'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Config } from '../config.js'
+import { spawnChild, type Child } from '../process.js'
+import { hgEnv } from './spawn.js'
+
+export type HgState = 'starting' | 'ready' | 'draining' | 'stopped'
+
+export const EXTENSION = fileURLToPath(new URL('../../../src/hg/vcsworker_ext.py', import.meta.url))
+const CRASH_WINDOW_MS = 60_000
+const MAX_CRASHES = 5
+const BREAKER_MS = 30_000
+
+export interface HgChild {
+  readonly id: number
+  state: HgState
+  pid?: number
+  url?: URL
+  secret: string
+  inflight: number
+  agent: http.Agent
+  proc?: Child
+}
+
+export class HgPool {
+  readonly children: HgChild[] = []
+  private readonly crashes: number[] = []
+  private stopping = false
+  restarts = 0
+  private readonly webConf: string
+
+  constructor(private readonly config: Config, private readonly log: FastifyBaseLogger) {
+    const dir = path.join(config.dataDir, 'hg')
+    mkdirSync(dir, { recursive: true })
+    this.webConf = path.join(dir, `web-${process.pid}.conf`)
+    // `**` serves every repo below the dir, found again on each index refresh, so repos
+    // created later are served without a restart.
+    writeFileSync(this.webConf, `[paths]\n/ = ${config.reposDir}/**\n[web]\nrefreshinterval = 1\n`)
+  }
+
+  /** Starts every child; resolves when each is ready or has failed its first start. */
+  async start(): Promise<void> {
+    for (let id = 0; id < this.config.hgProcesses; id++) {
+      this.children.push({ id, state: 'stopped', secret: '', inflight: 0, agent: new http.Agent({ keepAlive: true }) })
+    }
+    await Promise.all(this.children.map((c) => this.launch(c)))
+  }
+
+  /** The ready child with the fewest requests in flight. */
+  pick(): HgChild | undefined {
+    let best: HgChild | undefined
+    for (const c of this.children) if (c.state === 'ready' && (!best || c.inflight < best.inflight)) best = c
+    return best
+  }
+
+  readyCount(): number {
+    return this.children.filter((c) => c.state === 'ready').length
+  }
+
+  /** Drains and stops every child: out of rotation first, then SIGTERM, SIGKILL after the grace. */
+  async stop(): Promise<void> {
+    this.stopping = true
+    await Promise.all(this.children.map(async (c) => {
+      this.transition(c, 'draining')
+      c.proc?.kill()
+      await c.proc?.exited
+      c.agent.destroy()
+      this.transition(c, 'stopped')
+    }))
+  }
+
+  private transition(c: HgChild, state: HgState, detail: Record<string, unknown> = {}): void {
+    if (c.state === state) return
+    this.log.info({ hg_child: c.id, child_pid: c.pid, from: c.state, to: state, ...detail }, 'hg child state')
+    c.state = state
+  }
+
+  private async launch(c: HgChild): Promise<void> {
+    if (this.stopping) return
+    c.secret = randomBytes(32).toString('hex')
+    const proc = spawnChild(this.config.hgBin, [
+      'serve', '--web-conf', this.webConf, '--address', '127.0.0.1', '--port', '0', '--print-url',
+      '-A', '/dev/null', '-E', '-', // errors go to stdout after the URL line; /dev/stderr is a socket here (ENXIO)
+      '--config', `extensions.vcsworker=${EXTENSION}`,
+      '--config', 'web.push_ssl=false', '--config', 'web.allow-push=*',
+    ], { env: hgEnv(this.config, { VCS_WORKER_CHILD_SECRET: c.secret, VCS_WORKER_PID: String(process.pid) }), killGraceMs: this.config.killGraceMs })
+    c.proc = proc
+    c.pid = proc.pid
+    c.url = undefined
+    this.transition(c, 'starting')
+    proc.proc.stdin.end()
+    void proc.exited.then((status) => this.onExit(c, proc, status.code, status.signal))
+    try {
+      // Readiness comes from what `hg serve --print-url` prints, then a real request.
+      const url = await firstLine(proc, 15_000)
+      c.url = new URL(url.replace('//localhost:', '//127.0.0.1:'))
+      const status = await probe(c)
+      if (status !== 200) throw new Error(`probe answered ${status}`)
+      if (c.proc === proc && c.state === 'starting') this.transition(c, 'ready', { url: c.url.origin })
+    } catch (err) {
+      this.log.error({ hg_child: c.id, child_pid: c.pid, err, stderr: proc.stderr() }, 'hg child failed to start')
+      proc.kill()
+    }
+  }
+
+  private onExit(c: HgChild, proc: Child, code: number | null, signal: string | null): void {
+    if (c.proc !== proc) return
+    this.transition(c, 'stopped', { exit_code: code, signal })
+    if (this.stopping) return
+    const now = Date.now()
+    this.crashes.push(now)
+    while (this.crashes.length && this.crashes[0]! < now - CRASH_WINDOW_MS) this.crashes.shift()
+    const recent = this.crashes.length
+    const delay = recent > MAX_CRASHES * this.children.length ? BREAKER_MS : Math.min(5000, 100 * 2 ** Math.min(recent, 6))
+    if (delay === BREAKER_MS) this.log.error({ hg_child: c.id, crashes: recent }, 'hg children crash-looping: breaker open')
+    this.restarts++
+    setTimeout(() => { void this.launch(c) }, delay).unref()
+  }
+}
+
+/** Resolves with the first stdout line of a child (its URL), or rejects. */
+function firstLine(child: Child, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = ''
+    const timer = setTimeout(() => reject(new Error('hg serve printed no URL')), timeoutMs)
+    const onData = (c: Buffer): void => {
+      buf += c.toString('utf8')
+      const nl = buf.indexOf('\n')
+      if (nl >= 0) {
+        clearTimeout(timer)
+        child.proc.stdout.off('data', onData)
+        child.proc.stdout.resume()
+        resolve(buf.slice(0, nl).trim())
+      }
+    }
+    child.proc.stdout.on('data', onData)
+    void child.exited.then(() => { clearTimeout(timer); reject(new Error('hg serve exited before it was ready')) })
+  })
+}
+
+/** A real request to a child's hgweb index, with its secret. */
+export function probe(c: HgChild, timeoutMs = 5000): Promise<number> {
+  return new Promise((resolve) => {
+    const req = http.get({ host: c.url!.hostname, port: c.url!.port, path: '/', agent: c.agent, headers: { 'x-vcs-worker-secret': c.secret }, timeout: timeoutMs }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode ?? 0))
+    })
+    req.on('timeout', () => req.destroy())
+    req.on('error', () => resolve(0))
+  })
+}

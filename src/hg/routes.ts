@@ -1,0 +1,100 @@
+/**
+ * Mercurial over HTTP: authenticate and authorize with the auth plugin, then stream the request
+ * to the least busy ready `hg serve` child and its answer back. hg protocol headers pass
+ * unchanged; hop-by-hop headers, credentials and our own control headers do not. `hg serve`
+ * needs a Content-Length on POSTs: a chunked body is first spilled (memory, then a temp file)
+ * to learn its length.
+ */
+import http from 'node:http'
+import { pipeline } from 'node:stream/promises'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { Config } from '../config.js'
+import { BadRequestError, ServiceUnavailableError, VcsError } from '../errors.js'
+import { resolveHgRepo } from '../repos/path.js'
+import type { VcsAuth } from '../auth/plugin.js'
+import { decodeBody, SpillBuffer, toClientError } from '../git/body.js'
+import { requestAction } from './commands.js'
+import type { HgPool } from './pool.js'
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host', 'authorization', 'cookie', 'x-vcs-worker-secret', 'x-vcs-worker-user', 'content-length', 'content-encoding'])
+const SPILL_MEMORY = 1024 * 1024
+
+export interface HgDeps {
+  config: Config
+  pool: HgPool
+  auth: VcsAuth
+  reposRoot: string
+}
+
+/** Upstream failures, in the one status table: the child broke (502) or never answered (504). */
+class HgUpstreamError extends VcsError {
+  constructor(message: string, status = 502) { super('VCS_HG_UPSTREAM', status, message) }
+}
+
+export function hgHandler(deps: HgDeps) {
+  return async function hg(req: FastifyRequest, reply: FastifyReply, rawPath: string): Promise<FastifyReply> {
+    req.access.route = 'hg_proxy'
+    const query = new URLSearchParams(req.raw.url!.slice(rawPath.length + 1))
+    const repo = await resolveHgRepo(deps.reposRoot, rawPath)
+    req.access.repo = repo.name
+    req.access.service = query.get('cmd') ?? 'hgweb'
+    if (req.access.service.length > 64) throw new BadRequestError('malformed cmd')
+    const principal = await deps.auth.authorize(req, repo, requestAction(query, req.headers))
+    const child = deps.pool.pick()
+    if (!child?.url) throw new ServiceUnavailableError('no hg serve process is ready on this worker')
+    req.access.pid = child.pid
+
+    const headers: Record<string, string | string[]> = {}
+    for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v
+    headers['x-vcs-worker-secret'] = child.secret
+    if (principal.kind === 'user') headers['x-vcs-worker-user'] = principal.name
+
+    let body: NodeJS.ReadableStream | undefined
+    let spill: SpillBuffer | undefined
+    if (req.method === 'POST' || req.method === 'PUT') {
+      const decoded = decodeBody(req.raw, deps.config.maxPushBytes)
+      req.access.countIn = decoded.wireBytes
+      const declared = req.headers['content-length']
+      if (declared !== undefined && req.headers['content-encoding'] === undefined) {
+        headers['content-length'] = declared
+        body = decoded.stream
+      } else {
+        spill = new SpillBuffer(SPILL_MEMORY, deps.config.tmpDir)
+        try {
+          await pipeline(decoded.stream, spill)
+        } catch (err) {
+          await spill.dispose()
+          decoded.abandon(16 * 1024 * 1024)
+          reply.header('connection', 'close')
+          throw toClientError(err)
+        }
+        headers['content-length'] = String(spill.bytes)
+        body = spill.reader()
+      }
+    }
+
+    child.inflight++
+    const upstream = http.request({ host: child.url.hostname, port: child.url.port, method: req.method, path: req.raw.url, headers, agent: child.agent })
+    const done = (): void => { child.inflight--; void spill?.dispose() }
+    reply.raw.once('close', () => { if (!reply.raw.writableFinished) upstream.destroy() })
+    const response = new Promise<http.IncomingMessage>((resolve, reject) => {
+      upstream.once('response', resolve)
+      upstream.once('error', reject)
+    })
+    if (body) pipeline(body, upstream).catch(() => upstream.destroy())
+    else upstream.end()
+    let res: http.IncomingMessage
+    try {
+      res = await response
+    } catch (err) {
+      done()
+      req.log.error({ err, hg_child: child.id }, 'hg serve child failed')
+      throw new HgUpstreamError('the hg server process failed; try again')
+    }
+    res.once('close', done)
+    res.on('data', (c: Buffer) => { req.access.bytesOut += c.length })
+    reply.code(res.statusCode ?? 502)
+    for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP_BY_HOP.has(k) && k !== 'date') reply.header(k, v)
+    return reply.send(res)
+  }
+}

@@ -1,0 +1,113 @@
+import t from 'tap'
+import path from 'node:path'
+import { chmod, readFile, writeFile, appendFile } from 'node:fs/promises'
+import { startWorker, spawnWorker, fixtureDir, run, rawRequest, processesMatching, waitFor, CLI, clientEnv, type Worker } from '../helpers/worker.js'
+
+/** An hg client with its own hgrc (identity; credentials for the worker when given). */
+async function hgClient(w: Worker, creds?: { user: string; password: string }) {
+  const rc = path.join(w.dir, `hgrc-${creds?.user ?? 'anon'}`)
+  let text = '[ui]\nusername = Test User <test@example.invalid>\ninteractive = false\n'
+  if (creds) text += `[auth]\nw.prefix = ${w.url}\nw.username = ${creds.user}\nw.password = ${creds.password}\n`
+  await writeFile(rc, text)
+  const env = clientEnv(path.join(w.dir, 'client-home'), { HGRCPATH: rc })
+  return (args: string[], cwd = w.dir) => run('hg', args, { cwd, env })
+}
+
+const hgFlags = { 'hg-processes': '2' }
+
+t.test('hg clone, pull and push through the worker, with the pusher named to hooks', async (t) => {
+  const w = await startWorker(t, hgFlags)
+  await w.addUser('hana', 'hana-password', { 'demo-hg': 'write' })
+  const record = path.join(w.dir, 'pushers.txt')
+  await appendFile(path.join(w.reposDir, 'demo-hg', '.hg', 'hgrc'), `[hooks]\nchangegroup.who = echo "$HG_NODE $HG_URL" >> ${record}\n`)
+  const anon = await hgClient(w)
+  let r = await anon(['clone', `${w.url}/demo-hg`, 'anon'])
+  t.equal(r.code, 0, r.stderr)
+  t.equal((await anon(['log', '-R', 'anon', '-T', '{rev}:{desc}|'])).stdout, '3:Other branch|2:Change 3|1:Change 2|0:Change 1|')
+  t.equal((await anon(['bookmarks', '-R', 'anon', '-T', '{bookmark}'])).stdout, 'stable')
+
+  const hana = await hgClient(w, { user: 'hana', password: 'hana-password' })
+  r = await hana(['clone', `${w.url}/demo-hg`, 'work'])
+  t.equal(r.code, 0, r.stderr)
+  const work = path.join(w.dir, 'work')
+  await writeFile(path.join(work, 'new.txt'), 'new\n')
+  await hana(['add', 'new.txt'], work)
+  await hana(['commit', '-m', 'from hana', '-d', '2025-01-01 00:00 +0000'], work)
+  await hana(['bookmark', 'feature'], work)
+  await hana(['branch', 'topic'], work)
+  await hana(['commit', '-m', 'on topic', '-d', '2025-01-01 00:00 +0000'], work)
+  r = await hana(['push', '--new-branch', '-B', 'feature'], work)
+  t.equal(r.code, 0, r.stderr + r.stdout)
+  t.match(r.stdout, 'added 2 changesets')
+  const server = (args: string[]) => run('hg', ['-R', path.join(w.reposDir, 'demo-hg'), ...args], { env: clientEnv(w.dir, { HGRCPATH: '' }) })
+  t.equal((await server(['log', '-r', 'tip', '-T', '{desc} {branch} {phase}'])).stdout, 'on topic topic public', 'pushed, named branch, public phase')
+  t.match((await server(['bookmarks', '-T', '{bookmark} '])).stdout, 'feature')
+  t.equal((await server(['verify', '-q'])).code, 0, 'hg verify clean')
+  // hg hands hooks the pushing user as the last part of HG_URL (remote:http:<host>:<REMOTE_USER>)
+  t.match(await readFile(record, 'utf8'), /remote:http:127\.0\.0\.1:hana\n$/)
+
+  r = await anon(['pull', '-u'], path.join(w.dir, 'anon'))
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, 'added 2 changesets')
+  const access = w.logs().filter((l) => l.msg === 'request' && l.route === 'hg_proxy')
+  t.ok(access.some((l) => l.service === 'unbundle' && l.user === 'hana' && l.status === 200), 'the push is logged with its user')
+  t.ok(access.every((l) => l.service !== 'getbundle' || (l.bytes_out as number) > 0), 'bytes out counted')
+})
+
+t.test('hg refusals: anonymous push, reader push, private repos, batch hiding pushkey, unknown commands, direct access to a child', async (t) => {
+  const w = await startWorker(t, hgFlags)
+  await w.addUser('rita', 'rita-password', { 'demo-hg': 'read' })
+  const server = (args: string[]) => run('hg', ['-R', path.join(w.reposDir, 'demo-hg'), ...args], { env: clientEnv(w.dir, { HGRCPATH: '' }) })
+  const tip = (await server(['log', '-r', 'tip', '-T', '{node}'])).stdout
+  for (const [name, creds] of [['anonymous', undefined], ['reader', { user: 'rita', password: 'rita-password' }]] as const) {
+    const hg = await hgClient(w, creds)
+    const dir = path.join(w.dir, `c-${name}`)
+    t.equal((await hg(['clone', `${w.url}/demo-hg`, dir])).code, 0)
+    await writeFile(path.join(dir, 'x.txt'), 'x\n')
+    await hg(['add', 'x.txt'], dir)
+    await hg(['commit', '-m', 'x'], dir)
+    const r = await hg(['push'], dir)
+    t.not(r.code, 0, `${name} push refused`)
+    t.match(r.stderr, name === 'anonymous' ? /http authorization required/ : 'abort: HTTP Error 403: rita may read demo-hg but not push to it')
+  }
+  const basic = (u: string, p: string) => ({ authorization: `Basic ${Buffer.from(`${u}:${p}`).toString('base64')}` })
+  let res = await rawRequest(w.port, 'GET', '/demo-hg?cmd=batch', { ...basic('rita', 'rita-password'), 'x-hgarg-1': 'cmds=heads+%3Bpushkey+namespace%3Dbookmarks%2Ckey%3Dx%2Cold%3D%2Cnew%3D' + tip })
+  t.equal(res.status, 403, 'batch hiding pushkey needs write')
+  res = await rawRequest(w.port, 'GET', '/demo-hg?cmd=batch', { ...basic('rita', 'rita-password'), 'x-hgarg-1': 'cmds=heads+%3Bknown+nodes%3D' })
+  t.equal(res.status, 200, 'a read-only batch is a read')
+  res = await rawRequest(w.port, 'GET', '/demo-hg?cmd=batch&cmds=pushkey', basic('rita', 'rita-password'))
+  t.equal(res.status, 403, 'batch args in the query')
+  res = await rawRequest(w.port, 'POST', '/demo-hg?cmd=batch', { ...basic('rita', 'rita-password'), 'x-hgargs-post': '20', 'content-type': 'application/mercurial-0.1' }, 'cmds=heads+%3Bknown+')
+  t.equal(res.status, 403, 'batch args in the body count as a write')
+  res = await rawRequest(w.port, 'GET', '/demo-hg?cmd=frobnicate', basic('rita', 'rita-password'))
+  t.equal(res.status, 403, 'an unknown command is a write')
+  res = await rawRequest(w.port, 'GET', '/demo-hg/log')
+  t.equal(res.status, 200, 'hgweb pages are reads')
+  for (const p of ['/../demo-hg?cmd=heads', '/%2e%2e/demo-hg?cmd=heads', '/.hg?cmd=heads']) t.equal((await rawRequest(w.port, 'GET', p)).status, 400, p)
+  t.equal((await rawRequest(w.port, 'GET', '/nope-hg?cmd=heads')).status, 404)
+  await w.store.setRepo('demo-hg', 'hg', false)
+  t.equal((await rawRequest(w.port, 'GET', '/demo-hg?cmd=heads')).status, 401, 'private: anonymous gets the challenge')
+
+  // a process on this machine talking to a child directly gets nothing
+  const child = w.app.hgPool!.children[0]!
+  res = await rawRequest(Number(child.url!.port), 'POST', '/demo-hg?cmd=unbundle', { 'content-type': 'application/mercurial-0.1', 'x-hgarg-1': 'heads=686173686564' }, 'x')
+  t.equal(res.status, 403)
+  t.equal(res.body.toString(), 'direct access to this hg serve child is not allowed\n')
+  res = await rawRequest(Number(child.url!.port), 'GET', '/demo-hg?cmd=heads', { 'x-vcs-worker-secret': 'guess' })
+  t.equal(res.status, 403, 'a wrong secret too')
+  t.equal((await server(['log', '-r', 'tip', '-T', '{node}'])).stdout, tip, 'same tip')
+  t.equal((await server(['verify', '-q'])).code, 0)
+})
+
+t.test('kill -9 of the worker leaves no hg serve child behind', async (t) => {
+  const { reposDir, dataDir } = await fixtureDir(t)
+  const vis = await run(process.execPath, [CLI, 'repo', 'visibility', 'demo-hg', 'public', '--repos', reposDir, '--data', dataDir])
+  t.equal(vis.code, 0, vis.stderr)
+  const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir, '--hg-processes', '2'])
+  await waitFor(async () => (await rawRequest(Number(new URL(worker.url).port), 'GET', '/demo-hg?cmd=capabilities')).status === 200, 10_000, 'hg to serve')
+  const children = await processesMatching(dataDir)
+  t.ok(children.filter((p) => p.cmd.includes('hg serve')).length >= 2, 'two hg serve children')
+  worker.proc.kill('SIGKILL')
+  await waitFor(async () => (await processesMatching(dataDir)).length === 0, 10_000, 'hg children to exit')
+  t.same(await processesMatching(dataDir), [])
+})
