@@ -83,17 +83,17 @@ export const DISCARD_LIMIT = 16 * 1024 * 1024
  * discarded up to DISCARD_LIMIT; one that is longer, or of unknown length, also gets
  * `Connection: close`, and past the limit the connection is cut.
  */
-export function settleUnreadBody(req: FastifyRequest, reply: FastifyReply): void {
+export function settleUnreadBody(req: FastifyRequest, reply: FastifyReply, limit = DISCARD_LIMIT): void {
   const raw = req.raw
   if (raw.complete || raw.readableFlowing !== null) return // read to the end, or someone reads it
   const declared = Number(raw.headers['content-length'] ?? 0)
   const chunked = raw.headers['transfer-encoding'] !== undefined
   if (!chunked && !(declared > 0)) return
-  if (chunked || declared > DISCARD_LIMIT) reply.header('connection', 'close')
+  if (chunked || declared > limit) reply.header('connection', 'close')
   let seen = 0
   raw.on('data', (c: Buffer) => {
     seen += c.length
-    if (seen > DISCARD_LIMIT) raw.socket?.destroy()
+    if (seen > limit) raw.socket?.destroy()
   })
   raw.on('error', () => {})
   raw.resume()

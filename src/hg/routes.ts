@@ -9,7 +9,7 @@ import http from 'node:http'
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
-import { BadRequestError, ServiceUnavailableError, VcsError } from '../errors.js'
+import { BadRequestError, ServiceUnavailableError, VcsError, settleUnreadBody } from '../errors.js'
 import { resolveHgRepo } from '../repos/path.js'
 import type { VcsAuth } from '../auth/plugin.js'
 import { decodeBody, SpillBuffer, toClientError } from '../git/body.js'
@@ -39,7 +39,15 @@ export function hgHandler(deps: HgDeps) {
     req.access.repo = repo.name
     req.access.service = query.get('cmd') ?? 'hgweb'
     if (req.access.service.length > 64) throw new BadRequestError('malformed cmd')
-    const principal = await deps.auth.authorize(req, repo, requestAction(query, req.headers))
+    let principal
+    try {
+      principal = await deps.auth.authorize(req, repo, requestAction(query, req.headers))
+    } catch (err) {
+      // hg sends a push as one POST with the whole bundle and reads nothing before it is sent:
+      // the 401 that makes it retry with credentials must wait until the bundle is read.
+      settleUnreadBody(req, reply, deps.config.maxPushBytes)
+      throw err
+    }
     const child = deps.pool.pick()
     if (!child?.url) throw new ServiceUnavailableError('no hg serve process is ready on this worker')
     req.access.pid = child.pid

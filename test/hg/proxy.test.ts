@@ -111,3 +111,40 @@ t.test('kill -9 of the worker leaves no hg serve child behind', async (t) => {
   await waitFor(async () => (await processesMatching(dataDir)).length === 0, 10_000, 'hg children to exit')
   t.same(await processesMatching(dataDir), [])
 })
+
+t.test('a 20 MB hg push to a public repo: 401, retried with the configured credentials, lands once', async (t) => {
+  const w = await startWorker(t, hgFlags)
+  await w.addUser('ike', 'ike-password', { 'demo-hg': 'write' })
+  const hg = await hgClient(w, { user: 'ike', password: 'ike-password' })
+  const work = path.join(w.dir, 'big')
+  t.equal((await hg(['clone', `${w.url}/demo-hg`, work])).code, 0)
+  const { randomBytes } = await import('node:crypto')
+  await writeFile(path.join(work, 'big.bin'), randomBytes(20 * 1024 * 1024))
+  await hg(['add', 'big.bin'], work)
+  await hg(['commit', '-m', 'big'], work)
+  const r = await hg(['push'], work)
+  t.equal(r.code, 0, r.stderr)
+  const unbundles = w.logs().filter((l) => l.msg === 'request' && l.service === 'unbundle')
+  t.same(unbundles.map((l) => l.status), [401, 200], 'challenged once, then accepted')
+  t.ok((unbundles[1]!.bytes_in as number) > 20 * 1024 * 1024, 'the bundle went through')
+  const server = (args: string[]) => run('hg', ['-R', path.join(w.reposDir, 'demo-hg'), ...args], { env: clientEnv(w.dir, { HGRCPATH: '' }) })
+  t.equal((await server(['log', '-r', 'tip', '-T', '{desc}'])).stdout, 'big')
+  t.equal((await server(['verify', '-q'])).code, 0)
+})
+
+t.test('an hg serve child killed mid-flight: restarted, the next clone works', async (t) => {
+  const w = await startWorker(t, hgFlags)
+  const hg = await hgClient(w)
+  const pool = w.app.hgPool!
+  const victim = pool.children[0]!
+  const oldPid = victim.pid!
+  process.kill(oldPid, 'SIGKILL')
+  await waitFor(() => victim.state === 'ready' && victim.pid !== oldPid, 5000, 'the child to come back')
+  t.ok(w.logs().some((l) => l.msg === 'hg child state' && l.to === 'stopped' && l.child_pid === oldPid), 'its death was logged')
+  t.equal(pool.restarts, 1)
+  for (const p of pool.children) process.kill(p.pid!, 'SIGKILL')
+  await waitFor(() => pool.readyCount() === 0, 2000, 'all children down').catch(() => {})
+  await waitFor(() => pool.readyCount() === 2, 10_000, 'all children back')
+  const r = await hg(['clone', `${w.url}/demo-hg`, 'after'])
+  t.equal(r.code, 0, r.stderr)
+})
