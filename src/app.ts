@@ -19,6 +19,7 @@ import type { AuthStore } from './auth/store.js'
 import { repositoryDispatcher } from './dispatch.js'
 import { HgPool } from './hg/pool.js'
 import { hgHandler } from './hg/routes.js'
+import { JournalRecovery } from './hg/recover.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -101,7 +102,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     app.decorate('hgPool', pool)
     // onClose runs after in-flight requests finished: only then stop the children.
     app.addHook('onClose', () => pool.stop())
-    hg = hgHandler({ config, pool, auth: app.vcsAuth, reposRoot })
+    hg = hgHandler({ config, pool, auth: app.vcsAuth, reposRoot, recovery: new JournalRecovery(config, app.log) })
   }
   const dispatch = repositoryDispatcher(gitHandlers({ config, git, reposRoot, auth: app.vcsAuth, refHooks }), hg)
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'], url: '/*', handler: dispatch })

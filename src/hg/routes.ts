@@ -15,6 +15,7 @@ import type { VcsAuth } from '../auth/plugin.js'
 import { decodeBody, SpillBuffer, toClientError } from '../git/body.js'
 import { requestAction } from './commands.js'
 import type { HgPool } from './pool.js'
+import type { JournalRecovery } from './recover.js'
 
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host', 'authorization', 'cookie', 'x-vcs-worker-secret', 'x-vcs-worker-user', 'content-length', 'content-encoding'])
 const SPILL_MEMORY = 1024 * 1024
@@ -22,6 +23,7 @@ const SPILL_MEMORY = 1024 * 1024
 export interface HgDeps {
   config: Config
   pool: HgPool
+  recovery: JournalRecovery
   auth: VcsAuth
   reposRoot: string
 }
@@ -48,6 +50,7 @@ export function hgHandler(deps: HgDeps) {
       settleUnreadBody(req, reply, deps.config.maxPushBytes)
       throw err
     }
+    await deps.recovery.ensure(repo.dir)
     const child = deps.pool.pick()
     if (!child?.url) throw new ServiceUnavailableError('no hg serve process is ready on this worker')
     req.access.pid = child.pid

@@ -18,3 +18,14 @@ export async function hgInit(config: Config, dir: string): Promise<void> {
   const status = await child.exited
   if (status.error || status.code !== 0) throw new Error(`hg init failed (${describeExit(status)}): ${child.stderr()}`)
 }
+
+/** `hg recover` on a repo; resolves with hg's output, rejects when hg fails. */
+export async function hgRecover(config: Config, dir: string): Promise<string> {
+  const child = spawnChild(config.hgBin, ['-R', dir, '--config', 'ui.timeout=5', 'recover'], { env: hgEnv(config), killGraceMs: config.killGraceMs })
+  child.proc.stdin.end()
+  let out = ''
+  child.proc.stdout.on('data', (c: Buffer) => { out = (out + c.toString('utf8')).slice(-4000) })
+  const status = await child.exited
+  if (status.error || status.code !== 0) throw new Error(`hg recover failed (${describeExit(status)}): ${child.stderr()}`)
+  return out.trim()
+}
