@@ -66,6 +66,13 @@ export class HgPool {
     return best
   }
 
+  /** Takes a stuck child out of rotation and kills it; its exit brings a fresh one. */
+  recycle(c: HgChild, reason: string): void {
+    if (c.state !== 'ready') return
+    this.transition(c, 'draining', { reason })
+    c.proc?.kill()
+  }
+
   readyCount(): number {
     return this.children.filter((c) => c.state === 'ready').length
   }

@@ -88,6 +88,13 @@ export function hgHandler(deps: HgDeps) {
     const upstream = http.request({ host: child.url.hostname, port: child.url.port, method: req.method, path: req.raw.url, headers, agent: child.agent })
     const done = (): void => { child.inflight--; void spill?.dispose() }
     reply.raw.once('close', () => { if (!reply.raw.writableFinished) upstream.destroy() })
+    // Silence, not duration, is the limit: the timer restarts with every byte either way.
+    let timedOut = false
+    upstream.setTimeout(deps.config.hgTimeoutMs, () => {
+      timedOut = true
+      upstream.destroy(new Error('hg serve child silent'))
+      deps.pool.recycle(child, 'silent past hgTimeoutMs')
+    })
     const response = new Promise<http.IncomingMessage>((resolve, reject) => {
       upstream.once('response', resolve)
       upstream.once('error', reject)
@@ -100,6 +107,7 @@ export function hgHandler(deps: HgDeps) {
     } catch (err) {
       done()
       req.log.error({ err, hg_child: child.id }, 'hg serve child failed')
+      if (timedOut) throw new HgUpstreamError('the hg server process did not answer in time; try again', 504)
       throw new HgUpstreamError('the hg server process failed; try again')
     }
     res.once('close', done)

@@ -177,3 +177,19 @@ t.test('an abandoned transaction (push killed mid-way) is recovered before the r
   t.equal(r.code, 0, r.stderr)
   t.equal((await local(['-R', repo, 'verify', '-q'])).code, 0)
 })
+
+t.test('a silent hg serve child is cut off with a clear error and replaced', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-timeout-ms': '1500' })
+  const pool = w.app.hgPool!
+  const child = pool.children[0]!
+  const stuckPid = child.pid!
+  process.kill(stuckPid, 'SIGSTOP') // alive but silent
+  t.teardown(() => { try { process.kill(stuckPid, 'SIGKILL') } catch { /* gone */ } })
+  const res = await rawRequest(w.port, 'GET', '/demo-hg?cmd=heads')
+  t.equal(res.status, 504)
+  t.equal(res.body.toString(), 'the hg server process did not answer in time; try again\n')
+  await waitFor(() => child.state === 'ready' && child.pid !== stuckPid, 15_000, 'a fresh child')
+  const hg = await hgClient(w)
+  const r = await hg(['clone', `${w.url}/demo-hg`, 'after'])
+  t.equal(r.code, 0, r.stderr)
+})
