@@ -193,3 +193,31 @@ t.test('a silent hg serve child is cut off with a clear error and replaced', asy
   const r = await hg(['clone', `${w.url}/demo-hg`, 'after'])
   t.equal(r.code, 0, r.stderr)
 })
+
+t.test('kill -9 of a child during a clone: that client gets an error, the child is back within 2 s, 8 concurrent clones work', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1' })
+  const local = (args: string[], cwd = w.dir) => run('hg', args, { cwd, env: clientEnv(w.dir, { HGRCPATH: '', HGUSER: 'Test <t@example.invalid>' }) })
+  const big = path.join(w.reposDir, 'big-hg')
+  await local(['init', big])
+  const { randomBytes } = await import('node:crypto')
+  await writeFile(path.join(big, 'blob.bin'), randomBytes(40 * 1024 * 1024))
+  await local(['add', 'blob.bin'], big)
+  await local(['commit', '-m', 'big'], big)
+  await w.store.setRepo('big-hg', 'hg', true)
+  const hg = await hgClient(w)
+  const pool = w.app.hgPool!
+  const child = pool.children[0]!
+  const pid = child.pid!
+  const cloning = hg(['clone', '-U', `${w.url}/big-hg`, 'interrupted'])
+  await waitFor(() => w.logs().some((l) => l.msg === 'request' && l.service === 'capabilities'), 10_000, 'the clone to start')
+  await new Promise((r) => setTimeout(r, 150))
+  process.kill(pid, 'SIGKILL')
+  const killedAt = Date.now()
+  const r = await cloning
+  t.not(r.code, 0, 'the interrupted clone fails')
+  t.match(r.stderr, /abort|error/i, `and says so: ${r.stderr.trim().split('\n').pop()}`)
+  await waitFor(() => child.state === 'ready' && child.pid !== pid, 5000, 'the child back')
+  t.ok(Date.now() - killedAt < 2000 + 1000, `back in ${Date.now() - killedAt} ms`)
+  const clones = await Promise.all(Array.from({ length: 8 }, (_, i) => hg(['clone', '-U', `${w.url}/demo-hg`, `cc${i}`])))
+  t.same(clones.map((c) => c.code), Array(8).fill(0), clones.map((c) => c.stderr).join(''))
+})
