@@ -42,6 +42,7 @@ export const OPTIONS = {
   headersTimeoutMs: { kind: 'int', flag: 'headers-timeout-ms', env: 'VCS_WORKER_HEADERS_TIMEOUT_MS', doc: 'time a client has to send its request headers', min: 100 },
   keepAliveTimeoutMs: { kind: 'int', flag: 'keep-alive-timeout-ms', env: 'VCS_WORKER_KEEP_ALIVE_TIMEOUT_MS', doc: 'idle time allowed between two requests on one connection', min: 100 },
   idleTimeoutMs: { kind: 'int', flag: 'idle-timeout-ms', env: 'VCS_WORKER_IDLE_TIMEOUT_MS', doc: 'socket inactivity (no byte either way) that ends a connection', min: 1000 },
+  hgProbeIntervalMs: { kind: 'int', flag: 'hg-probe-interval-ms', env: 'VCS_WORKER_HG_PROBE_INTERVAL_MS', doc: 'how often each ready hg serve child is probed; two failures in a row replace it', min: 100 },
   hgTimeoutMs: { kind: 'int', flag: 'hg-timeout-ms', env: 'VCS_WORKER_HG_TIMEOUT_MS', doc: 'an hg serve child silent this long is cut off (504) and replaced', min: 100 },
   killGraceMs: { kind: 'int', flag: 'kill-grace-ms', env: 'VCS_WORKER_KILL_GRACE_MS', doc: 'SIGTERM to SIGKILL delay for child processes', min: 0 },
   trustedProxies: { kind: 'list', flag: 'trusted-proxies', env: 'VCS_WORKER_TRUSTED_PROXIES', doc: 'addresses/CIDRs whose X-Forwarded-For is believed (HAProxy)' },
@@ -69,6 +70,7 @@ export interface Config {
   readonly idleTimeoutMs: number
   readonly killGraceMs: number
   readonly hgTimeoutMs: number
+  readonly hgProbeIntervalMs: number
   readonly trustedProxies: readonly string[]
   readonly authCacheTtlMs: number
   readonly loginFailureLimit: number
@@ -103,6 +105,7 @@ export const DEFAULTS: Config = {
   idleTimeoutMs: 300_000,
   killGraceMs: 5_000,
   hgTimeoutMs: 120_000,
+  hgProbeIntervalMs: 5_000,
   trustedProxies: [],
   authCacheTtlMs: 60_000,
   loginFailureLimit: 10,

@@ -33,11 +33,14 @@ export interface HgChild {
   inflight: number
   agent: http.Agent
   proc?: Child
+  readyAt: number
+  probeFailures: number
 }
 
 export class HgPool {
   readonly children: HgChild[] = []
   private readonly crashes: number[] = []
+  private probeTimer: NodeJS.Timeout | undefined
   private stopping = false
   restarts = 0
   private readonly webConf: string
@@ -54,9 +57,30 @@ export class HgPool {
   /** Starts every child; resolves when each is ready or has failed its first start. */
   async start(): Promise<void> {
     for (let id = 0; id < this.config.hgProcesses; id++) {
-      this.children.push({ id, state: 'stopped', secret: '', inflight: 0, agent: new http.Agent({ keepAlive: true }) })
+      this.children.push({ id, state: 'stopped', secret: '', inflight: 0, agent: new http.Agent({ keepAlive: true }), readyAt: 0, probeFailures: 0 })
     }
     await Promise.all(this.children.map((c) => this.launch(c)))
+    this.probeTimer = setInterval(() => { void this.probeAll() }, this.config.hgProbeIntervalMs)
+    this.probeTimer.unref()
+  }
+
+  /**
+   * Probes every ready child with a real request; two failures in a row take it out of
+   * rotation and replace it. A child just (re)started is left alone for one interval (cool-off).
+   */
+  private async probeAll(): Promise<void> {
+    const now = Date.now()
+    await Promise.all(this.children.map(async (c) => {
+      if (c.state !== 'ready' || now - c.readyAt < this.config.hgProbeIntervalMs) return
+      const status = await probe(c, Math.max(100, Math.min(3000, this.config.hgProbeIntervalMs - 50)))
+      if (status === 200) {
+        c.probeFailures = 0
+        return
+      }
+      c.probeFailures++
+      this.log.warn({ hg_child: c.id, child_pid: c.pid, status, failures: c.probeFailures }, 'hg child failed its probe')
+      if (c.probeFailures >= 2) this.recycle(c, 'failed its probe twice')
+    }))
   }
 
   /** The ready child with the fewest requests in flight. */
@@ -80,6 +104,7 @@ export class HgPool {
   /** Drains and stops every child: out of rotation first, then SIGTERM, SIGKILL after the grace. */
   async stop(): Promise<void> {
     this.stopping = true
+    if (this.probeTimer) clearInterval(this.probeTimer)
     await Promise.all(this.children.map(async (c) => {
       this.transition(c, 'draining')
       c.proc?.kill()
@@ -116,7 +141,11 @@ export class HgPool {
       c.url = new URL(url.replace('//localhost:', '//127.0.0.1:'))
       const status = await probe(c)
       if (status !== 200) throw new Error(`probe answered ${status}`)
-      if (c.proc === proc && c.state === 'starting') this.transition(c, 'ready', { url: c.url.origin })
+      if (c.proc === proc && c.state === 'starting') {
+        c.readyAt = Date.now()
+        c.probeFailures = 0
+        this.transition(c, 'ready', { url: c.url.origin })
+      }
     } catch (err) {
       this.log.error({ hg_child: c.id, child_pid: c.pid, err, stderr: proc.stderr() }, 'hg child failed to start')
       proc.kill()
