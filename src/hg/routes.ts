@@ -6,6 +6,7 @@
  * to learn its length.
  */
 import http from 'node:http'
+import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
@@ -111,9 +112,17 @@ export function hgHandler(deps: HgDeps) {
       throw new HgUpstreamError('the hg server process failed; try again')
     }
     res.once('close', done)
-    res.on('data', (c: Buffer) => { req.access.bytesOut += c.length })
     reply.code(res.statusCode ?? 502)
     for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP_BY_HOP.has(k) && k !== 'date') reply.header(k, v)
-    return reply.send(res)
+    // Counted by a stage in the pipe, never by a 'data' listener: that would start the stream
+    // flowing before Fastify attaches its pipe, and the first chunks would be lost.
+    const counted = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        req.access.bytesOut += chunk.length
+        cb(null, chunk)
+      },
+    })
+    pipeline(res, counted).catch(() => { /* the reply sees the error through `counted` */ })
+    return reply.send(counted)
   }
 }
