@@ -13,7 +13,7 @@ import { CLI, ROOT, freePort, median, sh, startWorker, stopProcess, table, timeA
 const BENCH = path.join(ROOT, 'data', 'bench-hg')
 const REPOS = path.join(BENCH, 'repos')
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
-const HGENV = { ...process.env, HGPLAIN: '1', HGRCPATH: '', HGUSER: 'Bench <bench@example.invalid>' }
+const HGENV = { ...process.env, HGPLAIN: '1', HGRCPATH: '', HGUSER: 'Bench <bench@example.invalid>', HGDEMANDIMPORT: 'disable' }
 
 function makeLargeRepo(dir: string): void {
   if (existsSync(path.join(dir, '.hg'))) return
@@ -53,7 +53,7 @@ async function bareServe(): Promise<{ url: string; stop(): Promise<void> }> {
 /** 4 concurrent getbundle streams of the whole repo, bytes discarded; wall time in ms. */
 async function bundleStreams(base: string, tip: string): Promise<number> {
   const t0 = Date.now()
-  const runs = await Promise.all(Array.from({ length: 4 }, () => timeAsync('curl', ['-sf', '-o', '/dev/null',
+  const runs = await Promise.all(Array.from({ length: 4 }, () => timeAsync('curl', ['-sSf', '-o', '/dev/null',
     '-H', `X-HgArg-1: common=${'0'.repeat(40)}&heads=${tip}`, `${base}/large-hg?cmd=getbundle`])))
   if (runs.some((r) => r.code !== 0)) throw new Error(`getbundle failed: ${runs.map((r) => r.stderr).join(' ')}`)
   return Date.now() - t0

@@ -128,7 +128,16 @@ export class HgPool {
       '-A', '/dev/null', '-E', '-', // errors go to stdout after the URL line; /dev/stderr is a socket here (ENXIO)
       '--config', `extensions.vcsworker=${EXTENSION}`,
       '--config', 'web.push_ssl=false', '--config', 'web.allow-push=*',
-    ], { env: hgEnv(this.config, { VCS_WORKER_CHILD_SECRET: c.secret, VCS_WORKER_PID: String(process.pid) }), killGraceMs: this.config.killGraceMs })
+    ], {
+      env: hgEnv(this.config, {
+        VCS_WORKER_CHILD_SECRET: c.secret,
+        VCS_WORKER_PID: String(process.pid),
+        // hg's lazy imports race between the threads of `hg serve` (hg 6.3: concurrent first
+        // requests fail with "module 'mercurial.branchmap' has no attribute 'BranchMapCache'").
+        HGDEMANDIMPORT: 'disable',
+      }),
+      killGraceMs: this.config.killGraceMs,
+    })
     c.proc = proc
     c.pid = proc.pid
     c.url = undefined

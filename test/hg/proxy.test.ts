@@ -234,3 +234,12 @@ t.test('a child that fails its probes leaves rotation without any request notici
   for (let i = 0; i < 4; i++) t.equal((await rawRequest(w.port, 'GET', '/demo-hg?cmd=heads')).status, 200, 'requests go to the healthy child')
   await waitFor(() => sick.state === 'ready' && sick.pid !== pid, 10_000, 'a replacement')
 })
+
+t.test('concurrent first requests to a fresh child all succeed', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1' })
+  const server = (args: string[]) => run('hg', ['-R', path.join(w.reposDir, 'demo-hg'), ...args], { env: clientEnv(w.dir, { HGRCPATH: '' }) })
+  const tip = (await server(['log', '-r', 'tip', '-T', '{node}'])).stdout
+  const results = await Promise.all(Array.from({ length: 6 }, () => rawRequest(w.port, 'GET', '/demo-hg?cmd=getbundle', { 'x-hgarg-1': `common=${'0'.repeat(40)}&heads=${tip}` })))
+  t.same(results.map((r) => r.status), Array(6).fill(200))
+  t.ok(results.every((r) => r.body.length > 100), 'each got a bundle')
+})
