@@ -45,8 +45,9 @@ function serverFactory(config: Config): FastifyServerFactory {
       headersTimeout: config.headersTimeoutMs,
       keepAliveTimeout: config.keepAliveTimeoutMs,
       connectionsCheckingInterval: Math.min(config.headersTimeoutMs, 30_000) / 2,
-      // hg sends its arguments as X-HgArg-N headers; a discovery with many heads exceeds 16 KiB.
-      maxHeaderSize: 256 * 1024,
+      // hg sends its arguments as X-HgArg-N headers (16 KiB each, as our children advertise);
+      // a discovery with many heads exceeds Node's 16 KiB default by far.
+      maxHeaderSize: 1024 * 1024,
     }, handler)
     server.setTimeout(config.idleTimeoutMs)
     // Node's headersTimeout only starts with a request's first byte; a connection that never

@@ -128,6 +128,10 @@ export class HgPool {
       '-A', '/dev/null', '-E', '-', // errors go to stdout after the URL line; /dev/stderr is a socket here (ENXIO)
       '--config', `extensions.vcsworker=${EXTENSION}`,
       '--config', 'web.push_ssl=false', '--config', 'web.allow-push=*',
+      // Python's http.server refuses more than 100 headers (431); with hg's default 1 KiB per
+      // X-HgArg header a discovery of many heads exceeds that. Advertising 16 KiB headers
+      // (capability httpheader) makes clients send 16x fewer.
+      '--config', 'server.maxhttpheaderlen=16384',
     ], {
       env: hgEnv(this.config, {
         VCS_WORKER_CHILD_SECRET: c.secret,

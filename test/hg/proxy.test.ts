@@ -1,5 +1,6 @@
 import t from 'tap'
 import path from 'node:path'
+import http from 'node:http'
 import { chmod, readFile, writeFile, appendFile } from 'node:fs/promises'
 import { startWorker, spawnWorker, fixtureDir, run, rawRequest, processesMatching, waitFor, CLI, clientEnv, type Worker } from '../helpers/worker.js'
 
@@ -242,4 +243,46 @@ t.test('concurrent first requests to a fresh child all succeed', async (t) => {
   const results = await Promise.all(Array.from({ length: 6 }, () => rawRequest(w.port, 'GET', '/demo-hg?cmd=getbundle', { 'x-hgarg-1': `common=${'0'.repeat(40)}&heads=${tip}` })))
   t.same(results.map((r) => r.status), Array(6).fill(200))
   t.ok(results.every((r) => r.body.length > 100), 'each got a bundle')
+})
+
+t.test('repos created later are served at once; big X-HgArg sets pass; chunked POST bodies get a length', async (t) => {
+  const w = await startWorker(t, hgFlags)
+  await w.addUser('kim', 'kim-password')
+  const created = await run(process.execPath, [CLI, 'repo', 'create', 'later/site', '--hg', '--public', '--repos', w.reposDir, '--data', w.config.dataDir])
+  t.equal(created.code, 0, created.stderr)
+  t.equal(created.stdout, 'created hg repository later/site (public)\n')
+  await run(process.execPath, [CLI, 'grant', 'kim', 'later/site', 'write', '--repos', w.reposDir, '--data', w.config.dataDir])
+  const hg = await hgClient(w, { user: 'kim', password: 'kim-password' })
+  let r = await hg(['clone', `${w.url}/later/site`, 'site'])
+  t.equal(r.code, 0, `a repo created after start is served: ${r.stderr}`)
+  const site = path.join(w.dir, 'site')
+  await writeFile(path.join(site, 'a.txt'), 'a\n')
+  await hg(['add', 'a.txt'], site)
+  await hg(['commit', '-m', 'first'], site)
+  r = await hg(['push'], site)
+  t.equal(r.code, 0, r.stderr)
+
+  // a discovery with many heads sends its arguments in X-HgArg-N headers of the advertised size
+  const caps = (await rawRequest(w.port, 'GET', '/demo-hg?cmd=capabilities')).body.toString()
+  t.match(caps, /\bhttpheader=16384\b/, 'children advertise 16 KiB argument headers')
+  const nodes = Array.from({ length: 4000 }, (_, i) => i.toString(16).padStart(40, '0')).join('+')
+  const arg = `nodes=${nodes}`
+  const headers: Record<string, string> = {}
+  for (let i = 0; i * 16384 < arg.length; i++) headers[`x-hgarg-${i + 1}`] = arg.slice(i * 16384, (i + 1) * 16384)
+  const res = await rawRequest(w.port, 'GET', '/demo-hg?cmd=known', headers)
+  t.equal(res.status, 200, `${arg.length} bytes in ${Object.keys(headers).length} X-HgArg headers, not 431`)
+  t.match(res.body.toString(), /^[01]{4000}$/, 'hg answered for every node')
+  // malformed argument headers are refused by hg, not by a crash of ours
+  const gap = await rawRequest(w.port, 'GET', '/demo-hg?cmd=known', { 'x-hgarg-1': 'nodes=', 'x-hgarg-3': 'zz' })
+  t.ok([200, 400, 500].includes(gap.status), `a gap in X-HgArg numbering: ${gap.status}`)
+  t.equal((await rawRequest(w.port, 'GET', '/demo-hg?cmd=heads')).status, 200, 'the worker is fine')
+
+  // a chunked POST: spilled, sent to hg serve with a Content-Length
+  const chunked = await new Promise<number>((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: w.port, method: 'POST', path: '/demo-hg?cmd=known', headers: { 'content-type': 'application/mercurial-0.1', 'x-hgargs-post': '6', 'transfer-encoding': 'chunked' } }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode!)) })
+    req.on('error', reject)
+    req.write('nodes=')
+    req.end()
+  })
+  t.equal(chunked, 200, 'a chunked body reaches hg serve with a length')
 })
