@@ -4,7 +4,10 @@
  */
 import http from 'node:http'
 import type { Socket } from 'node:net'
-import { realpathSync } from 'node:fs'
+import { existsSync, realpathSync } from 'node:fs'
+import path from 'node:path'
+import { HealthChecker } from './health/checks.js'
+import { registerHealthRoutes } from './health/routes.js'
 import Fastify, { LogController, type FastifyInstance, type FastifyServerFactory } from 'fastify'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
@@ -24,6 +27,7 @@ import { JournalRecovery } from './hg/recover.js'
 declare module 'fastify' {
   interface FastifyInstance {
     hgPool?: HgPool
+    health: HealthChecker
   }
 }
 
@@ -72,6 +76,18 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     trustProxy: config.trustedProxies.length ? [...config.trustedProxies] : false,
     connectionTimeout: config.idleTimeoutMs,
   }) as unknown as FastifyInstance
+  try {
+    await assemble(app, config, deps)
+  } catch (err) {
+    // Whatever was started (hg children, the hook endpoint, timers) stops with the app.
+    await app.close().catch(() => {})
+    throw err
+  }
+  return app
+}
+
+/** Registers every part of the worker on `app`; the route table of the whole worker. */
+async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Promise<void> {
   installErrorHandlers(app)
   installAccessLog(app)
 
@@ -95,7 +111,10 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await refHooks.start()
   app.addHook('onClose', () => refHooks.stop())
 
-  app.get('/health/live', async (_req, reply) => reply.type('text/plain').send('ok\n'))
+  // The canary: a repo of our own (outside the repos dir) whose ref advertisement proves git works.
+  const canary = path.join(config.dataDir, 'canary.git')
+  if (!existsSync(path.join(canary, 'HEAD'))) await git.exec(['init', '--quiet', '--bare', '--', canary])
+
   let hg
   if (config.hgProcesses > 0) {
     const pool = new HgPool(config, app.log)
@@ -105,7 +124,13 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     app.addHook('onClose', () => pool.stop())
     hg = hgHandler({ config, pool, auth: app.vcsAuth, reposRoot, recovery: new JournalRecovery(config, app.log) })
   }
+  const health = new HealthChecker(config, git, app.hgPool, canary)
+  await health.start()
+  app.decorate('health', health)
+  app.addHook('onClose', async () => health.stop())
+  registerHealthRoutes(app, health)
+
   const dispatch = repositoryDispatcher(gitHandlers({ config, git, reposRoot, auth: app.vcsAuth, refHooks }), hg)
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'], url: '/*', handler: dispatch })
-  return app
 }
+

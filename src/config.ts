@@ -44,6 +44,10 @@ export const OPTIONS = {
   idleTimeoutMs: { kind: 'int', flag: 'idle-timeout-ms', env: 'VCS_WORKER_IDLE_TIMEOUT_MS', doc: 'socket inactivity (no byte either way) that ends a connection', min: 1000 },
   hgProbeIntervalMs: { kind: 'int', flag: 'hg-probe-interval-ms', env: 'VCS_WORKER_HG_PROBE_INTERVAL_MS', doc: 'how often each ready hg serve child is probed; two failures in a row replace it', min: 100 },
   hgTimeoutMs: { kind: 'int', flag: 'hg-timeout-ms', env: 'VCS_WORKER_HG_TIMEOUT_MS', doc: 'an hg serve child silent this long is cut off (504) and replaced', min: 100 },
+  healthIntervalMs: { kind: 'int', flag: 'health-interval-ms', env: 'VCS_WORKER_HEALTH_INTERVAL_MS', doc: 'how often the background health checks run', min: 100 },
+  healthTimeoutMs: { kind: 'int', flag: 'health-timeout-ms', env: 'VCS_WORKER_HEALTH_TIMEOUT_MS', doc: 'time each health check may take', min: 50 },
+  diskFreeFloorBytes: { kind: 'int', flag: 'disk-free-floor-bytes', env: 'VCS_WORKER_DISK_FREE_FLOOR_BYTES', doc: 'free space under the repos dir below which git and hg are unhealthy', min: 0 },
+  inodesFreeFloor: { kind: 'int', flag: 'inodes-free-floor', env: 'VCS_WORKER_INODES_FREE_FLOOR', doc: 'free inodes below which git and hg are unhealthy', min: 0 },
   killGraceMs: { kind: 'int', flag: 'kill-grace-ms', env: 'VCS_WORKER_KILL_GRACE_MS', doc: 'SIGTERM to SIGKILL delay for child processes', min: 0 },
   trustedProxies: { kind: 'list', flag: 'trusted-proxies', env: 'VCS_WORKER_TRUSTED_PROXIES', doc: 'addresses/CIDRs whose X-Forwarded-For is believed (HAProxy)' },
   authCacheTtlMs: { kind: 'int', flag: 'auth-cache-ttl-ms', env: 'VCS_WORKER_AUTH_CACHE_TTL_MS', doc: 'how long a verified credential is remembered', min: 0, max: 3_600_000 },
@@ -69,6 +73,10 @@ export interface Config {
   readonly keepAliveTimeoutMs: number
   readonly idleTimeoutMs: number
   readonly killGraceMs: number
+  readonly healthIntervalMs: number
+  readonly healthTimeoutMs: number
+  readonly diskFreeFloorBytes: number
+  readonly inodesFreeFloor: number
   readonly hgTimeoutMs: number
   readonly hgProbeIntervalMs: number
   readonly trustedProxies: readonly string[]
@@ -104,6 +112,10 @@ export const DEFAULTS: Config = {
   keepAliveTimeoutMs: 5_000,
   idleTimeoutMs: 300_000,
   killGraceMs: 5_000,
+  healthIntervalMs: 2_000,
+  healthTimeoutMs: 2_000,
+  diskFreeFloorBytes: 1024 ** 3,
+  inodesFreeFloor: 10_000,
   hgTimeoutMs: 120_000,
   hgProbeIntervalMs: 5_000,
   trustedProxies: [],

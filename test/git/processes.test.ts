@@ -73,10 +73,12 @@ t.test('git missing at start-up: exit 1 with a clean message', async (t) => {
 })
 
 t.test('git that disappears or breaks while serving: clean per-request errors, no crash', async (t) => {
-  const wrapper = path.join(t.testdirName, 'git-wrapper')
-  const w = await startWorker(t, { 'git-bin': wrapper })
+  const bin = await mkdtemp(path.join(os.tmpdir(), 'vcsw-git-'))
+  t.teardown(() => rm(bin, { recursive: true, force: true }))
+  const wrapper = path.join(bin, 'git-wrapper')
   await writeFile(wrapper, '#!/bin/sh\nexec git "$@"\n')
   await chmod(wrapper, 0o755)
+  const w = await startWorker(t, { 'git-bin': wrapper })
   t.equal((await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack')).status, 200)
   await rm(wrapper)
   for (const headers of [{}, { 'git-protocol': 'version=2' }] as Record<string, string>[]) {

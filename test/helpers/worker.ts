@@ -153,7 +153,9 @@ export async function processesMatching(marker: string): Promise<{ pid: number; 
       const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
       const cwd = await readlink(`/proc/${entry}/cwd`).catch(() => '')
       if ((cmd.includes(marker) || cwd.startsWith(marker)) && Number(entry) !== process.pid) found.push({ pid: Number(entry), state, cmd })
-      else if (state === 'Z' && stat.includes('(git')) found.push({ pid: Number(entry), state, cmd: stat })
+      else if (state === 'Z' && stat.includes('(git') && Number(stat.slice(stat.lastIndexOf(')') + 4).split(' ')[0]) === process.pid) {
+        found.push({ pid: Number(entry), state, cmd: stat }) // a git child of ours nobody reaped
+      }
     } catch { /* gone */ }
   }
   return found
