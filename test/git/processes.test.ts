@@ -5,7 +5,7 @@ import http from 'node:http'
 import { randomBytes } from 'node:crypto'
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
-import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, waitFor, run, CLI, rawRequest } from '../helpers/worker.js'
+import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, waitFor, run, CLI, rawRequest, gitWrapper, PASS_THROUGH_GIT } from '../helpers/worker.js'
 
 const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
 
@@ -73,11 +73,7 @@ t.test('git missing at start-up: exit 1 with a clean message', async (t) => {
 })
 
 t.test('git that disappears or breaks while serving: clean per-request errors, no crash', async (t) => {
-  const bin = await mkdtemp(path.join(os.tmpdir(), 'vcsw-git-'))
-  t.teardown(() => rm(bin, { recursive: true, force: true }))
-  const wrapper = path.join(bin, 'git-wrapper')
-  await writeFile(wrapper, '#!/bin/sh\nexec git "$@"\n')
-  await chmod(wrapper, 0o755)
+  const wrapper = await gitWrapper(t)
   const w = await startWorker(t, { 'git-bin': wrapper })
   t.equal((await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack')).status, 200)
   await rm(wrapper)
@@ -94,7 +90,7 @@ t.test('git that disappears or breaks while serving: clean per-request errors, n
   t.equal(broken.status, 500)
   t.equal(broken.body.toString(), 'git upload-pack failed: this git is broken\n')
   t.ok(w.logs().some((l) => l.level === 50 && String(l.stderr).includes('this git is broken')), "git's stderr is in the log")
-  await writeFile(wrapper, '#!/bin/sh\nexec git "$@"\n')
+  await writeFile(wrapper, PASS_THROUGH_GIT)
   t.equal((await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack')).status, 200, 'the worker lived through it')
 })
 

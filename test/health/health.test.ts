@@ -1,8 +1,7 @@
 import t from 'tap'
 import path from 'node:path'
-import { chmod, mkdtemp, rename, rm, writeFile } from 'node:fs/promises'
-import os from 'node:os'
-import { startWorker, rawRequest, waitFor, gitClient, type Worker } from '../helpers/worker.js'
+import { chmod, rename, rm, writeFile } from 'node:fs/promises'
+import { startWorker, rawRequest, waitFor, gitClient, type Worker, gitWrapper, PASS_THROUGH_GIT } from '../helpers/worker.js'
 
 interface HealthBody { status: string; failing: string[]; checks: Record<string, { status: string; last_run: string | null; duration_ms: number; message: string }> }
 const health = async (w: Worker, which: string) => {
@@ -35,11 +34,7 @@ t.test('all green: every check reported with status, last run, duration and mess
 })
 
 t.test('each check fails for real, turns the endpoint 503 naming it, and recovers', async (t) => {
-  const bin = await mkdtemp(path.join(os.tmpdir(), 'vcsw-health-'))
-  t.teardown(() => rm(bin, { recursive: true, force: true }))
-  const wrapper = path.join(bin, 'git-wrapper')
-  await writeFile(wrapper, '#!/bin/sh\nexec git "$@"\n')
-  await chmod(wrapper, 0o755)
+  const wrapper = await gitWrapper(t)
   const w = await startWorker(t, { 'hg-processes': '2', 'health-interval-ms': '100', 'git-bin': wrapper })
   await until(w, 'git', 200, 'green at first')
 
@@ -55,7 +50,7 @@ t.test('each check fails for real, turns the endpoint 503 naming it, and recover
   const missing = (await health(w, 'git')).body
   t.ok(missing.failing.includes('git_binary') && missing.failing.includes('git_canary'), missing.failing.join(','))
   t.equal((await health(w, 'hg')).status, 200, 'hg does not depend on git')
-  await writeFile(wrapper, '#!/bin/sh\nexec git "$@"\n')
+  await writeFile(wrapper, PASS_THROUGH_GIT)
   await chmod(wrapper, 0o755)
   await until(w, 'git', 200, 'git back')
 

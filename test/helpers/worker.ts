@@ -2,7 +2,8 @@
  * Test helpers: a real worker on 127.0.0.1:0 over a temp copy of repos-fixture/, real git
  * and hg clients with a private HOME and fixed dates, and process accounting.
  */
-import { cp, mkdir, readdir, readFile, readlink } from 'node:fs/promises'
+import { chmod, cp, mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { Writable } from 'node:stream'
 import http from 'node:http'
@@ -202,4 +203,20 @@ export function rawRequest(port: number, method: string, rawPath: string, header
     req.on('error', reject)
     req.end(body)
   })
+}
+
+/** The script of a git that just runs the real one; tests remove and rewrite it to break git. */
+export const PASS_THROUGH_GIT = '#!/bin/sh\nexec git "$@"\n'
+
+/**
+ * Writes a pass-through git wrapper into a temp dir outside the test dir (startWorker wipes
+ * the test dir) and returns its path; the dir goes away with the test.
+ */
+export async function gitWrapper(t: T): Promise<string> {
+  const bin = await mkdtemp(path.join(os.tmpdir(), 'vcsw-git-'))
+  t.teardown(() => rm(bin, { recursive: true, force: true }))
+  const wrapper = path.join(bin, 'git-wrapper')
+  await writeFile(wrapper, PASS_THROUGH_GIT)
+  await chmod(wrapper, 0o755)
+  return wrapper
 }
