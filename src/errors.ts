@@ -90,6 +90,11 @@ export function settleUnreadBody(req: FastifyRequest, reply: FastifyReply, limit
   const chunked = raw.headers['transfer-encoding'] !== undefined
   if (!chunked && !(declared > 0)) return
   if (chunked || declared > limit) reply.header('connection', 'close')
+  discardRest(raw, limit)
+}
+
+/** Reads and throws away what is left of a request body; past `limit` bytes, cuts the connection. */
+export function discardRest(raw: FastifyRequest['raw'], limit: number): void {
   let seen = 0
   raw.on('data', (c: Buffer) => {
     seen += c.length

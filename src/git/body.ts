@@ -11,7 +11,7 @@ import { PassThrough, Readable, Transform, Writable, type TransformCallback } fr
 import { pipeline } from 'node:stream/promises'
 import { createGunzip } from 'node:zlib'
 import type { IncomingMessage } from 'node:http'
-import { BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../errors.js'
+import { BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError, discardRest } from '../errors.js'
 
 /** Counts bytes and fails with 413 once more than `limit` went by. */
 export class ByteLimit extends Transform {
@@ -66,13 +66,7 @@ export function decodeBody(raw: IncomingMessage, limit: number): DecodedBody {
     abandon(max: number) {
       raw.unpipe(src)
       raw.off('aborted', onAbort)
-      if (raw.complete) return
-      let discarded = 0
-      raw.on('data', (c: Buffer) => {
-        discarded += c.length
-        if (discarded > max) raw.socket?.destroy()
-      })
-      raw.resume()
+      if (!raw.complete) discardRest(raw, max)
     },
   }
 }

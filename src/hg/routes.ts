@@ -10,7 +10,7 @@ import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
-import { BadRequestError, ServiceUnavailableError, VcsError, settleUnreadBody } from '../errors.js'
+import { BadRequestError, DISCARD_LIMIT, ServiceUnavailableError, VcsError, settleUnreadBody } from '../errors.js'
 import { resolveHgRepo } from '../repos/path.js'
 import type { VcsAuth } from '../auth/plugin.js'
 import { decodeBody, SpillBuffer, toClientError } from '../git/body.js'
@@ -76,7 +76,7 @@ export function hgHandler(deps: HgDeps) {
           await pipeline(decoded.stream, spill)
         } catch (err) {
           await spill.dispose()
-          decoded.abandon(16 * 1024 * 1024)
+          decoded.abandon(DISCARD_LIMIT)
           reply.header('connection', 'close')
           throw toClientError(err)
         }

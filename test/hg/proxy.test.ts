@@ -1,4 +1,6 @@
 import t from 'tap'
+import type * as Tap from 'tap'
+import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import http from 'node:http'
 import { chmod, readFile, writeFile, appendFile } from 'node:fs/promises'
@@ -15,6 +17,16 @@ async function hgClient(w: Worker, creds?: { user: string; password: string }) {
 }
 
 const hgFlags = { 'hg-processes': '2' }
+
+/** Clones demo-hg into `name` and commits one incompressible file of `mib` MiB in it as `message`. */
+async function cloneWithBlob(t: Tap.Test, w: Worker, hg: Awaited<ReturnType<typeof hgClient>>, name: string, mib: number, message: string): Promise<string> {
+  const work = path.join(w.dir, name)
+  t.equal((await hg(['clone', `${w.url}/demo-hg`, work])).code, 0)
+  await writeFile(path.join(work, 'blob.bin'), randomBytes(mib * 1024 * 1024))
+  await hg(['add', 'blob.bin'], work)
+  await hg(['commit', '-m', message], work)
+  return work
+}
 
 t.test('hg clone, pull and push through the worker, with the pusher named to hooks', async (t) => {
   const w = await startWorker(t, hgFlags)
@@ -117,12 +129,7 @@ t.test('a 20 MB hg push to a public repo: 401, retried with the configured crede
   const w = await startWorker(t, hgFlags)
   await w.addUser('ike', 'ike-password', { 'demo-hg': 'write' })
   const hg = await hgClient(w, { user: 'ike', password: 'ike-password' })
-  const work = path.join(w.dir, 'big')
-  t.equal((await hg(['clone', `${w.url}/demo-hg`, work])).code, 0)
-  const { randomBytes } = await import('node:crypto')
-  await writeFile(path.join(work, 'big.bin'), randomBytes(20 * 1024 * 1024))
-  await hg(['add', 'big.bin'], work)
-  await hg(['commit', '-m', 'big'], work)
+  const work = await cloneWithBlob(t, w, hg, 'big', 20, 'big')
   const r = await hg(['push'], work)
   t.equal(r.code, 0, r.stderr)
   const unbundles = w.logs().filter((l) => l.msg === 'request' && l.service === 'unbundle')
@@ -291,12 +298,7 @@ t.test('a push to a private repo sends its bundle once: the client is authentica
   const w = await startWorker(t, hgFlags, { private: true })
   await w.addUser('lee', 'lee-password', { 'demo-hg': 'write' })
   const hg = await hgClient(w, { user: 'lee', password: 'lee-password' })
-  const work = path.join(w.dir, 'lee')
-  t.equal((await hg(['clone', `${w.url}/demo-hg`, work])).code, 0)
-  const { randomBytes } = await import('node:crypto')
-  await writeFile(path.join(work, 'blob.bin'), randomBytes(5 * 1024 * 1024))
-  await hg(['add', 'blob.bin'], work)
-  await hg(['commit', '-m', 'blob'], work)
+  const work = await cloneWithBlob(t, w, hg, 'lee', 5, 'blob')
   const before = w.logs().length
   const r = await hg(['push'], work)
   t.equal(r.code, 0, r.stderr)
