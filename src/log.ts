@@ -76,7 +76,7 @@ export function installAccessLog(app: FastifyInstance): void {
         user: a.user,
         status: reply.raw.statusCode,
         bytes_in: a.countIn ? a.countIn() : a.bytesIn,
-        bytes_out: a.bytesOut,
+        bytes_out: a.bytesOut || Number(reply.raw.getHeader('content-length') ?? 0), // streamed bodies are counted, others declared
         exit_code: a.exitCode,
         child_pid: a.pid,
         aborted: a.aborted || !reply.raw.writableFinished || undefined,
