@@ -8,6 +8,10 @@ import { existsSync, realpathSync } from 'node:fs'
 import path from 'node:path'
 import { HealthChecker } from './health/checks.js'
 import { registerHealthRoutes } from './health/routes.js'
+import { AgentServer } from './health/agent.js'
+import { drain } from './health/drain.js'
+import { Admission } from './admission.js'
+import { WorkerMetrics, backendOf } from './metrics/metrics.js'
 import Fastify, { LogController, type FastifyInstance, type FastifyServerFactory } from 'fastify'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
@@ -19,7 +23,7 @@ import { installHookScripts, RefHookServer } from './git/ref-hooks.js'
 import authPlugin from './auth/plugin.js'
 import { openSqliteStore } from './auth/sqlite-store.js'
 import type { AuthStore } from './auth/store.js'
-import { repositoryDispatcher } from './dispatch.js'
+import { classify, repositoryDispatcher } from './dispatch.js'
 import { HgPool } from './hg/pool.js'
 import { hgHandler } from './hg/routes.js'
 import { JournalRecovery } from './hg/recover.js'
@@ -28,6 +32,12 @@ declare module 'fastify' {
   interface FastifyInstance {
     hgPool?: HgPool
     health: HealthChecker
+    admission: Admission
+    metrics: WorkerMetrics
+    /** the HAProxy agent-check server, when `agentPort` is not -1 */
+    agent?: AgentServer
+    /** Graceful drain then close (SIGTERM); resolves false when `drainTimeoutMs` cut it short. */
+    drain(): Promise<boolean>
   }
 }
 
@@ -89,7 +99,18 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 /** Registers every part of the worker on `app`; the route table of the whole worker. */
 async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Promise<void> {
   installErrorHandlers(app)
-  installAccessLog(app)
+  // Metrics read the admission queue and health state when scraped; requests reach them through
+  // the access record, created here first so every request is counted.
+  let metrics: WorkerMetrics | undefined
+  const admission = new Admission(config, {
+    admitted: (wait, cls) => metrics?.admitted(wait, cls),
+    rejected: (reason, cls) => metrics?.refused(reason, cls),
+  })
+  app.decorate('admission', admission)
+  installAccessLog(app, {
+    started: (req) => metrics?.started(backendOf(routeGuess(req.raw.url!, config.hgProcesses > 0))) ?? (() => {}),
+    finished: (record) => metrics?.observe(record),
+  })
 
   // Request bodies of repository routes are streamed by their handlers, never parsed here.
   app.removeAllContentTypeParsers()
@@ -122,15 +143,37 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     app.decorate('hgPool', pool)
     // onClose runs after in-flight requests finished: only then stop the children.
     app.addHook('onClose', () => pool.stop())
-    hg = hgHandler({ config, pool, auth: app.vcsAuth, reposRoot, recovery: new JournalRecovery(config, app.log) })
+    hg = hgHandler({ config, pool, admission, auth: app.vcsAuth, reposRoot, recovery: new JournalRecovery(config, app.log), refused: () => metrics?.refused('no_hg_child', 'none') })
   }
-  const health = new HealthChecker(config, git, app.hgPool, canary)
+  const health = new HealthChecker(config, git, app.hgPool, canary, admission)
   await health.start()
   app.decorate('health', health)
   app.addHook('onClose', async () => health.stop())
   registerHealthRoutes(app, health)
+  metrics = new WorkerMetrics({ repoLabel: config.metricsRepoLabel }, { admission, health, hgPool: app.hgPool })
+  app.decorate('metrics', metrics)
+  app.get('/metrics', async (req, reply) => {
+    req.access.route = 'metrics'
+    return reply.type(metrics.registry.contentType).header('cache-control', 'no-store').send(await metrics.registry.metrics())
+  })
+  if (config.agentPort >= 0) {
+    const agent = new AgentServer(health, admission)
+    await agent.start(config.host, config.agentPort)
+    app.decorate('agent', agent)
+    app.addHook('onClose', () => agent.stop())
+  }
+  app.decorate('drain', () => drain(app, health, admission, { graceMs: config.drainGraceMs, timeoutMs: config.drainTimeoutMs }))
 
-  const dispatch = repositoryDispatcher(gitHandlers({ config, git, reposRoot, auth: app.vcsAuth, refHooks }), hg)
+  const dispatch = repositoryDispatcher(gitHandlers({ config, git, admission, reposRoot, auth: app.vcsAuth, refHooks }), hg)
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'], url: '/*', handler: dispatch })
 }
 
+
+/** The route a URL will take, told before routing (for the in-flight gauge). */
+function routeGuess(url: string, hg: boolean): string {
+  const rawPath = url.split('?', 1)[0]!
+  if (rawPath === '/metrics') return 'metrics'
+  if (rawPath.startsWith('/health/')) return 'health_'
+  if (classify(rawPath)) return 'git_'
+  return hg ? 'hg_' : 'other'
+}

@@ -74,6 +74,7 @@ async function serve(config: Config, explicitRepos: boolean): Promise<void> {
   const host = config.host.includes(':') ? `[${config.host}]` : config.host
   process.stdout.write(`vcs-worker listening on http://${host}:${port}/ (repos in ${config.reposDir})\n`)
   process.stdout.write(`try: git clone http://${host}:${port}/demo.git\n`)
+  if (app.agent) process.stdout.write(`haproxy agent-check on ${host}:${app.agent.port}\n`)
   let stopping = false
   const stop = (signal: string): void => {
     if (stopping) {
@@ -81,8 +82,10 @@ async function serve(config: Config, explicitRepos: boolean): Promise<void> {
       process.exit(1)
     }
     stopping = true
-    logger.info({ signal }, 'shutting down')
-    app.close().then(() => process.exit(0), (err: unknown) => {
+    logger.info({ signal }, 'shutting down: draining')
+    // SIGTERM drains (the deploy path); SIGINT (Ctrl-C at a terminal) closes without the grace.
+    const done = signal === 'SIGTERM' ? app.drain() : app.close().then(() => true)
+    done.then((clean) => process.exit(clean ? 0 : 1), (err: unknown) => {
       logger.error({ err }, 'shutdown failed')
       process.exit(1)
     })

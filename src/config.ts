@@ -54,6 +54,15 @@ export const OPTIONS = {
   loginFailureLimit: { kind: 'int', flag: 'login-failure-limit', env: 'VCS_WORKER_LOGIN_FAILURE_LIMIT', doc: 'failed logins per user and address before 429', min: 1 },
   loginFailureWindowMs: { kind: 'int', flag: 'login-failure-window-ms', env: 'VCS_WORKER_LOGIN_FAILURE_WINDOW_MS', doc: 'window of the failed-login count', min: 1000 },
   realm: { kind: 'string', flag: 'realm', env: 'VCS_WORKER_REALM', doc: 'HTTP Basic realm shown by clients' },
+  heavyLimit: { kind: 'int', flag: 'heavy-limit', env: 'VCS_WORKER_HEAVY_LIMIT', doc: 'clones, fetches and pushes served at once (git upload/receive-pack POSTs, hg bundle commands)', min: 1 },
+  repoHeavyLimit: { kind: 'int', flag: 'repo-heavy-limit', env: 'VCS_WORKER_REPO_HEAVY_LIMIT', doc: 'of those, at once on one repository (0 = half of heavyLimit)', min: 0 },
+  fullCloneLimit: { kind: 'int', flag: 'full-clone-limit', env: 'VCS_WORKER_FULL_CLONE_LIMIT', doc: 'of those, full clones (fetches with no `have`): the rest of the slots stay free for incremental fetches and pushes (0 = three quarters of heavyLimit)', min: 0 },
+  queueLimit: { kind: 'int', flag: 'queue-limit', env: 'VCS_WORKER_QUEUE_LIMIT', doc: 'heavy requests waiting for a slot; past it, 503', min: 0 },
+  queueTimeoutMs: { kind: 'int', flag: 'queue-timeout-ms', env: 'VCS_WORKER_QUEUE_TIMEOUT_MS', doc: 'longest wait for a slot; past it, 503', min: 1 },
+  agentPort: { kind: 'int', flag: 'agent-port', env: 'VCS_WORKER_AGENT_PORT', doc: 'HAProxy agent-check TCP port on the same host (-1 = off, 0 = any free port)', min: -1, max: 65535 },
+  drainGraceMs: { kind: 'int', flag: 'drain-grace-ms', env: 'VCS_WORKER_DRAIN_GRACE_MS', doc: 'after SIGTERM, how long new work is still accepted (longer than the balancer\'s check interval x fall)', min: 0 },
+  drainTimeoutMs: { kind: 'int', flag: 'drain-timeout-ms', env: 'VCS_WORKER_DRAIN_TIMEOUT_MS', doc: 'after SIGTERM, how long in-flight clones and pushes may take before the exit is forced', min: 0 },
+  metricsRepoLabel: { kind: 'bool', flag: 'metrics-repo-label', env: 'VCS_WORKER_METRICS_REPO_LABEL', doc: 'label request metrics with the repo (unbounded with many repos)' },
 } as const satisfies Record<string, Option>
 
 export type ConfigKey = keyof typeof OPTIONS
@@ -84,6 +93,15 @@ export interface Config {
   readonly loginFailureLimit: number
   readonly loginFailureWindowMs: number
   readonly realm: string
+  readonly heavyLimit: number
+  readonly repoHeavyLimit: number
+  readonly fullCloneLimit: number
+  readonly queueLimit: number
+  readonly queueTimeoutMs: number
+  readonly agentPort: number
+  readonly drainGraceMs: number
+  readonly drainTimeoutMs: number
+  readonly metricsRepoLabel: boolean
   /** derived: PATH handed to children (the worker's own) */
   readonly envPath: string
   /** derived: HOME for children, `<dataDir>/home` */
@@ -123,6 +141,15 @@ export const DEFAULTS: Config = {
   loginFailureLimit: 10,
   loginFailureWindowMs: 300_000,
   realm: 'vcs-worker',
+  heavyLimit: 16,
+  repoHeavyLimit: 0,
+  fullCloneLimit: 0,
+  queueLimit: 64,
+  queueTimeoutMs: 30_000,
+  agentPort: -1,
+  drainGraceMs: 10_000,
+  drainTimeoutMs: 300_000,
+  metricsRepoLabel: false,
   envPath: '/usr/local/bin:/usr/bin:/bin',
   homeDir: '',
   tmpDir: '',
@@ -167,6 +194,9 @@ export function loadConfig(src: Source): Config {
   raw.tmpDir = path.join(dataDir, 'tmp')
   raw.authDb = path.join(dataDir, 'auth.sqlite')
   raw.hooksDir = path.join(dataDir, 'hooks')
+  const heavy = raw.heavyLimit as number
+  raw.repoHeavyLimit = Math.min(heavy, (raw.repoHeavyLimit as number) || Math.ceil(heavy / 2))
+  raw.fullCloneLimit = Math.min(heavy, (raw.fullCloneLimit as number) || Math.ceil(heavy * 0.75))
   return Object.freeze(raw as unknown as Config)
 }
 

@@ -20,6 +20,8 @@ export interface AccessInfo {
   exitCode?: number | string | null
   pid?: number
   aborted?: boolean
+  /** a git process was started (or tried) for this request */
+  spawned?: boolean
   /** reads the byte count of the request body lazily, at log time */
   countIn?: () => number
 }
@@ -57,31 +59,81 @@ function stripQuery(url: string | undefined): string | undefined {
   return url.length > 512 ? `${url.slice(0, 509)}...` : url
 }
 
-/** Registers the per-request access record and its log line. */
-export function installAccessLog(app: FastifyInstance): void {
+/** What one request came to: the access line's fields, and what metrics count. */
+export interface AccessRecord {
+  route: string
+  repo?: string
+  service?: string
+  protocol?: string
+  status: number
+  bytesIn: number
+  bytesOut: number
+  durationMs: number
+  /** time until the status line went out */
+  ttfbMs?: number
+  exitCode?: number | string | null
+  pid?: number
+  childSpawned: boolean
+  hadCredentials: boolean
+}
+
+export interface AccessObserver {
+  /** a request began; the returned function runs when its connection's response closed */
+  started?: (req: FastifyRequest) => () => void
+  /** every finished request's record */
+  finished?: (record: AccessRecord) => void
+}
+
+/** Registers the per-request access record, its log line and its observer (metrics). */
+export function installAccessLog(app: FastifyInstance, observer: AccessObserver = {}): void {
   app.decorateRequest('access', null as unknown as AccessInfo)
   app.addHook('onRequest', async (req: FastifyRequest, reply) => {
     req.access = { route: 'other', bytesIn: 0, bytesOut: 0 }
     const started = process.hrtime.bigint()
-    reply.raw.once('close', () => {
+    const res = reply.raw
+    let ttfbMs: number | undefined
+    // Every status line goes through writeHead (an implicit header too, via _implicitHeader).
+    const writeHead = res.writeHead
+    res.writeHead = function (this: typeof res, ...args: unknown[]) {
+      ttfbMs ??= Number(process.hrtime.bigint() - started) / 1e6
+      return (writeHead as (...a: unknown[]) => typeof res).apply(this, args)
+    } as typeof res.writeHead
+    const ended = observer.started?.(req)
+    res.once('close', () => {
+      ended?.()
       const a = req.access
-      const durationMs = Number(process.hrtime.bigint() - started) / 1e6
-      req.log.info({
-        method: req.method,
-        url: stripQuery(req.url),
+      const record: AccessRecord = {
         route: a.route,
         repo: a.repo,
         service: a.service,
         protocol: a.protocol,
+        status: res.statusCode,
+        bytesIn: a.countIn ? a.countIn() : a.bytesIn,
+        bytesOut: a.bytesOut || Number(res.getHeader('content-length') ?? 0), // streamed bodies are counted, others declared
+        durationMs: Math.round((Number(process.hrtime.bigint() - started) / 1e6) * 10) / 10,
+        ttfbMs,
+        exitCode: a.exitCode,
+        pid: a.pid,
+        childSpawned: a.spawned ?? false,
+        hadCredentials: req.headers.authorization !== undefined,
+      }
+      req.log.info({
+        method: req.method,
+        url: stripQuery(req.url),
+        route: record.route,
+        repo: record.repo,
+        service: record.service,
+        protocol: record.protocol,
         user: a.user,
-        status: reply.raw.statusCode,
-        bytes_in: a.countIn ? a.countIn() : a.bytesIn,
-        bytes_out: a.bytesOut || Number(reply.raw.getHeader('content-length') ?? 0), // streamed bodies are counted, others declared
-        exit_code: a.exitCode,
-        child_pid: a.pid,
-        aborted: a.aborted || !reply.raw.writableFinished || undefined,
-        duration_ms: Math.round(durationMs * 10) / 10,
+        status: record.status,
+        bytes_in: record.bytesIn,
+        bytes_out: record.bytesOut,
+        exit_code: record.exitCode,
+        child_pid: record.pid,
+        aborted: a.aborted || !res.writableFinished || undefined,
+        duration_ms: record.durationMs,
       }, 'request')
+      observer.finished?.(record)
     })
   })
 }

@@ -108,6 +108,7 @@ export interface StreamChildOptions {
 export function streamChild(req: FastifyRequest, reply: FastifyReply, child: Child, opts: StreamChildOptions): Transform {
   const access = req.access
   access.pid = child.pid
+  access.spawned = true
   reply.raw.once('close', () => {
     if (!reply.raw.writableFinished) {
       access.aborted = true

@@ -17,6 +17,7 @@ import { V2AdvertisementCache } from './advertise.js'
 import { ReportRewriter } from './report-status.js'
 import type { RefHookServer } from './ref-hooks.js'
 import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
+import type { Admission, Release, WorkClass } from '../admission.js'
 
 export interface GitDeps {
   config: Config
@@ -25,12 +26,30 @@ export interface GitDeps {
   reposRoot: string
   auth: VcsAuth
   refHooks: RefHookServer
+  admission: Admission
 }
 
 const SERVICES: Record<string, GitService> = { 'git-upload-pack': 'upload-pack', 'git-receive-pack': 'receive-pack' }
 /** upload-pack requests up to this size stay in memory; larger ones spill to a temp file */
 const SPILL_MEMORY = 1024 * 1024
 const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', pragma: 'no-cache', expires: 'Fri, 01 Jan 1980 00:00:00 GMT' }
+
+/**
+ * What an upload-pack request costs, from its packets: v2 `ls-refs` and `object-info` are light
+ * (undefined: never queued); a fetch with `have` lines is incremental; one without is a full clone.
+ */
+class NegotiationShape {
+  private command: string | undefined
+  private haves = 0
+  readonly onPacket = (p: Buffer): void => {
+    if (p.length > 5 && p[0] === 0x68 && p.toString('latin1', 0, 5) === 'have ') this.haves++
+    else if (this.command === undefined && p.toString('latin1', 0, 8) === 'command=') this.command = p.toString('latin1', 8).trim()
+  }
+  get workClass(): WorkClass | undefined {
+    if (this.command !== undefined && this.command !== 'fetch') return undefined
+    return this.haves > 0 ? 'incremental' : 'full'
+  }
+}
 
 function requireContentType(req: FastifyRequest, expected: string): void {
   const type = String(req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase()
@@ -65,6 +84,7 @@ export function gitHandlers(deps: GitDeps) {
       if (!service) throw new BadRequestError('unknown service: use git-upload-pack or git-receive-pack')
       req.access.service = service
       const { repo } = await findRepo(req, repoPath, service === 'receive-pack' ? 'write' : 'read')
+      deps.admission.precheck()
       const gitProtocol = protocolOf(req)
       reply.type(`application/x-git-${service}-advertisement`).headers(NO_CACHE)
       if (service === 'upload-pack' && req.access.protocol === 'v2') {
@@ -90,7 +110,8 @@ export function gitHandlers(deps: GitDeps) {
       req.access.countIn = body.wireBytes
       // The whole request is read before git starts: a client that sends megabytes of `have`
       // lines before reading would otherwise deadlock against a git that answers ACKs early.
-      const checker = new PktLineChecker({ mode: 'all' })
+      const shape = new NegotiationShape()
+      const checker = new PktLineChecker({ mode: 'all', onPacket: shape.onPacket })
       const spill = new SpillBuffer(SPILL_MEMORY, config.tmpDir)
       try {
         await pipeline(body.stream, checker, spill)
@@ -105,8 +126,16 @@ export function gitHandlers(deps: GitDeps) {
         await spill.dispose()
         return reply.send(Buffer.alloc(0))
       }
+      const cls = shape.workClass
+      let release: Release | undefined
+      try {
+        if (cls) release = await deps.admission.acquire(repo.name, cls, reply.raw)
+      } catch (err) {
+        await spill.dispose()
+        throw err
+      }
       const child = git.serve('upload-pack', repo.dir, { gitProtocol })
-      void child.exited.then(() => spill.dispose())
+      void child.exited.then(() => { release?.(); return spill.dispose() })
       pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))
       return reply.send(streamChild(req, reply, child, { what: 'git upload-pack', inBand: true }))
     },
@@ -118,17 +147,27 @@ export function gitHandlers(deps: GitDeps) {
       requireContentType(req, 'application/x-git-receive-pack-request')
       const { repo, principal } = await findRepo(req, repoPath, 'write')
       const gitProtocol = protocolOf(req)
-      const body = decodeBody(req.raw, config.maxPushBytes)
-      req.access.countIn = body.wireBytes
-      // Repository hooks learn who pushed; our own hooks learn which push this is.
-      const session = deps.refHooks.open({ principal, repo })
-      const hookEnv: Record<string, string> = { ...session.env }
-      if (principal.kind === 'user') {
-        hookEnv.REMOTE_USER = principal.name
-        hookEnv.VCS_WORKER_USER = principal.name
+      // A slot before a byte of the push is read: refused now (503) or never dropped later.
+      const release = await deps.admission.acquire(repo.name, 'incremental', reply.raw)
+      let body, session, child
+      try {
+        body = decodeBody(req.raw, config.maxPushBytes)
+        req.access.countIn = body.wireBytes
+        // Repository hooks learn who pushed; our own hooks learn which push this is.
+        session = deps.refHooks.open({ principal, repo })
+        const hookEnv: Record<string, string> = { ...session.env }
+        if (principal.kind === 'user') {
+          hookEnv.REMOTE_USER = principal.name
+          hookEnv.VCS_WORKER_USER = principal.name
+        }
+        child = git.serve('receive-pack', repo.dir, { gitProtocol, env: hookEnv, config: [`core.hooksPath=${config.hooksDir}`] })
+      } catch (err) {
+        session?.close()
+        release()
+        throw err
       }
-      const child = git.serve('receive-pack', repo.dir, { gitProtocol, env: hookEnv, config: [`core.hooksPath=${config.hooksDir}`] })
-      void child.exited.then(() => session.close())
+      const opened = session
+      void child.exited.then(() => { release(); opened.close() })
       const out = streamChild(req, reply, child, { what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor) })
       // The body streams into git while it arrives; a bad or oversized body kills git before it
       // can update a ref (refs move only after the whole pack is in and checked).

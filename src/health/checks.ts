@@ -10,8 +10,9 @@ import path from 'node:path'
 import type { Config } from '../config.js'
 import type { GitRunner } from '../git/spawn.js'
 import type { HgPool } from '../hg/pool.js'
+import type { Admission } from '../admission.js'
 
-export type CheckName = 'repos_dir' | 'disk' | 'git_binary' | 'git_canary' | 'hg_children' | 'draining'
+export type CheckName = 'repos_dir' | 'disk' | 'git_binary' | 'git_canary' | 'hg_children' | 'draining' | 'saturation'
 
 export interface CheckResult {
   status: 'ok' | 'fail'
@@ -29,8 +30,12 @@ interface CheckState {
   message: string
 }
 
-export const GIT_CHECKS: CheckName[] = ['repos_dir', 'disk', 'git_binary', 'git_canary', 'draining']
-export const HG_CHECKS: CheckName[] = ['repos_dir', 'disk', 'hg_children', 'draining']
+export const GIT_CHECKS: CheckName[] = ['repos_dir', 'disk', 'git_binary', 'git_canary', 'draining', 'saturation']
+export const HG_CHECKS: CheckName[] = ['repos_dir', 'disk', 'hg_children', 'draining', 'saturation']
+export const ALL_CHECKS: CheckName[] = [...new Set([...GIT_CHECKS, ...HG_CHECKS])]
+
+/** A check read at the moment of the probe from in-memory state: a message when it fails. */
+type LiveCheck = () => string | undefined
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined
@@ -40,10 +45,12 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
 
 export class HealthChecker {
   private readonly checks = new Map<CheckName, CheckState>()
+  private readonly live = new Map<CheckName, LiveCheck>()
   private timer: NodeJS.Timeout | undefined
   draining = false
+  readonly names = ALL_CHECKS
 
-  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgPool | undefined, canaryDir: string) {
+  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgPool | undefined, canaryDir: string, admission: Admission) {
     const add = (name: CheckName, run: () => Promise<string>): void => {
       this.checks.set(name, { run, ok: false, failures: 0, lastRun: 0, durationMs: 0, message: 'not run yet' })
     }
@@ -74,10 +81,11 @@ export class HealthChecker {
       if (ready === 0) throw new Error(`0 of ${pool.children.length} hg serve children ready`)
       return `${ready} of ${pool.children.length} hg serve children ready`
     })
-    add('draining', async () => {
-      if (this.draining) throw new Error('draining')
-      return 'accepting work'
-    })
+    // In-memory state, read at probe time: a drain or a full queue shows at once.
+    this.live.set('draining', () => (this.draining ? 'draining' : undefined))
+    this.live.set('saturation', () => (admission.saturated
+      ? `saturated: ${admission.active} heavy requests running, ${admission.queued} queued`
+      : undefined))
   }
 
   /** Runs every check now, then on the interval. */
@@ -114,15 +122,22 @@ export class HealthChecker {
     const checks: Record<string, CheckResult> = {}
     let ok = true
     for (const name of names) {
+      const live = this.live.get(name)
+      if (live) {
+        const failure = live()
+        if (failure) ok = false
+        checks[name] = { status: failure ? 'fail' : 'ok', last_run: new Date(now).toISOString(), duration_ms: 0, message: failure ?? 'accepting work' }
+        continue
+      }
       const c = this.checks.get(name)!
       const stale = now - c.lastRun > 3 * this.config.healthIntervalMs
-      const good = c.ok && !stale && !(name === 'draining' && this.draining)
+      const good = c.ok && !stale
       if (!good) ok = false
       checks[name] = {
         status: good ? 'ok' : 'fail',
         last_run: c.lastRun ? new Date(c.lastRun).toISOString() : null,
         duration_ms: c.durationMs,
-        message: stale ? `stale: last run ${Math.round((now - c.lastRun) / 1000)} s ago` : (name === 'draining' && this.draining ? 'draining' : c.message),
+        message: stale ? `stale: last run ${Math.round((now - c.lastRun) / 1000)} s ago` : c.message,
       }
     }
     return { ok, checks }

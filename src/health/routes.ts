@@ -3,7 +3,7 @@
  * checks.ts). One JSON entry per check; 503 names the failing checks.
  */
 import type { FastifyInstance } from 'fastify'
-import { GIT_CHECKS, HG_CHECKS, type CheckName, type HealthChecker } from './checks.js'
+import { ALL_CHECKS, GIT_CHECKS, HG_CHECKS, type CheckName, type HealthChecker } from './checks.js'
 
 export function registerHealthRoutes(app: FastifyInstance, checker: HealthChecker): void {
   app.get('/health/live', async (req, reply) => {
@@ -20,5 +20,5 @@ export function registerHealthRoutes(app: FastifyInstance, checker: HealthChecke
   }
   endpoint('/health/git', 'health_git', GIT_CHECKS)
   endpoint('/health/hg', 'health_hg', HG_CHECKS)
-  endpoint('/health/ready', 'health_ready', [...new Set([...GIT_CHECKS, ...HG_CHECKS])])
+  endpoint('/health/ready', 'health_ready', ALL_CHECKS)
 }

@@ -5,6 +5,7 @@
  * registered without one. `batch` is judged by each of its sub-commands.
  */
 import type { IncomingHttpHeaders } from 'node:http'
+import type { WorkClass } from '../admission.js'
 
 export type HgAction = 'read' | 'write'
 
@@ -58,4 +59,21 @@ export function requestAction(query: URLSearchParams, headers: IncomingHttpHeade
     }
   }
   return 'read'
+}
+
+const NULL_NODE = /^0{40}$/
+/**
+ * The admission class of a bundle command, undefined for the light ones: a push (`unbundle`)
+ * is incremental; `getbundle` with no common node but the null one, `stream_out`, and a
+ * `changegroup` from the null root send the whole repository: a full clone.
+ */
+export function hgWorkClass(query: URLSearchParams, headers: IncomingHttpHeaders): WorkClass | undefined {
+  const cmd = query.get('cmd')
+  if (cmd === 'unbundle') return 'incremental'
+  if (cmd === 'stream_out') return 'full'
+  if (cmd !== 'getbundle' && cmd !== 'changegroup' && cmd !== 'changegroupsubset') return undefined
+  const args = headerArgs(headers) ?? new URLSearchParams()
+  const arg = (name: string): string => args.get(name) ?? query.get(name) ?? ''
+  const nodes = (cmd === 'getbundle' ? arg('common') : arg('roots')).split(/[ ,]+/).filter(Boolean)
+  return nodes.every((n) => NULL_NODE.test(n)) ? 'full' : 'incremental'
 }

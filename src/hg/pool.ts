@@ -43,6 +43,9 @@ export class HgPool {
   private probeTimer: NodeJS.Timeout | undefined
   private stopping = false
   restarts = 0
+  /** children started, and their exits by code or signal (for metrics) */
+  spawns = 0
+  readonly exits = new Map<string, number>()
   private readonly webConf: string
 
   constructor(private readonly config: Config, private readonly log: FastifyBaseLogger) {
@@ -145,6 +148,7 @@ export class HgPool {
     c.proc = proc
     c.pid = proc.pid
     c.url = undefined
+    this.spawns++
     this.transition(c, 'starting')
     proc.proc.stdin.end()
     void proc.exited.then((status) => this.onExit(c, proc, status.code, status.signal))
@@ -166,6 +170,8 @@ export class HgPool {
   }
 
   private onExit(c: HgChild, proc: Child, code: number | null, signal: string | null): void {
+    const how = String(code ?? signal ?? 'unknown')
+    this.exits.set(how, (this.exits.get(how) ?? 0) + 1)
     if (c.proc !== proc) return
     this.transition(c, 'stopped', { exit_code: code, signal })
     if (this.stopping) return

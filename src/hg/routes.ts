@@ -12,9 +12,10 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
 import { BadRequestError, DISCARD_LIMIT, ServiceUnavailableError, VcsError, settleUnreadBody } from '../errors.js'
 import { resolveHgRepo } from '../repos/path.js'
-import type { VcsAuth } from '../auth/plugin.js'
+import type { Identity, VcsAuth } from '../auth/plugin.js'
 import { decodeBody, SpillBuffer, toClientError } from '../git/body.js'
-import { requestAction } from './commands.js'
+import { hgWorkClass, requestAction } from './commands.js'
+import type { Admission, Release } from '../admission.js'
 import type { HgPool } from './pool.js'
 import type { JournalRecovery } from './recover.js'
 
@@ -27,6 +28,9 @@ export interface HgDeps {
   recovery: JournalRecovery
   auth: VcsAuth
   reposRoot: string
+  admission: Admission
+  /** told when a request finds no ready child (metrics) */
+  refused?: () => void
 }
 
 /** Upstream failures, in the one status table: the child broke (502) or never answered (504). */
@@ -35,7 +39,7 @@ class HgUpstreamError extends VcsError {
 }
 
 export function hgHandler(deps: HgDeps) {
-  return async function hg(req: FastifyRequest, reply: FastifyReply, rawPath: string): Promise<FastifyReply> {
+  async function hg(req: FastifyRequest, reply: FastifyReply, rawPath: string): Promise<FastifyReply> {
     req.access.route = 'hg_proxy'
     const query = new URLSearchParams(req.raw.url!.slice(rawPath.length + 1))
     const repo = await resolveHgRepo(deps.reposRoot, rawPath)
@@ -52,8 +56,29 @@ export function hgHandler(deps: HgDeps) {
       throw err
     }
     await deps.recovery.ensure(repo.dir)
+    const cls = hgWorkClass(query, req.headers)
+    let release: Release = () => {}
+    try {
+      if (cls) release = await deps.admission.acquire(repo.name, cls, reply.raw)
+    } catch (err) {
+      settleUnreadBody(req, reply, deps.config.maxPushBytes) // hg reads the 503 only after its bundle is sent
+      throw err
+    }
+    try {
+      return await forward(req, reply, principal, release)
+    } catch (err) {
+      release()
+      throw err
+    }
+  }
+
+  /** Streams the request to a ready child and its answer back; `release` runs once the answer ended. */
+  async function forward(req: FastifyRequest, reply: FastifyReply, principal: Identity, release: Release): Promise<FastifyReply> {
     const child = deps.pool.pick()
-    if (!child?.url) throw new ServiceUnavailableError('no hg serve process is ready on this worker')
+    if (!child?.url) {
+      deps.refused?.()
+      throw new ServiceUnavailableError('no hg serve process is ready on this worker')
+    }
     req.access.pid = child.pid
 
     const headers: Record<string, string | string[]> = {}
@@ -87,7 +112,7 @@ export function hgHandler(deps: HgDeps) {
 
     child.inflight++
     const upstream = http.request({ host: child.url.hostname, port: child.url.port, method: req.method, path: req.raw.url, headers, agent: child.agent })
-    const done = (): void => { child.inflight--; void spill?.dispose() }
+    const done = (): void => { child.inflight--; release(); void spill?.dispose() }
     reply.raw.once('close', () => { if (!reply.raw.writableFinished) upstream.destroy() })
     // Silence, not duration, is the limit: the timer restarts with every byte either way.
     let timedOut = false
@@ -125,4 +150,6 @@ export function hgHandler(deps: HgDeps) {
     pipeline(res, counted).catch(() => { /* the reply sees the error through `counted` */ })
     return reply.send(counted)
   }
+
+  return hg
 }

@@ -212,11 +212,63 @@ export const PASS_THROUGH_GIT = '#!/bin/sh\nexec git "$@"\n'
  * Writes a pass-through git wrapper into a temp dir outside the test dir (startWorker wipes
  * the test dir) and returns its path; the dir goes away with the test.
  */
-export async function gitWrapper(t: T): Promise<string> {
+export async function gitWrapper(t: T, script = PASS_THROUGH_GIT): Promise<string> {
   const bin = await mkdtemp(path.join(os.tmpdir(), 'vcsw-git-'))
   t.teardown(() => rm(bin, { recursive: true, force: true }))
   const wrapper = path.join(bin, 'git-wrapper')
-  await writeFile(wrapper, PASS_THROUGH_GIT)
+  await writeFile(wrapper, script.replaceAll('@DIR@', bin))
   await chmod(wrapper, 0o755)
   return wrapper
+}
+
+export interface Gate {
+  /** the git wrapper to pass as --git-bin */
+  bin: string
+  /** while closed, the held git processes wait before they start; pushes only with `pushes` */
+  close(opts?: { pushes?: boolean }): Promise<void>
+  open(): Promise<void>
+}
+
+/**
+ * A git wrapper that holds, while its gate file exists, every protocol v0 upload-pack RPC
+ * (a v0 clone or fetch: no GIT_PROTOCOL), and with the push gate every receive-pack RPC,
+ * before git starts. Ref
+ * advertisements, health checks and protocol v2 requests pass at once. Tests use it to keep
+ * work in flight for as long as they need, without timing guesses.
+ */
+export async function gateWrapper(t: T): Promise<Gate> {
+  const bin = await gitWrapper(t, `#!/bin/sh
+case " $* " in
+  *" --advertise-refs "*) ;;
+  *" receive-pack "*) while [ -e @DIR@/push-gate ]; do sleep 0.05; done ;;
+  *" upload-pack "*) [ -z "$GIT_PROTOCOL" ] && while [ -e @DIR@/gate ]; do sleep 0.05; done ;;
+esac
+exec git "$@"
+`)
+  const gate = path.join(path.dirname(bin), 'gate')
+  const pushGate = path.join(path.dirname(bin), 'push-gate')
+  return {
+    bin,
+    close: async (opts = {}) => {
+      await writeFile(gate, '')
+      if (opts.pushes) await writeFile(pushGate, '')
+    },
+    open: async () => {
+      await rm(gate, { force: true })
+      await rm(pushGate, { force: true })
+    },
+  }
+}
+
+/** One value of a metric line in Prometheus text, e.g. metric(text, 'vcs_queue_length'); 0 when absent. */
+export function metric(text: string, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#') || !line.startsWith(name)) continue
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$/.exec(line)
+    if (!m || m[1] !== name) continue
+    const have = Object.fromEntries([...(m[3] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]))
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) sum += Number(m[4])
+  }
+  return sum
 }

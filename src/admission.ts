@@ -1,0 +1,171 @@
+/**
+ * Admission control for the heavy work: git upload-pack and receive-pack POSTs that carry a
+ * negotiation or a push, and hg's bundle commands. A global limit, a per-repo limit and a
+ * smaller limit for full clones (fetches with no `have`: the most expensive class), so the
+ * remaining slots stay free for incremental fetches and pushes. Past a limit a request waits
+ * in a bounded queue for a bounded time; incremental work and pushes leave the queue before
+ * full clones. Light requests (ref advertisements, ls-refs, health, metrics) never come here.
+ *
+ * A slot is taken before git or hg starts and held until it exited, so a push that was
+ * admitted is never dropped: refusal happens before a single byte reaches git.
+ */
+import type { ServerResponse } from 'node:http'
+import { ServiceUnavailableError, VcsError } from './errors.js'
+
+export type WorkClass = 'full' | 'incremental'
+export type RejectReason = 'queue_full' | 'queue_timeout' | 'draining'
+
+export interface AdmissionLimits {
+  heavyLimit: number
+  repoHeavyLimit: number
+  fullCloneLimit: number
+  queueLimit: number
+  queueTimeoutMs: number
+}
+
+export interface AdmissionEvents {
+  rejected?: (reason: RejectReason, cls: WorkClass | 'none') => void
+  /** seconds a request waited before it got its slot (0 when it did not wait) */
+  admitted?: (waitSeconds: number, cls: WorkClass) => void
+}
+
+/** What a 503 tells the client to wait, in seconds. */
+export const RETRY_AFTER_S = 5
+
+interface Waiter {
+  repo: string
+  cls: WorkClass
+  since: number
+  start: () => void
+  fail: (reason: RejectReason) => void
+}
+
+export type Release = () => void
+
+export class Admission {
+  active = 0
+  activeFull = 0
+  private readonly perRepo = new Map<string, number>()
+  /** incremental work first, then full clones */
+  private readonly queues: Record<WorkClass, Waiter[]> = { incremental: [], full: [] }
+  private refusing = false
+
+  constructor(readonly limits: AdmissionLimits, private readonly events: AdmissionEvents = {}) {}
+
+  get queued(): number {
+    return this.queues.incremental.length + this.queues.full.length
+  }
+
+  /** every slot taken and the queue full: new heavy work is refused right now */
+  get saturated(): boolean {
+    return this.active >= this.limits.heavyLimit && this.queued >= this.limits.queueLimit
+  }
+
+  /** From now on new heavy work is refused (the end of a drain's grace period); queued work too. */
+  refuseNew(): void {
+    this.refusing = true
+    for (const w of [...this.queues.incremental, ...this.queues.full]) w.fail('draining')
+  }
+
+  /**
+   * The cheap check at a session's start (git's ref advertisement): refuses now what the heavy
+   * request that follows would be refused. git prints the body of a refused advertisement as
+   * `remote:` lines, but of a refused RPC POST only "HTTP 503": this is where the user reads why.
+   */
+  precheck(): void {
+    if (this.refusing) throw this.reject('draining', 'none')
+    if (this.saturated) throw this.reject('queue_full', 'none')
+  }
+
+  /**
+   * Waits for a slot for one request on `repo`. Rejects with a 503 ServiceUnavailableError when
+   * the queue is full, the wait too long, or the worker refuses new work; with `gone` when the
+   * client went away while waiting.
+   */
+  acquire(repo: string, cls: WorkClass, res: ServerResponse): Promise<Release> {
+    if (this.refusing) return Promise.reject(this.reject('draining', cls))
+    if (this.canStart(repo, cls) && !this.queues[cls].length && !(cls === 'full' && this.queues.incremental.length)) {
+      this.events.admitted?.(0, cls)
+      return Promise.resolve(this.take(repo, cls))
+    }
+    if (this.queued >= this.limits.queueLimit) return Promise.reject(this.reject('queue_full', cls))
+    return new Promise<Release>((resolve, reject) => {
+      const queue = this.queues[cls]
+      const leave = (): void => {
+        clearTimeout(timer)
+        res.off('close', onGone)
+        const i = queue.indexOf(waiter)
+        if (i >= 0) queue.splice(i, 1)
+      }
+      const onGone = (): void => {
+        leave()
+        reject(new ClientGoneError())
+      }
+      const waiter: Waiter = {
+        repo,
+        cls,
+        since: performance.now(),
+        start: () => {
+          leave()
+          this.events.admitted?.((performance.now() - waiter.since) / 1000, cls)
+          resolve(this.take(repo, cls))
+        },
+        fail: (reason) => {
+          leave()
+          reject(this.reject(reason, cls))
+        },
+      }
+      const timer = setTimeout(() => waiter.fail('queue_timeout'), this.limits.queueTimeoutMs)
+      res.once('close', onGone)
+      queue.push(waiter)
+    })
+  }
+
+  private canStart(repo: string, cls: WorkClass): boolean {
+    if (this.active >= this.limits.heavyLimit) return false
+    if (cls === 'full' && this.activeFull >= this.limits.fullCloneLimit) return false
+    return (this.perRepo.get(repo) ?? 0) < this.limits.repoHeavyLimit
+  }
+
+  private take(repo: string, cls: WorkClass): Release {
+    this.active++
+    if (cls === 'full') this.activeFull++
+    this.perRepo.set(repo, (this.perRepo.get(repo) ?? 0) + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      this.active--
+      if (cls === 'full') this.activeFull--
+      const n = this.perRepo.get(repo)! - 1
+      if (n) this.perRepo.set(repo, n)
+      else this.perRepo.delete(repo)
+      this.pump()
+    }
+  }
+
+  /** Starts every waiter that fits now, incremental ones first; a waiter blocked by its repo's limit does not hold up others. */
+  private pump(): void {
+    for (const cls of ['incremental', 'full'] as const) {
+      for (const w of [...this.queues[cls]]) {
+        if (this.active >= this.limits.heavyLimit) return
+        if (this.canStart(w.repo, w.cls)) w.start()
+      }
+    }
+  }
+
+  private reject(reason: RejectReason, cls: WorkClass | 'none'): ServiceUnavailableError {
+    this.events.rejected?.(reason, cls)
+    const message = {
+      queue_full: 'server busy: too many clones and pushes in progress; try again in a few seconds',
+      queue_timeout: `server busy: no free slot within ${Math.round(this.limits.queueTimeoutMs / 1000)} s; try again in a few seconds`,
+      draining: 'server is restarting; try again in a few seconds',
+    }[reason]
+    return new ServiceUnavailableError(message, RETRY_AFTER_S)
+  }
+}
+
+/** The client closed its connection while its request waited for a slot: nobody to answer (nginx's 499). */
+export class ClientGoneError extends VcsError {
+  constructor() { super('VCS_CLIENT_GONE', 499, 'client went away while queued') }
+}

@@ -1,0 +1,145 @@
+import t, { type Test } from 'tap'
+import path from 'node:path'
+import http from 'node:http'
+import { writeFile } from 'node:fs/promises'
+import { startWorker, gitClient, gateWrapper, metric, rawRequest, waitFor, type Worker } from '../helpers/worker.js'
+import { pkt, FLUSH } from '../../src/git/pktline.js'
+
+const scrape = async (w: Worker) => (await rawRequest(w.port, 'GET', '/metrics')).body.toString()
+const v0 = ['-c', 'protocol.version=0']
+
+/** Commits a new file in `clone` (a working clone) and pushes it. */
+async function commitAndPush(t: Test, git: ReturnType<typeof gitClient>, clone: string, name: string) {
+  await writeFile(path.join(clone, name), `${name}\n`)
+  for (const args of [['add', name], ['commit', '-qm', name]]) t.equal((await git(args, clone)).code, 0, `git ${args[0]}`)
+  return git(['push', '-q', 'origin', 'HEAD'], clone)
+}
+
+/** A worker with a user who may push to every fixture repo, and that user's URL. */
+async function workerWithPusher(t: Test, flags: Record<string, string>) {
+  const w = await startWorker(t, flags)
+  await w.addUser('alice', 'alice-pw', { 'demo.git': 'write', 'team/project.git': 'write' })
+  return { w, as: w.urlAs('alice', 'alice-pw') }
+}
+
+t.test('full clones queue for their slots; incremental fetches, ls-refs and pushes are not held behind them', async (t) => {
+  const gate = await gateWrapper(t)
+  const { w, as } = await workerWithPusher(t, { 'git-bin': gate.bin, 'heavy-limit': '3', 'full-clone-limit': '1', 'queue-limit': '4' })
+  const git = gitClient(w.dir)
+  // a working clone of the other repo, to fetch incrementally later
+  t.equal((await git(['clone', '-q', `${w.url}/team/project.git`, 'project'])).code, 0)
+  const project = path.join(w.dir, 'project')
+  t.equal((await git(['clone', '-q', `${as}/team/project.git`, 'pusher'])).code, 0)
+  t.equal((await commitAndPush(t, git, path.join(w.dir, 'pusher'), 'one.txt')).code, 0)
+
+  await gate.close()
+  const first = git([...v0, 'clone', '-q', `${w.url}/demo.git`, 'full1'])
+  await waitFor(async () => metric(await scrape(w), 'vcs_heavy_in_flight', { class: 'full' }) === 1, 10_000, 'the first full clone to hold the full-clone slot')
+  const second = git([...v0, 'clone', '-q', `${w.url}/demo.git`, 'full2'])
+  await waitFor(async () => metric(await scrape(w), 'vcs_queue_length') === 1, 10_000, 'the second full clone to queue')
+
+  // Not held: ls-refs (v2), an incremental fetch, a push, while the full clone waits.
+  const lsRemote = await git(['ls-remote', `${w.url}/demo.git`])
+  t.equal(lsRemote.code, 0, lsRemote.stderr)
+  t.match(lsRemote.stdout, /refs\/heads\/main/)
+  const fetch = await git(['fetch', '-q', 'origin'], project)
+  t.equal(fetch.code, 0, fetch.stderr)
+  t.equal((await git(['rev-parse', 'origin/main'], project)).stdout, (await git(['rev-parse', 'HEAD'], path.join(w.dir, 'pusher'))).stdout, 'the fetch got the new commit')
+  const push = await commitAndPush(t, git, path.join(w.dir, 'pusher'), 'two.txt')
+  t.equal(push.code, 0, push.stderr)
+  const text = await scrape(w)
+  t.equal(metric(text, 'vcs_queue_length'), 1, 'the second full clone is still queued')
+  t.ok(metric(text, 'vcs_queue_wait_seconds_count', { class: 'incremental' }) >= 2, 'the fetch and the push went through admission')
+
+  await gate.open()
+  t.equal((await first).code, 0)
+  t.equal((await second).code, 0)
+  t.equal((await git(['fsck', '--no-progress'], path.join(w.dir, 'full2'))).code, 0)
+  const after = await scrape(w)
+  t.equal(metric(after, 'vcs_queue_length'), 0)
+  t.equal(metric(after, 'vcs_heavy_in_flight'), 0, 'every slot released')
+  t.ok(metric(after, 'vcs_queue_wait_seconds_sum', { class: 'full' }) > 0, 'the second full clone waited')
+})
+
+t.test('past the limits: 503 with Retry-After and a reason the git user reads; a refused push changes nothing', async (t) => {
+  const gate = await gateWrapper(t)
+  const { w, as } = await workerWithPusher(t, { 'git-bin': gate.bin, 'heavy-limit': '1', 'queue-limit': '0' })
+  const git = gitClient(w.dir)
+  t.equal((await git(['clone', '-q', `${as}/demo.git`, 'work'])).code, 0)
+  const work = path.join(w.dir, 'work')
+  const before = (await git(['rev-parse', 'main'], path.join(w.reposDir, 'demo.git'))).stdout
+
+  await gate.close()
+  const held = git([...v0, 'clone', '-q', `${w.url}/demo.git`, 'held'])
+  await waitFor(async () => metric(await scrape(w), 'vcs_heavy_in_flight') === 1, 10_000, 'the slot to be taken')
+
+  const clone = await git(['clone', '-q', `${w.url}/demo.git`, 'refused'])
+  t.not(clone.code, 0)
+  t.match(clone.stderr, /503/)
+  t.match(clone.stderr, /server busy: too many clones and pushes in progress/, 'git shows the reason')
+
+  const push = await commitAndPush(t, git, work, 'refused.txt')
+  t.not(push.code, 0, 'the push is refused')
+  t.match(push.stderr, /server busy/)
+  t.equal((await git(['rev-parse', 'main'], path.join(w.reposDir, 'demo.git'))).stdout, before, 'the refused push moved no ref')
+
+  // what any client sees: status, Retry-After, one line of text
+  const want = (await git(['rev-parse', 'main'], path.join(w.reposDir, 'demo.git'))).stdout.trim()
+  const res = await rawRequest(w.port, 'POST', '/demo.git/git-upload-pack', { 'content-type': 'application/x-git-upload-pack-request' },
+    Buffer.concat([pkt(`want ${want}\n`), FLUSH, pkt('done\n')]))
+  t.equal(res.status, 503)
+  t.equal(res.headers['retry-after'], '5')
+  t.match(res.body.toString(), /^server busy: [^\n]*\n$/)
+
+  await gate.open()
+  t.equal((await held).code, 0)
+  const retried = await git(['push', '-q', 'origin', 'HEAD'], work)
+  t.equal(retried.code, 0, `the same push succeeds once there is room: ${retried.stderr}`)
+  const text = await scrape(w)
+  t.ok(metric(text, 'vcs_rejected_total', { reason: 'queue_full' }) >= 3, 'refusals counted by reason')
+})
+
+t.test('a queued request waits at most queueTimeoutMs; one whose client left frees its place', async (t) => {
+  const gate = await gateWrapper(t)
+  const w = await startWorker(t, { 'git-bin': gate.bin, 'heavy-limit': '1', 'queue-limit': '2', 'queue-timeout-ms': '400' })
+  const git = gitClient(w.dir)
+  await gate.close()
+  const held = git([...v0, 'clone', '-q', `${w.url}/demo.git`, 'held'])
+  await waitFor(async () => metric(await scrape(w), 'vcs_heavy_in_flight') === 1, 10_000, 'the slot to be taken')
+
+  const late = await git(['clone', '-q', `${w.url}/demo.git`, 'late'])
+  t.not(late.code, 0)
+  // git prints no body for a refused RPC POST, only its status (the reason is in the log and metrics)
+  t.match(late.stderr, /HTTP 503/)
+  t.equal(metric(await scrape(w), 'vcs_rejected_total', { reason: 'queue_timeout' }), 1)
+
+  // a client that gives up while queued: its place is freed, nothing leaks
+  const want = (await git(['rev-parse', 'main'], path.join(w.reposDir, 'demo.git'))).stdout.trim()
+  const body = Buffer.concat([pkt(`want ${want}\n`), FLUSH, pkt('done\n')])
+  const req = http.request({ host: '127.0.0.1', port: w.port, method: 'POST', path: '/demo.git/git-upload-pack', headers: { 'content-type': 'application/x-git-upload-pack-request', 'content-length': body.length }, agent: false })
+  req.on('error', () => {})
+  req.end(body)
+  await waitFor(async () => metric(await scrape(w), 'vcs_queue_length') === 1, 10_000, 'the raw request to queue')
+  req.destroy()
+  await waitFor(async () => metric(await scrape(w), 'vcs_queue_length') === 0, 10_000, 'the abandoned request to leave the queue')
+
+  await gate.open()
+  t.equal((await held).code, 0)
+  t.equal(metric(await scrape(w), 'vcs_heavy_in_flight'), 0)
+  t.equal((await git(['clone', '-q', `${w.url}/demo.git`, 'after'])).code, 0, 'served normally afterwards')
+})
+
+t.test('a saturated worker says so on /health/git until it has room again', async (t) => {
+  const gate = await gateWrapper(t)
+  const w = await startWorker(t, { 'git-bin': gate.bin, 'heavy-limit': '1', 'queue-limit': '0' })
+  const git = gitClient(w.dir)
+  t.equal((await rawRequest(w.port, 'GET', '/health/git')).status, 200)
+  await gate.close()
+  const held = git([...v0, 'clone', '-q', `${w.url}/demo.git`, 'held'])
+  await waitFor(async () => (await rawRequest(w.port, 'GET', '/health/git')).status === 503, 10_000, 'saturation to show')
+  const body = JSON.parse((await rawRequest(w.port, 'GET', '/health/git')).body.toString()) as { failing: string[] }
+  t.same(body.failing, ['saturation'])
+  await gate.open()
+  t.equal((await held).code, 0)
+  await waitFor(async () => (await rawRequest(w.port, 'GET', '/health/git')).status === 200, 10_000, 'room again')
+})
