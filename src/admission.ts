@@ -48,7 +48,8 @@ export class Admission {
   private readonly perRepo = new Map<string, number>()
   /** incremental work first, then full clones */
   private readonly queues: Record<WorkClass, Waiter[]> = { incremental: [], full: [] }
-  private refusing = false
+  /** during a drain: new sessions refused after the grace, then everything once in-flight work ended */
+  private refusing: 'none' | 'sessions' | 'all' = 'none'
 
   constructor(readonly limits: AdmissionLimits, private readonly events: AdmissionEvents = {}) {}
 
@@ -56,14 +57,29 @@ export class Admission {
     return this.queues.incremental.length + this.queues.full.length
   }
 
+  /** nothing running, nothing queued */
+  get idle(): boolean {
+    return this.active === 0 && this.queued === 0
+  }
+
   /** every slot taken and the queue full: new heavy work is refused right now */
   get saturated(): boolean {
     return this.active >= this.limits.heavyLimit && this.queued >= this.limits.queueLimit
   }
 
-  /** From now on new heavy work is refused (the end of a drain's grace period); queued work too. */
-  refuseNew(): void {
-    this.refusing = true
+  /**
+   * From now on new sessions are refused (the end of a drain's grace period), while the heavy
+   * requests of sessions already started are still served: a git push is a probe POST and then
+   * the pack POST, a v2 clone an ls-refs POST and then a fetch; refusing those would fail a
+   * client operation the worker had already accepted.
+   */
+  refuseNewSessions(): void {
+    if (this.refusing === 'none') this.refusing = 'sessions'
+  }
+
+  /** From now on all heavy work is refused, queued work too (the listener is about to close). */
+  refuseAll(): void {
+    this.refusing = 'all'
     for (const w of [...this.queues.incremental, ...this.queues.full]) w.fail('draining')
   }
 
@@ -73,7 +89,7 @@ export class Admission {
    * `remote:` lines, but of a refused RPC POST only "HTTP 503": this is where the user reads why.
    */
   precheck(): void {
-    if (this.refusing) throw this.reject('draining', 'none')
+    if (this.refusing !== 'none') throw this.reject('draining', 'none')
     if (this.saturated) throw this.reject('queue_full', 'none')
   }
 
@@ -83,8 +99,10 @@ export class Admission {
    * client went away while waiting.
    */
   acquire(repo: string, cls: WorkClass, res: ServerResponse): Promise<Release> {
-    if (this.refusing) return Promise.reject(this.reject('draining', cls))
-    if (this.canStart(repo, cls) && !this.queues[cls].length && !(cls === 'full' && this.queues.incremental.length)) {
+    if (this.refusing === 'all') return Promise.reject(this.reject('draining', cls))
+    // Whoever is still queued is blocked by a limit this request is not (its repo's, or the
+    // full-clone one): every waiter that could start was started when the last slot came free.
+    if (this.canStart(repo, cls)) {
       this.events.admitted?.(0, cls)
       return Promise.resolve(this.take(repo, cls))
     }

@@ -55,6 +55,8 @@ export function hgHandler(deps: HgDeps) {
       settleUnreadBody(req, reply, deps.config.maxPushBytes)
       throw err
     }
+    // a session starts with `capabilities`: refused here when a drain or a full queue would refuse its work
+    if (req.access.service === 'capabilities') deps.admission.precheck()
     await deps.recovery.ensure(repo.dir)
     const cls = hgWorkClass(query, req.headers)
     let release: Release = () => {}

@@ -2,26 +2,13 @@ import t from 'tap'
 import type { Test } from 'tap'
 import path from 'node:path'
 import http from 'node:http'
-import { randomBytes } from 'node:crypto'
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
-import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, waitFor, run, CLI, rawRequest, gitWrapper, PASS_THROUGH_GIT } from '../helpers/worker.js'
+import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, waitFor, run, CLI, rawRequest, gitWrapper, PASS_THROUGH_GIT, addBigRepo } from '../helpers/worker.js'
 
 const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
 
 /** Adds big.git (one 40 MB incompressible blob) to a repos dir; returns its main commit. */
-async function addBigRepo(t: Test, dir: string, reposDir: string): Promise<string> {
-  const git = gitClient(dir)
-  const src = path.join(dir, 'big-src')
-  await git(['init', '-q', '-b', 'main', src])
-  await writeFile(path.join(src, 'blob.bin'), randomBytes(40 * 1024 * 1024))
-  await git(['add', 'blob.bin'], src)
-  await git(['commit', '-q', '-m', 'big'], src)
-  const r = await git(['clone', '-q', '--bare', src, path.join(reposDir, 'big.git')])
-  t.equal(r.code, 0, r.stderr)
-  return (await git(['rev-parse', 'HEAD'], src)).stdout.trim()
-}
-
 /** Starts a v0 fetch of `oid`, reads the first bytes, then stops reading; resolves with the request. */
 function stalledClone(port: number, oid: string): Promise<{ req: http.ClientRequest; res: http.IncomingMessage }> {
   return new Promise((resolve, reject) => {
@@ -36,7 +23,7 @@ function stalledClone(port: number, oid: string): Promise<{ req: http.ClientRequ
 
 t.test('a client that goes away mid-clone: git is killed and reaped at once', async (t) => {
   const w = await startWorker(t)
-  const main = await addBigRepo(t, w.dir, w.reposDir)
+  const main = await addBigRepo(w.dir, w.reposDir)
   await w.store.setRepo('big.git', 'git', true)
   const { req } = await stalledClone(w.port, main)
   const running = await processesMatching(path.join(w.reposDir, 'big.git'))
@@ -52,7 +39,7 @@ t.test('a client that goes away mid-clone: git is killed and reaped at once', as
 
 t.test('kill -9 of the worker mid-clone leaves no git process behind', async (t) => {
   const { dir, reposDir, dataDir } = await fixtureDir(t)
-  const main = await addBigRepo(t, dir, reposDir)
+  const main = await addBigRepo(dir, reposDir)
   const vis = await run(process.execPath, [CLI, 'repo', 'visibility', 'big', 'public', '--repos', reposDir, '--data', dataDir])
   t.equal(vis.code, 0, vis.stderr)
   const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir])
@@ -96,7 +83,7 @@ t.test('git that disappears or breaks while serving: clean per-request errors, n
 
 t.test('a clone streams: the worker does not hold the pack', async (t) => {
   const w = await startWorker(t)
-  await addBigRepo(t, w.dir, w.reposDir)
+  await addBigRepo(w.dir, w.reposDir)
   await w.store.setRepo('big.git', 'git', true)
   const git = gitClient(w.dir)
   t.equal((await git(['ls-remote', `${w.url}/big.git`])).code, 0, 'warm-up')
@@ -147,7 +134,7 @@ for (const v of ['0', '2']) {
       const bin = await mkdtemp(path.join(os.tmpdir(), 'vcsw-git-'))
       t.teardown(() => rm(bin, { recursive: true, force: true }))
       const w = await startWorker(t, { 'git-bin': await dyingGit(bin, 'git-dies', 3, extra) })
-      await addBigRepo(t, w.dir, w.reposDir)
+      await addBigRepo(w.dir, w.reposDir)
       await w.store.setRepo('big.git', 'git', true)
       const r = await gitClient(w.dir)(['-c', `protocol.version=${v}`, 'clone', `${w.url}/big.git`, 'c'])
       t.not(r.code, 0, 'the clone fails')

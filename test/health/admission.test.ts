@@ -1,8 +1,8 @@
 import t, { type Test } from 'tap'
 import path from 'node:path'
 import http from 'node:http'
-import { writeFile } from 'node:fs/promises'
-import { startWorker, gitClient, gateWrapper, metric, rawRequest, waitFor, type Worker } from '../helpers/worker.js'
+import { readFile, writeFile } from 'node:fs/promises'
+import { startWorker, spawnWorker, fixtureDir, addBigRepo, run, CLI, gitClient, gateWrapper, metric, rawRequest, waitFor, type Worker } from '../helpers/worker.js'
 import { pkt, FLUSH } from '../../src/git/pktline.js'
 
 const scrape = async (w: Worker) => (await rawRequest(w.port, 'GET', '/metrics')).body.toString()
@@ -142,4 +142,57 @@ t.test('a saturated worker says so on /health/git until it has room again', asyn
   await gate.open()
   t.equal((await held).code, 0)
   await waitFor(async () => (await rawRequest(w.port, 'GET', '/health/git')).status === 200, 10_000, 'room again')
+})
+
+t.test('overload: 3x the limit of clones at once; each completes or gets a clean 503, none hangs, memory stays bounded', async (t) => {
+  const { dir, reposDir, dataDir } = await fixtureDir(t)
+  await addBigRepo(dir, reposDir, 20)
+  const vis = await run(process.execPath, [CLI, 'repo', 'visibility', 'big', 'public', '--repos', reposDir, '--data', dataDir])
+  t.equal(vis.code, 0, vis.stderr)
+  const gate = await gateWrapper(t)
+  const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir, '--git-bin', gate.bin, '--heavy-limit', '2', '--repo-heavy-limit', '2', '--queue-limit', '2', '--log-level', 'warn'])
+  const port = Number(new URL(worker.url).port)
+  const git = gitClient(dir)
+  await gate.close()
+  const clones = Array.from({ length: 6 }, (_, i) => git(['-c', 'protocol.version=0', 'clone', '-q', `${worker.url}/big.git`, `c${i}`], dir, { timeoutMs: 120_000 }))
+  await waitFor(async () => {
+    const text = (await rawRequest(port, 'GET', '/metrics')).body.toString()
+    return metric(text, 'vcs_heavy_in_flight') === 2 && metric(text, 'vcs_queue_length') === 2 && metric(text, 'vcs_rejected_total') === 2
+  }, 30_000, 'two clones running, two queued, two refused').catch(async (err: Error) => {
+    const text = (await rawRequest(port, 'GET', '/metrics')).body.toString()
+    throw new Error(`${err.message}: ${text.split('\n').filter((l) => /^vcs_(heavy|queue_length|rejected)/.test(l)).join(' | ')}`)
+  })
+  await gate.open()
+  const results = await Promise.all(clones)
+  const ok = results.filter((r) => r.code === 0)
+  const refused = results.filter((r) => r.code !== 0)
+  t.equal(ok.length, 4, 'the running and the queued clones complete')
+  t.equal(refused.length, 2)
+  for (const r of refused) t.match(r.stderr, /503/, 'a refused clone is told 503')
+  for (let i = 0; i < 6; i++) {
+    if (results[i]!.code === 0) t.equal((await git(['fsck', '--no-progress'], path.join(dir, `c${i}`))).code, 0, `clone ${i} is complete`)
+  }
+  const status = await readFile(`/proc/${worker.proc.pid}/status`, 'utf8')
+  const peakKb = Number(/VmHWM:\s+(\d+) kB/.exec(status)![1])
+  t.ok(peakKb < 250 * 1024, `worker peak RSS ${Math.round(peakKb / 1024)} MB stays under 250 MB while serving 4 x 20 MB clones`)
+  const text = (await rawRequest(port, 'GET', '/metrics')).body.toString()
+  t.equal(metric(text, 'vcs_heavy_in_flight'), 0)
+  t.equal(metric(text, 'vcs_queue_length'), 0)
+})
+
+t.test('the per-repo limit: a busy repo queues its own clones, other repos still get slots', async (t) => {
+  const gate = await gateWrapper(t)
+  const w = await startWorker(t, { 'git-bin': gate.bin, 'heavy-limit': '4', 'repo-heavy-limit': '1', 'queue-limit': '4' })
+  const git = gitClient(w.dir)
+  await gate.close()
+  const clone = (repo: string, to: string) => git(['-c', 'protocol.version=0', 'clone', '-q', `${w.url}/${repo}`, to])
+  const a = clone('demo.git', 'a')
+  await waitFor(async () => metric(await scrape(w), 'vcs_heavy_in_flight') === 1, 10_000, 'demo.git to take its one slot')
+  const b = clone('demo.git', 'b')
+  await waitFor(async () => metric(await scrape(w), 'vcs_queue_length') === 1, 10_000, 'the second demo.git clone to queue')
+  const c = clone('team/project.git', 'c')
+  await waitFor(async () => metric(await scrape(w), 'vcs_heavy_in_flight') === 2, 10_000, 'the other repo to get a slot past the queued one')
+  t.equal(metric(await scrape(w), 'vcs_queue_length'), 1)
+  await gate.open()
+  for (const r of await Promise.all([a, b, c])) t.equal(r.code, 0, r.stderr)
 })

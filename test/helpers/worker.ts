@@ -4,6 +4,7 @@
  */
 import { chmod, cp, mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
+import { randomBytes } from 'node:crypto'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { Writable } from 'node:stream'
 import http from 'node:http'
@@ -160,6 +161,20 @@ export async function processesMatching(marker: string): Promise<{ pid: number; 
     } catch { /* gone */ }
   }
   return found
+}
+
+/** Adds `big.git` to the repos dir: one commit of `mib` MiB of random bytes; returns the commit id. */
+export async function addBigRepo(dir: string, reposDir: string, mib = 40): Promise<string> {
+  const git = gitClient(dir)
+  const src = path.join(dir, 'big-src')
+  await git(['init', '-q', '-b', 'main', src])
+  await writeFile(path.join(src, 'blob.bin'), randomBytes(mib * 1024 * 1024))
+  await git(['add', 'blob.bin'], src)
+  await git(['commit', '-q', '-m', 'big'], src)
+  const r = await git(['clone', '-q', '--bare', src, path.join(reposDir, 'big.git')])
+  if (r.code !== 0) throw new Error(`making big.git failed: ${r.stderr}`)
+  await rm(src, { recursive: true, force: true })
+  return (await git(['rev-parse', 'HEAD'], path.join(reposDir, 'big.git'))).stdout.trim()
 }
 
 /** Polls `check` until it returns true or the deadline passes. */
