@@ -7,44 +7,13 @@
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { CLI, ROOT, freePort, median, rssOf, sh, startWorker, stopProcess, table, timeAsync, waitHttp, wrk } from './lib.js'
+import { CLI, ROOT, freePort, makeLargeRepo, median, rssOf, sh, startWorker, stopProcess, table, timeAsync, waitHttp, wrk } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench')
 const REPOS = path.join(BENCH, 'repos')
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const SMALL_REPS = 10
 const CONCURRENT = 16
-
-/** A deterministic large repo: thousands of commits, ~80 MB of incompressible pack. */
-function makeLargeRepo(dir: string): void {
-  if (existsSync(path.join(dir, 'HEAD'))) return
-  console.error('bench: generating the large repo (once)...')
-  const tmp = `${dir}.tmp`
-  rmSync(tmp, { recursive: true, force: true })
-  sh('git', ['init', '-q', '--bare', tmp])
-  let seed = 0x9e3779b9
-  const rand = (n: number): Buffer => {
-    const b = Buffer.allocUnsafe(n)
-    for (let i = 0; i < n; i++) {
-      seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5
-      b[i] = seed & 0xff
-    }
-    return b
-  }
-  const parts: Buffer[] = []
-  const commits = 3000
-  for (let c = 1; c <= commits; c++) {
-    const blob = rand(24 * 1024 + (c % 7) * 1024)
-    const msg = `commit ${c}\n`
-    parts.push(Buffer.from(`commit refs/heads/main\ncommitter Bench <bench@example.invalid> ${1_700_000_000 + c * 60} +0000\ndata ${msg.length}\n${msg}`))
-    if (c > 1) parts.push(Buffer.from(''))
-    parts.push(Buffer.from(`M 100644 inline dir${c % 50}/file${c % 400}.bin\ndata ${blob.length}\n`), blob, Buffer.from('\n'))
-    parts.push(Buffer.from(`M 100644 inline README\ndata ${`rev ${c}\n`.length}\nrev ${c}\n\n`))
-  }
-  sh('git', ['--git-dir', tmp, 'fast-import', '--quiet'], { input: Buffer.concat(parts) })
-  sh('git', ['--git-dir', tmp, 'repack', '-adq'])
-  sh('mv', [tmp, dir])
-}
 
 /** nginx + fcgiwrap + git http-backend on loopback: the classic smart-HTTP deployment. */
 async function startClassic(reposDir: string): Promise<{ url: string; stop(): Promise<void> }> {

@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -111,16 +111,41 @@ export function rssOf(pid: number): number {
   } catch { return 0 }
 }
 
-/** Requests per second from wrk at the given concurrency, bounded to `seconds`. */
-export function wrk(url: string, concurrency: number, seconds: number, headers: Record<string, string> = {}): { rps: number; errors: number } {
+export interface WrkResult { rps: number; errors: number; p50Ms: number; p99Ms: number }
+
+function wrkArgs(url: string, concurrency: number, seconds: number, headers: Record<string, string>): string[] {
   const args = ['-t', String(Math.min(2, concurrency)), '-c', String(concurrency), '-d', `${seconds}s`, '--timeout', '10s', '--latency']
   for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`)
-  const out = sh('wrk', [...args, url])
+  return [...args, url]
+}
+
+function parseWrk(out: string): WrkResult {
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0)
   const errs = /Non-2xx or 3xx responses: (\d+)/.exec(out)
   const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
   const errors = Number(errs?.[1] ?? 0) + (sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0)
-  return { rps, errors }
+  const pct = (p: string): number => {
+    const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(out)
+    if (!m) return NaN
+    return Number(m[1]) * ({ us: 0.001, ms: 1, s: 1000 } as Record<string, number>)[m[2]!]!
+  }
+  return { rps, errors, p50Ms: pct('50'), p99Ms: pct('99') }
+}
+
+/** Requests per second, errors and latency percentiles (ms) from wrk at the given concurrency, bounded to `seconds`. */
+export function wrk(url: string, concurrency: number, seconds: number, headers: Record<string, string> = {}): WrkResult {
+  return parseWrk(sh('wrk', wrkArgs(url, concurrency, seconds, headers)))
+}
+
+/** wrk without blocking this process's event loop (other work of the benchmark goes on meanwhile). */
+export function wrkAsync(url: string, concurrency: number, seconds: number, headers: Record<string, string> = {}): Promise<WrkResult> {
+  return new Promise((resolve, reject) => {
+    const p = spawn('wrk', wrkArgs(url, concurrency, seconds, headers), { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    p.stdout!.on('data', (c) => { out += c })
+    p.on('error', reject)
+    p.on('close', (code) => (code === 0 ? resolve(parseWrk(out)) : reject(new Error(`wrk failed (${code})`))))
+  })
 }
 
 /** Prints rows as an aligned table. */
@@ -128,3 +153,35 @@ export function table(rows: (string | number)[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)))
   return rows.map((r) => r.map((c, i) => String(c).padEnd(widths[i]!)).join('  ')).join('\n')
 }
+
+/** A deterministic large repo: thousands of commits, ~80 MB of incompressible pack. */
+export function makeLargeRepo(dir: string): void {
+  if (existsSync(path.join(dir, 'HEAD'))) return
+  console.error('bench: generating the large repo (once)...')
+  const tmp = `${dir}.tmp`
+  rmSync(tmp, { recursive: true, force: true })
+  sh('git', ['init', '-q', '--bare', tmp])
+  let seed = 0x9e3779b9
+  const rand = (n: number): Buffer => {
+    const b = Buffer.allocUnsafe(n)
+    for (let i = 0; i < n; i++) {
+      seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5
+      b[i] = seed & 0xff
+    }
+    return b
+  }
+  const parts: Buffer[] = []
+  const commits = 3000
+  for (let c = 1; c <= commits; c++) {
+    const blob = rand(24 * 1024 + (c % 7) * 1024)
+    const msg = `commit ${c}\n`
+    parts.push(Buffer.from(`commit refs/heads/main\ncommitter Bench <bench@example.invalid> ${1_700_000_000 + c * 60} +0000\ndata ${msg.length}\n${msg}`))
+    if (c > 1) parts.push(Buffer.from(''))
+    parts.push(Buffer.from(`M 100644 inline dir${c % 50}/file${c % 400}.bin\ndata ${blob.length}\n`), blob, Buffer.from('\n'))
+    parts.push(Buffer.from(`M 100644 inline README\ndata ${`rev ${c}\n`.length}\nrev ${c}\n\n`))
+  }
+  sh('git', ['--git-dir', tmp, 'fast-import', '--quiet'], { input: Buffer.concat(parts) })
+  sh('git', ['--git-dir', tmp, 'repack', '-adq'])
+  sh('mv', [tmp, dir])
+}
+

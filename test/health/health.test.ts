@@ -25,7 +25,7 @@ t.test('all green: every check reported with status, last run, duration and mess
       t.type(c.duration_ms, 'number')
     }
   }
-  t.same(Object.keys((await health(w, 'git')).body.checks).sort(), ['disk', 'draining', 'git_binary', 'git_canary', 'repos_dir'])
+  t.same(Object.keys((await health(w, 'git')).body.checks).sort(), ['disk', 'draining', 'git_binary', 'git_canary', 'repos_dir', 'saturation'])
   t.match((await health(w, 'hg')).body.checks.hg_children!.message, '2 of 2 hg serve children ready')
   // answered from cache: rapid probes see the same run, no check runs per probe
   const a = await health(w, 'git')
