@@ -4,6 +4,7 @@
  * else calls `spawn`.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { setPriority } from 'node:os'
 import { Writable } from 'node:stream'
 
 export interface ExitStatus {
@@ -30,11 +31,21 @@ export interface SpawnOptions {
   cwd?: string
   killGraceMs: number
   stderrLimit?: number
+  /**
+   * niceness for the child (and what it forks later, such as pack-objects): below the worker's
+   * own, so the event loop that answers health probes and light requests keeps its CPU when
+   * git saturates the machine. 0 leaves the priority alone.
+   */
+  nice?: number
 }
 
 /** Spawns `bin args` without a shell, in its own process group, with a bounded stderr buffer. */
 export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Child {
   const proc = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: ['pipe', 'pipe', 'pipe'] })
+  // Set before the child had time to exec and fork: its children inherit the niceness.
+  if (opts.nice && proc.pid !== undefined) {
+    try { setPriority(proc.pid, opts.nice) } catch { /* gone already, or not permitted: run at normal priority */ }
+  }
   const limit = opts.stderrLimit ?? 8192
   let tail = ''
   let done = false

@@ -6,7 +6,7 @@
  */
 import { mkdirSync, rmSync } from 'node:fs'
 import path from 'node:path'
-import { CLI, ROOT, makeLargeRepo, sh, startWorker, table, timeAsync, wrk, wrkAsync } from './lib.js'
+import { CLI, ROOT, makeLargeRepo, paced, sh, startWorker, table, timeAsync, wrk, wrkAsync } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench')
 const REPOS = path.join(BENCH, 'repos')
@@ -14,6 +14,8 @@ const CLONES = 8
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 15)
 const PROBE_CONNECTIONS = 4
 const MAX_CLONES_PER_LOOP = 50
+/** probes per second of the paced run: 100 balancers probing every second */
+const PROBE_RATE = 100
 
 async function main(): Promise<void> {
   mkdirSync(REPOS, { recursive: true })
@@ -26,8 +28,9 @@ async function main(): Promise<void> {
   const probe = `${worker.url}/health/git`
   try {
     const idle = wrk(probe, PROBE_CONNECTIONS, SECONDS)
+    const idlePaced = await paced(probe, PROBE_RATE, SECONDS)
 
-    // 8 clone loops, each until the busy wrk run is over (and at most MAX_CLONES_PER_LOOP clones)
+    // 8 clone loops, each until the busy runs are over (and at most MAX_CLONES_PER_LOOP clones)
     let running = true
     let done = 0
     let failed = 0
@@ -35,7 +38,9 @@ async function main(): Promise<void> {
       const dir = path.join(BENCH, `health-clone-${i}`)
       for (let n = 0; running && n < MAX_CLONES_PER_LOOP; n++) {
         rmSync(dir, { recursive: true, force: true })
-        const r = await timeAsync('git', ['clone', '-q', '--bare', `${worker.url}/large.git`, dir], { env })
+        // The clients run at the lowest priority: in production they are elsewhere, here their
+        // index-pack would otherwise take the worker's two cores and measure the clients' load.
+        const r = await timeAsync('nice', ['-n', '19', 'git', 'clone', '-q', '--bare', `${worker.url}/large.git`, dir], { env })
         if (r.code === 0) done++
         else failed++
       }
@@ -43,16 +48,20 @@ async function main(): Promise<void> {
     })
     await new Promise((r) => setTimeout(r, 2000)) // let the clones get going
     const busy = await wrkAsync(probe, PROBE_CONNECTIONS, SECONDS)
+    const busyPaced = await paced(probe, PROBE_RATE, SECONDS)
     running = false
     await Promise.all(loops)
 
+    const ms = (x: number) => x.toFixed(2)
     console.log(table([
-      ['health /health/git', 'req/s', 'p50 ms', 'p99 ms', 'errors'],
-      ['idle worker', idle.rps.toFixed(0), idle.p50Ms.toFixed(2), idle.p99Ms.toFixed(2), idle.errors],
-      [`${CLONES} clones running`, busy.rps.toFixed(0), busy.p50Ms.toFixed(2), busy.p99Ms.toFixed(2), busy.errors],
+      ['/health/git', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'errors'],
+      [`wrk flood, idle worker`, idle.rps.toFixed(0), ms(idle.p50Ms), ms(idle.p99Ms), '', idle.errors],
+      [`wrk flood, ${CLONES} clones running`, busy.rps.toFixed(0), ms(busy.p50Ms), ms(busy.p99Ms), '', busy.errors],
+      [`${PROBE_RATE}/s paced, idle worker`, PROBE_RATE, ms(idlePaced.p50Ms), ms(idlePaced.p99Ms), ms(idlePaced.maxMs), idlePaced.errors],
+      [`${PROBE_RATE}/s paced, ${CLONES} clones running`, PROBE_RATE, ms(busyPaced.p50Ms), ms(busyPaced.p99Ms), ms(busyPaced.maxMs), busyPaced.errors],
     ]))
-    console.log(`clones completed during the run: ${done}, failed: ${failed}`)
-    console.log(`busy/idle p99: ${(busy.p99Ms / idle.p99Ms).toFixed(2)}; target p99 <= 5 ms while clones run: ${busy.p99Ms <= 5 ? 'met' : 'NOT met'} (${busy.p99Ms.toFixed(2)} ms)`)
+    console.log(`clones completed during the busy runs: ${done}, failed: ${failed}`)
+    console.log(`paced p99 busy/idle: ${(busyPaced.p99Ms / idlePaced.p99Ms).toFixed(2)}; target p99 <= 5 ms while clones run: ${busyPaced.p99Ms <= 5 ? 'met' : 'NOT met'} (paced ${ms(busyPaced.p99Ms)} ms, flood ${ms(busy.p99Ms)} ms)`)
   } finally {
     await worker.stop()
   }

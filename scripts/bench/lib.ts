@@ -5,6 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
+import http from 'node:http'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -185,3 +186,40 @@ export function makeLargeRepo(dir: string): void {
   sh('mv', [tmp, dir])
 }
 
+
+/**
+ * Latency of GETs sent at a fixed rate (what balancers' probes are: paced, not a flood), over
+ * keep-alive connections, for `seconds`. Percentiles in ms; a request that fails or answers
+ * non-2xx counts as an error.
+ */
+export async function paced(url: string, perSecond: number, seconds: number): Promise<{ sent: number; errors: number; p50Ms: number; p99Ms: number; maxMs: number }> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
+  const latencies: number[] = []
+  let errors = 0
+  const pending: Promise<void>[] = []
+  const total = Math.round(perSecond * seconds)
+  const t0 = performance.now()
+  for (let i = 0; i < total; i++) {
+    const due = t0 + (i * 1000) / perSecond
+    const wait = due - performance.now()
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait))
+    pending.push(new Promise<void>((resolve) => {
+      const start = performance.now()
+      const req = http.get(url, { agent, timeout: 10_000 }, (res) => {
+        res.resume()
+        res.on('end', () => {
+          if ((res.statusCode ?? 0) >= 300) errors++
+          else latencies.push(performance.now() - start)
+          resolve()
+        })
+      })
+      req.on('timeout', () => req.destroy(new Error('timeout')))
+      req.on('error', () => { errors++; resolve() })
+    }))
+  }
+  await Promise.all(pending)
+  agent.destroy()
+  const s = latencies.sort((a, b) => a - b)
+  const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? NaN
+  return { sent: total, errors, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: s[s.length - 1] ?? NaN }
+}

@@ -76,7 +76,7 @@ export function createGitRunner(config: Config): GitRunner {
       const args = [...cfgArgs, ...(opts.config ?? []).flatMap((c) => ['-c', c]), service, '--stateless-rpc']
       if (opts.advertise) args.push('--advertise-refs')
       args.push('--', repoDir)
-      return spawnChild(config.gitBin, args, { env: childEnv(opts.env, opts.gitProtocol), killGraceMs: config.killGraceMs })
+      return spawnChild(config.gitBin, args, { env: childEnv(opts.env, opts.gitProtocol), killGraceMs: config.killGraceMs, nice: config.childNice })
     },
     async exec(args, opts = {}) {
       if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')

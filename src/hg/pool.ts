@@ -144,6 +144,7 @@ export class HgPool {
         HGDEMANDIMPORT: 'disable',
       }),
       killGraceMs: this.config.killGraceMs,
+      nice: this.config.childNice,
     })
     c.proc = proc
     c.pid = proc.pid
