@@ -13,6 +13,7 @@ import { loggerOptions } from './log.js'
 import { createGitRunner } from './git/spawn.js'
 import { openSqliteStore } from './auth/sqlite-store.js'
 import { runAdmin, UsageError, type AdminContext } from './admin.js'
+import { checkPoolSpec, defaultPool, haproxyConfig, loadPoolSpec } from './pool/haproxy.js'
 
 const USAGE = `usage:
   vcs-worker serve [--config FILE] [--host H] [--port N] [--repos DIR] [--data DIR] [--hg-processes N] [...]
@@ -24,6 +25,7 @@ const USAGE = `usage:
   vcs-worker token revoke NAME ID
   vcs-worker grant NAME PATH read|write|admin
   vcs-worker revoke NAME PATH
+  vcs-worker haproxy-config [--pool FILE.json] [--workers N]   (the default pool of \`npm run pool\` without --pool)
   vcs-worker protect PATH REF-PATTERN [--users a,b]
   vcs-worker unprotect PATH REF-PATTERN
 every command takes --data DIR and --repos DIR (or --config FILE) to find the store and repos`
@@ -33,6 +35,7 @@ function parse(argv: string[]) {
     ...flagSpec(),
     git: { type: 'boolean' as const }, hg: { type: 'boolean' as const }, public: { type: 'boolean' as const },
     expires: { type: 'string' as const }, users: { type: 'string' as const }, help: { type: 'boolean' as const },
+    pool: { type: 'string' as const }, workers: { type: 'string' as const },
   }
   try {
     return parseArgs({ args: argv, options, allowPositionals: true, strict: true })
@@ -100,6 +103,16 @@ async function main(argv: string[]): Promise<number> {
   if (values.help || command === 'help' || !command) {
     process.stdout.write(`${USAGE}\n`)
     return command || values.help ? 0 : 2
+  }
+  if (command === 'haproxy-config') {
+    if (args.length) throw new UsageError(`haproxy-config takes no arguments, got ${args.join(' ')}`)
+    const v = values as Record<string, string | undefined>
+    if (v.pool !== undefined && v.workers !== undefined) throw new UsageError('give --pool or --workers, not both')
+    const workers = v.workers === undefined ? 2 : Number(v.workers)
+    if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new UsageError(`--workers: expected 1..64, got ${v.workers}`)
+    const spec = v.pool !== undefined ? loadPoolSpec(v.pool) : checkPoolSpec(defaultPool(workers))
+    process.stdout.write(haproxyConfig(spec))
+    return 0
   }
   const config = configFrom(values as Record<string, string | boolean | undefined>)
   switch (command) {

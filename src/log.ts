@@ -117,7 +117,9 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
         childSpawned: a.spawned ?? false,
         hadCredentials: req.headers.authorization !== undefined,
       }
-      req.log.info({
+      // balancers probe every second and Prometheus scrapes: their lines only at debug level
+      const level = record.route.startsWith('health_') || record.route === 'metrics' ? 'debug' : 'info'
+      req.log[level]({
         method: req.method,
         url: stripQuery(req.url),
         route: record.route,

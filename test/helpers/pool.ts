@@ -1,0 +1,82 @@
+/**
+ * A real pool for tests: HAProxy, worker processes and the web stand-in on 127.0.0.1, ports
+ * from the OS, checks every 500 ms, over a temp copy of the fixtures with public repos and
+ * alice, who may push to demo.git and demo-hg.
+ */
+import net from 'node:net'
+import path from 'node:path'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import { fixtureDir, FIXTURE_REPOS, clientEnv, run, type T } from './worker.js'
+import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import { hashPassword } from '../../src/auth/password.js'
+import { Pool } from '../../src/pool/launch.js'
+import type { PoolSpec } from '../../src/pool/haproxy.js'
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port
+      srv.close(() => resolve(port))
+    })
+    srv.on('error', reject)
+  })
+}
+
+export interface TestPool {
+  pool: Pool
+  url: string
+  /** the pool URL with alice's credentials */
+  alice: string
+  dir: string
+  reposDir: string
+  dataDir: string
+  spec: PoolSpec
+  /** an hg client whose hgrc has alice's credentials for the pool */
+  hg(args: string[], cwd?: string): ReturnType<typeof run>
+}
+
+export async function startTestPool(t: T, opts: { workers?: number; workerArgs?: string[]; argsOf?: (i: number) => string[]; balance?: PoolSpec['balance'] } = {}): Promise<TestPool> {
+  const { dir, reposDir, dataDir } = await fixtureDir(t)
+  const store = openSqliteStore(path.join(dataDir, 'auth.sqlite'))
+  for (const [name, kind] of FIXTURE_REPOS) await store.setRepo(name, kind, true)
+  await store.addUser('alice', await hashPassword('alice-pw'))
+  for (const repo of ['demo.git', 'demo-hg', 'team/project.git']) await store.setGrant('alice', repo, 'write')
+  store.close()
+  const n = opts.workers ?? 2
+  const port = async () => `127.0.0.1:${await freePort()}`
+  // a unix socket path is limited to 108 bytes: the admin socket lives in a short temp dir
+  const sockDir = await mkdtemp(path.join(os.tmpdir(), 'vcsp-'))
+  t.teardown(() => rm(sockDir, { recursive: true, force: true }))
+  const workers = []
+  for (let i = 0; i < n; i++) workers.push({ name: `w${i + 1}`, address: await port(), agentPort: await freePort() })
+  const spec: PoolSpec = {
+    frontend: await port(), stats: await port(), web: await port(), adminSocket: path.join(sockDir, 'haproxy.sock'),
+    workers, balance: opts.balance ?? 'leastconn', checkIntervalMs: 500, fall: 2, rise: 2, slowstartMs: 1000, idleTimeoutMs: 600_000,
+  }
+  const pool = await Pool.start({
+    spec, reposDir, dataDir, runDir: path.join(dir, 'run'),
+    workerArgs: ['--hg-processes', '1', '--log-level', 'info', '--drain-grace-ms', '2000', ...(opts.workerArgs ?? [])],
+    argsOf: opts.argsOf,
+  })
+  t.teardown(() => pool.stop())
+  const url = `http://${spec.frontend}`
+  const hgrc = path.join(dir, 'hgrc-pool')
+  await writeFile(hgrc, `[ui]\nusername = Test <t@example.invalid>\n[auth]\np.prefix = ${url}\np.username = alice\np.password = alice-pw\n`)
+  const env = clientEnv(path.join(dir, 'client-home'), { HGRCPATH: hgrc })
+  return {
+    pool, url, spec, dir, reposDir, dataDir,
+    alice: url.replace('http://', 'http://alice:alice-pw@'),
+    hg: (args, cwd = dir) => run('hg', args, { cwd, env }),
+  }
+}
+
+/** A worker's /metrics text (empty when it does not answer). */
+export async function workerMetrics(p: TestPool, i: number): Promise<string> {
+  try {
+    return await (await fetch(`http://${p.spec.workers[i]!.address}/metrics`)).text()
+  } catch {
+    return ''
+  }
+}

@@ -1,0 +1,116 @@
+import t from 'tap'
+import path from 'node:path'
+import { writeFile } from 'node:fs/promises'
+import { gitClient, metric, rawRequest, run, CLI, waitFor } from '../helpers/worker.js'
+import { startTestPool, workerMetrics, type TestPool } from '../helpers/pool.js'
+
+const cli = (args: string[]) => run(process.execPath, [CLI, ...args])
+const portOf = (p: TestPool) => Number(new URL(p.url).port)
+const backendTotal = async (p: TestPool, backend: string) =>
+  (await p.pool.stats()).find((r) => r.pxname === backend && r.svname === 'BACKEND')?.stot ?? 0
+const workerTotal = async (p: TestPool, backend: string) => {
+  let sum = 0
+  for (let i = 0; i < p.spec.workers.length; i++) sum += metric(await workerMetrics(p, i), 'vcs_requests_total', { backend })
+  return sum
+}
+
+/** Commits a file in `work` and pushes it to a new branch; the commit id, or undefined when the push failed. */
+async function pushBranch(git: ReturnType<typeof gitClient>, work: string, name: string): Promise<string | undefined> {
+  await writeFile(path.join(work, `${name}.txt`), `${name}\n`)
+  await git(['add', `${name}.txt`], work)
+  await git(['commit', '-qm', name], work)
+  const sha = (await git(['rev-parse', 'HEAD'], work)).stdout.trim()
+  const r = await git(['push', '-q', 'origin', `HEAD:refs/heads/${name}`], work)
+  return r.code === 0 ? sha : undefined
+}
+
+t.test('haproxy-config: a valid HAProxy config for the default pool and for a pool file; bad pool files named', async (t) => {
+  const dir = t.testdir()
+  const def = await cli(['haproxy-config'])
+  t.equal(def.code, 0, def.stderr)
+  await writeFile(path.join(dir, 'default.cfg'), def.stdout)
+  const check = await run('haproxy', ['-c', '-f', path.join(dir, 'default.cfg')])
+  t.equal(check.code, 0, check.stdout + check.stderr)
+  t.match(def.stdout, /backend servers-git[\s\S]*server w1 127\.0\.0\.1:8081 check[^\n]*agent-port 9081[^\n]*agent-send "git\\n"/)
+  t.match(def.stdout, /option httpchk GET \/health\/hg/)
+  t.notMatch(def.stdout, /user-agent/i, 'never routed by User-Agent')
+  t.equal((await cli(['haproxy-config', '--workers', '3'])).stdout.match(/^ {2}server w\d/gm)!.length, 6, 'three workers in each of the two backends')
+
+  await writeFile(path.join(dir, 'pool.json'), JSON.stringify({ balance: 'repo-hash', workers: [{ name: 'a', address: '10.0.0.5:8080', agentPort: 9000 }] }))
+  const custom = await cli(['haproxy-config', '--pool', path.join(dir, 'pool.json')])
+  t.equal(custom.code, 0, custom.stderr)
+  t.match(custom.stdout, /balance hash var\(txn\.repo\)\n {2}hash-type consistent/)
+  t.match(custom.stdout, /server a 10\.0\.0\.5:8080 check/)
+  await writeFile(path.join(dir, 'custom.cfg'), custom.stdout)
+  t.equal((await run('haproxy', ['-c', '-f', path.join(dir, 'custom.cfg')])).code, 0)
+
+  await writeFile(path.join(dir, 'bad.json'), JSON.stringify({ balance: 'random', frontend: 'nowhere', workers: [{ name: 'a b', address: 'x', agentPort: 0 }], extra: 1 }))
+  const bad = await cli(['haproxy-config', '--pool', path.join(dir, 'bad.json')])
+  t.equal(bad.code, 2)
+  for (const key of ['extra: unknown pool key', 'frontend: expected host:port', 'balance: must be', 'workers[0].name', 'workers[0].address', 'workers[0].agentPort']) t.match(bad.stderr, key)
+  t.equal(bad.stdout, '', 'nothing printed')
+  await writeFile(path.join(dir, 'broken.json'), '{ not json')
+  t.match((await cli(['haproxy-config', '--pool', path.join(dir, 'broken.json')])).stderr, /^vcs-worker: bad configuration: pool file .*broken\.json: /)
+  t.equal((await cli(['haproxy-config', '--pool', path.join(dir, 'missing.json')])).code, 2)
+})
+
+t.test('through HAProxy: git and hg reach the workers, web pages reach the web stand-in and never a worker', async (t) => {
+  const p = await startTestPool(t)
+  const git = gitClient(p.dir)
+  t.equal((await git(['clone', '-q', `${p.alice}/demo.git`, 'g'])).code, 0)
+  t.ok(await pushBranch(git, path.join(p.dir, 'g'), 'through-haproxy'), 'git push through HAProxy')
+  t.equal((await git(['-c', 'protocol.version=0', 'clone', '-q', `${p.url}/team/project.git`, 'g0'])).code, 0, 'protocol v0 too')
+  const hgWork = path.join(p.dir, 'h')
+  t.equal((await p.hg(['clone', '-q', `${p.url}/demo-hg`, hgWork])).code, 0)
+  await writeFile(path.join(hgWork, 'n.txt'), 'n\n')
+  t.equal((await p.hg(['commit', '-Am', 'through haproxy'], hgWork)).code, 0)
+  const hgPush = await p.hg(['push', '-q'], hgWork)
+  t.equal(hgPush.code, 0, hgPush.stderr)
+
+  // a big hg discovery: 8 X-HgArg headers of 16 KiB pass HAProxy's buffers
+  const nodes = Array.from({ length: 3000 }, (_, i) => i.toString(16).padStart(40, 'a')).join('+')
+  const args = `cmds=heads+%3Bknown+nodes%3D${nodes}`
+  const headers: Record<string, string> = {}
+  for (let i = 0; i * 16000 < args.length; i++) headers[`x-hgarg-${i + 1}`] = args.slice(i * 16000, (i + 1) * 16000)
+  t.ok(Object.keys(headers).length >= 7)
+  const big = await rawRequest(portOf(p), 'GET', '/demo-hg?cmd=batch', headers)
+  t.equal(big.status, 200, 'not 400 from HAProxy')
+
+  const hitsBefore = p.pool.webHits
+  for (const page of ['/', '/explore/repos', '/demo.git', '/demo-hg', '/demo-hg/file/tip', '/login?next=/', '/demo.git/tree/main']) {
+    const r = await rawRequest(portOf(p), 'GET', page, { 'user-agent': 'git/2.39.5' })
+    t.equal(r.status, 200, page)
+    t.match(r.body.toString(), 'the web application (stand-in)', `${page} served by the web application`)
+  }
+  t.equal(p.pool.webHits - hitsBefore, 7)
+  // no web page reached a worker: nothing but git, hg (and HAProxy's health checks) on the workers
+  for (let i = 0; i < 2; i++) {
+    const text = await workerMetrics(p, i)
+    t.equal(metric(text, 'vcs_requests_total', { backend: 'other' }), 0, `w${i + 1} saw no web request`)
+    t.equal(metric(text, 'vcs_requests_total', { backend: 'hg', service: 'hgweb' }), 0, `w${i + 1} served no hgweb page`)
+  }
+  t.ok(await workerTotal(p, 'git') > 0 && await workerTotal(p, 'hg') > 0, 'the workers served git and hg')
+  // the per-backend sessions HAProxy counted agree with the workers' own metrics
+  t.equal(await backendTotal(p, 'servers-git'), await workerTotal(p, 'git'), 'servers-git requests = workers\' git requests')
+  t.equal(await backendTotal(p, 'servers-hg'), await workerTotal(p, 'hg'), 'servers-hg requests = workers\' hg requests')
+  // pool:stats prints the same, per second and in total
+  const specFile = path.join(p.dir, 'pool.json')
+  await writeFile(specFile, JSON.stringify(p.spec))
+  const stats = await run(process.execPath, [path.join(path.dirname(CLI), '..', 'scripts', 'pool-stats.js'), '--pool', specFile, '--seconds', '2'])
+  t.equal(stats.code, 0, stats.stderr)
+  t.match(stats.stdout, /servers-git sess\/s {2}servers-hg sess\/s {2}servers-web sess\/s/)
+  const gitTotal = await backendTotal(p, 'servers-git')
+  t.match(stats.stdout, `totals since HAProxy started: servers-git ${gitTotal}, servers-hg ${await backendTotal(p, 'servers-hg')}, servers-web`)
+  t.match(stats.stdout, `workers' metrics (vcs_requests_total, since each worker started): git ${gitTotal}, hg`)
+})
+
+t.test('the web application stopped: clones and pushes keep working', async (t) => {
+  const p = await startTestPool(t)
+  await p.pool.stopWeb()
+  await waitFor(async () => (await p.pool.status('servers-web', 'web')).startsWith('DOWN'), 10_000, 'HAProxy to see the web app down')
+  t.equal((await rawRequest(portOf(p), 'GET', '/')).status, 503, 'web pages fail')
+  const git = gitClient(p.dir)
+  t.equal((await git(['clone', '-q', `${p.alice}/demo.git`, 'g'])).code, 0)
+  t.ok(await pushBranch(git, path.join(p.dir, 'g'), 'web-down'))
+  t.equal((await p.hg(['clone', '-q', `${p.url}/demo-hg`, path.join(p.dir, 'h')])).code, 0)
+})
