@@ -71,7 +71,13 @@ async function serve(config: Config, explicitRepos: boolean): Promise<void> {
     throw new Error(`git is not usable (gitBin=${config.gitBin}): ${(err as Error).message}`)
   }
   const app = await buildApp(config, { logger, git })
-  const address = await app.listen({ host: config.host, port: config.port, backlog: 2048 })
+  let address: string
+  try {
+    address = await app.listen({ host: config.host, port: config.port, backlog: 2048 })
+  } catch (err) {
+    await app.close() // the hg children and timers it started would keep the process alive
+    throw new Error(`cannot listen on ${config.host}:${config.port}: ${(err as Error).message}`)
+  }
   const port = (app.server.address() as { port: number }).port
   logger.info({ address, git: version, repos: config.reposDir }, 'vcs-worker listening')
   const host = config.host.includes(':') ? `[${config.host}]` : config.host

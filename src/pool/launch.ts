@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import http from 'node:http'
 import net from 'node:net'
-import { createWriteStream, mkdirSync, openSync, closeSync, writeFileSync } from 'node:fs'
+import { createWriteStream, readFileSync, mkdirSync, openSync, closeSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { haproxyConfig, type PoolSpec } from './haproxy.js'
@@ -167,10 +167,18 @@ export class Pool {
     this.workers[i] = proc
     await until(() => {
       if (proc.exitCode !== null) throw new Error(`worker ${w.name} exited: ${out}`)
-      return out.includes('listening on')
+      return out.includes('agent-check on') // the last start-up line
     }, 20_000, `worker ${w.name} to listen`).catch((err: unknown) => {
-      throw new Error(`${(err as Error).message}; see ${path.join(this.opts.runDir, `${w.name}.log`)}`)
+      proc.kill('SIGKILL')
+      let tail = ''
+      try { tail = readFileSync(logFile, 'utf8').slice(-1500) } catch { /* no log */ }
+      throw new Error(`${(err as Error).message}; its output: ${out.slice(-500)} ${tail}`)
     })
+    // A worker asked for port 0 tells which ports it got: the pool (and HAProxy's config) uses them.
+    const listening = /listening on http:\/\/\S+:(\d+)\//.exec(out)
+    const agent = /agent-check on \S+:(\d+)/.exec(out)
+    if (port === 0 && listening) w.address = `${host}:${listening[1]}`
+    if (w.agentPort === 0 && agent) w.agentPort = Number(agent[1])
     return proc
   }
 

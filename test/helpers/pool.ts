@@ -50,7 +50,8 @@ export async function startTestPool(t: T, opts: { workers?: number; workerArgs?:
   const sockDir = await mkdtemp(path.join(os.tmpdir(), 'vcsp-'))
   t.teardown(() => rm(sockDir, { recursive: true, force: true }))
   const workers = []
-  for (let i = 0; i < n; i++) workers.push({ name: `w${i + 1}`, address: await port(), agentPort: await freePort() })
+  // port 0: each worker takes what the OS gives it and says so; the pool configures HAProxy with that
+  for (let i = 0; i < n; i++) workers.push({ name: `w${i + 1}`, address: '127.0.0.1:0', agentPort: 0 })
   const spec: PoolSpec = {
     frontend: await port(), stats: await port(), web: await port(), adminSocket: path.join(sockDir, 'haproxy.sock'),
     workers, balance: opts.balance ?? 'leastconn', checkIntervalMs: 500, fall: 2, rise: 2, slowstartMs: 1000, idleTimeoutMs: 600_000,
