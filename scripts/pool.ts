@@ -1,23 +1,36 @@
 /**
- * `npm run pool [-- --workers N]`: HAProxy, N workers (default 2) sharing data/repos and the
- * auth store in data/, and a stand-in for the web application, all on loopback, with the
- * configuration `vcs-worker haproxy-config --workers N` prints. Ctrl-C stops everything.
+ * `npm run pool [-- --workers N] [--data DIR] [--ports fixed|auto]`: HAProxy, N workers
+ * (default 2) sharing DIR/repos and the auth store in DIR (default data/), and a stand-in for
+ * the web application, all on loopback, with the configuration `vcs-worker haproxy-config
+ * --workers N` prints (`--ports auto`: free ports from the OS instead). Ctrl-C stops everything.
  */
 import path from 'node:path'
+import os from 'node:os'
+import { mkdtempSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import { defaultPool } from '../src/pool/haproxy.js'
-import { Pool } from '../src/pool/launch.js'
+import { Pool, freePort } from '../src/pool/launch.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' } } })
+  const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, data: { type: 'string' }, ports: { type: 'string', default: 'fixed' } } })
   const n = Number(values.workers)
   if (!Number.isInteger(n) || n < 1 || n > 16) throw new Error(`--workers: expected 1..16, got ${values.workers}`)
-  const spec = defaultPool(n, path.join(ROOT, 'data', 'pool', 'haproxy.sock'))
-  const runDir = path.join(ROOT, 'data', 'pool')
-  const pool = await Pool.start({ spec, reposDir: path.join(ROOT, 'data', 'repos'), dataDir: path.join(ROOT, 'data'), runDir, workerArgs: ['--drain-grace-ms', '3000'] })
+  if (values.ports !== 'fixed' && values.ports !== 'auto') throw new Error(`--ports: fixed or auto, got ${values.ports}`)
+  const data = path.resolve(values.data ?? path.join(ROOT, 'data'))
+  const runDir = path.join(data, 'pool')
+  let socket = path.join(runDir, 'haproxy.sock')
+  // a unix socket path has at most 107 bytes: a deep data dir gets its socket in a temp dir
+  if (Buffer.byteLength(socket) > 107) socket = path.join(mkdtempSync(path.join(os.tmpdir(), 'vcs-pool-')), 'haproxy.sock')
+  const spec = defaultPool(n, socket)
+  if (values.ports === 'auto') {
+    // ports from the OS: the workers take port 0 and say which they got
+    for (const key of ['frontend', 'stats', 'web'] as const) spec[key] = `127.0.0.1:${await freePort()}`
+    for (const w of spec.workers) Object.assign(w, { address: '127.0.0.1:0', agentPort: 0 })
+  }
+  const pool = await Pool.start({ spec, reposDir: path.join(data, 'repos'), dataDir: data, runDir, workerArgs: ['--drain-grace-ms', '3000'] })
   process.stdout.write([
     `pool of ${n} workers behind HAProxy:`,
     `  clone:        git clone ${pool.url}/demo.git   |   hg clone ${pool.url}/demo-hg`,

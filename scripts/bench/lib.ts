@@ -4,7 +4,6 @@
  * traffic goes to 127.0.0.1.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
 import http from 'node:http'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import path from 'node:path'
@@ -20,17 +19,7 @@ export function sh(cmd: string, args: string[], opts: { cwd?: string; env?: Node
   return r.stdout.toString()
 }
 
-/** Asks the OS for a free loopback port (for servers that cannot listen on port 0 and tell us). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port
-      srv.close(() => resolve(port))
-    })
-    srv.on('error', reject)
-  })
-}
+export { freePort } from '../../src/pool/launch.js'
 
 /** Waits until a TCP port on 127.0.0.1 accepts an HTTP request. */
 export async function waitHttp(url: string, timeoutMs = 15_000): Promise<void> {

@@ -76,6 +76,18 @@ export async function showStat(socketPath: string): Promise<StatRow[]> {
   })
 }
 
+/** A free loopback port from the OS (for HAProxy's own listeners, which cannot report one). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port
+      srv.close(() => resolve(port))
+    })
+    srv.on('error', reject)
+  })
+}
+
 async function until(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
@@ -154,7 +166,8 @@ export class Pool {
     const log = openSync(logFile, 'a')
     const proc = spawn(process.execPath, [CLI, 'serve', '--host', host, '--port', String(port), '--agent-port', String(w.agentPort),
       '--repos', this.opts.reposDir, '--data', this.opts.dataDir, '--trusted-proxies', '127.0.0.1', ...(this.opts.workerArgs ?? []), ...(this.opts.argsOf?.(i) ?? [])],
-    { stdio: ['ignore', 'pipe', log] })
+    // its own process group: Ctrl-C at a terminal reaches the pool, which stops the workers in order
+    { stdio: ['ignore', 'pipe', log], detached: true })
     closeSync(log)
     // stdout (its log lines) goes to the log file; only the start-up lines are kept to read
     const logStream = createWriteStream(logFile, { flags: 'a' })
@@ -195,7 +208,7 @@ export class Pool {
     const cfg = path.join(this.opts.runDir, 'haproxy.cfg')
     writeFileSync(cfg, haproxyConfig(this.opts.spec))
     const log = openSync(path.join(this.opts.runDir, 'haproxy.log'), 'a')
-    this.haproxy = spawn(this.opts.haproxyBin ?? 'haproxy', ['-db', '-f', cfg], { stdio: ['ignore', log, log] })
+    this.haproxy = spawn(this.opts.haproxyBin ?? 'haproxy', ['-db', '-f', cfg], { stdio: ['ignore', log, log], detached: true })
     closeSync(log)
     const proc = this.haproxy
     await until(() => {

@@ -3,26 +3,14 @@
  * from the OS, checks every 500 ms, over a temp copy of the fixtures with public repos and
  * alice, who may push to demo.git and demo-hg.
  */
-import net from 'node:net'
 import path from 'node:path'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { fixtureDir, FIXTURE_REPOS, clientEnv, run, type T } from './worker.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
 import { hashPassword } from '../../src/auth/password.js'
-import { Pool } from '../../src/pool/launch.js'
+import { Pool, freePort } from '../../src/pool/launch.js'
 import type { PoolSpec } from '../../src/pool/haproxy.js'
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port
-      srv.close(() => resolve(port))
-    })
-    srv.on('error', reject)
-  })
-}
 
 export interface TestPool {
   pool: Pool

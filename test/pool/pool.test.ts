@@ -1,7 +1,9 @@
 import t from 'tap'
 import path from 'node:path'
 import { writeFile } from 'node:fs/promises'
-import { gitClient, metric, rawRequest, run, CLI, waitFor } from '../helpers/worker.js'
+import { spawn } from 'node:child_process'
+import { fixtureDir, gitClient, metric, processesMatching, rawRequest, run, CLI, waitFor } from '../helpers/worker.js'
+import { openSqliteStore } from '../../src/auth/sqlite-store.js'
 import { startTestPool, workerMetrics, type TestPool } from '../helpers/pool.js'
 
 const cli = (args: string[]) => run(process.execPath, [CLI, ...args])
@@ -113,4 +115,27 @@ t.test('the web application stopped: clones and pushes keep working', async (t) 
   t.equal((await git(['clone', '-q', `${p.alice}/demo.git`, 'g'])).code, 0)
   t.ok(await pushBranch(git, path.join(p.dir, 'g'), 'web-down'))
   t.equal((await p.hg(['clone', '-q', `${p.url}/demo-hg`, path.join(p.dir, 'h')])).code, 0)
+})
+
+t.test('npm run pool: starts HAProxy, workers and the web stand-in, prints the URLs; Ctrl-C leaves no process behind', async (t) => {
+  const { dir } = await fixtureDir(t)
+  const store = openSqliteStore(path.join(dir, 'auth.sqlite'))
+  await store.setRepo('demo.git', 'git', true)
+  store.close()
+  const proc = spawn(process.execPath, [path.join(path.dirname(CLI), '..', 'scripts', 'pool.js'), '--workers', '1', '--data', dir, '--ports', 'auto'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  proc.stdout.on('data', (c) => { out += c })
+  proc.stderr.on('data', (c) => { out += c })
+  t.teardown(() => { if (proc.exitCode === null) proc.kill('SIGKILL') })
+  await waitFor(() => out.includes('Ctrl-C stops everything.') || proc.exitCode !== null, 60_000, 'the pool to start')
+  t.match(out, /pool of 1 workers behind HAProxy/)
+  const url = /git clone (http:\/\/127\.0\.0\.1:\d+)\/demo\.git/.exec(out)![1]!
+  t.match(out, /HAProxy stats: {2}http:\/\/127\.0\.0\.1:\d+\//)
+  t.match(out, /worker w1: http:\/\/127\.0\.0\.1:\d+\/ {2}agent \d+/)
+  t.equal((await gitClient(dir)(['clone', '-q', `${url}/demo.git`, 'c'])).code, 0, 'a clone through the pool')
+  t.ok((await processesMatching(dir)).length >= 2, 'HAProxy and the worker run')
+  proc.kill('SIGINT')
+  await new Promise((r) => proc.once('exit', r))
+  t.equal(proc.exitCode, 0)
+  await waitFor(async () => (await processesMatching(dir)).length === 0, 10_000, 'every process of the pool to be gone')
 })
