@@ -3,7 +3,7 @@ import type * as Tap from 'tap'
 import net from 'node:net'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import { writeFile } from 'node:fs/promises'
+import { appendFile, rm, writeFile } from 'node:fs/promises'
 import type { ChildProcess } from 'node:child_process'
 import { spawnWorker, fixtureDir, gitClient, gateWrapper, metric, rawRequest, waitFor, run, clientEnv, processesMatching, FIXTURE_REPOS } from '../helpers/worker.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
@@ -141,4 +141,37 @@ t.test('drainTimeoutMs bounds the drain: a clone that outlasts it is cut, exit 1
   t.match(worker.output(), /drain timed out/)
   t.not((await clone).code, 0)
   await gate.open()
+})
+
+t.test('SIGTERM with an hg push in flight: the push finishes and lands whole, hg serve stops, exit 0', async (t) => {
+  const { dir, reposDir, dataDir } = await setUp(t)
+  const gate = path.join(dir, 'hg-gate')
+  // the server repo's own hook holds the push inside its transaction until the test opens the gate
+  await appendFile(path.join(reposDir, 'demo-hg', '.hg', 'hgrc'), `[hooks]\npretxnchangegroup.hold = while [ -e ${gate} ]; do sleep 0.05; done\n`)
+  const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir, '--hg-processes', '1', '--drain-grace-ms', '300'])
+  const port = portOf(worker.url)
+  const hgrc = path.join(dir, 'hgrc')
+  await writeFile(hgrc, `[ui]\nusername = Test <t@example.invalid>\n[auth]\nw.prefix = ${worker.url}\nw.username = alice\nw.password = alice-pw\n`)
+  const hgEnv = clientEnv(path.join(dir, 'client-home'), { HGRCPATH: hgrc })
+  const hg = (args: string[], cwd = dir) => run('hg', args, { cwd, env: hgEnv })
+  const work = path.join(dir, 'hgwork')
+  t.equal((await hg(['clone', '-q', `${worker.url}/demo-hg`, work])).code, 0)
+  await writeFile(path.join(work, 'blob.bin'), randomBytes(4 * 1024 * 1024))
+  t.equal((await hg(['commit', '-Am', 'in flight during the drain'], work)).code, 0)
+
+  await writeFile(gate, '')
+  const push = hg(['push', '-q'], work)
+  await waitFor(async () => metric((await rawRequest(port, 'GET', '/metrics')).body.toString(), 'vcs_heavy_in_flight') === 1, 15_000, 'the unbundle to be in flight')
+  worker.proc.kill('SIGTERM')
+  await waitFor(async () => (await rawRequest(port, 'GET', '/health/hg')).status === 503, 2_000, 'draining')
+  await new Promise((r) => setTimeout(r, 1000)) // past the grace: the push is still held in its transaction
+  t.equal(worker.proc.exitCode, null, 'the worker waits for the push')
+  await rm(gate)
+  const pushed = await push
+  t.equal(pushed.code, 0, `the hg push in flight finished: ${pushed.stderr}`)
+  t.equal(await exited(worker.proc), 0, 'exit 0')
+  const server = (args: string[]) => run('hg', ['-R', path.join(reposDir, 'demo-hg'), ...args], { env: clientEnv(dir, { HGRCPATH: '' }) })
+  t.equal((await server(['log', '-r', 'tip', '-T', '{desc}'])).stdout, 'in flight during the drain', 'the push landed')
+  t.equal((await server(['verify', '-q'])).code, 0, 'hg verify clean')
+  t.same(await processesMatching(dataDir), [], 'no hg serve child left')
 })
