@@ -63,6 +63,7 @@ export const OPTIONS = {
   drainGraceMs: { kind: 'int', flag: 'drain-grace-ms', env: 'VCS_WORKER_DRAIN_GRACE_MS', doc: 'after SIGTERM, how long new work is still accepted (longer than the balancer\'s check interval x fall)', min: 0 },
   drainTimeoutMs: { kind: 'int', flag: 'drain-timeout-ms', env: 'VCS_WORKER_DRAIN_TIMEOUT_MS', doc: 'after SIGTERM, how long in-flight clones and pushes may take before the exit is forced', min: 0 },
   childNice: { kind: 'int', flag: 'child-nice', env: 'VCS_WORKER_CHILD_NICE', doc: 'niceness of git and hg serve children: the worker stays responsive when they saturate the CPU (0 = same as the worker)', min: 0, max: 19 },
+  spawnHelper: { kind: 'bool', flag: 'spawn-helper', env: 'VCS_WORKER_SPAWN_HELPER', doc: 'start git through a helper process, so its fork never blocks the event loop' },
   metricsRepoLabel: { kind: 'bool', flag: 'metrics-repo-label', env: 'VCS_WORKER_METRICS_REPO_LABEL', doc: 'label request metrics with the repo (unbounded with many repos)' },
 } as const satisfies Record<string, Option>
 
@@ -104,6 +105,7 @@ export interface Config {
   readonly drainTimeoutMs: number
   readonly metricsRepoLabel: boolean
   readonly childNice: number
+  readonly spawnHelper: boolean
   /** derived: PATH handed to children (the worker's own) */
   readonly envPath: string
   /** derived: HOME for children, `<dataDir>/home` */
@@ -153,6 +155,7 @@ export const DEFAULTS: Config = {
   drainTimeoutMs: 300_000,
   metricsRepoLabel: false,
   childNice: 10,
+  spawnHelper: true,
   envPath: '/usr/local/bin:/usr/bin:/bin',
   homeDir: '',
   tmpDir: '',

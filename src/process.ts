@@ -3,9 +3,10 @@
  * always await the exit, keep a bounded tail of stderr. git/ and hg/ build on this; nothing
  * else calls `spawn`.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { setPriority } from 'node:os'
-import { Writable } from 'node:stream'
+import { Writable, type Readable } from 'node:stream'
+import { spawnViaHelper } from './spawner.js'
 
 export interface ExitStatus {
   code: number | null
@@ -14,8 +15,16 @@ export interface ExitStatus {
   error?: Error
 }
 
+/** A child's standard streams. */
+export interface ChildStreams {
+  readonly stdin: Writable
+  readonly stdout: Readable
+  readonly stderr: Readable
+}
+
 export interface Child {
-  readonly proc: ChildProcessWithoutNullStreams
+  readonly proc: ChildStreams
+  /** undefined until known (through the helper: a moment after the spawn) or when it never started */
   readonly pid: number | undefined
   /** resolves once the process exited and its stdio closed; never rejects */
   readonly exited: Promise<ExitStatus>
@@ -37,51 +46,76 @@ export interface SpawnOptions {
    * git saturates the machine. 0 leaves the priority alone.
    */
   nice?: number
+  /** spawn through the spawn helper: the fork does not block this process's event loop */
+  viaHelper?: boolean
 }
 
-/** Spawns `bin args` without a shell, in its own process group, with a bounded stderr buffer. */
+/**
+ * Spawns `bin args` without a shell, in its own process group, with a bounded stderr buffer;
+ * with `viaHelper`, through the spawn helper (spawner.ts), so the fork does not block the
+ * worker's event loop.
+ */
 export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Child {
-  const proc = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: ['pipe', 'pipe', 'pipe'] })
-  // Set before the child had time to exec and fork: its children inherit the niceness.
-  if (opts.nice && proc.pid !== undefined) {
-    try { setPriority(proc.pid, opts.nice) } catch { /* gone already, or not permitted: run at normal priority */ }
-  }
   const limit = opts.stderrLimit ?? 8192
   let tail = ''
   let done = false
   let killed = false
   let killTimer: NodeJS.Timeout | undefined
+  let pid: number | undefined
+  let proc: ChildStreams
+  let exited: Promise<ExitStatus>
+  if (opts.viaHelper) {
+    const remote = spawnViaHelper(bin, args, { env: opts.env, cwd: opts.cwd, nice: opts.nice })
+    proc = remote
+    void remote.started.then((p) => {
+      pid = p
+      if (p !== undefined && killed && !done) signalGroup(p, 'SIGTERM') // killed before the helper answered
+    })
+    exited = remote.exited.then((status) => {
+      done = true
+      if (killTimer) clearTimeout(killTimer)
+      return status
+    })
+  } else {
+    const direct = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: ['pipe', 'pipe', 'pipe'] })
+    proc = direct
+    pid = direct.pid
+    // Set before the child had time to exec and fork: its children inherit the niceness.
+    if (opts.nice && direct.pid !== undefined) {
+      try { setPriority(direct.pid, opts.nice) } catch { /* gone already, or not permitted: run at normal priority */ }
+    }
+    // A child that never started emits 'error' and then maybe no 'close': settle on either.
+    exited = new Promise<ExitStatus>((resolve) => {
+      direct.once('error', (error) => {
+        if (direct.pid === undefined) {
+          done = true
+          resolve({ code: null, signal: null, error })
+        }
+      })
+      direct.once('close', (code, signal) => {
+        done = true
+        if (killTimer) clearTimeout(killTimer)
+        resolve({ code, signal })
+      })
+    })
+  }
   proc.stderr.setEncoding('utf8')
   proc.stderr.on('data', (s: string) => {
     tail = (tail + s).slice(-limit)
-  })
-  // A child that never started emits 'error' and then maybe no 'close': settle on either.
-  const exited = new Promise<ExitStatus>((resolve) => {
-    proc.once('error', (error) => {
-      if (proc.pid === undefined) {
-        done = true
-        resolve({ code: null, signal: null, error })
-      }
-    })
-    proc.once('close', (code, signal) => {
-      done = true
-      if (killTimer) clearTimeout(killTimer)
-      resolve({ code, signal })
-    })
   })
   // Writes into a child that already exited fail with EPIPE; the exit status tells the story.
   proc.stdin.on('error', () => {})
   const child: Child = {
     proc,
-    pid: proc.pid,
+    get pid() { return pid },
     exited,
     stderr: () => tail.trim(),
     get killed() { return killed },
     kill() {
-      if (done || killed || proc.pid === undefined) return
+      if (done || killed) return
       killed = true
-      signalGroup(proc.pid, 'SIGTERM')
-      killTimer = setTimeout(() => { if (!done && proc.pid !== undefined) signalGroup(proc.pid, 'SIGKILL') }, opts.killGraceMs)
+      if (pid !== undefined) signalGroup(pid, 'SIGTERM') // else: as soon as the helper tells the pid
+      killTimer = setTimeout(() => { if (!done && pid !== undefined) signalGroup(pid, 'SIGKILL') }, opts.killGraceMs)
       killTimer.unref()
     },
   }

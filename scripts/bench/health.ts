@@ -4,9 +4,23 @@
  * in count and by the wrk run), in one run. Prints requests per second, p50 and p99 latency,
  * and the busy/idle ratios; target: p99 <= 5 ms while the clones run. README records it.
  */
-import { mkdirSync, rmSync } from 'node:fs'
+import { mkdirSync } from 'node:fs'
 import path from 'node:path'
-import { CLI, ROOT, makeLargeRepo, paced, sh, startWorker, table, timeAsync, wrk, wrkAsync } from './lib.js'
+import { spawn } from 'node:child_process'
+import { rm } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
+import { CLI, ROOT, makeLargeRepo, sh, startWorker, table, timeAsync, wrk, wrkAsync } from './lib.js'
+
+type Paced = { sent: number; errors: number; p50Ms: number; p99Ms: number; maxMs: number }
+/** The paced prober, in its own process (probe.ts). */
+function paced(url: string, perSecond: number, seconds: number): Promise<Paced> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [path.join(path.dirname(fileURLToPath(import.meta.url)), 'probe.js'), url, String(perSecond), String(seconds)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    p.stdout.on('data', (c) => { out += c })
+    p.on('close', (code) => (code === 0 ? resolve(JSON.parse(out) as Paced) : reject(new Error(`probe failed (${code})`))))
+  })
+}
 
 const BENCH = path.join(ROOT, 'data', 'bench')
 const REPOS = path.join(BENCH, 'repos')
@@ -22,7 +36,13 @@ async function main(): Promise<void> {
   makeLargeRepo(path.join(REPOS, 'large.git'))
   const data = path.join(BENCH, 'worker-data')
   sh(process.execPath, [CLI, 'repo', 'visibility', 'large', 'public', '--repos', REPOS, '--data', data])
-  const worker = await startWorker(['--repos', REPOS, '--data', data, '--hg-processes', '0'])
+  for (const helper of [true, false]) await measure(data, helper)
+}
+
+/** One worker, with or without the spawn helper: the idle and busy runs, and their table. */
+async function measure(data: string, helper: boolean): Promise<void> {
+  const worker = await startWorker(['--repos', REPOS, '--data', data, '--hg-processes', '0'], { VCS_WORKER_SPAWN_HELPER: String(helper) })
+  console.log(`\n${helper ? 'git started through the spawn helper (default)' : 'git spawned by the worker itself (VCS_WORKER_SPAWN_HELPER=false)'}:`)
   const env = { ...process.env, HOME: path.join(BENCH, 'home'), GIT_CONFIG_NOSYSTEM: '1', GIT_TERMINAL_PROMPT: '0' }
   mkdirSync(env.HOME, { recursive: true })
   const probe = `${worker.url}/health/git`
@@ -37,14 +57,14 @@ async function main(): Promise<void> {
     const loops = Array.from({ length: CLONES }, async (_, i) => {
       const dir = path.join(BENCH, `health-clone-${i}`)
       for (let n = 0; running && n < MAX_CLONES_PER_LOOP; n++) {
-        rmSync(dir, { recursive: true, force: true })
+        await rm(dir, { recursive: true, force: true })
         // The clients run at the lowest priority: in production they are elsewhere, here their
         // index-pack would otherwise take the worker's two cores and measure the clients' load.
         const r = await timeAsync('nice', ['-n', '19', 'git', 'clone', '-q', '--bare', `${worker.url}/large.git`, dir], { env })
         if (r.code === 0) done++
         else failed++
       }
-      rmSync(dir, { recursive: true, force: true })
+      await rm(dir, { recursive: true, force: true })
     })
     await new Promise((r) => setTimeout(r, 2000)) // let the clones get going
     const busy = await wrkAsync(probe, PROBE_CONNECTIONS, SECONDS)

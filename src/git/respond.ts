@@ -116,6 +116,7 @@ export function streamChild(req: FastifyRequest, reply: FastifyReply, child: Chi
     }
   })
   const out = new ChildOutput(child, (status) => {
+    access.pid = child.pid // through the spawn helper the pid is known a moment after the spawn
     access.exitCode = status.code ?? (status.signal ? `${status.signal}` : null)
     access.bytesOut = out.bytes
     const stderr = child.stderr()

@@ -76,11 +76,11 @@ export function createGitRunner(config: Config): GitRunner {
       const args = [...cfgArgs, ...(opts.config ?? []).flatMap((c) => ['-c', c]), service, '--stateless-rpc']
       if (opts.advertise) args.push('--advertise-refs')
       args.push('--', repoDir)
-      return spawnChild(config.gitBin, args, { env: childEnv(opts.env, opts.gitProtocol), killGraceMs: config.killGraceMs, nice: config.childNice })
+      return spawnChild(config.gitBin, args, { env: childEnv(opts.env, opts.gitProtocol), killGraceMs: config.killGraceMs, nice: config.childNice, viaHelper: config.spawnHelper })
     },
     async exec(args, opts = {}) {
       if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')
-      const child = spawnChild(config.gitBin, args, { env: childEnv(), cwd: opts.cwd, killGraceMs: config.killGraceMs })
+      const child = spawnChild(config.gitBin, args, { env: childEnv(), cwd: opts.cwd, killGraceMs: config.killGraceMs, viaHelper: config.spawnHelper })
       child.proc.stdin.end()
       const max = opts.maxOutput ?? 1024 * 1024
       const chunks: Buffer[] = []

@@ -47,8 +47,11 @@ t.test('each check fails for real, turns the endpoint 503 naming it, and recover
 
   await rm(wrapper)
   await until(w, 'git', 503, 'git missing')
-  const missing = (await health(w, 'git')).body
-  t.ok(missing.failing.includes('git_binary') && missing.failing.includes('git_canary'), missing.failing.join(','))
+  // both checks that run git fail (each after its own two failed runs)
+  await waitFor(async () => {
+    const { failing } = (await health(w, 'git')).body
+    return failing.includes('git_binary') && failing.includes('git_canary')
+  }, 10_000, 'git_binary and git_canary to fail')
   t.equal((await health(w, 'hg')).status, 200, 'hg does not depend on git')
   await writeFile(wrapper, PASS_THROUGH_GIT)
   await chmod(wrapper, 0o755)

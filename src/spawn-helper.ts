@@ -1,0 +1,63 @@
+/**
+ * The spawn helper: a small process the worker forks once, which starts git for it. Node's
+ * `child_process.spawn` forks the calling process and waits for the exec: 6-11 ms of a blocked
+ * event loop in a worker of 100 MB (bench:health). Here that cost falls on this process. git's
+ * stdin, stdout and stderr are unix sockets connected to the worker's spawn socket (each first
+ * tagged with the spawn's id and stream number), so no byte of git's passes through here.
+ */
+import { spawn } from 'node:child_process'
+import net from 'node:net'
+import { setPriority } from 'node:os'
+
+interface SpawnRequest {
+  id: number
+  bin: string
+  args: string[]
+  env: Record<string, string>
+  cwd?: string
+  nice?: number
+}
+
+/** the worker's spawn socket, in Linux's abstract namespace (the worker passes the name without its NUL) */
+const SOCKET = `\0${process.argv[2]!}`
+
+const send = (msg: object): void => {
+  if (process.connected) process.send!(msg)
+}
+
+/** One connection to the worker, tagged; paused so this process never reads a byte of it. */
+function connect(id: number, n: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(SOCKET)
+    s.pause()
+    s.once('error', reject)
+    s.once('connect', () => s.write(`${id}:${n}\n`, () => resolve(s)))
+  })
+}
+
+process.on('message', (m: SpawnRequest) => {
+  void (async () => {
+    let sockets: net.Socket[] = []
+    try {
+      sockets = await Promise.all([0, 1, 2].map((n) => connect(m.id, n)))
+      const child = spawn(m.bin, m.args, { env: m.env, cwd: m.cwd, detached: true, stdio: sockets })
+      for (const s of sockets) s.destroy() // git has them now; this process keeps no copy
+      if (child.pid === undefined) {
+        child.once('error', (err) => send({ id: m.id, error: err.message }))
+        return
+      }
+      if (m.nice) {
+        try { setPriority(child.pid, m.nice) } catch { /* gone already, or not permitted */ }
+      }
+      send({ id: m.id, pid: child.pid })
+      child.once('exit', (code, signal) => send({ id: m.id, code, signal }))
+    } catch (err) {
+      for (const s of sockets) s.destroy()
+      send({ id: m.id, error: (err as Error).message })
+    }
+  })()
+})
+
+// The worker is gone (exit or kill -9): children lose their reader and writer with it and end
+// on EOF or EPIPE, as they did when the worker spawned them itself.
+process.on('disconnect', () => process.exit(0))

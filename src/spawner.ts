@@ -1,0 +1,164 @@
+/**
+ * The worker's side of the spawn helper (spawn-helper.ts): one helper per worker process,
+ * forked on first use, and one unix socket (abstract namespace) its spawns' stdio connect to.
+ * `spawnViaHelper` returns at once with stand-in streams that are joined to the real sockets
+ * as they connect. While no spawn is pending the helper is unref'd, so a short CLI command
+ * still exits on its own.
+ */
+import { fork, type ChildProcess } from 'node:child_process'
+import net from 'node:net'
+import { randomBytes } from 'node:crypto'
+import { PassThrough, type Readable, type Writable } from 'node:stream'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const HELPER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'spawn-helper.js')
+
+export interface RawExit {
+  code: number | null
+  signal: NodeJS.Signals | null
+  error?: Error
+}
+
+/** A process spawned by the helper, as the worker sees it. */
+export interface RemoteProcess {
+  stdin: Writable
+  stdout: Readable
+  stderr: Readable
+  /** resolves with the pid, or undefined when the process could not start */
+  started: Promise<number | undefined>
+  /** resolves once the process exited and its stdout and stderr closed */
+  exited: Promise<RawExit>
+}
+
+interface Pending {
+  started(pid: number | undefined): void
+  attach(n: number, socket: net.Socket): void
+  exit(status: RawExit): void
+}
+
+const pending = new Map<number, Pending>()
+let nextId = 0
+let helper: ChildProcess | undefined
+let server: net.Server | undefined
+let ready: Promise<void> | undefined
+
+/** The spawn socket and the helper, started once. */
+function start(): Promise<void> {
+  if (ready) return ready
+  const name = `vcs-worker-spawn-${process.pid}-${randomBytes(6).toString('hex')}`
+  const address = `\0${name}` // Linux abstract namespace: no file, no path-length limit
+  const srv = net.createServer((socket) => route(socket))
+  srv.unref()
+  server = srv
+  ready = new Promise<void>((resolve, reject) => {
+    srv.once('error', reject)
+    srv.listen(address, () => {
+      const h = fork(HELPER, [name], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json' })
+      h.on('message', (m: { id: number; pid?: number; code?: number | null; signal?: NodeJS.Signals | null; error?: string }) => {
+        const p = pending.get(m.id)
+        if (!p) return
+        if (m.error !== undefined) p.exit({ code: null, signal: null, error: new Error(m.error) })
+        else if (m.pid !== undefined) p.started(m.pid)
+        else if ('code' in m) p.exit({ code: m.code ?? null, signal: m.signal ?? null })
+      })
+      // The helper died (it should not): pending spawns fail; the next spawn starts a new one.
+      h.on('exit', () => {
+        helper = undefined
+        ready = undefined
+        server?.close()
+        for (const p of pending.values()) p.exit({ code: null, signal: null, error: new Error('spawn helper exited') })
+      })
+      h.unref()
+      h.channel?.unref()
+      helper = h
+      resolve()
+    })
+  })
+  return ready
+}
+
+/** A connection from a spawned process: `<id>:<stream>\n`, then the stream itself. */
+function route(socket: net.Socket): void {
+  let head = Buffer.alloc(0)
+  socket.on('error', () => {})
+  const onData = (chunk: Buffer): void => {
+    head = Buffer.concat([head, chunk])
+    const nl = head.indexOf(0x0a)
+    if (nl < 0) {
+      if (head.length > 64) socket.destroy()
+      return
+    }
+    socket.off('data', onData)
+    socket.pause()
+    const [id, n] = head.subarray(0, nl).toString('latin1').split(':').map(Number)
+    const rest = head.subarray(nl + 1)
+    if (rest.length) socket.unshift(rest)
+    const p = pending.get(id!)
+    if (!p || !(n! >= 0 && n! <= 2)) socket.destroy()
+    else p.attach(n!, socket)
+  }
+  socket.on('data', onData)
+}
+
+function settle(id: number): void {
+  pending.delete(id)
+  if (pending.size === 0) helper?.channel?.unref()
+}
+
+/** Spawns `bin args` through the helper; see RemoteProcess. */
+export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<string, string>; cwd?: string; nice?: number }): RemoteProcess {
+  const id = ++nextId
+  const stdin = new PassThrough()
+  const stdout = new PassThrough()
+  const stderr = new PassThrough()
+  let resolvePid!: (pid: number | undefined) => void
+  const started = new Promise<number | undefined>((r) => { resolvePid = r })
+  let resolveExit!: (s: RawExit) => void
+  const exited = new Promise<RawExit>((r) => { resolveExit = r })
+  let status: RawExit | undefined
+  let open = 2 // stdout and stderr still to close
+  const maybeDone = (): void => {
+    if (status && open <= 0) {
+      settle(id)
+      resolveExit(status)
+    }
+  }
+  pending.set(id, {
+    started: (pid) => resolvePid(pid),
+    attach(n, socket) {
+      if (n === 0) {
+        // the worker's writes reach git's stdin with backpressure; git gone: the stand-in goes too
+        socket.resume() // only the tag came this way; nothing else will
+        socket.once('close', () => { stdin.unpipe(socket); stdin.destroy() })
+        stdin.pipe(socket)
+        return
+      }
+      const out = n === 1 ? stdout : stderr
+      socket.once('close', () => {
+        if (!out.writableEnded && !out.destroyed) out.end()
+        open--
+        maybeDone()
+      })
+      socket.pipe(out)
+    },
+    exit(s) {
+      if (status) return
+      status = s
+      if (s.error) {
+        // it never started: no more connections will come
+        resolvePid(undefined)
+        open = 0
+        stdin.destroy()
+        stdout.end()
+        stderr.end()
+      }
+      maybeDone()
+    },
+  })
+  start().then(() => {
+    helper!.channel?.ref()
+    helper!.send({ id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice })
+  }, (err: unknown) => pending.get(id)?.exit({ code: null, signal: null, error: err as Error }))
+  return { stdin, stdout, stderr, started, exited }
+}
