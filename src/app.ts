@@ -5,6 +5,7 @@
 import http from 'node:http'
 import type { Socket } from 'node:net'
 import { existsSync, realpathSync } from 'node:fs'
+import { rename, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { HealthChecker } from './health/checks.js'
 import { registerHealthRoutes } from './health/routes.js'
@@ -134,7 +135,16 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
 
   // The canary: a repo of our own (outside the repos dir) whose ref advertisement proves git works.
   const canary = path.join(config.dataDir, 'canary.git')
-  if (!existsSync(path.join(canary, 'HEAD'))) await git.exec(['init', '--quiet', '--bare', '--', canary])
+  if (!existsSync(path.join(canary, 'HEAD'))) {
+    // Workers of a pool share the data dir and may start together: each builds the canary under
+    // its own name and renames it into place; whoever comes second keeps the first one's.
+    const tmp = `${canary}.tmp-${process.pid}-${Date.now()}`
+    await git.exec(['init', '--quiet', '--bare', '--', tmp])
+    await rename(tmp, canary).catch(async (err: NodeJS.ErrnoException) => {
+      await rm(tmp, { recursive: true, force: true })
+      if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err
+    })
+  }
 
   let hg
   if (config.hgProcesses > 0) {

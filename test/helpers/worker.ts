@@ -50,7 +50,11 @@ export interface Worker {
 
 /** Copies the fixtures into a fresh temp dir and returns its paths. */
 export async function fixtureDir(t: T): Promise<{ dir: string; reposDir: string; dataDir: string }> {
-  const dir = t.testdir()
+  // Our own temp dir, removed by a teardown registered before the worker's: tap runs teardowns
+  // last-registered first, so the worker is closed before its dir goes (tap's testdir() is
+  // removed before any teardown, while a worker may still write its health probe file there).
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vcsw-t-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true, maxRetries: 3 }))
   const reposDir = path.join(dir, 'repos')
   const dataDir = path.join(dir, 'data')
   await cp(FIXTURES, reposDir, { recursive: true })
