@@ -59,6 +59,17 @@ function stripQuery(url: string | undefined): string | undefined {
   return url.length > 512 ? `${url.slice(0, 509)}...` : url
 }
 
+/** Which part of the worker a request's route belongs to (metrics label, log level). */
+export type Backend = 'git' | 'hg' | 'health' | 'metrics' | 'other'
+
+export function backendOf(route: string): Backend {
+  if (route.startsWith('git_')) return 'git'
+  if (route.startsWith('hg_')) return 'hg'
+  if (route.startsWith('health_')) return 'health'
+  if (route === 'metrics') return 'metrics'
+  return 'other'
+}
+
 /** What one request came to: the access line's fields, and what metrics count. */
 export interface AccessRecord {
   route: string
@@ -118,7 +129,8 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
         hadCredentials: req.headers.authorization !== undefined,
       }
       // balancers probe every second and Prometheus scrapes: their lines only at debug level
-      const level = record.route.startsWith('health_') || record.route === 'metrics' ? 'debug' : 'info'
+      const backend = backendOf(record.route)
+      const level = backend === 'health' || backend === 'metrics' ? 'debug' : 'info'
       req.log[level]({
         method: req.method,
         url: stripQuery(req.url),

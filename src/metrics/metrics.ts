@@ -10,9 +10,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { Admission, RejectReason, WorkClass } from '../admission.js'
 import type { HealthChecker } from '../health/checks.js'
 import type { HgPool } from '../hg/pool.js'
-import type { AccessRecord } from '../log.js'
+import { backendOf, type AccessRecord, type Backend } from '../log.js'
 
-export type Backend = 'git' | 'hg' | 'health' | 'metrics' | 'other'
 
 const HG_SERVICES = new Set([
   'capabilities', 'batch', 'getbundle', 'unbundle', 'pushkey', 'listkeys', 'heads', 'known', 'lookup',
@@ -21,14 +20,6 @@ const HG_SERVICES = new Set([
 ])
 const GIT_SERVICES = new Set(['upload-pack', 'receive-pack'])
 const DURATION_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800]
-
-export function backendOf(route: string): Backend {
-  if (route.startsWith('git_')) return 'git'
-  if (route.startsWith('hg_')) return 'hg'
-  if (route.startsWith('health_')) return 'health'
-  if (route === 'metrics') return 'metrics'
-  return 'other'
-}
 
 function serviceLabel(backend: Backend, service: string | undefined): string {
   if (service === undefined) return 'none'
