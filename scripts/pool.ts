@@ -15,10 +15,15 @@ import { Pool, freePort } from '../src/pool/launch.js'
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { workers: { type: 'string', default: '2' }, data: { type: 'string' }, ports: { type: 'string', default: 'fixed' } } })
+  let values
+  try {
+    values = parseArgs({ options: { workers: { type: 'string', default: '2' }, data: { type: 'string' }, ports: { type: 'string', default: 'fixed' } } }).values
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
   const n = Number(values.workers)
-  if (!Number.isInteger(n) || n < 1 || n > 16) throw new Error(`--workers: expected 1..16, got ${values.workers}`)
-  if (values.ports !== 'fixed' && values.ports !== 'auto') throw new Error(`--ports: fixed or auto, got ${values.ports}`)
+  if (!Number.isInteger(n) || n < 1 || n > 16) throw new UsageError(`--workers: expected 1..16, got ${values.workers}`)
+  if (values.ports !== 'fixed' && values.ports !== 'auto') throw new UsageError(`--ports: fixed or auto, got ${values.ports}`)
   const data = path.resolve(values.data ?? path.join(ROOT, 'data'))
   const runDir = path.join(data, 'pool')
   let socket = path.join(runDir, 'haproxy.sock')
@@ -52,7 +57,10 @@ async function main(): Promise<void> {
   process.on('SIGTERM', stop)
 }
 
+/** Bad command line: exit 2, as the CLI does. */
+class UsageError extends Error {}
+
 main().catch((err: unknown) => {
   process.stderr.write(`pool: ${(err as Error).message}\n`)
-  process.exitCode = 1
+  process.exitCode = err instanceof UsageError ? 2 : 1
 })
