@@ -33,7 +33,7 @@ async function main(): Promise<void> {
   if (values.ports === 'auto') {
     // ports from the OS: the workers take port 0 and say which they got
     for (const key of ['frontend', 'stats', 'web'] as const) spec[key] = `127.0.0.1:${await freePort()}`
-    for (const w of spec.workers) Object.assign(w, { address: '127.0.0.1:0', agentPort: 0 })
+    for (const w of spec.workers) Object.assign(w, { address: '127.0.0.1:0', agentPort: 0, healthPort: 0 })
   }
   const pool = await Pool.start({ spec, reposDir: path.join(data, 'repos'), dataDir: data, runDir, workerArgs: ['--drain-grace-ms', '3000'] })
   process.stdout.write([
@@ -41,7 +41,7 @@ async function main(): Promise<void> {
     `  clone:        git clone ${pool.url}/demo.git   |   hg clone ${pool.url}/demo-hg`,
     `  web (stand-in): ${pool.url}/`,
     `  HAProxy stats:  http://${spec.stats}/   admin socket ${spec.adminSocket}`,
-    ...spec.workers.map((w) => `  worker ${w.name}: http://${w.address}/  agent ${w.agentPort}  metrics http://${w.address}/metrics`),
+    ...spec.workers.map((w) => `  worker ${w.name}: http://${w.address}/  agent ${w.agentPort}  health http://${w.address.replace(/:\d+$/, '')}:${w.healthPort}/health/ready  metrics http://${w.address}/metrics`),
     `  logs in ${runDir}; sessions per backend: npm run pool:stats`,
     'Ctrl-C stops everything.',
     '',

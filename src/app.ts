@@ -9,7 +9,7 @@ import { rename, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { HealthChecker } from './health/checks.js'
 import { registerHealthRoutes } from './health/routes.js'
-import { AgentServer } from './health/agent.js'
+import { ProbeThread } from './health/probes.js'
 import { drain } from './health/drain.js'
 import { Admission } from './admission.js'
 import { WorkerMetrics } from './metrics/metrics.js'
@@ -35,8 +35,8 @@ declare module 'fastify' {
     health: HealthChecker
     admission: Admission
     metrics: WorkerMetrics
-    /** the HAProxy agent-check server, when `agentPort` is not -1 */
-    agent?: AgentServer
+    /** the agent-check and health listeners' thread, when `agentPort` or `healthPort` is not -1 */
+    probes?: ProbeThread
     /** Graceful drain then close (SIGTERM); resolves false when `drainTimeoutMs` cut it short. */
     drain(): Promise<boolean>
   }
@@ -166,11 +166,11 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     req.access.route = 'metrics'
     return reply.type(metrics.registry.contentType).header('cache-control', 'no-store').send(await metrics.registry.metrics())
   })
-  if (config.agentPort >= 0) {
-    const agent = new AgentServer(health, admission)
-    await agent.start(config.host, config.agentPort)
-    app.decorate('agent', agent)
-    app.addHook('onClose', () => agent.stop())
+  if (config.agentPort >= 0 || config.healthPort >= 0) {
+    const probes = await ProbeThread.start({ host: config.host, agentPort: config.agentPort, healthPort: config.healthPort, health, log: app.log })
+      .catch((err: unknown) => { throw new Error(`cannot listen for probes on ${config.host} (agentPort ${config.agentPort}, healthPort ${config.healthPort}): ${(err as Error).message}`) })
+    app.decorate('probes', probes)
+    app.addHook('onClose', () => probes.stop())
   }
   app.decorate('drain', () => drain(app, health, admission, { graceMs: config.drainGraceMs, timeoutMs: config.drainTimeoutMs }))
 

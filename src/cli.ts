@@ -83,7 +83,9 @@ async function serve(config: Config, explicitRepos: boolean): Promise<void> {
   const host = config.host.includes(':') ? `[${config.host}]` : config.host
   process.stdout.write(`vcs-worker listening on http://${host}:${port}/ (repos in ${config.reposDir})\n`)
   process.stdout.write(`try: git clone http://${host}:${port}/demo.git\n`)
-  if (app.agent) process.stdout.write(`haproxy agent-check on ${host}:${app.agent.port}\n`)
+  // the agent line last: `npm run pool` waits for it
+  if (app.probes?.healthPort !== undefined) process.stdout.write(`health checks on http://${host}:${app.probes.healthPort}/health/ready\n`)
+  if (app.probes?.agentPort !== undefined) process.stdout.write(`haproxy agent-check on ${host}:${app.probes.agentPort}\n`)
   let stopping = false
   const stop = (signal: string): void => {
     if (stopping) {

@@ -60,6 +60,7 @@ export const OPTIONS = {
   queueLimit: { kind: 'int', flag: 'queue-limit', env: 'VCS_WORKER_QUEUE_LIMIT', doc: 'heavy requests waiting for a slot; past it, 503', min: 0 },
   queueTimeoutMs: { kind: 'int', flag: 'queue-timeout-ms', env: 'VCS_WORKER_QUEUE_TIMEOUT_MS', doc: 'longest wait for a slot; past it, 503', min: 1 },
   agentPort: { kind: 'int', flag: 'agent-port', env: 'VCS_WORKER_AGENT_PORT', doc: 'HAProxy agent-check TCP port on the same host (-1 = off, 0 = any free port)', min: -1, max: 65535 },
+  healthPort: { kind: 'int', flag: 'health-port', env: 'VCS_WORKER_HEALTH_PORT', doc: 'a second HTTP port with only /health/*, answered on a thread of its own (-1 = off, 0 = any free port)', min: -1, max: 65535 },
   drainGraceMs: { kind: 'int', flag: 'drain-grace-ms', env: 'VCS_WORKER_DRAIN_GRACE_MS', doc: 'after SIGTERM, how long new work is still accepted (longer than the balancer\'s check interval x fall)', min: 0 },
   drainTimeoutMs: { kind: 'int', flag: 'drain-timeout-ms', env: 'VCS_WORKER_DRAIN_TIMEOUT_MS', doc: 'after SIGTERM, how long in-flight clones and pushes may take before the exit is forced', min: 0 },
   childNice: { kind: 'int', flag: 'child-nice', env: 'VCS_WORKER_CHILD_NICE', doc: 'niceness of git and hg serve children: the worker stays responsive when they saturate the CPU (0 = same as the worker)', min: 0, max: 19 },
@@ -101,6 +102,7 @@ export interface Config {
   readonly queueLimit: number
   readonly queueTimeoutMs: number
   readonly agentPort: number
+  readonly healthPort: number
   readonly drainGraceMs: number
   readonly drainTimeoutMs: number
   readonly metricsRepoLabel: boolean
@@ -151,6 +153,7 @@ export const DEFAULTS: Config = {
   queueLimit: 64,
   queueTimeoutMs: 30_000,
   agentPort: -1,
+  healthPort: -1,
   drainGraceMs: 10_000,
   drainTimeoutMs: 300_000,
   metricsRepoLabel: false,

@@ -36,6 +36,8 @@ export async function waitHttp(url: string, timeoutMs = 15_000): Promise<void> {
 export interface Started {
   url: string
   proc: ChildProcess
+  /** what it printed on stdout so far (its start-up lines) */
+  output(): string
   stop(): Promise<void>
 }
 
@@ -50,7 +52,7 @@ export async function startWorker(args: string[], env: NodeJS.ProcessEnv = {}): 
     await new Promise((r) => setTimeout(r, 50))
   }
   const url = /listening on (http:\/\/\S+?)\/ /.exec(out)![1]!
-  return { url, proc, stop: () => stopProcess(proc) }
+  return { url, proc, output: () => out, stop: () => stopProcess(proc) }
 }
 
 /**

@@ -13,20 +13,19 @@
  * from cached state only; nothing is spawned.
  */
 import net from 'node:net'
-import type { Admission } from '../admission.js'
-import { GIT_CHECKS, HG_CHECKS, ALL_CHECKS, type CheckName, type HealthChecker } from './checks.js'
+import { GIT_CHECKS, HG_CHECKS, ALL_CHECKS, reportOf, type CheckName, type HealthSnapshot } from './checks.js'
 
 const AGENT_READ_MS = 100
 
 /** The agent's answer for `protocol` ('git', 'hg' or anything else for both). */
-export function agentLine(health: HealthChecker, admission: Admission, protocol: string): string {
-  if (health.draining) return 'drain\n'
+export function agentLine(snap: HealthSnapshot, protocol: string, now: number): string {
+  if (snap.draining) return 'drain\n'
   const names: CheckName[] = protocol === 'git' ? GIT_CHECKS : protocol === 'hg' ? HG_CHECKS : ALL_CHECKS
-  const { checks } = health.report(names.filter((n) => n !== 'saturation'))
+  const { checks } = reportOf(snap, names.filter((n) => n !== 'saturation'), now)
   const failing = Object.entries(checks).filter(([, c]) => c.status === 'fail').map(([n]) => n)
   if (failing.length) return `down#${failing.join(',')}\n`
-  const { heavyLimit, queueLimit } = admission.limits
-  const load = (admission.active + admission.queued) / (heavyLimit + queueLimit)
+  const { active, queued, heavyLimit, queueLimit } = snap.load
+  const load = (active + queued) / (heavyLimit + queueLimit)
   const weight = Math.max(1, Math.round(100 * (1 - Math.min(1, load))))
   return `up ready ${weight}% maxconn:${heavyLimit + queueLimit}\n`
 }
@@ -34,7 +33,8 @@ export function agentLine(health: HealthChecker, admission: Admission, protocol:
 export class AgentServer {
   private server: net.Server | undefined
 
-  constructor(private readonly health: HealthChecker, private readonly admission: Admission) {}
+  /** `state` gives the snapshot to answer from at the moment of a probe */
+  constructor(private readonly state: () => HealthSnapshot) {}
 
   /** Listens on host:port (0 = any free port); resolves with the port. */
   async start(host: string, port: number): Promise<number> {
@@ -68,7 +68,7 @@ export class AgentServer {
       if (done) return
       done = true
       clearTimeout(timer)
-      socket.end(agentLine(this.health, this.admission, asked.trim().split(/\s+/)[0]!.toLowerCase()))
+      socket.end(agentLine(this.state(), asked.trim().split(/\s+/)[0]!.toLowerCase(), Date.now()))
     }
     const timer = setTimeout(reply, AGENT_READ_MS)
     socket.on('data', (chunk: Buffer) => {

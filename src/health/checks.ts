@@ -34,8 +34,62 @@ export const GIT_CHECKS: CheckName[] = ['repos_dir', 'disk', 'git_binary', 'git_
 export const HG_CHECKS: CheckName[] = ['repos_dir', 'disk', 'hg_children', 'draining', 'saturation']
 export const ALL_CHECKS: CheckName[] = [...new Set([...GIT_CHECKS, ...HG_CHECKS])]
 
-/** A check read at the moment of the probe from in-memory state: a message when it fails. */
-type LiveCheck = () => string | undefined
+/**
+ * Everything an answer to a probe needs, as plain data: the endpoints, the agent and the probe
+ * thread (probe-thread.ts) all answer from one of these, so they can never disagree.
+ */
+export interface HealthSnapshot {
+  intervalMs: number
+  draining: boolean
+  /** why the worker refuses heavy work, when its slots and queue are full */
+  saturated?: string
+  load: { active: number; queued: number; heavyLimit: number; queueLimit: number }
+  checks: Partial<Record<CheckName, { ok: boolean; lastRun: number; durationMs: number; message: string }>>
+}
+
+export interface HealthReport {
+  ok: boolean
+  checks: Record<string, CheckResult>
+}
+
+/**
+ * The report of a snapshot for a set of checks at time `now`; `ok` only if every one is green
+ * and fresh. A result older than three intervals is stale and counts as failed: a worker whose
+ * checks stopped running (a wedged event loop) goes red on its own.
+ */
+export function reportOf(snap: HealthSnapshot, names: CheckName[], now: number): HealthReport {
+  const checks: Record<string, CheckResult> = {}
+  let ok = true
+  for (const name of names) {
+    if (name === 'draining' || name === 'saturation') {
+      const failure = name === 'draining' ? (snap.draining ? 'draining' : undefined) : snap.saturated
+      if (failure) ok = false
+      checks[name] = { status: failure ? 'fail' : 'ok', last_run: new Date(now).toISOString(), duration_ms: 0, message: failure ?? 'accepting work' }
+      continue
+    }
+    const c = snap.checks[name] ?? { ok: false, lastRun: 0, durationMs: 0, message: 'not run yet' }
+    const stale = now - c.lastRun > 3 * snap.intervalMs
+    const good = c.ok && !stale
+    if (!good) ok = false
+    checks[name] = {
+      status: good ? 'ok' : 'fail',
+      last_run: c.lastRun ? new Date(c.lastRun).toISOString() : null,
+      duration_ms: c.durationMs,
+      message: stale && c.lastRun ? `stale: last run ${Math.round((now - c.lastRun) / 1000)} s ago` : c.message,
+    }
+  }
+  return { ok, checks }
+}
+
+/** The checks an endpoint reports, by its path; undefined for a path that is not one. */
+export const ENDPOINT_CHECKS: Record<string, CheckName[]> = { '/health/git': GIT_CHECKS, '/health/hg': HG_CHECKS, '/health/ready': ALL_CHECKS }
+
+/** The status and JSON body of a health endpoint. */
+export function endpointAnswer(snap: HealthSnapshot, names: CheckName[], now: number): { code: 200 | 503; body: { status: 'ok' | 'fail'; failing: string[]; checks: Record<string, CheckResult> } } {
+  const { ok, checks } = reportOf(snap, names, now)
+  const failing = Object.entries(checks).filter(([, c]) => c.status === 'fail').map(([n]) => n)
+  return { code: ok ? 200 : 503, body: { status: ok ? 'ok' : 'fail', failing, checks } }
+}
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined
@@ -45,12 +99,13 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
 
 export class HealthChecker {
   private readonly checks = new Map<CheckName, CheckState>()
-  private readonly live = new Map<CheckName, LiveCheck>()
   private timer: NodeJS.Timeout | undefined
-  draining = false
+  private isDraining = false
   readonly names = ALL_CHECKS
+  /** called when a result may have changed: after each round of checks and at a drain */
+  onChange: (() => void) | undefined
 
-  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgPool | undefined, canaryDir: string, admission: Admission) {
+  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgPool | undefined, canaryDir: string, private readonly admission: Admission) {
     const add = (name: CheckName, run: () => Promise<string>): void => {
       this.checks.set(name, { run, ok: false, failures: 0, lastRun: 0, durationMs: 0, message: 'not run yet' })
     }
@@ -81,11 +136,15 @@ export class HealthChecker {
       if (ready === 0) throw new Error(`0 of ${pool.children.length} hg serve children ready`)
       return `${ready} of ${pool.children.length} hg serve children ready`
     })
-    // In-memory state, read at probe time: a drain or a full queue shows at once.
-    this.live.set('draining', () => (this.draining ? 'draining' : undefined))
-    this.live.set('saturation', () => (admission.saturated
-      ? `saturated: ${admission.active} heavy requests running, ${admission.queued} queued`
-      : undefined))
+  }
+
+  get draining(): boolean {
+    return this.isDraining
+  }
+
+  set draining(on: boolean) {
+    this.isDraining = on
+    this.onChange?.()
   }
 
   /** Runs every check now, then on the interval. */
@@ -114,32 +173,25 @@ export class HealthChecker {
       c.lastRun = Date.now()
       c.durationMs = Math.round((performance.now() - t0) * 10) / 10
     }))
+    this.onChange?.()
+  }
+
+  /** The state now; draining and saturation are read from memory, so they show at once. */
+  snapshot(): HealthSnapshot {
+    const a = this.admission
+    const checks: HealthSnapshot['checks'] = {}
+    for (const [name, c] of this.checks) checks[name] = { ok: c.ok, lastRun: c.lastRun, durationMs: c.durationMs, message: c.message }
+    return {
+      intervalMs: this.config.healthIntervalMs,
+      draining: this.isDraining,
+      saturated: a.saturated ? `saturated: ${a.active} heavy requests running, ${a.queued} queued` : undefined,
+      load: { active: a.active, queued: a.queued, heavyLimit: a.limits.heavyLimit, queueLimit: a.limits.queueLimit },
+      checks,
+    }
   }
 
   /** Cached results for a set of checks; `ok` only if every one is green and fresh. */
-  report(names: CheckName[]): { ok: boolean; checks: Record<string, CheckResult> } {
-    const now = Date.now()
-    const checks: Record<string, CheckResult> = {}
-    let ok = true
-    for (const name of names) {
-      const live = this.live.get(name)
-      if (live) {
-        const failure = live()
-        if (failure) ok = false
-        checks[name] = { status: failure ? 'fail' : 'ok', last_run: new Date(now).toISOString(), duration_ms: 0, message: failure ?? 'accepting work' }
-        continue
-      }
-      const c = this.checks.get(name)!
-      const stale = now - c.lastRun > 3 * this.config.healthIntervalMs
-      const good = c.ok && !stale
-      if (!good) ok = false
-      checks[name] = {
-        status: good ? 'ok' : 'fail',
-        last_run: c.lastRun ? new Date(c.lastRun).toISOString() : null,
-        duration_ms: c.durationMs,
-        message: stale ? `stale: last run ${Math.round((now - c.lastRun) / 1000)} s ago` : c.message,
-      }
-    }
-    return { ok, checks }
+  report(names: CheckName[]): HealthReport {
+    return reportOf(this.snapshot(), names, Date.now())
   }
 }

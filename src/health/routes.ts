@@ -1,24 +1,21 @@
 /**
- * `/health/live`, `/health/git`, `/health/hg`, `/health/ready`: cached results only (see
- * checks.ts). One JSON entry per check; 503 names the failing checks.
+ * `/health/live`, `/health/git`, `/health/hg`, `/health/ready` on the worker's port: cached
+ * results only (see checks.ts). One JSON entry per check; 503 names the failing checks. The
+ * probe thread (probe-thread.ts) answers the same on `healthPort`, away from this event loop.
  */
 import type { FastifyInstance } from 'fastify'
-import { ALL_CHECKS, GIT_CHECKS, HG_CHECKS, type CheckName, type HealthChecker } from './checks.js'
+import { ENDPOINT_CHECKS, endpointAnswer, type HealthChecker } from './checks.js'
 
 export function registerHealthRoutes(app: FastifyInstance, checker: HealthChecker): void {
   app.get('/health/live', async (req, reply) => {
     req.access.route = 'health_live'
     return reply.type('text/plain').send('ok\n')
   })
-  const endpoint = (url: string, route: string, names: CheckName[]): void => {
+  for (const [url, names] of Object.entries(ENDPOINT_CHECKS)) {
     app.get(url, async (req, reply) => {
-      req.access.route = route
-      const { ok, checks } = checker.report(names)
-      const failing = Object.entries(checks).filter(([, c]) => c.status === 'fail').map(([n]) => n)
-      return reply.code(ok ? 200 : 503).header('cache-control', 'no-store').send({ status: ok ? 'ok' : 'fail', failing, checks })
+      req.access.route = `health_${url.slice('/health/'.length)}`
+      const { code, body } = endpointAnswer(checker.snapshot(), names, Date.now())
+      return reply.code(code).header('cache-control', 'no-store').send(body)
     })
   }
-  endpoint('/health/git', 'health_git', GIT_CHECKS)
-  endpoint('/health/hg', 'health_hg', HG_CHECKS)
-  endpoint('/health/ready', 'health_ready', ALL_CHECKS)
 }

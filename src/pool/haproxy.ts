@@ -14,6 +14,9 @@ export interface PoolWorker {
   address: string
   /** the worker's --agent-port */
   agentPort: number
+  /** the worker's --health-port: HAProxy's HTTP checks go there (answered on the worker's probe
+   * thread, never behind its streaming); without it they go to `address` */
+  healthPort?: number
 }
 
 export interface PoolSpec {
@@ -45,7 +48,7 @@ export function defaultPool(workers = 2, adminSocket = path.resolve('data/pool/h
     stats: '127.0.0.1:8404',
     adminSocket,
     web: '127.0.0.1:8090',
-    workers: Array.from({ length: workers }, (_, i) => ({ name: `w${i + 1}`, address: `127.0.0.1:${8081 + i}`, agentPort: 9081 + i })),
+    workers: Array.from({ length: workers }, (_, i) => ({ name: `w${i + 1}`, address: `127.0.0.1:${8081 + i}`, agentPort: 9081 + i, healthPort: 9181 + i })),
     balance: 'leastconn',
     checkIntervalMs: 1000,
     fall: 2,
@@ -83,7 +86,7 @@ export function checkPoolSpec(spec: PoolSpec, where = 'pool'): PoolSpec {
   for (const key of ['checkIntervalMs', 'fall', 'rise', 'slowstartMs', 'idleTimeoutMs'] as const) {
     if (!Number.isSafeInteger(spec[key]) || spec[key] < (key === 'slowstartMs' ? 0 : 1)) problems.push(`${key}: expected a positive integer, got ${JSON.stringify(spec[key])}`)
   }
-  if (!Array.isArray(spec.workers) || spec.workers.length === 0) problems.push('workers: expected a non-empty list of {name, address, agentPort}')
+  if (!Array.isArray(spec.workers) || spec.workers.length === 0) problems.push('workers: expected a non-empty list of {name, address, agentPort[, healthPort]}')
   else {
     const names = new Set<string>()
     spec.workers.forEach((w, i) => {
@@ -92,6 +95,7 @@ export function checkPoolSpec(spec: PoolSpec, where = 'pool'): PoolSpec {
       else names.add(w.name)
       if (!w || typeof w.address !== 'string' || !HOST_PORT.test(w.address)) problems.push(`workers[${i}].address: expected host:port`)
       if (!w || !Number.isSafeInteger(w.agentPort) || w.agentPort < 1 || w.agentPort > 65535) problems.push(`workers[${i}].agentPort: expected a port number`)
+      if (w && w.healthPort !== undefined && (!Number.isSafeInteger(w.healthPort) || w.healthPort < 1 || w.healthPort > 65535)) problems.push(`workers[${i}].healthPort: expected a port number`)
     })
   }
   if (problems.length) throw new ConfigError(problems)
@@ -115,7 +119,7 @@ export function haproxyConfig(spec: PoolSpec): string {
     : ['balance hash var(txn.repo)', 'hash-type consistent']
   // weight 100: the agent's `up 60%` scales the configured weight (with the default 1 it would round to 0)
   const servers = (agentSend: string) => spec.workers.map((w) =>
-    `  server ${w.name} ${w.address} weight 100 check ${check} slowstart ${s(spec.slowstartMs)} agent-check agent-port ${w.agentPort} agent-inter ${s(spec.checkIntervalMs)} agent-send "${agentSend}\\n"`)
+    `  server ${w.name} ${w.address} weight 100 check ${w.healthPort ? `port ${w.healthPort} ` : ''}${check} slowstart ${s(spec.slowstartMs)} agent-check agent-port ${w.agentPort} agent-inter ${s(spec.checkIntervalMs)} agent-send "${agentSend}\\n"`)
   // a worker is in a protocol's backend only while it can serve that protocol
   const vcsBackend = (protocol: 'git' | 'hg'): string[] => [
     `backend servers-${protocol}`,

@@ -165,6 +165,7 @@ export class Pool {
     const logFile = path.join(this.opts.runDir, `${w.name}.log`)
     const log = openSync(logFile, 'a')
     const proc = spawn(process.execPath, [CLI, 'serve', '--host', host, '--port', String(port), '--agent-port', String(w.agentPort),
+      ...(w.healthPort !== undefined ? ['--health-port', String(w.healthPort)] : []),
       '--repos', this.opts.reposDir, '--data', this.opts.dataDir, '--trusted-proxies', '127.0.0.1', ...(this.opts.workerArgs ?? []), ...(this.opts.argsOf?.(i) ?? [])],
     // its own process group: Ctrl-C at a terminal reaches the pool, which stops the workers in order
     { stdio: ['ignore', 'pipe', log], detached: true })
@@ -190,8 +191,10 @@ export class Pool {
     // A worker asked for port 0 tells which ports it got: the pool (and HAProxy's config) uses them.
     const listening = /listening on http:\/\/\S+:(\d+)\//.exec(out)
     const agent = /agent-check on \S+:(\d+)/.exec(out)
+    const health = /health checks on http:\/\/\S+:(\d+)\//.exec(out)
     if (port === 0 && listening) w.address = `${host}:${listening[1]}`
     if (w.agentPort === 0 && agent) w.agentPort = Number(agent[1])
+    if (w.healthPort === 0 && health) w.healthPort = Number(health[1])
     return proc
   }
 

@@ -7,7 +7,7 @@ import path from 'node:path'
 /** What HAProxy reads from the agent port, having sent `send` (its agent-send string) first. */
 function agent(w: Worker, send?: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect(w.app.agent!.port!, '127.0.0.1', () => { if (send !== undefined) socket.write(send) })
+    const socket = net.connect(w.app.probes!.agentPort!, '127.0.0.1', () => { if (send !== undefined) socket.write(send) })
     let text = ''
     socket.on('data', (c: Buffer) => { text += c.toString() })
     socket.on('end', () => resolve(text))

@@ -50,9 +50,10 @@ async function pendingPush(t: Tap.Test, git: ReturnType<typeof gitClient>, dir: 
 t.test('SIGTERM: draining shows at once, the grace still serves, in-flight clone and push finish, hg stops, exit 0', async (t) => {
   const { dir, reposDir, dataDir } = await setUp(t)
   const gate = await gateWrapper(t)
-  const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir, '--git-bin', gate.bin, '--agent-port', '0', '--hg-processes', '1', '--drain-grace-ms', '6000'])
+  const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir, '--git-bin', gate.bin, '--agent-port', '0', '--health-port', '0', '--hg-processes', '1', '--drain-grace-ms', '6000'])
   const port = portOf(worker.url)
   const agentPort = Number(/agent-check on 127\.0\.0\.1:(\d+)/.exec(worker.output())![1])
+  const healthPort = Number(/health checks on http:\/\/127\.0\.0\.1:(\d+)\//.exec(worker.output())![1])
   const git = gitClient(dir)
   const hgrc = path.join(dir, 'hgrc')
   await writeFile(hgrc, `[ui]\nusername = Test <t@example.invalid>\n[auth]\nw.prefix = ${worker.url}\nw.username = alice\nw.password = alice-pw\n`)
@@ -74,6 +75,9 @@ t.test('SIGTERM: draining shows at once, the grace still serves, in-flight clone
   await waitFor(async () => (await rawRequest(port, 'GET', '/health/git')).status === 503, 2_000, 'health to report draining')
   t.same(JSON.parse((await rawRequest(port, 'GET', '/health/ready')).body.toString()).failing, ['draining'])
   t.equal(await agentAnswer(agentPort), 'drain\n', 'the agent tells HAProxy to drain')
+  const onHealthPort = await rawRequest(healthPort, 'GET', '/health/git')
+  t.equal(onHealthPort.status, 503, 'the health port too')
+  t.same(JSON.parse(onHealthPort.body.toString()).failing, ['draining'])
 
   // the grace period: what the balancer still sends is served, git and hg, pushes too
   const late = await git(['clone', '-q', `${worker.url}/team/project.git`, 'late'])

@@ -39,7 +39,7 @@ export async function startTestPool(t: T, opts: { workers?: number; workerArgs?:
   t.teardown(() => rm(sockDir, { recursive: true, force: true }))
   const workers = []
   // port 0: each worker takes what the OS gives it and says so; the pool configures HAProxy with that
-  for (let i = 0; i < n; i++) workers.push({ name: `w${i + 1}`, address: '127.0.0.1:0', agentPort: 0 })
+  for (let i = 0; i < n; i++) workers.push({ name: `w${i + 1}`, address: '127.0.0.1:0', agentPort: 0, healthPort: 0 })
   const spec: PoolSpec = {
     frontend: await port(), stats: await port(), web: await port(), adminSocket: path.join(sockDir, 'haproxy.sock'),
     workers, balance: opts.balance ?? 'leastconn', checkIntervalMs: 500, fall: 2, rise: 2, slowstartMs: 1000, idleTimeoutMs: 600_000,
