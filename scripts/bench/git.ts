@@ -1,12 +1,14 @@
 /**
  * `npm run bench:git`: our worker against the limit (`git clone --no-local` from the path, no
- * HTTP at all) and the classic deployment (nginx + fcgiwrap + git http-backend), in one run,
- * interleaved. Prints ratios; README records them. Generated repos live in data/bench/ (not
+ * HTTP at all), the classic deployment (nginx + fcgiwrap + git http-backend) and, for the large
+ * clone, the HTTP floor (http-floor.ts: git's pack written straight into the socket), in one
+ * run, interleaved. Prints ratios; README records them. Generated repos live in data/bench/ (not
  * committed) and are reused by later runs.
  */
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { CLI, ROOT, freePort, makeLargeRepo, median, rssOf, sh, startWorker, stopProcess, table, timeAsync, waitHttp, wrk } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench')
@@ -70,6 +72,16 @@ http {
   }
 }
 
+/** The HTTP floor (http-floor.ts) on a free port. */
+async function startFloor(reposDir: string): Promise<{ url: string; stop(): Promise<void> }> {
+  const proc = spawn(process.execPath, [path.join(path.dirname(fileURLToPath(import.meta.url)), 'http-floor.js'), reposDir], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const port = await new Promise<string>((resolve, reject) => {
+    proc.stdout!.once('data', (c: Buffer) => resolve(c.toString().trim()))
+    proc.once('exit', () => reject(new Error('the HTTP floor server did not start')))
+  })
+  return { url: `http://127.0.0.1:${port}`, stop: () => stopProcess(proc) }
+}
+
 async function main(): Promise<void> {
   mkdirSync(REPOS, { recursive: true })
   makeLargeRepo(path.join(REPOS, 'large.git'))
@@ -82,6 +94,7 @@ async function main(): Promise<void> {
   for (const repo of ['large', 'small']) sh(process.execPath, [CLI, 'repo', 'visibility', repo, 'public', '--repos', REPOS, '--data', data])
   const worker = await startWorker(['--repos', REPOS, '--data', data])
   const classic = await startClassic(REPOS)
+  const floor = await startFloor(REPOS)
   const work = path.join(BENCH, 'work')
   const env = { ...process.env, HOME: path.join(BENCH, 'home'), GIT_CONFIG_NOSYSTEM: '1', GIT_TERMINAL_PROMPT: '0' }
   mkdirSync(env.HOME, { recursive: true })
@@ -92,12 +105,13 @@ async function main(): Promise<void> {
     return r.ms
   }
   try {
-    const t = { largeWorker: [] as number[], largeClassic: [] as number[], largeLimit: [] as number[], smallWorker: [] as number[], smallClassic: [] as number[] }
+    const t = { largeWorker: [] as number[], largeClassic: [] as number[], largeLimit: [] as number[], largeFloor: [] as number[], smallWorker: [] as number[], smallClassic: [] as number[] }
     await clone(`${worker.url}/large.git`) // warm the page cache for every contender
     for (let round = 0; round < ROUNDS; round++) {
       t.largeWorker.push(await clone(`${worker.url}/large.git`))
       t.largeClassic.push(await clone(`${classic.url}/large.git`))
       t.largeLimit.push(await clone(path.join(REPOS, 'large.git'), ['--no-local']))
+      t.largeFloor.push(await clone(`${floor.url}/large.git`))
       for (let i = 0; i < SMALL_REPS; i++) {
         t.smallWorker.push(await clone(`${worker.url}/small.git`))
         t.smallClassic.push(await clone(`${classic.url}/small.git`))
@@ -131,7 +145,7 @@ async function main(): Promise<void> {
     const r2 = (x: number) => x.toFixed(2)
     const results = {
       large_pack_mb: packMb,
-      large_clone_ms: { worker: m.largeWorker, classic: m.largeClassic, limit: m.largeLimit },
+      large_clone_ms: { worker: m.largeWorker, classic: m.largeClassic, limit: m.largeLimit, http_floor: m.largeFloor },
       small_clone_ms: { worker: m.smallWorker, classic: m.smallClassic },
       info_refs_rps: Object.fromEntries(Object.entries(rps).map(([k, v]) => [k, Math.round(v.rps)])),
       info_refs_errors: Object.values(rps).reduce((a, b) => a + b.errors, 0),
@@ -142,6 +156,8 @@ async function main(): Promise<void> {
       ['measure', 'value', 'target', 'met'],
       ['large clone worker/limit', r2(m.largeWorker / m.largeLimit), '<= 1.10', m.largeWorker / m.largeLimit <= 1.1 ? 'yes' : 'NO'],
       ['large clone classic/limit', r2(m.largeClassic / m.largeLimit), '(reference)', ''],
+      ['large clone HTTP floor/limit', r2(m.largeFloor / m.largeLimit), '(the least HTTP costs)', ''],
+      ['large clone worker/HTTP floor', r2(m.largeWorker / m.largeFloor), '(the worker\'s own cost)', ''],
       ['small clone worker/classic', r2(m.smallWorker / m.smallClassic), '<= 0.90', m.smallWorker / m.smallClassic <= 0.9 ? 'yes' : 'NO'],
       ['info/refs v0 worker/classic', r2(rps['worker-v0']!.rps / rps['classic-v0']!.rps), '>= 1.0', rps['worker-v0']!.rps >= rps['classic-v0']!.rps ? 'yes' : 'NO'],
       ['info/refs v2 worker/classic', r2(rps['worker-v2']!.rps / rps['classic-v2']!.rps), '>= 3.0', rps['worker-v2']!.rps >= 3 * rps['classic-v2']!.rps ? 'yes' : 'NO'],
@@ -154,6 +170,7 @@ async function main(): Promise<void> {
     rmSync(work, { recursive: true, force: true })
     await worker.stop()
     await classic.stop()
+    await floor.stop()
   }
 }
 

@@ -4,15 +4,17 @@
  * clone loop bounded in count and by the wrk run), in one run: on the health port (the probe
  * thread, where the generated HAProxy config sends its checks) and on the worker's own port,
  * with the spawn helper (default), then on the worker's port of a worker spawning git itself.
+ * As the floor of this machine, nginx answering a constant `200 ok` (C, no I/O) is measured in
+ * the same runs: whatever it sees under the clones' load, no HTTP responder here can beat.
  * Prints requests per second, p50 and p99 latency; target: p99 <= 5 ms while the clones run.
  * README records it.
  */
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { rm } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
-import { CLI, ROOT, makeLargeRepo, sh, startWorker, table, timeAsync, wrk, wrkAsync, type WrkResult } from './lib.js'
+import { CLI, ROOT, freePort, makeLargeRepo, sh, startWorker, stopProcess, table, timeAsync, waitHttp, wrk, wrkAsync, type WrkResult } from './lib.js'
 
 type Paced = { sent: number; errors: number; p50Ms: number; p99Ms: number; maxMs: number }
 /** The paced prober, in its own process (probe.ts). */
@@ -26,6 +28,30 @@ function paced(url: string, perSecond: number, seconds: number): Promise<Paced> 
 }
 
 const BENCH = path.join(ROOT, 'data', 'bench')
+
+/** nginx with one worker process answering every request with a constant 200: the floor. */
+async function startFloor(): Promise<{ url: string; stop(): Promise<void> }> {
+  const dir = path.join(BENCH, 'health-floor')
+  rmSync(dir, { recursive: true, force: true })
+  mkdirSync(dir, { recursive: true })
+  const port = await freePort()
+  writeFileSync(path.join(dir, 'nginx.conf'), `
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+daemon off;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fcgi;
+  uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
+  server { listen 127.0.0.1:${port}; location / { return 200 'ok'; } }
+}`)
+  const nginx = spawn('nginx', ['-c', path.join(dir, 'nginx.conf'), '-p', dir], { stdio: 'inherit', detached: true })
+  const url = `http://127.0.0.1:${port}`
+  await waitHttp(url)
+  return { url, stop: () => stopProcess(nginx) }
+}
 const REPOS = path.join(BENCH, 'repos')
 const CLONES = 8
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 15)
@@ -39,13 +65,18 @@ async function main(): Promise<void> {
   makeLargeRepo(path.join(REPOS, 'large.git'))
   const data = path.join(BENCH, 'worker-data')
   sh(process.execPath, [CLI, 'repo', 'visibility', 'large', 'public', '--repos', REPOS, '--data', data])
-  for (const helper of [true, false]) await measure(data, helper)
+  const floor = await startFloor()
+  try {
+    for (const helper of [true, false]) await measure(data, helper, helper ? floor.url : undefined)
+  } finally {
+    await floor.stop()
+  }
 }
 
 interface Target { name: string; url: string }
 
 /** One worker, with or without the spawn helper: the idle and busy runs of each target, and their table. */
-async function measure(data: string, helper: boolean): Promise<void> {
+async function measure(data: string, helper: boolean, floorUrl?: string): Promise<void> {
   const worker = await startWorker(['--repos', REPOS, '--data', data, '--hg-processes', '0', '--health-port', '0'], { VCS_WORKER_SPAWN_HELPER: String(helper) })
   console.log(`\n${helper ? 'git started through the spawn helper (default)' : 'git spawned by the worker itself (VCS_WORKER_SPAWN_HELPER=false)'}:`)
   const env = { ...process.env, HOME: path.join(BENCH, 'home'), GIT_CONFIG_NOSYSTEM: '1', GIT_TERMINAL_PROMPT: '0' }
@@ -54,6 +85,7 @@ async function measure(data: string, helper: boolean): Promise<void> {
   const targets: Target[] = [
     ...(helper ? [{ name: 'health port', url: `${healthPort}/health/git` }] : []),
     { name: 'worker port', url: `${worker.url}/health/git` },
+    ...(floorUrl ? [{ name: 'nginx floor', url: `${floorUrl}/health/git` }] : []),
   ]
   try {
     const idle = targets.map((p) => wrk(p.url, PROBE_CONNECTIONS, SECONDS))

@@ -8,6 +8,8 @@
  * results age past three intervals and count as failed.
  */
 import http from 'node:http'
+import { readlinkSync } from 'node:fs'
+import { setPriority } from 'node:os'
 import { parentPort, workerData } from 'node:worker_threads'
 import { AgentServer } from './agent.js'
 import { ENDPOINT_CHECKS, endpointAnswer, type HealthSnapshot } from './checks.js'
@@ -24,6 +26,17 @@ export interface ProbeThreadInit {
 /** `ack`: answer `{ acked: true }` once this snapshot is in place */
 export type ToThread = { snapshot: HealthSnapshot; ack?: boolean } | { close: true }
 export type FromThread = { listening: { agentPort?: number; healthPort?: number } } | { error: string } | { acked: true }
+
+/**
+ * A probe should not wait for the scheduler either: on Linux, setpriority on a thread id sets
+ * that thread alone, so this thread asks for a higher priority than the worker's (which streams
+ * packs at nice 0). Raising a priority needs CAP_SYS_NICE; without it the thread stays as it is.
+ */
+const PROBE_NICE = -10
+try {
+  const tid = Number(readlinkSync('/proc/thread-self').split('/').pop())
+  setPriority(tid, PROBE_NICE)
+} catch { /* not permitted, or not Linux */ }
 
 const init = workerData as ProbeThreadInit
 const port = parentPort!
