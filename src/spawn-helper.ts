@@ -21,8 +21,9 @@ interface SpawnRequest {
 /** the worker's spawn socket, in Linux's abstract namespace (the worker passes the name without its NUL) */
 const SOCKET = `\0${process.argv[2]!}`
 
+/** To the worker; once it is gone (the channel can close between the check and the write) there is no one to tell. */
 const send = (msg: object): void => {
-  if (process.connected) process.send!(msg)
+  if (process.connected) process.send!(msg, undefined, undefined, () => { /* EPIPE: the worker is gone */ })
 }
 
 /** One connection to the worker, tagged; paused so this process never reads a byte of it. */

@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { CLI, ROOT, freePort, makeLargeRepo, median, rssOf, sh, startWorker, stopProcess, table, timeAsync, waitHttp, wrk } from './lib.js'
+import { CLI, ROOT, freePort, makeLargeRepo, median, rssOf, sh, startNginx, startWorker, stopProcess, table, timeAsync, wrk } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench')
 const REPOS = path.join(BENCH, 'repos')
@@ -21,24 +21,13 @@ const CONCURRENT = 16
 async function startClassic(reposDir: string): Promise<{ url: string; stop(): Promise<void> }> {
   const dir = path.join(BENCH, 'classic')
   rmSync(dir, { recursive: true, force: true })
-  mkdirSync(path.join(dir, 'tmp'), { recursive: true })
+  mkdirSync(dir, { recursive: true })
   const port = await freePort()
   // TCP rather than a unix socket: nginx's workers drop to www-data when started as root and
   // could not open a root-owned socket.
   const fcgiPort = await freePort()
   const fcgi = spawn('fcgiwrap', ['-c', String(CONCURRENT), '-s', `tcp:127.0.0.1:${fcgiPort}`], { stdio: 'inherit', detached: true })
-  const conf = `
-worker_processes 2;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-daemon off;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/tmp/body; fastcgi_temp_path ${dir}/tmp/fcgi;
-  proxy_temp_path ${dir}/tmp/proxy; uwsgi_temp_path ${dir}/tmp/uwsgi; scgi_temp_path ${dir}/tmp/scgi;
-  server {
-    listen 127.0.0.1:${port};
+  const nginx = await startNginx(dir, port, 2, `
     client_max_body_size 0;
     location / {
       fastcgi_pass 127.0.0.1:${fcgiPort};
@@ -56,17 +45,14 @@ http {
       fastcgi_param GIT_PROTOCOL $http_git_protocol;
       fastcgi_param HTTP_CONTENT_ENCODING $http_content_encoding;
       fastcgi_param REMOTE_ADDR $remote_addr;
-    }
-  }
-}`
-  writeFileSync(path.join(dir, 'nginx.conf'), conf)
-  const nginx = spawn('nginx', ['-c', path.join(dir, 'nginx.conf'), '-p', dir], { stdio: 'inherit', detached: true })
-  const url = `http://127.0.0.1:${port}`
-  await waitHttp(url)
+    }`).catch(async (err: unknown) => {
+    await stopProcess(fcgi)
+    throw err
+  })
   return {
-    url,
+    url: nginx.url,
     async stop() {
-      await stopProcess(nginx)
+      await nginx.stop()
       await stopProcess(fcgi)
     },
   }

@@ -9,12 +9,12 @@
  * Prints requests per second, p50 and p99 latency; target: p99 <= 5 ms while the clones run.
  * README records it.
  */
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, rmSync } from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { rm } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
-import { CLI, ROOT, freePort, makeLargeRepo, sh, startWorker, stopProcess, table, timeAsync, waitHttp, wrk, wrkAsync, type WrkResult } from './lib.js'
+import { CLI, ROOT, freePort, makeLargeRepo, sh, startNginx, startWorker, table, timeAsync, wrk, wrkAsync, type WrkResult } from './lib.js'
 
 type Paced = { sent: number; errors: number; p50Ms: number; p99Ms: number; maxMs: number }
 /** The paced prober, in its own process (probe.ts). */
@@ -35,22 +35,7 @@ async function startFloor(): Promise<{ url: string; stop(): Promise<void> }> {
   rmSync(dir, { recursive: true, force: true })
   mkdirSync(dir, { recursive: true })
   const port = await freePort()
-  writeFileSync(path.join(dir, 'nginx.conf'), `
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-daemon off;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fcgi;
-  uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
-  server { listen 127.0.0.1:${port}; location / { return 200 'ok'; } }
-}`)
-  const nginx = spawn('nginx', ['-c', path.join(dir, 'nginx.conf'), '-p', dir], { stdio: 'inherit', detached: true })
-  const url = `http://127.0.0.1:${port}`
-  await waitHttp(url)
-  return { url, stop: () => stopProcess(nginx) }
+  return startNginx(dir, port, 1, "location / { return 200 'ok'; }")
 }
 const REPOS = path.join(BENCH, 'repos')
 const CLONES = 8

@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import http from 'node:http'
-import { existsSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -213,4 +213,35 @@ export async function paced(url: string, perSecond: number, seconds: number): Pr
   const s = latencies.sort((a, b) => a - b)
   const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? NaN
   return { sent: total, errors, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: s[s.length - 1] ?? NaN }
+}
+
+/**
+ * nginx in the foreground (its own process group, stopped by PID) with every file under `dir`,
+ * listening on 127.0.0.1:port with `server` as the inside of its server block.
+ */
+export async function startNginx(dir: string, port: number, workers: number, server: string): Promise<{ url: string; stop(): Promise<void> }> {
+  writeFileSync(path.join(dir, 'nginx.conf'), `
+worker_processes ${workers};
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+daemon off;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body; fastcgi_temp_path ${dir}/fcgi;
+  proxy_temp_path ${dir}/proxy; uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
+  server {
+    listen 127.0.0.1:${port};
+    ${server}
+  }
+}`)
+  const nginx = spawn('nginx', ['-c', path.join(dir, 'nginx.conf'), '-p', dir], { stdio: 'inherit', detached: true })
+  const url = `http://127.0.0.1:${port}`
+  try {
+    await waitHttp(url)
+  } catch (err) {
+    await stopProcess(nginx)
+    throw err
+  }
+  return { url, stop: () => stopProcess(nginx) }
 }
