@@ -41,6 +41,13 @@ try {
 const init = workerData as ProbeThreadInit
 const port = parentPort!
 let snap = init.snapshot
+/**
+ * Each endpoint's answer, built once per snapshot and at most ANSWER_TTL_MS old, rather than per
+ * probe: a flood of probes costs this thread the HTTP exchange alone. Without new snapshots (a
+ * blocked worker) answers are still rebuilt, so their checks are seen to go stale.
+ */
+const ANSWER_TTL_MS = 100
+const answers = new Map<string, { code: number; body: string; at: number }>()
 
 /** `GET|HEAD /health/{live,git,hg,ready}`, as the worker's own port answers them. */
 function answer(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -57,10 +64,16 @@ function answer(req: http.IncomingMessage, res: http.ServerResponse): void {
     code = 200
     body = 'ok\n'
   } else if (names) {
-    const a = endpointAnswer(snap, names, Date.now())
+    const now = Date.now()
+    let a = answers.get(pathname)
+    if (!a || now - a.at >= ANSWER_TTL_MS) {
+      const { code, body } = endpointAnswer(snap, names, now)
+      a = { code, body: JSON.stringify(body), at: now }
+      answers.set(pathname, a)
+    }
     code = a.code
     type = 'application/json; charset=utf-8'
-    body = JSON.stringify(a.body)
+    body = a.body
   } else {
     code = 404
     body = 'not found: the health port serves /health/live, /health/git, /health/hg and /health/ready\n'
@@ -99,6 +112,7 @@ async function close(): Promise<void> {
 port.on('message', (m: ToThread) => {
   if ('snapshot' in m) {
     snap = m.snapshot
+    answers.clear()
     if (m.ack) port.postMessage({ acked: true } satisfies FromThread)
   } else void close()
 })

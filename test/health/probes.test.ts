@@ -1,5 +1,5 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { Worker } from 'node:worker_threads'
 import { rename } from 'node:fs/promises'
 import net from 'node:net'
 import { startWorker, rawRequest, waitFor } from '../helpers/worker.js'
@@ -67,22 +67,31 @@ t.test('health port: answers while the worker\'s event loop is blocked, and says
   const w = await startWorker(t, { 'health-port': '0', 'health-interval-ms': '100' })
   const hp = w.app.probes!.healthPort!
   t.equal((await rawRequest(hp, 'GET', '/health/git')).status, 200)
-  // A prober in a process of its own asks 700 ms from now; this event loop is blocked for 1.5 s
-  // from now, so only the thread can answer, and the checks have not run for over 3 intervals.
-  const prober = spawn(process.execPath, ['-e', `
-    setTimeout(() => require('node:http').get('http://127.0.0.1:${hp}/health/git', (res) => {
+  // A prober on a thread of its own polls the health port until it answers 503 (at most 10 s)
+  // and wakes this thread, whose event loop is blocked meanwhile: only the probe thread can
+  // answer, and the checks stop running, so their results must go stale.
+  const flag = new Int32Array(new SharedArrayBuffer(4))
+  const prober = new Worker(`
+    const { workerData, parentPort } = require('node:worker_threads')
+    const http = require('node:http')
+    const until = Date.now() + 10000
+    const poll = () => http.get('http://127.0.0.1:' + workerData.port + '/health/git', (res) => {
       let body = ''
       res.on('data', (c) => { body += c })
-      res.on('end', () => console.log(JSON.stringify({ at: Date.now(), status: res.statusCode, body })))
-    }), 700)`], { stdio: ['ignore', 'pipe', 'inherit'] })
-  let out = ''
-  prober.stdout.on('data', (c: Buffer) => { out += c })
-  const closed = new Promise((r) => prober.once('close', r))
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1500) // the worker's loop, blocked
-  const unblocked = Date.now()
-  await closed
-  const answer = JSON.parse(out) as { at: number; status: number; body: string }
-  t.ok(answer.at < unblocked, `answered while the worker's loop was blocked (${unblocked - answer.at} ms before it was free)`)
+      res.on('end', () => {
+        if (res.statusCode === 503 || Date.now() > until) {
+          parentPort.postMessage({ status: res.statusCode, body })
+          Atomics.store(workerData.flag, 0, 1)
+          Atomics.notify(workerData.flag, 0)
+        } else setTimeout(poll, 50)
+      })
+    })
+    poll()`, { eval: true, workerData: { port: hp, flag } })
+  const message = new Promise<{ status: number; body: string }>((resolve) => prober.once('message', resolve))
+  t.teardown(() => prober.terminate())
+  const woken = Atomics.wait(flag, 0, 0, 15_000) // the worker's event loop, blocked
+  t.equal(woken, 'ok', 'the health port answered while the worker\'s event loop was blocked')
+  const answer = await message
   t.equal(answer.status, 503, 'checks that stopped running count as failed')
   t.match(JSON.parse(answer.body).checks.git_canary.message, /^stale: last run/)
   await waitFor(async () => (await rawRequest(hp, 'GET', '/health/git')).status === 200, 5_000, 'green again once the loop runs')
