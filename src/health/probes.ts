@@ -16,7 +16,7 @@ export class ProbeThread {
   /** Starts the listeners asked for (-1 = none); rejects with the reason one cannot listen. */
   static async start(opts: { host: string; agentPort: number; healthPort: number; health: HealthChecker; log: FastifyBaseLogger }): Promise<ProbeThread> {
     const init: ProbeThreadInit = { host: opts.host, agentPort: opts.agentPort, healthPort: opts.healthPort, snapshot: opts.health.snapshot() }
-    const worker = new Worker(new URL('./probe-thread.js', import.meta.url), { workerData: init, resourceLimits: { maxOldGenerationSizeMb: 32 } })
+    const worker = new Worker(new URL('./probe-thread.js', import.meta.url), { workerData: init })
     const listening = await new Promise<{ agentPort?: number; healthPort?: number }>((resolve, reject) => {
       worker.once('message', (m: FromThread) => ('error' in m ? reject(new Error(m.error)) : 'listening' in m ? resolve(m.listening) : undefined))
       worker.once('error', reject)
