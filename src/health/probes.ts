@@ -11,7 +11,7 @@ import type { FromThread, ProbeThreadInit, ToThread } from './probe-thread.js'
 const SNAPSHOT_EVERY_MS = 100
 
 export class ProbeThread {
-  private constructor(private readonly worker: Worker, private readonly timer: NodeJS.Timeout, private readonly health: HealthChecker, readonly agentPort: number | undefined, readonly healthPort: number | undefined) {}
+  private constructor(private readonly worker: Worker, private readonly exited: Promise<unknown>, private readonly timer: NodeJS.Timeout, private readonly health: HealthChecker, readonly agentPort: number | undefined, readonly healthPort: number | undefined) {}
 
   /** Starts the listeners asked for (-1 = none); rejects with the reason one cannot listen. */
   static async start(opts: { host: string; agentPort: number; healthPort: number; health: HealthChecker; log: FastifyBaseLogger }): Promise<ProbeThread> {
@@ -36,21 +36,21 @@ export class ProbeThread {
     // Running, a thread that fails takes the agent and health ports with it: the balancer marks
     // the worker down, which is right for a worker that cannot answer its probes.
     worker.on('error', (err) => opts.log.error({ err }, 'probe thread failed: agent and health ports closed'))
+    const exited = new Promise((r) => worker.once('exit', r))
     const post = (): void => worker.postMessage({ snapshot: opts.health.snapshot() } satisfies ToThread)
     opts.health.onChange = post
     const timer = setInterval(post, SNAPSHOT_EVERY_MS)
     timer.unref()
-    return new ProbeThread(worker, timer, opts.health, listening.agentPort, listening.healthPort)
+    return new ProbeThread(worker, exited, timer, opts.health, listening.agentPort, listening.healthPort)
   }
 
   /** Closes the listeners and ends the thread (terminated if it takes over a second). */
   async stop(): Promise<void> {
     clearInterval(this.timer)
     this.health.onChange = undefined
-    const exited = new Promise((r) => this.worker.once('exit', r))
-    this.worker.postMessage({ close: true } satisfies ToThread)
+    this.worker.postMessage({ close: true } satisfies ToThread) // a thread that failed already: nobody reads it
     const t = setTimeout(() => void this.worker.terminate(), 1000)
-    await exited
+    await this.exited
     clearTimeout(t)
   }
 }

@@ -106,3 +106,13 @@ t.test('health port in use: the worker does not start, and says which', async (t
   const taken = (blocker.address() as net.AddressInfo).port
   await t.rejects(startWorker(t, { 'health-port': String(taken) }), /cannot listen for probes on 127\.0\.0\.1 \(agentPort -1, healthPort \d+\): listen EADDRINUSE/)
 })
+
+t.test('a probe thread that died: its port closes, the worker port still answers, and the worker still closes', async (t) => {
+  const w = await startWorker(t, { 'health-port': '0' })
+  const hp = w.app.probes!.healthPort!
+  await (w.app.probes as unknown as { worker: Worker }).worker.terminate()
+  await t.rejects(rawRequest(hp, 'GET', '/health/git'), { code: 'ECONNREFUSED' }, 'the balancer sees the worker down')
+  t.equal((await rawRequest(w.port, 'GET', '/health/git')).status, 200, 'the worker port answers')
+  const closed = await Promise.race([w.app.close().then(() => 'closed'), new Promise((r) => setTimeout(() => r('hung'), 5_000))])
+  t.equal(closed, 'closed')
+})
