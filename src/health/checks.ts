@@ -75,7 +75,7 @@ export function reportOf(snap: HealthSnapshot, names: CheckName[], now: number):
       status: good ? 'ok' : 'fail',
       last_run: c.lastRun ? new Date(c.lastRun).toISOString() : null,
       duration_ms: c.durationMs,
-      message: stale && c.lastRun ? `stale: last run ${Math.round((now - c.lastRun) / 1000)} s ago` : c.message,
+      message: stale && c.lastRun ? `stale: last run ${((now - c.lastRun) / 1000).toFixed(1)} s ago` : c.message,
     }
   }
   return { ok, checks }
