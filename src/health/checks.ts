@@ -2,8 +2,8 @@
  * Deep health checks, run in the background on an unref'd timer with a timeout each; the
  * endpoints only read the cached results, so a hundred balancers probing every second cost
  * nothing and never spawn a process. A check turns red after two failures in a row (one slow
- * probe does not flap the worker) and green after one success; a result older than three
- * intervals counts as failed. No check depends on another worker.
+ * probe does not flap the worker) and green after one success; a stale result (staleAfterMs)
+ * counts as failed. No check depends on another worker.
  */
 import { statfs, writeFile, unlink, access, constants } from 'node:fs/promises'
 import path from 'node:path'
@@ -39,7 +39,8 @@ export const ALL_CHECKS: CheckName[] = [...new Set([...GIT_CHECKS, ...HG_CHECKS]
  * thread (probe-thread.ts) all answer from one of these, so they can never disagree.
  */
 export interface HealthSnapshot {
-  intervalMs: number
+  /** a check result older than this is stale (see staleAfterMs) */
+  staleAfterMs: number
   draining: boolean
   /** why the worker refuses heavy work, when its slots and queue are full */
   saturated?: string
@@ -54,8 +55,8 @@ export interface HealthReport {
 
 /**
  * The report of a snapshot for a set of checks at time `now`; `ok` only if every one is green
- * and fresh. A result older than three intervals is stale and counts as failed: a worker whose
- * checks stopped running (a wedged event loop) goes red on its own.
+ * and fresh. A stale result counts as failed: a worker whose checks stopped running (a wedged
+ * event loop) goes red on its own.
  */
 export function reportOf(snap: HealthSnapshot, names: CheckName[], now: number): HealthReport {
   const checks: Record<string, CheckResult> = {}
@@ -68,7 +69,7 @@ export function reportOf(snap: HealthSnapshot, names: CheckName[], now: number):
       continue
     }
     const c = snap.checks[name] ?? { ok: false, lastRun: 0, durationMs: 0, message: 'not run yet' }
-    const stale = now - c.lastRun > 3 * snap.intervalMs
+    const stale = now - c.lastRun > snap.staleAfterMs
     const good = c.ok && !stale
     if (!good) ok = false
     checks[name] = {
@@ -89,6 +90,14 @@ export function endpointAnswer(snap: HealthSnapshot, names: CheckName[], now: nu
   const { ok, checks } = reportOf(snap, names, now)
   const failing = Object.entries(checks).filter(([, c]) => c.status === 'fail').map(([n]) => n)
   return { code: ok ? 200 : 503, body: { status: ok ? 'ok' : 'fail', failing, checks } }
+}
+
+/**
+ * How old a result may be: three intervals, or one interval plus the check's timeout when that
+ * is longer (a check may rightly take its whole timeout before its next result arrives).
+ */
+export function staleAfterMs(intervalMs: number, timeoutMs: number): number {
+  return Math.max(3 * intervalMs, intervalMs + timeoutMs)
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
@@ -182,7 +191,7 @@ export class HealthChecker {
     const checks: HealthSnapshot['checks'] = {}
     for (const [name, c] of this.checks) checks[name] = { ok: c.ok, lastRun: c.lastRun, durationMs: c.durationMs, message: c.message }
     return {
-      intervalMs: this.config.healthIntervalMs,
+      staleAfterMs: staleAfterMs(this.config.healthIntervalMs, this.config.healthTimeoutMs),
       draining: this.isDraining,
       saturated: a.saturated ? `saturated: ${a.active} heavy requests running, ${a.queued} queued` : undefined,
       load: { active: a.active, queued: a.queued, heavyLimit: a.limits.heavyLimit, queueLimit: a.limits.queueLimit },

@@ -5,7 +5,7 @@
  * while 8 large clones ran). Here a probe waits for nothing: the worker posts its health
  * snapshot (probes.ts) at every change and every SNAPSHOT_EVERY_MS, and the answers are built
  * from the newest one. A worker whose event loop stops posting goes red on its own: its check
- * results age past three intervals and count as failed.
+ * results go stale and count as failed.
  */
 import http from 'node:http'
 import { readlinkSync } from 'node:fs'

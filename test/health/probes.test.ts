@@ -64,7 +64,8 @@ t.test('health port: the same answers as the worker port, from a thread of its o
 })
 
 t.test('health port: answers while the worker\'s event loop is blocked, and says its checks went stale', async (t) => {
-  const w = await startWorker(t, { 'health-port': '0', 'health-interval-ms': '100' })
+  // results go stale after max(3 x 100, 100 + 300) ms
+  const w = await startWorker(t, { 'health-port': '0', 'health-interval-ms': '100', 'health-timeout-ms': '300' })
   const hp = w.app.probes!.healthPort!
   t.equal((await rawRequest(hp, 'GET', '/health/git')).status, 200)
   // A prober on a thread of its own polls the health port until it answers 503 (at most 10 s)
