@@ -13,6 +13,7 @@
  * from cached state only; nothing is spawned.
  */
 import net from 'node:net'
+import { listenOn } from '../listen.js'
 import { GIT_CHECKS, HG_CHECKS, ALL_CHECKS, reportOf, type CheckName, type HealthSnapshot } from './checks.js'
 
 const AGENT_READ_MS = 100
@@ -41,16 +42,7 @@ export class AgentServer {
     const server = net.createServer((socket) => this.answer(socket))
     server.maxConnections = 256
     this.server = server
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen({ host, port }, () => { server.off('error', reject); resolve() })
-    })
-    return (server.address() as net.AddressInfo).port
-  }
-
-  get port(): number | undefined {
-    const a = this.server?.address()
-    return a && typeof a === 'object' ? a.port : undefined
+    return listenOn(server, host, port)
   }
 
   async stop(): Promise<void> {

@@ -12,6 +12,7 @@ import { readlinkSync } from 'node:fs'
 import { setPriority } from 'node:os'
 import { parentPort, workerData } from 'node:worker_threads'
 import { AgentServer } from './agent.js'
+import { listenOn } from '../listen.js'
 import { ENDPOINT_CHECKS, endpointAnswer, type HealthSnapshot } from './checks.js'
 
 export interface ProbeThreadInit {
@@ -82,17 +83,6 @@ function answer(req: http.IncomingMessage, res: http.ServerResponse): void {
   res.end(req.method === 'HEAD' ? undefined : body)
 }
 
-function listen(server: http.Server | AgentServer, p: number): Promise<number> {
-  if (server instanceof AgentServer) return server.start(init.host, p)
-  return new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen({ host: init.host, port: p }, () => {
-      server.off('error', reject)
-      resolve((server.address() as { port: number }).port)
-    })
-  })
-}
-
 const agent = init.agentPort >= 0 ? new AgentServer(() => snap) : undefined
 let web: http.Server | undefined
 if (init.healthPort >= 0) {
@@ -117,7 +107,7 @@ port.on('message', (m: ToThread) => {
   } else void close()
 })
 
-Promise.all([agent ? listen(agent, init.agentPort) : undefined, web ? listen(web, init.healthPort) : undefined]).then(
+Promise.all([agent?.start(init.host, init.agentPort), web && listenOn(web, init.host, init.healthPort)]).then(
   ([agentPort, healthPort]) => port.postMessage({ listening: { agentPort, healthPort } } satisfies FromThread),
   (err: unknown) => {
     port.postMessage({ error: (err as Error).message } satisfies FromThread)

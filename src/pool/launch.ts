@@ -11,6 +11,7 @@ import { createWriteStream, readFileSync, mkdirSync, openSync, closeSync, writeF
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { haproxyConfig, type PoolSpec } from './haproxy.js'
+import { listenOn } from '../listen.js'
 
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli.js')
 
@@ -143,10 +144,7 @@ export class Pool {
       req.resume()
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end('<!doctype html><title>web</title><p>the web application (stand-in)</p>\n')
     })
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(port, host, () => resolve())
-    })
+    await listenOn(server, host, port)
     this.web = server
   }
 
