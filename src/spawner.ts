@@ -140,7 +140,13 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
         open--
         maybeDone()
       })
-      socket.pipe(out)
+      // Nobody reads a stand-in that was destroyed (a response cut short): the socket, unpiped
+      // and paused, would never see git's EOF and the spawn would never settle. Close it.
+      if (out.destroyed) socket.destroy()
+      else {
+        out.once('close', () => socket.destroy())
+        socket.pipe(out)
+      }
     },
     exit(s) {
       if (status) return

@@ -4,11 +4,11 @@ import path from 'node:path'
 import http from 'node:http'
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
+import { spawnChild } from '../../src/process.js'
 import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, waitFor, run, CLI, rawRequest, gitWrapper, PASS_THROUGH_GIT, addBigRepo } from '../helpers/worker.js'
 
 const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
 
-/** Adds big.git (one 40 MB incompressible blob) to a repos dir; returns its main commit. */
 /** Starts a v0 fetch of `oid`, reads the first bytes, then stops reading; resolves with the request. */
 function stalledClone(port: number, oid: string): Promise<{ req: http.ClientRequest; res: http.IncomingMessage }> {
   return new Promise((resolve, reject) => {
@@ -144,3 +144,12 @@ for (const v of ['0', '2']) {
     })
   }
 }
+
+t.test('through the spawn helper, output nobody reads any more (a response cut short) does not leave the child blocked', async (t) => {
+  // 8 MB to a stdout whose reader was destroyed at once: the child must see its reader gone
+  // (EPIPE) and exit, and the spawn must settle, instead of waiting forever on a paused socket.
+  const child = spawnChild('sh', ['-c', 'head -c 8000000 /dev/zero'], { env: { PATH: process.env.PATH! }, killGraceMs: 1000, viaHelper: true })
+  child.proc.stdout.destroy()
+  const status = await Promise.race([child.exited, new Promise((r) => setTimeout(() => r('still running'), 10_000))])
+  t.not(status, 'still running', 'the child exited and its streams closed')
+})
