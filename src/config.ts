@@ -64,6 +64,7 @@ export const OPTIONS = {
   drainGraceMs: { kind: 'int', flag: 'drain-grace-ms', env: 'VCS_WORKER_DRAIN_GRACE_MS', doc: 'after SIGTERM, how long new work is still accepted (longer than the balancer\'s check interval x fall)', min: 0 },
   drainTimeoutMs: { kind: 'int', flag: 'drain-timeout-ms', env: 'VCS_WORKER_DRAIN_TIMEOUT_MS', doc: 'after SIGTERM, how long in-flight clones and pushes may take before the exit is forced', min: 0 },
   childNice: { kind: 'int', flag: 'child-nice', env: 'VCS_WORKER_CHILD_NICE', doc: 'niceness of git and hg serve children: the worker stays responsive when they saturate the CPU (0 = same as the worker)', min: 0, max: 19 },
+  hgHandoff: { kind: 'bool', flag: 'hg-handoff', env: 'VCS_WORKER_HG_HANDOFF', doc: 'hand the client connection of a bundle download (getbundle) to the hg serve child, which streams the bundle to the client itself' },
   spawnHelper: { kind: 'bool', flag: 'spawn-helper', env: 'VCS_WORKER_SPAWN_HELPER', doc: 'start git through a helper process, so its fork never blocks the event loop' },
   metricsRepoLabel: { kind: 'bool', flag: 'metrics-repo-label', env: 'VCS_WORKER_METRICS_REPO_LABEL', doc: 'label request metrics with the repo (unbounded with many repos)' },
 } as const satisfies Record<string, Option>
@@ -107,6 +108,7 @@ export interface Config {
   readonly drainTimeoutMs: number
   readonly metricsRepoLabel: boolean
   readonly childNice: number
+  readonly hgHandoff: boolean
   readonly spawnHelper: boolean
   /** derived: PATH handed to children (the worker's own) */
   readonly envPath: string
@@ -158,6 +160,7 @@ export const DEFAULTS: Config = {
   drainTimeoutMs: 300_000,
   metricsRepoLabel: false,
   childNice: 10,
+  hgHandoff: true,
   spawnHelper: true,
   envPath: '/usr/local/bin:/usr/bin:/bin',
   homeDir: '',

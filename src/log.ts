@@ -20,6 +20,8 @@ export interface AccessInfo {
   exitCode?: number | string | null
   pid?: number
   aborted?: boolean
+  /** set when someone else wrote the answer (an hg child on a handed-over connection): whether it went out whole */
+  completed?: boolean
   /** a git process was started (or tried) for this request */
   spawned?: boolean
   /** reads the byte count of the request body lazily, at log time */
@@ -144,7 +146,7 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
         bytes_out: record.bytesOut,
         exit_code: record.exitCode,
         child_pid: record.pid,
-        aborted: a.aborted || !res.writableFinished || undefined,
+        aborted: (a.completed === undefined ? a.aborted || !res.writableFinished : !a.completed) || undefined,
         duration_ms: record.durationMs,
       }, 'request')
       observer.finished?.(record)

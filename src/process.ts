@@ -3,7 +3,7 @@
  * always await the exit, keep a bounded tail of stderr. git/ and hg/ build on this; nothing
  * else calls `spawn`.
  */
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { setPriority } from 'node:os'
 import { Writable, type Readable } from 'node:stream'
 import { spawnViaHelper } from './spawner.js'
@@ -24,6 +24,8 @@ export interface ChildStreams {
 
 export interface Child {
   readonly proc: ChildStreams
+  /** the child's IPC channel (Node's `send`, which can pass sockets), when spawned with `ipc` */
+  readonly channel?: ChildProcess
   /** undefined until known (through the helper: a moment after the spawn) or when it never started */
   readonly pid: number | undefined
   /** resolves once the process exited and its stdio closed; never rejects */
@@ -48,6 +50,8 @@ export interface SpawnOptions {
   nice?: number
   /** spawn through the spawn helper: the fork does not block this process's event loop */
   viaHelper?: boolean
+  /** open Node's IPC channel to the child as its fd 3 (direct spawns only) */
+  ipc?: boolean
 }
 
 /**
@@ -77,8 +81,8 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
       return status
     })
   } else {
-    const direct = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: ['pipe', 'pipe', 'pipe'] })
-    proc = direct
+    const direct = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: opts.ipc ? ['pipe', 'pipe', 'pipe', 'ipc'] : ['pipe', 'pipe', 'pipe'] })
+    proc = direct as ChildProcessWithoutNullStreams // stdin, stdout and stderr are pipes either way
     pid = direct.pid
     // Set before the child had time to exec and fork: its children inherit the niceness.
     if (opts.nice && direct.pid !== undefined) {
@@ -107,6 +111,7 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
   proc.stdin.on('error', () => {})
   const child: Child = {
     proc,
+    channel: opts.ipc && !opts.viaHelper ? proc as ChildProcess : undefined,
     get pid() { return pid },
     exited,
     stderr: () => tail.trim(),

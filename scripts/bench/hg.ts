@@ -1,18 +1,20 @@
 /**
  * `npm run bench:hg`: in one run, interleaved: clone of a large hg repo through the worker vs
  * straight from a bare `hg serve` vs a local `hg clone --pull` (the limit: the same bundle work,
- * no HTTP); then 4 concurrent server-side bundle streams (curl fetches `getbundle` and throws
- * the bytes away, so the servers' work is what is measured) with N=1 vs N=2 children; and the
- * worker's own CPU per MB proxied. The repo is generated once under data/bench-hg/.
+ * no HTTP), and through a worker that proxies the bundle instead of handing the connection over;
+ * then 4 concurrent server-side bundle streams (curl sends `hg clone`'s own getbundle request and
+ * throws the bytes away, so the servers' work is what is measured) with N=1 vs N=2 children, and
+ * one vs two bare `hg serve`; the same for the legacy zlib request; and the worker's own CPU per
+ * MB of clone. The repo is generated once under data/bench-hg/.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { CLI, ROOT, freePort, median, sh, startWorker, stopProcess, table, timeAsync, waitHttp } from './lib.js'
+import { CLI, ROOT, freePort, median, sh, startWorker, stopProcess, table, timeAsync, waitHttp, type Started } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench-hg')
 const REPOS = path.join(BENCH, 'repos')
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const HGENV = { ...process.env, HGPLAIN: '1', HGRCPATH: '', HGUSER: 'Bench <bench@example.invalid>', HGDEMANDIMPORT: 'disable' }
 
 function makeLargeRepo(dir: string): void {
@@ -50,11 +52,27 @@ async function bareServe(): Promise<{ url: string; stop(): Promise<void> }> {
   return { url, stop: () => stopProcess(proc) }
 }
 
-/** 4 concurrent getbundle streams of the whole repo, bytes discarded; wall time in ms. */
-async function bundleStreams(base: string, tip: string): Promise<number> {
+/**
+ * The getbundle arguments `hg clone` sends (captured from hg 6.3): a bundle2 with changegroup
+ * v2, phases and bookmarks, compressed with what the client accepts first (zstd).
+ */
+function cloneRequest(tip: string): string[] {
+  const caps = encodeURIComponent(['HG20', 'bundle2=' + encodeURIComponent(['HG20', 'bookmarks', 'changegroup=01,02', 'checkheads=related',
+    'digests=md5,sha1,sha512', 'error=abort,unsupportedcontent,pushraced,pushkey', 'hgtagsfnodes', 'listkeys', 'phases=heads',
+    'pushkey', 'remote-changegroup=http,https', 'stream=v2'].join('\n'))].join(','))
+  return ['-H', `X-HgArg-1: bookmarks=1&bundlecaps=${caps}&cg=1&common=${'0'.repeat(40)}&heads=${tip}&listkeys=bookmarks&phases=1`,
+    '-H', 'X-HgProto-1: 0.1 0.2 comp=zstd,zlib,none,bzip2 partial-pull']
+}
+
+/** The legacy request (no bundle2, no protocol caps): a changegroup v1 compressed with zlib. */
+function legacyRequest(tip: string): string[] {
+  return ['-H', `X-HgArg-1: common=${'0'.repeat(40)}&heads=${tip}`]
+}
+
+/** 4 concurrent getbundle streams of the whole repo spread over `bases`, bytes discarded; wall time in ms. */
+async function bundleStreams(bases: string[], request: string[]): Promise<number> {
   const t0 = Date.now()
-  const runs = await Promise.all(Array.from({ length: 4 }, () => timeAsync('curl', ['-sSf', '-o', '/dev/null',
-    '-H', `X-HgArg-1: common=${'0'.repeat(40)}&heads=${tip}`, `${base}/large-hg?cmd=getbundle`])))
+  const runs = await Promise.all(Array.from({ length: 4 }, (_, i) => timeAsync('curl', ['-sSf', '-o', '/dev/null', ...request, `${bases[i % bases.length]}/large-hg?cmd=getbundle`])))
   if (runs.some((r) => r.code !== 0)) throw new Error(`getbundle failed: ${runs.map((r) => r.stderr).join(' ')}`)
   return Date.now() - t0
 }
@@ -62,14 +80,21 @@ async function bundleStreams(base: string, tip: string): Promise<number> {
 async function main(): Promise<void> {
   mkdirSync(REPOS, { recursive: true })
   makeLargeRepo(path.join(REPOS, 'large-hg'))
-  const data = path.join(BENCH, 'worker-data')
-  sh(process.execPath, [CLI, 'repo', 'visibility', 'large-hg', 'public', '--repos', REPOS, '--data', data])
   const tip = sh('hg', ['-R', path.join(REPOS, 'large-hg'), 'log', '-r', 'tip', '-T', '{node}'], { env: HGENV })
   const sizeMb = Number(sh('du', ['-sm', path.join(REPOS, 'large-hg', '.hg')]).split('\t')[0])
-  const worker = await startWorker(['--repos', REPOS, '--data', data, '--hg-processes', '2'])
-  const one = await startWorker(['--repos', REPOS, '--data', path.join(BENCH, 'worker-data-1'), '--hg-processes', '1'])
-  sh(process.execPath, [CLI, 'repo', 'visibility', 'large-hg', 'public', '--repos', REPOS, '--data', path.join(BENCH, 'worker-data-1')])
-  const bare = await bareServe()
+  const worker = async (name: string, flags: string[]) => {
+    const data = path.join(BENCH, name)
+    sh(process.execPath, [CLI, 'repo', 'visibility', 'large-hg', 'public', '--repos', REPOS, '--data', data])
+    return startWorker(['--repos', REPOS, '--data', data, ...flags])
+  }
+  const w2 = await worker('worker-data', ['--hg-processes', '2'])
+  const w1 = await worker('worker-data-1', ['--hg-processes', '1'])
+  // the same worker with bundles proxied through it (hgHandoff off: a bool, so through the environment)
+  const data = path.join(BENCH, 'worker-data-proxied')
+  sh(process.execPath, [CLI, 'repo', 'visibility', 'large-hg', 'public', '--repos', REPOS, '--data', data])
+  const wp = await startWorker(['--repos', REPOS, '--data', data, '--hg-processes', '2'], { VCS_WORKER_HG_HANDOFF: 'false' })
+  const b1 = await bareServe()
+  const b2 = await bareServe()
   const dest = path.join(BENCH, 'clone')
   const clone = async (src: string, extra: string[] = []): Promise<number> => {
     rmSync(dest, { recursive: true, force: true })
@@ -77,37 +102,61 @@ async function main(): Promise<void> {
     if (r.code !== 0) throw new Error(`hg clone ${src} failed: ${r.stderr}`)
     return r.ms
   }
+  const cloned = async (w: Started, src: string, ticks: number[]): Promise<number> => {
+    const before = cpuTicks(w.proc.pid!)
+    const ms = await clone(src)
+    ticks.push(cpuTicks(w.proc.pid!) - before)
+    return ms
+  }
+  const streams = { client: cloneRequest(tip), legacy: legacyRequest(tip) }
   try {
-    const t = { worker: [] as number[], bare: [] as number[], limit: [] as number[], n1: [] as number[], n2: [] as number[] }
-    await clone(`${worker.url}/large-hg`)
-    let ticks = 0
+    const t: Record<string, number[]> = {}
+    const add = (k: string, v: number): void => { (t[k] ??= []).push(v) }
+    const ticks = { handoff: [] as number[], proxied: [] as number[] }
+    await clone(`${w2.url}/large-hg`)
+    await clone(`${wp.url}/large-hg`)
     for (let round = 0; round < ROUNDS; round++) {
-      const before = cpuTicks(worker.proc.pid!)
-      t.worker.push(await clone(`${worker.url}/large-hg`))
-      ticks += cpuTicks(worker.proc.pid!) - before
-      t.bare.push(await clone(`${bare.url}/large-hg`))
-      t.limit.push(await clone(path.join(REPOS, 'large-hg'), ['--pull']))
-      t.n1.push(await bundleStreams(one.url, tip))
-      t.n2.push(await bundleStreams(worker.url, tip))
+      add('worker', await cloned(w2, `${w2.url}/large-hg`, ticks.handoff))
+      add('bare', await clone(`${b1.url}/large-hg`))
+      add('limit', await clone(path.join(REPOS, 'large-hg'), ['--pull']))
+      add('proxied', await cloned(wp, `${wp.url}/large-hg`, ticks.proxied))
+      for (const [kind, request] of Object.entries(streams)) {
+        add(`${kind} n1`, await bundleStreams([w1.url], request))
+        add(`${kind} n2`, await bundleStreams([w2.url], request))
+        add(`${kind} bare1`, await bundleStreams([b1.url], request))
+        add(`${kind} bare2`, await bundleStreams([b1.url, b2.url], request))
+      }
     }
     const bundleMb = Number(sh('du', ['-sm', dest]).split('\t')[0])
-    const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)])) as Record<keyof typeof t, number>
-    const cpuMsPerMb = (ticks * 10) / (ROUNDS * Math.max(bundleMb, 1))
-    const results = { repo_mb: sizeMb, clone_ms: { worker: m.worker, bare: m.bare, limit: m.limit }, bundle_streams_ms: { n1: m.n1, n2: m.n2 }, worker_cpu_ms_per_mb: cpuMsPerMb }
+    const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)]))
+    const r = (a: string, b: string): number => m[a]! / m[b]!
+    const perMb = (xs: number[]): number => (median(xs) * 10) / Math.max(bundleMb, 1) // ticks are 10 ms
+    const results = {
+      repo_mb: sizeMb,
+      rounds: ROUNDS,
+      clone_ms: { worker: m.worker, bare: m.bare, limit: m.limit, worker_proxied: m.proxied },
+      bundle_streams_ms: Object.fromEntries(Object.entries(m).filter(([k]) => k.includes(' '))),
+      worker_cpu_ms_per_mb: { handoff: perMb(ticks.handoff), proxied: perMb(ticks.proxied) },
+    }
     console.log(table([
       ['measure', 'value', 'target', 'met'],
-      ['clone worker/bare hg serve', (m.worker / m.bare).toFixed(2), '<= 1.05', m.worker / m.bare <= 1.05 ? 'yes' : 'NO'],
-      ['clone worker/local --pull (limit)', (m.worker / m.limit).toFixed(2), '(reference)', ''],
-      ['4 bundle streams, N=2 speed-up over N=1', (m.n1 / m.n2).toFixed(2), '>= 1.2', m.n1 / m.n2 >= 1.2 ? 'yes' : 'NO'],
-      ['worker CPU per MB proxied (ms)', cpuMsPerMb.toFixed(1), '', ''],
+      ['clone worker/bare hg serve', r('worker', 'bare').toFixed(2), '<= 1.05', r('worker', 'bare') <= 1.05 ? 'yes' : 'NO'],
+      ['clone worker/local --pull (limit)', r('worker', 'limit').toFixed(2), '(reference)', ''],
+      ['clone worker, bundles proxied (hgHandoff=false)/bare', r('proxied', 'bare').toFixed(2), '(reference)', ''],
+      ['4 clone streams, N=2 speed-up over N=1', r('client n1', 'client n2').toFixed(2), '>= 1.2', r('client n1', 'client n2') >= 1.2 ? 'yes' : 'NO'],
+      ['4 clone streams, two bare hg serve over one', r('client bare1', 'client bare2').toFixed(2), '(reference)', ''],
+      ['4 legacy zlib streams, N=2 speed-up over N=1', r('legacy n1', 'legacy n2').toFixed(2), '(reference)', ''],
+      ['4 legacy zlib streams, two bare hg serve over one', r('legacy bare1', 'legacy bare2').toFixed(2), '(reference)', ''],
+      ['worker CPU per MB of clone (ms), handed over', results.worker_cpu_ms_per_mb.handoff.toFixed(1), '', ''],
+      ['worker CPU per MB of clone (ms), proxied', results.worker_cpu_ms_per_mb.proxied.toFixed(1), '', ''],
     ]))
     console.log(JSON.stringify(results, null, 2))
     writeFileSync(path.join(ROOT, 'data', 'bench-hg-results.json'), JSON.stringify(results, null, 2))
   } finally {
     rmSync(dest, { recursive: true, force: true })
-    await worker.stop()
-    await one.stop()
-    await bare.stop()
+    for (const s of [w2, w1, wp]) await s.stop()
+    await b1.stop()
+    await b2.stop()
   }
 }
 

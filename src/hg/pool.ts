@@ -16,6 +16,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
 import { spawnChild, type Child } from '../process.js'
 import { hgEnv } from './spawn.js'
+import { HandoffLine } from './handoff.js'
 
 export type HgState = 'starting' | 'ready' | 'draining' | 'stopped'
 
@@ -33,6 +34,8 @@ export interface HgChild {
   inflight: number
   agent: http.Agent
   proc?: Child
+  /** the IPC channel bundle downloads are handed over on (config hgHandoff) */
+  handoff?: HandoffLine
   readyAt: number
   probeFailures: number
 }
@@ -145,9 +148,11 @@ export class HgPool {
       }),
       killGraceMs: this.config.killGraceMs,
       nice: this.config.childNice,
+      ipc: this.config.hgHandoff,
     })
     c.proc = proc
     c.pid = proc.pid
+    c.handoff = proc.channel ? new HandoffLine(proc.channel, this.config.hgTimeoutMs, () => this.recycle(c, 'silent on its channel past hgTimeoutMs')) : undefined
     c.url = undefined
     this.spawns++
     this.transition(c, 'starting')

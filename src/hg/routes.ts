@@ -18,6 +18,7 @@ import { hgWorkClass, requestAction } from './commands.js'
 import type { Admission, Release } from '../admission.js'
 import type { HgPool } from './pool.js'
 import type { JournalRecovery } from './recover.js'
+import { handoffHead } from './handoff.js'
 
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host', 'authorization', 'cookie', 'x-vcs-worker-secret', 'x-vcs-worker-user', 'content-length', 'content-encoding'])
 const SPILL_MEMORY = 1024 * 1024
@@ -37,6 +38,8 @@ export interface HgDeps {
 class HgUpstreamError extends VcsError {
   constructor(message: string, status = 502) { super('VCS_HG_UPSTREAM', status, message) }
 }
+
+const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 
 export function hgHandler(deps: HgDeps) {
   async function hg(req: FastifyRequest, reply: FastifyReply, rawPath: string): Promise<FastifyReply> {
@@ -88,6 +91,23 @@ export function hgHandler(deps: HgDeps) {
     headers['x-vcs-worker-secret'] = child.secret
     if (principal.kind === 'user') headers['x-vcs-worker-user'] = principal.name
 
+    const handoff = child.handoff
+    if (handoff?.usable && deps.config.hgHandoff && req.method === 'GET' && req.access.service === 'getbundle' && !hasBody(req) && !req.raw.socket.destroyed) {
+      // a bundle download: the child answers on the client's connection itself (handoff.ts)
+      const head = handoffHead(req.raw.url!, req.headers.host, headers)
+      reply.hijack()
+      child.inflight++
+      const r = await handoff.hand(req.raw.socket, { head, addr: req.ip, timeoutMs: deps.config.hgTimeoutMs, timeoutBody: `${SILENT_CHILD}\n`, idleMs: deps.config.idleTimeoutMs })
+      child.inflight--
+      release()
+      if (r.cut) deps.pool.recycle(child, 'silent past hgTimeoutMs')
+      reply.raw.statusCode = r.status || 502
+      req.access.bytesOut = r.bytes
+      req.access.completed = r.complete
+      reply.raw.emit('close') // the connection is the child's: this ends the worker's record of it (access log)
+      return reply
+    }
+
     let body: NodeJS.ReadableStream | undefined
     let spill: SpillBuffer | undefined
     if (req.method === 'POST' || req.method === 'PUT') {
@@ -135,7 +155,7 @@ export function hgHandler(deps: HgDeps) {
     } catch (err) {
       done()
       req.log.error({ err, hg_child: child.id }, 'hg serve child failed')
-      if (timedOut) throw new HgUpstreamError('the hg server process did not answer in time; try again', 504)
+      if (timedOut) throw new HgUpstreamError(SILENT_CHILD, 504)
       throw new HgUpstreamError('the hg server process failed; try again')
     }
     res.once('close', done)
@@ -154,4 +174,9 @@ export function hgHandler(deps: HgDeps) {
   }
 
   return hg
+}
+
+/** A request that carries a body (which a handed-over connection could not take along). */
+function hasBody(req: FastifyRequest): boolean {
+  return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0'
 }
