@@ -14,7 +14,7 @@ import { CLI, ROOT, freePort, median, sh, startWorker, stopProcess, table, timeA
 
 const BENCH = path.join(ROOT, 'data', 'bench-hg')
 const REPOS = path.join(BENCH, 'repos')
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 9)
 const HGENV = { ...process.env, HGPLAIN: '1', HGRCPATH: '', HGUSER: 'Bench <bench@example.invalid>', HGDEMANDIMPORT: 'disable' }
 
 function makeLargeRepo(dir: string): void {
@@ -116,10 +116,15 @@ async function main(): Promise<void> {
     await clone(`${w2.url}/large-hg`)
     await clone(`${wp.url}/large-hg`)
     for (let round = 0; round < ROUNDS; round++) {
-      add('worker', await cloned(w2, `${w2.url}/large-hg`, ticks.handoff))
-      add('bare', await clone(`${b1.url}/large-hg`))
-      add('limit', await clone(path.join(REPOS, 'large-hg'), ['--pull']))
-      add('proxied', await cloned(wp, `${wp.url}/large-hg`, ticks.proxied))
+      // every other round in reverse order, so none of them always follows the heavy stream runs
+      const clones: [string, () => Promise<number>][] = [
+        ['worker', () => cloned(w2, `${w2.url}/large-hg`, ticks.handoff)],
+        ['bare', () => clone(`${b1.url}/large-hg`)],
+        ['limit', () => clone(path.join(REPOS, 'large-hg'), ['--pull'])],
+        ['proxied', () => cloned(wp, `${wp.url}/large-hg`, ticks.proxied)],
+      ]
+      if (round % 2) clones.reverse()
+      for (const [name, run] of clones) add(name, await run())
       for (const [kind, request] of Object.entries(streams)) {
         add(`${kind} n1`, await bundleStreams([w1.url], request))
         add(`${kind} n2`, await bundleStreams([w2.url], request))
@@ -129,11 +134,23 @@ async function main(): Promise<void> {
     }
     const bundleMb = Number(sh('du', ['-sm', dest]).split('\t')[0])
     const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)]))
-    const r = (a: string, b: string): number => m[a]! / m[b]!
+    // Each ratio is the median of the per-round ratios: the two sides of a round ran moments
+    // apart, so a shift of the machine's load between rounds cancels out (the medians of the
+    // times are in the JSON as well).
+    const r = (a: string, b: string): number => median(t[a]!.map((x, i) => x / t[b]![i]!))
     const perMb = (xs: number[]): number => (median(xs) * 10) / Math.max(bundleMb, 1) // ticks are 10 ms
     const results = {
       repo_mb: sizeMb,
       rounds: ROUNDS,
+      ratios: {
+        clone_worker_over_bare: r('worker', 'bare'),
+        clone_worker_over_limit: r('worker', 'limit'),
+        clone_proxied_over_bare: r('proxied', 'bare'),
+        streams_n1_over_n2: r('client n1', 'client n2'),
+        streams_bare1_over_bare2: r('client bare1', 'client bare2'),
+        legacy_n1_over_n2: r('legacy n1', 'legacy n2'),
+        legacy_bare1_over_bare2: r('legacy bare1', 'legacy bare2'),
+      },
       clone_ms: { worker: m.worker, bare: m.bare, limit: m.limit, worker_proxied: m.proxied },
       bundle_streams_ms: Object.fromEntries(Object.entries(m).filter(([k]) => k.includes(' '))),
       worker_cpu_ms_per_mb: { handoff: perMb(ticks.handoff), proxied: perMb(ticks.proxied) },
