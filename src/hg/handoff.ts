@@ -60,6 +60,7 @@ export function handoffHead(url: string, host: string | undefined, headers: Reco
 export class HandoffLine {
   private nextId = 1
   private readonly jobs = new Map<number, (r: HandoffResult) => void>()
+  private idlers: (() => void)[] = []
   private heard = Date.now()
   private silenceTimer: NodeJS.Timeout | undefined
 
@@ -98,8 +99,22 @@ export class HandoffLine {
         idleMs: req.idleMs,
         beatMs: this.beatMs(),
       }
-      this.proc.send(msg, socket, { keepOpen: false }, (err) => { if (err) this.settle(id, LOST) })
+      // Node's cluster bookkeeping for a sent server socket (socket.server set) makes the
+      // server wait at close for children that got sockets, and hangs it for good once they
+      // all exited (Server.close polls an empty worker list). Without it the socket is sent
+      // all the same; destroying the handle-less socket afterwards settles the server's count.
+      ;(socket as unknown as { server: unknown }).server = null
+      this.proc.send(msg, socket, { keepOpen: false }, (err) => {
+        socket.destroy()
+        if (err) this.settle(id, LOST)
+      })
     })
+  }
+
+  /** Resolves once every handed-over connection is reported done (or the child is gone). */
+  idle(): Promise<void> {
+    if (this.jobs.size === 0) return Promise.resolve()
+    return new Promise((resolve) => this.idlers.push(resolve))
   }
 
   private beatMs(): number {
@@ -111,6 +126,7 @@ export class HandoffLine {
     if (!resolve) return
     this.jobs.delete(id)
     resolve(result)
+    if (this.jobs.size === 0) for (const idle of this.idlers.splice(0)) idle()
   }
 
   private armSilence(): void {

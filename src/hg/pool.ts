@@ -92,7 +92,11 @@ export class HgPool {
   /** The ready child with the fewest requests in flight. */
   pick(): HgChild | undefined {
     let best: HgChild | undefined
-    for (const c of this.children) if (c.state === 'ready' && (!best || c.inflight < best.inflight)) best = c
+    for (const c of this.children) {
+      // a closed channel is a dead child whose exit is not reported yet
+      if (c.state !== 'ready' || (c.handoff && !c.handoff.usable)) continue
+      if (!best || c.inflight < best.inflight) best = c
+    }
     return best
   }
 
@@ -113,6 +117,8 @@ export class HgPool {
     if (this.probeTimer) clearInterval(this.probeTimer)
     await Promise.all(this.children.map(async (c) => {
       this.transition(c, 'draining')
+      // downloads handed over are the child's to finish: the server's close did not wait for them
+      await c.handoff?.idle()
       c.proc?.kill()
       await c.proc?.exited
       c.agent.destroy()
@@ -152,7 +158,11 @@ export class HgPool {
     })
     c.proc = proc
     c.pid = proc.pid
-    c.handoff = proc.channel ? new HandoffLine(proc.channel, this.config.hgTimeoutMs, () => this.recycle(c, 'silent on its channel past hgTimeoutMs')) : undefined
+    c.handoff = proc.channel ? new HandoffLine(proc.channel, this.config.hgTimeoutMs, () => {
+      // frozen with connections in hand: replaced, or (while stopping) just ended
+      if (c.state === 'ready') this.recycle(c, 'silent on its channel past hgTimeoutMs')
+      else proc.kill()
+    }) : undefined
     c.url = undefined
     this.spawns++
     this.transition(c, 'starting')

@@ -3,7 +3,8 @@
  * to the least busy ready `hg serve` child and its answer back. hg protocol headers pass
  * unchanged; hop-by-hop headers, credentials and our own control headers do not. `hg serve`
  * needs a Content-Length on POSTs: a chunked body is first spilled (memory, then a temp file)
- * to learn its length.
+ * to learn its length. A bundle download (getbundle) is not proxied but handed over: the child
+ * answers on the client's connection itself (handoff.ts).
  */
 import http from 'node:http'
 import { Transform } from 'node:stream'
@@ -101,6 +102,7 @@ export function hgHandler(deps: HgDeps) {
       child.inflight--
       release()
       if (r.cut) deps.pool.recycle(child, 'silent past hgTimeoutMs')
+      if (!r.status) req.log.error({ hg_child: child.id, child_pid: child.pid }, 'hg serve child lost a handed-over download')
       reply.raw.statusCode = r.status || 502
       req.access.bytesOut = r.bytes
       req.access.completed = r.complete

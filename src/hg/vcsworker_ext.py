@@ -152,7 +152,6 @@ class _Handoff:
     def __init__(self):
         self.server = None
         self.jobs = {}
-        self.close_keys = []
         self.beat = 1.0  # how often to tell the worker we are alive while holding connections
         self.lock = threading.Lock()
         self.send_lock = threading.Lock()
@@ -195,13 +194,6 @@ class _Handoff:
                 elif cmd == 'vcsworker-serve':
                     # the socket did not come along (the client was already gone): nothing to serve
                     self.send({'cmd': 'vcsworker-done', 'id': msg['id'], 'status': 0, 'bytes': 0, 'complete': False, 'cut': False})
-                elif cmd == 'NODE_SOCKET_NOTIFY_CLOSE':
-                    with self.lock:
-                        self.close_keys.append(msg.get('key'))
-                elif cmd == 'NODE_SOCKET_GET_COUNT':
-                    with self.lock:
-                        count = len(self.jobs)
-                    self.send({'cmd': 'NODE_SOCKET_COUNT', 'key': msg.get('key'), 'count': count})
 
     def _serve(self, fd, msg):
         sock = socket.socket(fileno=fd)
@@ -233,14 +225,9 @@ class _Handoff:
             now = time.monotonic()
             with self.lock:
                 jobs = list(self.jobs.values())
-                keys = self.close_keys if not jobs else []
-                if keys:
-                    self.close_keys = []
             for conn in jobs:
                 conn.cut_if_silent(now)
             try:
-                for key in keys:
-                    self.send({'cmd': 'NODE_SOCKET_ALL_CLOSED', 'key': key})
                 if jobs and now - beat >= self.beat:
                     beat = now
                     self.send({'cmd': 'vcsworker-alive'})

@@ -4,6 +4,7 @@
  * what happens when the child goes silent or freezes, the client goes away, or the worker closes.
  */
 import t from 'tap'
+import type * as Tap from 'tap'
 import net from 'node:net'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -56,6 +57,13 @@ async function slowHook(w: Worker, repo: string, seconds: number): Promise<{ sta
   const started = path.join(w.dir, `hook-started-${repo}`)
   await appendFile(hgrc, `[hooks]\npreoutgoing.slow = touch ${started}; sleep ${seconds}\n`)
   return { started, remove: () => writeFile(hgrc, before) }
+}
+
+/** A worker with one child, hgTimeoutMs `timeoutMs`, and a preoutgoing hook on demo-hg sleeping `seconds`. */
+async function slowChild(t: Tap.Test, timeoutMs: number, seconds: number) {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-timeout-ms': String(timeoutMs), 'kill-grace-ms': '300' })
+  const child = w.app.hgPool!.children[0]!
+  return { w, child, pid: child.pid!, hook: await slowHook(w, 'demo-hg', seconds), hg: await hgClient(w) }
 }
 
 t.test('a bundle download is answered by the child on the client connection: the same bytes as proxied, logged, its slot released', async (t) => {
@@ -119,11 +127,7 @@ t.test('what is not a plain bundle download is proxied, and refusals come before
 })
 
 t.test('a child silent on a handed-over download: 504 with the reason, the child replaced, the next clone works', async (t) => {
-  const w = await startWorker(t, { 'hg-processes': '1', 'hg-timeout-ms': '1000', 'kill-grace-ms': '300' })
-  const child = w.app.hgPool!.children[0]!
-  const pid = child.pid!
-  const hook = await slowHook(w, 'demo-hg', 5)
-  const hg = await hgClient(w)
+  const { w, child, pid, hook, hg } = await slowChild(t, 1000, 5)
   const started = Date.now()
   const r = await hg(['clone', `${w.url}/demo-hg`, 'silent'])
   t.not(r.code, 0)
@@ -138,11 +142,7 @@ t.test('a child silent on a handed-over download: 504 with the reason, the child
 })
 
 t.test('a child frozen while it holds a handed-over download is replaced; that client gets an error, the next works', async (t) => {
-  const w = await startWorker(t, { 'hg-processes': '1', 'hg-timeout-ms': '1500', 'kill-grace-ms': '300' })
-  const child = w.app.hgPool!.children[0]!
-  const pid = child.pid!
-  const hook = await slowHook(w, 'demo-hg', 3)
-  const hg = await hgClient(w)
+  const { w, child, pid, hook, hg } = await slowChild(t, 1500, 3)
   const cloning = hg(['clone', `${w.url}/demo-hg`, 'frozen'])
   await waitFor(() => existsSync(hook.started), 10_000, 'the download to start')
   process.kill(pid, 'SIGSTOP')
@@ -159,6 +159,29 @@ t.test('a child frozen while it holds a handed-over download is replaced; that c
   await hook.remove()
   const again = await hg(['clone', `${w.url}/demo-hg`, 'after'])
   t.equal(again.code, 0, again.stderr)
+  t.equal(w.app.admission.active, 0)
+})
+
+t.test('a child killed before it answered a handed-over download: hg retries on a new connection and the other child serves it', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '2' })
+  const pool = w.app.hgPool!
+  const hook = await slowHook(w, 'demo-hg', 2)
+  const hg = await hgClient(w)
+  const cloning = hg(['clone', '-U', `${w.url}/demo-hg`, 'retried'])
+  await waitFor(() => existsSync(hook.started), 10_000, 'the download to start')
+  const holder = pool.children.find((c) => (c.handoff?.pending ?? 0) > 0)!
+  t.ok(holder, 'a child holds the download')
+  const pid = holder.pid!
+  process.kill(pid, 'SIGKILL')
+  const r = await cloning
+  t.equal(r.code, 0, r.stderr)
+  const lines = accessLines(w, 'getbundle')
+  t.equal(lines.length, 2, 'the download was asked for twice')
+  t.same([lines[0]!.status, lines[0]!.aborted, lines[0]!.child_pid], [502, true, pid], 'the lost one logged as a failed upstream')
+  t.equal(lines[1]!.status, 200)
+  t.not(lines[1]!.child_pid, pid)
+  t.equal((await local(w)(['-R', path.join(w.dir, 'retried'), 'verify', '-q'])).code, 0)
+  await waitFor(() => holder.state === 'ready' && holder.pid !== pid, 5000, 'the child back')
   t.equal(w.app.admission.active, 0)
 })
 
@@ -208,4 +231,17 @@ t.test('closing the worker waits for a handed-over download, which completes', a
   t.ok(res.body.length > 100, 'the whole bundle')
   await closed
   t.equal(w.app.hgPool!.children[0]!.state, 'stopped')
+})
+
+t.test('a worker whose children served downloads and were all replaced since still closes', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1' })
+  const tip = await tipOf(w, 'demo-hg')
+  const child = w.app.hgPool!.children[0]!
+  t.equal((await getbundle(w, 'demo-hg', tip)).status, 200)
+  await waitFor(() => child.handoff!.pending === 0, 5000, 'the download reported done')
+  const pid = child.pid!
+  process.kill(pid, 'SIGKILL')
+  await waitFor(() => child.state === 'ready' && child.pid !== pid, 10_000, 'a fresh child')
+  const closed = await Promise.race([w.app.close().then(() => 'closed'), new Promise((r) => setTimeout(() => r('still open after 10 s'), 10_000))])
+  t.equal(closed, 'closed')
 })
