@@ -87,7 +87,8 @@ export class HandoffLine {
     const id = this.nextId++
     return new Promise((resolve) => {
       if (this.jobs.size === 0) this.heard = Date.now()
-      this.jobs.set(id, resolve)
+      // a socket still queued for sending when the child went away is closed (the client retries)
+      this.jobs.set(id, (r) => { socket.destroy(); resolve(r) })
       this.armSilence()
       const msg = {
         cmd: 'vcsworker-serve',
