@@ -73,8 +73,11 @@ export class HandoffLine {
       this.heard = Date.now()
       if (isDone(m)) this.settle(m.id, { status: m.status, bytes: m.bytes, complete: m.complete === true, cut: m.cut === true })
     })
-    // the child exited (or closed the channel): what it held is lost
-    proc.once('disconnect', () => { for (const id of [...this.jobs.keys()]) this.settle(id, LOST) })
+    // The child exited (or closed the channel): what it held is lost. Node defers 'disconnect'
+    // while a sent socket awaits its acknowledgement, so the exit counts too.
+    const lost = (): void => { for (const id of [...this.jobs.keys()]) this.settle(id, LOST) }
+    proc.once('disconnect', lost)
+    proc.once('exit', lost)
   }
 
   get usable(): boolean { return this.proc.connected }
@@ -87,8 +90,15 @@ export class HandoffLine {
     const id = this.nextId++
     return new Promise((resolve) => {
       if (this.jobs.size === 0) this.heard = Date.now()
-      // a socket still queued for sending when the child went away is closed (the client retries)
-      this.jobs.set(id, (r) => { socket.destroy(); resolve(r) })
+      // Node holds a sent socket's handle until the child acknowledges it, and keeps holding it
+      // when the child dies first: the client would wait out its own timeout. A lost handover
+      // closes it (a no-op once Node closed it); one still queued is closed with its socket.
+      const handle = (socket as unknown as { _handle?: { close(): void } | null })._handle
+      this.jobs.set(id, (r) => {
+        if (r === LOST) try { handle?.close() } catch { /* closed already */ }
+        socket.destroy()
+        resolve(r)
+      })
       this.armSilence()
       const msg = {
         cmd: 'vcsworker-serve',

@@ -245,3 +245,25 @@ t.test('a worker whose children served downloads and were all replaced since sti
   const closed = await Promise.race([w.app.close().then(() => 'closed'), new Promise((r) => setTimeout(() => r('still open after 10 s'), 10_000))])
   t.equal(closed, 'closed')
 })
+
+t.test('a child killed before it took the connection: the client connection is closed at once, not left hanging', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1' })
+  const tip = await tipOf(w, 'demo-hg')
+  const child = w.app.hgPool!.children[0]!
+  const pid = child.pid!
+  process.kill(pid, 'SIGSTOP') // it cannot read its channel: the socket stays in flight, unacknowledged
+  t.teardown(() => { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } })
+  const asked = getbundle(w, 'demo-hg', tip).then((r) => `answered ${r.status}`, (err: Error) => `closed: ${err.message}`)
+  await waitFor(() => child.handoff!.pending === 1, 5000, 'the handover sent')
+  process.kill(pid, 'SIGKILL')
+  const killedAt = Date.now()
+  const outcome = await Promise.race([asked, new Promise((r) => setTimeout(() => r('still open after 10 s'), 10_000))])
+  t.match(outcome, /^closed: /, String(outcome))
+  t.ok(Date.now() - killedAt < 5000, `closed ${Date.now() - killedAt} ms after the kill`)
+  await waitFor(() => child.state === 'ready' && child.pid !== pid, 10_000, 'a fresh child')
+  await waitFor(() => accessLines(w, 'getbundle').length === 1, 5000, 'the access line')
+  t.equal(accessLines(w, 'getbundle')[0]!.status, 502)
+  t.equal(child.handoff!.pending, 0)
+  t.equal(w.app.admission.active, 0)
+  t.equal((await getbundle(w, 'demo-hg', tip)).status, 200, 'the next download is served')
+})
