@@ -23,8 +23,7 @@ export interface HandoffRequest {
   head: Buffer
   /** the client's address, for hg's REMOTE_ADDR */
   addr: string
-  /** hg silent this long on the request: cut off, answered 504 with `timeoutBody` if nothing was sent */
-  timeoutMs: number
+  /** what a request hg stays silent on for the line's `silentMs` is answered with, if nothing was sent yet (504) */
   timeoutBody: string
   /** a client that takes nothing for this long is let go */
   idleMs: number
@@ -33,7 +32,7 @@ export interface HandoffRequest {
 export interface HandoffResult {
   /** the status hg answered with; 0 when it answered nothing */
   status: number
-  /** bytes written to the client, head included */
+  /** body bytes written to the client */
   bytes: number
   /** the answer went out whole */
   complete: boolean
@@ -65,8 +64,9 @@ export class HandoffLine {
   private silenceTimer: NodeJS.Timeout | undefined
 
   /**
-   * @param silentMs with connections handed over, a child that says nothing on the channel this
-   *   long (it beats four times per hgTimeoutMs, at most every second) is given up: `onSilent`
+   * @param silentMs hg silent this long on a request: the extension cuts it off; and with
+   *   connections handed over, a child that says nothing on the channel this long (it beats four
+   *   times per silentMs, at most every second) is given up: `onSilent`
    */
   constructor(private readonly proc: ChildProcess, private readonly silentMs: number, private readonly onSilent: () => void) {
     proc.on('message', (m: unknown) => {
@@ -105,7 +105,7 @@ export class HandoffLine {
         id,
         head: req.head.toString('base64'),
         addr: req.addr,
-        timeoutMs: req.timeoutMs,
+        timeoutMs: this.silentMs,
         timeoutBody: req.timeoutBody,
         idleMs: req.idleMs,
         beatMs: this.beatMs(),

@@ -17,9 +17,9 @@ import type { Identity, VcsAuth } from '../auth/plugin.js'
 import { decodeBody, SpillBuffer, toClientError } from '../git/body.js'
 import { hgWorkClass, requestAction } from './commands.js'
 import type { Admission, Release } from '../admission.js'
-import type { HgPool } from './pool.js'
+import type { HgChild, HgPool } from './pool.js'
 import type { JournalRecovery } from './recover.js'
-import { handoffHead } from './handoff.js'
+import { handoffHead, type HandoffLine } from './handoff.js'
 
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host', 'authorization', 'cookie', 'x-vcs-worker-secret', 'x-vcs-worker-user', 'content-length', 'content-encoding'])
 const SPILL_MEMORY = 1024 * 1024
@@ -92,22 +92,8 @@ export function hgHandler(deps: HgDeps) {
     headers['x-vcs-worker-secret'] = child.secret
     if (principal.kind === 'user') headers['x-vcs-worker-user'] = principal.name
 
-    const handoff = child.handoff
-    if (handoff?.usable && deps.config.hgHandoff && req.method === 'GET' && req.access.service === 'getbundle' && !hasBody(req) && !req.raw.socket.destroyed) {
-      // a bundle download: the child answers on the client's connection itself (handoff.ts)
-      const head = handoffHead(req.raw.url!, req.headers.host, headers)
-      reply.hijack()
-      child.inflight++
-      const r = await handoff.hand(req.raw.socket, { head, addr: req.ip, timeoutMs: deps.config.hgTimeoutMs, timeoutBody: `${SILENT_CHILD}\n`, idleMs: deps.config.idleTimeoutMs })
-      child.inflight--
-      release()
-      if (r.cut) deps.pool.recycle(child, 'silent past hgTimeoutMs')
-      if (!r.status) req.log.error({ hg_child: child.id, child_pid: child.pid }, 'hg serve child lost a handed-over download')
-      reply.raw.statusCode = r.status || 502
-      req.access.bytesOut = r.bytes
-      req.access.completed = r.complete
-      reply.raw.emit('close') // the connection is the child's: this ends the worker's record of it (access log)
-      return reply
+    if (child.handoff?.usable && deps.config.hgHandoff && req.method === 'GET' && req.access.service === 'getbundle' && !hasBody(req) && !req.raw.socket.destroyed) {
+      return handOver(req, reply, child, child.handoff, headers, release) // a bundle download: the child answers itself
     }
 
     let body: NodeJS.ReadableStream | undefined
@@ -173,6 +159,23 @@ export function hgHandler(deps: HgDeps) {
     })
     pipeline(res, counted).catch(() => { /* the reply sees the error through `counted` */ })
     return reply.send(counted)
+  }
+
+  /** Hands a bundle download's connection to the child (handoff.ts); resolves once the child reports it done. */
+  async function handOver(req: FastifyRequest, reply: FastifyReply, child: HgChild, handoff: HandoffLine, headers: Record<string, string | string[]>, release: Release): Promise<FastifyReply> {
+    const head = handoffHead(req.raw.url!, req.headers.host, headers)
+    reply.hijack()
+    child.inflight++
+    const r = await handoff.hand(req.raw.socket, { head, addr: req.ip, timeoutBody: `${SILENT_CHILD}\n`, idleMs: deps.config.idleTimeoutMs })
+    child.inflight--
+    release()
+    if (r.cut) deps.pool.recycle(child, 'silent past hgTimeoutMs')
+    if (!r.status) req.log.error({ hg_child: child.id, child_pid: child.pid }, 'hg serve child lost a handed-over download')
+    reply.raw.statusCode = r.status || 502
+    req.access.bytesOut = r.bytes
+    req.access.completed = r.complete
+    reply.raw.emit('close') // the connection is the child's: this ends the worker's record of it (access log)
+    return reply
   }
 
   return hg

@@ -68,9 +68,8 @@ class _Handed:
     """A client connection the worker handed over, as the request handler's socket: reads
     start with the request head, sends are counted, and a watchdog may cut it off."""
 
-    def __init__(self, channel, sock, msg):
+    def __init__(self, sock, msg):
         self.id = msg['id']
-        self._channel = channel
         self._sock = sock
         self._head = base64.b64decode(msg['head'])
         self.silence = msg['timeoutMs'] / 1000.0
@@ -199,7 +198,7 @@ class _Handoff:
         sock = socket.socket(fileno=fd)
         os.set_inheritable(fd, False)
         sock.settimeout(msg['idleMs'] / 1000.0)  # a client that stops reading for this long is let go
-        conn = _Handed(self, sock, msg)
+        conn = _Handed(sock, msg)
         self.beat = msg.get('beatMs', 1000) / 1000.0
         with self.lock:
             self.jobs[conn.id] = conn
