@@ -8,6 +8,10 @@
  *
  * A slot is taken before git or hg starts and held until it exited, so a push that was
  * admitted is never dropped: refusal happens before a single byte reaches git.
+ *
+ * One client (a user, or an address for anonymous requests) holds at most `clientHeavyLimit`
+ * slots at once, as Gitaly limits pack-objects per remote address: a client that reads its
+ * clones slowly (or never) can hold that many slots for the idle timeout, not all of them.
  */
 import type { ServerResponse } from 'node:http'
 import { ServiceUnavailableError, VcsError } from './errors.js'
@@ -19,6 +23,7 @@ export interface AdmissionLimits {
   heavyLimit: number
   repoHeavyLimit: number
   fullCloneLimit: number
+  clientHeavyLimit: number
   queueLimit: number
   queueTimeoutMs: number
 }
@@ -32,8 +37,14 @@ export interface AdmissionEvents {
 /** What a 503 tells the client to wait, in seconds. */
 export const RETRY_AFTER_S = 5
 
+/** The key one client's slots are counted under: its user name, or its address when anonymous. */
+export function admissionClient(principal: { kind: 'anonymous' } | { kind: 'user'; name: string }, address: string): string {
+  return principal.kind === 'user' ? `user:${principal.name}` : `addr:${address}`
+}
+
 interface Waiter {
   repo: string
+  client: string
   cls: WorkClass
   since: number
   start: () => void
@@ -46,6 +57,7 @@ export class Admission {
   active = 0
   activeFull = 0
   private readonly perRepo = new Map<string, number>()
+  private readonly perClient = new Map<string, number>()
   /** incremental work first, then full clones */
   private readonly queues: Record<WorkClass, Waiter[]> = { incremental: [], full: [] }
   /** during a drain: new sessions refused after the grace, then everything once in-flight work ended */
@@ -62,9 +74,14 @@ export class Admission {
     return this.active === 0 && this.queued === 0
   }
 
-  /** every slot taken and the queue full: new heavy work is refused right now */
+  /**
+   * New heavy work of some class is refused right now: the queue is full and a class is at its
+   * limit (every slot taken, or every full-clone slot: a worker whose full-clone slots and queue
+   * are full refuses the next clone although incremental slots are free).
+   */
   get saturated(): boolean {
-    return this.active >= this.limits.heavyLimit && this.queued >= this.limits.queueLimit
+    const atLimit = this.active >= this.limits.heavyLimit || this.activeFull >= this.limits.fullCloneLimit
+    return atLimit && this.queued >= this.limits.queueLimit
   }
 
   /**
@@ -98,13 +115,14 @@ export class Admission {
    * the queue is full, the wait too long, or the worker refuses new work; with `gone` when the
    * client went away while waiting.
    */
-  acquire(repo: string, cls: WorkClass, res: ServerResponse): Promise<Release> {
+  acquire(repo: string, cls: WorkClass, res: ServerResponse, client: string): Promise<Release> {
     if (this.refusing === 'all') return Promise.reject(this.reject('draining', cls))
-    // Whoever is still queued is blocked by a limit this request is not (its repo's, or the
-    // full-clone one): every waiter that could start was started when the last slot came free.
-    if (this.canStart(repo, cls)) {
+    // Whoever is still queued is blocked by a limit this request is not (its repo's, its
+    // client's, or the full-clone one): every waiter that could start was started when the last
+    // slot came free.
+    if (this.canStart(repo, client, cls)) {
       this.events.admitted?.(0, cls)
-      return Promise.resolve(this.take(repo, cls))
+      return Promise.resolve(this.take(repo, client, cls))
     }
     if (this.queued >= this.limits.queueLimit) return Promise.reject(this.reject('queue_full', cls))
     return new Promise<Release>((resolve, reject) => {
@@ -121,12 +139,13 @@ export class Admission {
       }
       const waiter: Waiter = {
         repo,
+        client,
         cls,
         since: performance.now(),
         start: () => {
           leave()
           this.events.admitted?.((performance.now() - waiter.since) / 1000, cls)
-          resolve(this.take(repo, cls))
+          resolve(this.take(repo, client, cls))
         },
         fail: (reason) => {
           leave()
@@ -139,25 +158,26 @@ export class Admission {
     })
   }
 
-  private canStart(repo: string, cls: WorkClass): boolean {
+  private canStart(repo: string, client: string, cls: WorkClass): boolean {
     if (this.active >= this.limits.heavyLimit) return false
     if (cls === 'full' && this.activeFull >= this.limits.fullCloneLimit) return false
+    if ((this.perClient.get(client) ?? 0) >= this.limits.clientHeavyLimit) return false
     return (this.perRepo.get(repo) ?? 0) < this.limits.repoHeavyLimit
   }
 
-  private take(repo: string, cls: WorkClass): Release {
+  private take(repo: string, client: string, cls: WorkClass): Release {
     this.active++
     if (cls === 'full') this.activeFull++
-    this.perRepo.set(repo, (this.perRepo.get(repo) ?? 0) + 1)
+    count(this.perRepo, repo, 1)
+    count(this.perClient, client, 1)
     let released = false
     return () => {
       if (released) return
       released = true
       this.active--
       if (cls === 'full') this.activeFull--
-      const n = this.perRepo.get(repo)! - 1
-      if (n) this.perRepo.set(repo, n)
-      else this.perRepo.delete(repo)
+      count(this.perRepo, repo, -1)
+      count(this.perClient, client, -1)
       this.pump()
     }
   }
@@ -167,7 +187,7 @@ export class Admission {
     for (const cls of ['incremental', 'full'] as const) {
       for (const w of [...this.queues[cls]]) {
         if (this.active >= this.limits.heavyLimit) return
-        if (this.canStart(w.repo, w.cls)) w.start()
+        if (this.canStart(w.repo, w.client, w.cls)) w.start()
       }
     }
   }
@@ -181,6 +201,13 @@ export class Admission {
     }[reason]
     return new ServiceUnavailableError(message, RETRY_AFTER_S)
   }
+}
+
+/** Adds `delta` to a counter in `map`, deleting it at zero (the maps hold only what is in use). */
+function count(map: Map<string, number>, key: string, delta: number): void {
+  const n = (map.get(key) ?? 0) + delta
+  if (n > 0) map.set(key, n)
+  else map.delete(key)
 }
 
 /** The client closed its connection while its request waited for a slot: nobody to answer (nginx's 499). */

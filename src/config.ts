@@ -57,6 +57,7 @@ export const OPTIONS = {
   heavyLimit: { kind: 'int', flag: 'heavy-limit', env: 'VCS_WORKER_HEAVY_LIMIT', doc: 'clones, fetches and pushes served at once (git upload/receive-pack POSTs, hg bundle commands)', min: 1 },
   repoHeavyLimit: { kind: 'int', flag: 'repo-heavy-limit', env: 'VCS_WORKER_REPO_HEAVY_LIMIT', doc: 'of those, at once on one repository (0 = half of heavyLimit)', min: 0 },
   fullCloneLimit: { kind: 'int', flag: 'full-clone-limit', env: 'VCS_WORKER_FULL_CLONE_LIMIT', doc: 'of those, full clones (fetches with no `have`): the rest of the slots stay free for incremental fetches and pushes (0 = three quarters of heavyLimit)', min: 0 },
+  clientHeavyLimit: { kind: 'int', flag: 'client-heavy-limit', env: 'VCS_WORKER_CLIENT_HEAVY_LIMIT', doc: 'of those, at once for one client: a user, or an address for anonymous requests (X-Forwarded-For from trustedProxies); a slow reader holds no more (0 = half of heavyLimit)', min: 0 },
   queueLimit: { kind: 'int', flag: 'queue-limit', env: 'VCS_WORKER_QUEUE_LIMIT', doc: 'heavy requests waiting for a slot; past it, 503', min: 0 },
   queueTimeoutMs: { kind: 'int', flag: 'queue-timeout-ms', env: 'VCS_WORKER_QUEUE_TIMEOUT_MS', doc: 'longest wait for a slot; past it, 503', min: 1 },
   agentPort: { kind: 'int', flag: 'agent-port', env: 'VCS_WORKER_AGENT_PORT', doc: 'HAProxy agent-check TCP port on the same host (-1 = off, 0 = any free port)', min: -1, max: 65535 },
@@ -66,6 +67,8 @@ export const OPTIONS = {
   childNice: { kind: 'int', flag: 'child-nice', env: 'VCS_WORKER_CHILD_NICE', doc: 'niceness of git and hg serve children: the worker stays responsive when they saturate the CPU (0 = same as the worker)', min: 0, max: 19 },
   hgHandoff: { kind: 'bool', flag: 'hg-handoff', env: 'VCS_WORKER_HG_HANDOFF', doc: 'hand the client connection of a bundle download (getbundle) to the hg serve child, which streams the bundle to the client itself' },
   spawnHelper: { kind: 'bool', flag: 'spawn-helper', env: 'VCS_WORKER_SPAWN_HELPER', doc: 'start git through a helper process, so its fork never blocks the event loop' },
+  fsckObjects: { kind: 'bool', flag: 'fsck-objects', env: 'VCS_WORKER_FSCK_OBJECTS', doc: 'check every pushed object (git\'s receive.fsckObjects): a malformed commit, tree or tag is refused' },
+  defaultBranch: { kind: 'string', flag: 'default-branch', env: 'VCS_WORKER_DEFAULT_BRANCH', doc: 'the branch HEAD of a new git repo names (repo create)' },
   metricsRepoLabel: { kind: 'bool', flag: 'metrics-repo-label', env: 'VCS_WORKER_METRICS_REPO_LABEL', doc: 'label request metrics with the repo (unbounded with many repos)' },
 } as const satisfies Record<string, Option>
 
@@ -100,6 +103,7 @@ export interface Config {
   readonly heavyLimit: number
   readonly repoHeavyLimit: number
   readonly fullCloneLimit: number
+  readonly clientHeavyLimit: number
   readonly queueLimit: number
   readonly queueTimeoutMs: number
   readonly agentPort: number
@@ -107,6 +111,8 @@ export interface Config {
   readonly drainGraceMs: number
   readonly drainTimeoutMs: number
   readonly metricsRepoLabel: boolean
+  readonly fsckObjects: boolean
+  readonly defaultBranch: string
   readonly childNice: number
   readonly hgHandoff: boolean
   readonly spawnHelper: boolean
@@ -152,6 +158,7 @@ export const DEFAULTS: Config = {
   heavyLimit: 16,
   repoHeavyLimit: 0,
   fullCloneLimit: 0,
+  clientHeavyLimit: 0,
   queueLimit: 64,
   queueTimeoutMs: 30_000,
   agentPort: -1,
@@ -159,6 +166,8 @@ export const DEFAULTS: Config = {
   drainGraceMs: 10_000,
   drainTimeoutMs: 300_000,
   metricsRepoLabel: false,
+  fsckObjects: true,
+  defaultBranch: 'main',
   childNice: 10,
   hgHandoff: true,
   spawnHelper: true,
@@ -209,6 +218,7 @@ export function loadConfig(src: Source): Config {
   const heavy = raw.heavyLimit as number
   raw.repoHeavyLimit = Math.min(heavy, (raw.repoHeavyLimit as number) || Math.ceil(heavy / 2))
   raw.fullCloneLimit = Math.min(heavy, (raw.fullCloneLimit as number) || Math.ceil(heavy * 0.75))
+  raw.clientHeavyLimit = Math.min(heavy, (raw.clientHeavyLimit as number) || Math.ceil(heavy / 2))
   return Object.freeze(raw as unknown as Config)
 }
 

@@ -22,6 +22,10 @@ export interface AccessInfo {
   aborted?: boolean
   /** set when someone else wrote the answer (an hg child on a handed-over connection): whether it went out whole */
   completed?: boolean
+  /** the connection was handed over to an hg serve child, which answered on it */
+  handedOver?: boolean
+  /** refused inside the protocol (HTTP 200 with git's ERR packet): why */
+  refused?: string
   /** a git process was started (or tried) for this request */
   spawned?: boolean
   /** reads the byte count of the request body lazily, at log time */
@@ -147,6 +151,8 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
         exit_code: record.exitCode,
         child_pid: record.pid,
         aborted: (a.completed === undefined ? a.aborted || !res.writableFinished : !a.completed) || undefined,
+        refused: a.refused,
+        handed_over: a.handedOver,
         duration_ms: record.durationMs,
       }, 'request')
       observer.finished?.(record)

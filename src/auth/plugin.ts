@@ -59,6 +59,12 @@ export interface VcsAuth {
   authenticate(req: FastifyRequest): Promise<Identity>
   /** Authenticates if needed, then runs every repo hook; throws 401/403/404. */
   authorize(req: FastifyRequest, repo: RepoRef, action: Action): Promise<Identity>
+  /**
+   * Finds the repo with `lookup`, then authorizes `action` on it. To a caller who is not
+   * authenticated, a missing repo answers as a private one does (401), so nobody learns which
+   * private repos exist by asking anonymously or with wrong credentials.
+   */
+  authorizeLookup(req: FastifyRequest, lookup: () => Promise<RepoRef>, action: Action): Promise<{ repo: RepoRef; principal: Identity }>
   /** Runs every ref hook over a push's updates; the union of their rejections. */
   checkRefUpdates(ctx: RefContext): Promise<RefRejection[]>
   addRepoHook(hook: RepoHook): void
@@ -147,13 +153,15 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     return (req.identity = identity)
   }
 
+  const anonymousChallenge = (action: Action): UnauthorizedError => challenge(action === 'write' ? 'authentication required to push' : 'authentication required')
+
   /** The built-in repo hook: visibility and grants from the store. */
   const grantsHook: RepoHook = async ({ principal, repo, action }) => {
     const record = await store.findRepo(repo.name)
     const isPublic = record?.public ?? false
     if (principal.kind === 'anonymous') {
       if (action === 'read' && isPublic) return
-      throw challenge(action === 'write' ? 'authentication required to push' : 'authentication required')
+      throw anonymousChallenge(action)
     }
     if (action === 'read' && isPublic) return // no grant needed, no query
     const level = await store.findGrant(principal.id, repo.name)
@@ -173,6 +181,17 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
       if (principal.kind === 'user' && req.access) req.access.user = principal.name // our access log, when present
       for (const hook of repoHooks) await hook({ principal, repo, action })
       return principal
+    },
+    async authorizeLookup(req, lookup, action) {
+      let repo: RepoRef
+      try {
+        repo = await lookup()
+      } catch (err) {
+        // authenticate() throws 401 itself for credentials that do not verify
+        if (err instanceof RepoNotFoundError && (await authenticate(req)).kind === 'anonymous') throw anonymousChallenge(action)
+        throw err
+      }
+      return { repo, principal: await auth.authorize(req, repo, action) }
     },
     async checkRefUpdates(ctx) {
       const rejections: RefRejection[] = []

@@ -32,6 +32,20 @@ function hexLength(buf: Buffer, at: number): number {
   return n
 }
 
+/** Splits a whole buffer of pkt-lines into its packets (each with its length header); throws on bad framing. */
+export function splitPackets(buf: Buffer): Buffer[] {
+  const out: Buffer[] = []
+  let at = 0
+  while (at < buf.length) {
+    const len = buf.length - at >= 4 ? hexLength(buf, at) : -1
+    if (len < 0 || (len > 2 && len < 4) || at + Math.max(len, 4) > buf.length) throw new Error('malformed pkt-line framing')
+    const end = at + Math.max(len, 4)
+    out.push(buf.subarray(at, end))
+    at = end
+  }
+  return out
+}
+
 export interface PktCheckOptions {
   /** 'all': the whole body is pkt-lines (upload-pack); 'commands': only up to the first flush (receive-pack, then the pack follows) */
   mode: 'all' | 'commands'

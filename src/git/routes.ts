@@ -6,18 +6,18 @@
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
-import { BadRequestError, DISCARD_LIMIT, UnsupportedMediaTypeError } from '../errors.js'
+import { BadRequestError, DISCARD_LIMIT, ServiceUnavailableError, UnsupportedMediaTypeError } from '../errors.js'
 import { resolveGitRepo, type RepoRef } from '../repos/path.js'
 import { stdinSink } from '../process.js'
 import { decodeBody, SpillBuffer, toClientError } from './body.js'
-import { FLUSH, pkt, PktLineChecker } from './pktline.js'
+import { errPkt, FLUSH, pkt, PktLineChecker } from './pktline.js'
 import { streamChild } from './respond.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
 import { V2AdvertisementCache } from './advertise.js'
 import { ReportRewriter } from './report-status.js'
 import type { RefHookServer } from './ref-hooks.js'
 import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
-import type { Admission, Release, WorkClass } from '../admission.js'
+import { admissionClient, type Admission, type Release, type WorkClass } from '../admission.js'
 
 export interface GitDeps {
   config: Config
@@ -34,20 +34,29 @@ const SERVICES: Record<string, GitService> = { 'git-upload-pack': 'upload-pack',
 const SPILL_MEMORY = 1024 * 1024
 const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', pragma: 'no-cache', expires: 'Fri, 01 Jan 1980 00:00:00 GMT' }
 
+/** Protocol v2 commands served (protocol-v2.txt); `object-info` is not (see V2AdvertisementCache). */
+const V2_COMMANDS = new Set(['ls-refs', 'fetch'])
+/** How many `have` lines are looked up to tell an incremental fetch from a full clone. */
+const HAVES_CHECKED = 256
+
 /**
- * What an upload-pack request costs, from its packets: v2 `ls-refs` and `object-info` are light
- * (undefined: never queued); a fetch with `have` lines is incremental; one without is a full clone.
+ * What an upload-pack request is, from its packets: its v2 command (none under v0/v1) and the
+ * objects it says it has. v2 `ls-refs` is light (never queued); a fetch is incremental when
+ * one of its `have`s is in the repository, else it costs a full clone (an invented `have` must
+ * not buy a cheaper class).
  */
 class NegotiationShape {
-  private command: string | undefined
-  private haves = 0
+  command: string | undefined
+  readonly haves: string[] = []
   readonly onPacket = (p: Buffer): void => {
-    if (p.length > 5 && p[0] === 0x68 && p.toString('latin1', 0, 5) === 'have ') this.haves++
-    else if (this.command === undefined && p.toString('latin1', 0, 8) === 'command=') this.command = p.toString('latin1', 8).trim()
+    if (p.length > 5 && p[0] === 0x68 && p.toString('latin1', 0, 5) === 'have ') {
+      if (this.haves.length < HAVES_CHECKED) this.haves.push(p.toString('latin1', 5).trim())
+    } else if (this.command === undefined && p.toString('latin1', 0, 8) === 'command=') this.command = p.toString('latin1', 8).trim()
   }
-  get workClass(): WorkClass | undefined {
+  /** undefined: light work, never queued */
+  async workClass(anyExists: (oids: string[]) => Promise<boolean>): Promise<WorkClass | undefined> {
     if (this.command !== undefined && this.command !== 'fetch') return undefined
-    return this.haves > 0 ? 'incremental' : 'full'
+    return this.haves.length > 0 && (await anyExists(this.haves)) ? 'incremental' : 'full'
   }
 }
 
@@ -62,10 +71,11 @@ export function gitHandlers(deps: GitDeps) {
   const v2 = new V2AdvertisementCache(git)
 
   async function findRepo(req: FastifyRequest, repoPath: string, action: Action): Promise<{ repo: RepoRef; principal: Identity }> {
-    const repo = await resolveGitRepo(deps.reposRoot, repoPath)
-    req.access.repo = repo.name
-    const principal = await deps.auth.authorize(req, repo, action)
-    return { repo, principal }
+    return deps.auth.authorizeLookup(req, async () => {
+      const repo = await resolveGitRepo(deps.reposRoot, repoPath)
+      req.access.repo = repo.name
+      return repo
+    }, action)
   }
 
   function protocolOf(req: FastifyRequest): string | undefined {
@@ -104,7 +114,7 @@ export function gitHandlers(deps: GitDeps) {
       req.access.route = 'git_upload_pack'
       req.access.service = 'upload-pack'
       requireContentType(req, 'application/x-git-upload-pack-request')
-      const { repo } = await findRepo(req, repoPath, 'read')
+      const { repo, principal } = await findRepo(req, repoPath, 'read')
       const gitProtocol = protocolOf(req)
       const body = decodeBody(req.raw, config.maxNegotiationBytes)
       req.access.countIn = body.wireBytes
@@ -126,12 +136,19 @@ export function gitHandlers(deps: GitDeps) {
         await spill.dispose()
         return reply.send(Buffer.alloc(0))
       }
-      const cls = shape.workClass
       let release: Release | undefined
       try {
-        if (cls) release = await deps.admission.acquire(repo.name, cls, reply.raw)
+        if (shape.command !== undefined && !V2_COMMANDS.has(shape.command)) throw new BadRequestError(`protocol v2 command ${shape.command.slice(0, 40)} is not served here`)
+        const cls = await shape.workClass((oids) => git.anyObjectExists(repo.dir, oids))
+        if (cls) release = await deps.admission.acquire(repo.name, cls, reply.raw, admissionClient(principal, req.ip))
       } catch (err) {
         await spill.dispose()
+        // git prints the body of a refused POST only as "HTTP 503"; inside the protocol it
+        // prints the reason: "fatal: remote error: server busy: ...".
+        if (err instanceof ServiceUnavailableError) {
+          req.access.refused = err.message
+          return reply.send(errPkt(err.message))
+        }
         throw err
       }
       const child = git.serve('upload-pack', repo.dir, { gitProtocol })
@@ -148,7 +165,7 @@ export function gitHandlers(deps: GitDeps) {
       const { repo, principal } = await findRepo(req, repoPath, 'write')
       const gitProtocol = protocolOf(req)
       // A slot before a byte of the push is read: refused now (503) or never dropped later.
-      const release = await deps.admission.acquire(repo.name, 'incremental', reply.raw)
+      const release = await deps.admission.acquire(repo.name, 'incremental', reply.raw, admissionClient(principal, req.ip))
       let body, session, child
       try {
         body = decodeBody(req.raw, config.maxPushBytes)
@@ -160,7 +177,7 @@ export function gitHandlers(deps: GitDeps) {
           hookEnv.REMOTE_USER = principal.name
           hookEnv.VCS_WORKER_USER = principal.name
         }
-        child = git.serve('receive-pack', repo.dir, { gitProtocol, env: hookEnv, config: [`core.hooksPath=${config.hooksDir}`] })
+        child = git.serve('receive-pack', repo.dir, { gitProtocol, env: hookEnv, config: [`core.hooksPath=${config.hooksDir}`, `receive.fsckObjects=${config.fsckObjects}`] })
       } catch (err) {
         session?.close()
         release()

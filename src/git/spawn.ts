@@ -52,8 +52,12 @@ export interface GitRunner {
   /** Starts `git <service> --stateless-rpc [--advertise-refs] -- <dir>`. */
   serve(service: GitService, repoDir: string, opts?: RunOptions): Child
   /** Runs a short administrative git command to completion and returns its stdout. */
-  exec(args: string[], opts?: { cwd?: string; maxOutput?: number }): Promise<string>
+  exec(args: string[], opts?: { cwd?: string; maxOutput?: number; input?: string }): Promise<string>
+  /** True when at least one of `oids` names an object in the repository (one `cat-file --batch-check`). */
+  anyObjectExists(repoDir: string, oids: string[]): Promise<boolean>
 }
+
+const OID = /^[0-9a-f]{40}([0-9a-f]{24})?$/
 
 /** Creates the git runner for one app. */
 export function createGitRunner(config: Config): GitRunner {
@@ -81,7 +85,7 @@ export function createGitRunner(config: Config): GitRunner {
     async exec(args, opts = {}) {
       if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')
       const child = spawnChild(config.gitBin, args, { env: childEnv(), cwd: opts.cwd, killGraceMs: config.killGraceMs, viaHelper: config.spawnHelper })
-      child.proc.stdin.end()
+      child.proc.stdin.end(opts.input)
       const max = opts.maxOutput ?? 1024 * 1024
       const chunks: Buffer[] = []
       let size = 0
@@ -95,6 +99,12 @@ export function createGitRunner(config: Config): GitRunner {
         throw new Error(`git ${args[0]} failed (${describeExit(status)}): ${child.stderr().split('\n').pop() ?? ''}`)
       }
       return Buffer.concat(chunks).toString('utf8')
+    },
+    async anyObjectExists(repoDir, oids) {
+      const valid = oids.filter((o) => OID.test(o))
+      if (!valid.length) return false
+      const out = await this.exec(['--git-dir', repoDir, 'cat-file', '--batch-check=%(objectname)'], { input: `${valid.join('\n')}\n` })
+      return out.split('\n').some((line) => line !== '' && !line.endsWith(' missing'))
     },
   }
 }

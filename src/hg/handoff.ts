@@ -49,9 +49,10 @@ function isDone(m: unknown): m is DoneMessage {
 }
 
 /** The request head a child reads for a handed-over GET: what the proxy would have sent. */
-export function handoffHead(url: string, host: string | undefined, headers: Record<string, string | string[]>): Buffer {
-  let head = `GET ${url} HTTP/1.1\r\nHost: ${host ?? 'localhost'}\r\n`
-  for (const [k, v] of Object.entries(headers)) for (const one of Array.isArray(v) ? v : [v]) head += `${k}: ${one}\r\n`
+export function handoffHead(target: string, host: string | undefined, headers: Record<string, string>): Buffer {
+  const safeHost = host !== undefined && /^[A-Za-z0-9.:[\]-]{1,255}$/.test(host) ? host : 'localhost'
+  let head = `GET ${target} HTTP/1.1\r\nHost: ${safeHost}\r\n`
+  for (const [k, v] of Object.entries(headers)) head += `${k}: ${v}\r\n`
   return Buffer.from(`${head}Connection: close\r\n\r\n`, 'latin1')
 }
 

@@ -170,7 +170,7 @@ export class HgPool {
     void proc.exited.then((status) => this.onExit(c, proc, status.code, status.signal))
     try {
       // Readiness comes from what `hg serve --print-url` prints, then a real request.
-      const url = await firstLine(proc, 15_000)
+      const url = await firstLine(proc, 15_000, this.errorLog(c, proc))
       c.url = new URL(url.replace('//localhost:', '//127.0.0.1:'))
       const status = await probe(c)
       if (status !== 200) throw new Error(`probe answered ${status}`)
@@ -182,6 +182,28 @@ export class HgPool {
     } catch (err) {
       this.log.error({ hg_child: c.id, child_pid: c.pid, err, stderr: proc.stderr() }, 'hg child failed to start')
       proc.kill()
+    }
+  }
+
+  /**
+   * The child's error log (`-E -`: its stdout after the URL line) into ours: what arrives
+   * together (a traceback) is one entry, flushed after a quiet moment, at most 16 KiB.
+   */
+  private errorLog(c: HgChild, proc: Child): (text: string) => void {
+    let pending = ''
+    let timer: NodeJS.Timeout | undefined
+    const flush = (): void => {
+      timer = undefined
+      const output = pending.trim()
+      pending = ''
+      if (output) this.log.warn({ hg_child: c.id, child_pid: proc.pid, output }, 'hg serve error log')
+    }
+    return (text) => {
+      pending = (pending + text).slice(-16 * 1024)
+      if (!timer) {
+        timer = setTimeout(flush, 100)
+        timer.unref()
+      }
     }
   }
 
@@ -202,8 +224,11 @@ export class HgPool {
   }
 }
 
-/** Resolves with the first stdout line of a child (its URL), or rejects. */
-function firstLine(child: Child, timeoutMs: number): Promise<string> {
+/**
+ * Resolves with the first stdout line of a child (its URL), or rejects; what the child writes
+ * after it (its error log: tracebacks, failed requests) goes to `rest`.
+ */
+function firstLine(child: Child, timeoutMs: number, rest: (text: string) => void): Promise<string> {
   return new Promise((resolve, reject) => {
     let buf = ''
     const timer = setTimeout(() => reject(new Error('hg serve printed no URL')), timeoutMs)
@@ -213,7 +238,9 @@ function firstLine(child: Child, timeoutMs: number): Promise<string> {
       if (nl >= 0) {
         clearTimeout(timer)
         child.proc.stdout.off('data', onData)
-        child.proc.stdout.resume()
+        child.proc.stdout.setEncoding('utf8')
+        child.proc.stdout.on('data', rest)
+        if (buf.length > nl + 1) rest(buf.slice(nl + 1))
         resolve(buf.slice(0, nl).trim())
       }
     }

@@ -1,27 +1,29 @@
 /**
- * Mercurial over HTTP: authenticate and authorize with the auth plugin, then stream the request
- * to the least busy ready `hg serve` child and its answer back. hg protocol headers pass
- * unchanged; hop-by-hop headers, credentials and our own control headers do not. `hg serve`
- * needs a Content-Length on POSTs: a chunked body is first spilled (memory, then a temp file)
- * to learn its length. A bundle download (getbundle) is not proxied but handed over: the child
- * answers on the client's connection itself (handoff.ts).
+ * Mercurial over HTTP: judge the request (request.ts: one command, its arguments, nothing two
+ * parsers could read two ways), authenticate and authorize it with the auth plugin, then send
+ * the least busy ready `hg serve` child the request rebuilt from what was judged, and stream its
+ * answer back. `hg serve` needs a Content-Length on a push: a chunked or gzip body is first
+ * spilled (memory, then a temp file) to learn its length; only a push, admitted, has a body.
+ * A bundle download (getbundle) is not proxied but handed over: the child answers on the
+ * client's connection itself (handoff.ts).
  */
 import http from 'node:http'
 import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
-import { BadRequestError, DISCARD_LIMIT, ServiceUnavailableError, VcsError, settleUnreadBody } from '../errors.js'
-import { resolveHgRepo } from '../repos/path.js'
+import { DISCARD_LIMIT, ServiceUnavailableError, VcsError, settleUnreadBody } from '../errors.js'
+import { resolveHgRepo, type RepoRef } from '../repos/path.js'
 import type { Identity, VcsAuth } from '../auth/plugin.js'
 import { decodeBody, SpillBuffer, toClientError } from '../git/body.js'
-import { hgWorkClass, requestAction } from './commands.js'
-import type { Admission, Release } from '../admission.js'
+import { judgeHgRequest, type HgRequest } from './request.js'
+import { admissionClient, type Admission, type Release } from '../admission.js'
 import type { HgChild, HgPool } from './pool.js'
 import type { JournalRecovery } from './recover.js'
 import { handoffHead, type HandoffLine } from './handoff.js'
 
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host', 'authorization', 'cookie', 'x-vcs-worker-secret', 'x-vcs-worker-user', 'content-length', 'content-encoding'])
+/** Response headers of a child that are not passed on. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'transfer-encoding', 'upgrade', 'trailer', 'content-length', 'date'])
 const SPILL_MEMORY = 1024 * 1024
 
 export interface HgDeps {
@@ -45,14 +47,17 @@ const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 export function hgHandler(deps: HgDeps) {
   async function hg(req: FastifyRequest, reply: FastifyReply, rawPath: string): Promise<FastifyReply> {
     req.access.route = 'hg_proxy'
-    const query = new URLSearchParams(req.raw.url!.slice(rawPath.length + 1))
-    const repo = await resolveHgRepo(deps.reposRoot, rawPath)
-    req.access.repo = repo.name
-    req.access.service = query.get('cmd') ?? 'hgweb'
-    if (req.access.service.length > 64) throw new BadRequestError('malformed cmd')
-    let principal
+    let judged: HgRequest
+    let principal: Identity
+    let repo: RepoRef
     try {
-      principal = await deps.auth.authorize(req, repo, requestAction(query, req.headers))
+      judged = judgeHgRequest(req.method, req.raw.url!, req.raw.rawHeaders)
+      req.access.service = judged.cmd ?? 'hgweb'
+      ;({ repo, principal } = await deps.auth.authorizeLookup(req, async () => {
+        const found = await resolveHgRepo(deps.reposRoot, rawPath)
+        req.access.repo = found.name
+        return found
+      }, judged.action))
     } catch (err) {
       // hg sends a push as one POST with the whole bundle and reads nothing before it is sent:
       // the 401 that makes it retry with credentials must wait until the bundle is read.
@@ -60,18 +65,17 @@ export function hgHandler(deps: HgDeps) {
       throw err
     }
     // a session starts with `capabilities`: refused here when a drain or a full queue would refuse its work
-    if (req.access.service === 'capabilities') deps.admission.precheck()
+    if (judged.cmd === 'capabilities') deps.admission.precheck()
     await deps.recovery.ensure(repo.dir)
-    const cls = hgWorkClass(query, req.headers)
     let release: Release = () => {}
     try {
-      if (cls) release = await deps.admission.acquire(repo.name, cls, reply.raw)
+      if (judged.workClass) release = await deps.admission.acquire(repo.name, judged.workClass, reply.raw, admissionClient(principal, req.ip))
     } catch (err) {
       settleUnreadBody(req, reply, deps.config.maxPushBytes) // hg reads the 503 only after its bundle is sent
       throw err
     }
     try {
-      return await forward(req, reply, principal, release)
+      return await forward(req, reply, judged, principal, release)
     } catch (err) {
       release()
       throw err
@@ -79,7 +83,7 @@ export function hgHandler(deps: HgDeps) {
   }
 
   /** Streams the request to a ready child and its answer back; `release` runs once the answer ended. */
-  async function forward(req: FastifyRequest, reply: FastifyReply, principal: Identity, release: Release): Promise<FastifyReply> {
+  async function forward(req: FastifyRequest, reply: FastifyReply, judged: HgRequest, principal: Identity, release: Release): Promise<FastifyReply> {
     const child = deps.pool.pick()
     if (!child?.url) {
       deps.refused?.()
@@ -87,23 +91,22 @@ export function hgHandler(deps: HgDeps) {
     }
     req.access.pid = child.pid
 
-    const headers: Record<string, string | string[]> = {}
-    for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v
-    headers['x-vcs-worker-secret'] = child.secret
+    // What the child reads: the judged request, and the control headers only the worker sets.
+    const headers: Record<string, string> = { ...judged.headers, 'x-vcs-worker-secret': child.secret, 'x-vcs-worker-access': judged.action }
     if (principal.kind === 'user') headers['x-vcs-worker-user'] = principal.name
 
-    if (child.handoff?.usable && deps.config.hgHandoff && req.method === 'GET' && req.access.service === 'getbundle' && !hasBody(req) && !req.raw.socket.destroyed) {
-      return handOver(req, reply, child, child.handoff, headers, release) // a bundle download: the child answers itself
+    if (child.handoff?.usable && deps.config.hgHandoff && req.method === 'GET' && judged.cmd === 'getbundle' && !judged.hasBody && !req.raw.socket.destroyed) {
+      return handOver(req, reply, child, child.handoff, judged, headers, release) // a bundle download: the child answers itself
     }
 
     let body: NodeJS.ReadableStream | undefined
     let spill: SpillBuffer | undefined
-    if (req.method === 'POST' || req.method === 'PUT') {
+    if (judged.hasBody) {
       const decoded = decodeBody(req.raw, deps.config.maxPushBytes)
       req.access.countIn = decoded.wireBytes
       const declared = req.headers['content-length']
       if (declared !== undefined && req.headers['content-encoding'] === undefined) {
-        headers['content-length'] = declared
+        headers['content-length'] = String(Number(declared))
         body = decoded.stream
       } else {
         spill = new SpillBuffer(SPILL_MEMORY, deps.config.tmpDir)
@@ -121,7 +124,7 @@ export function hgHandler(deps: HgDeps) {
     }
 
     child.inflight++
-    const upstream = http.request({ host: child.url.hostname, port: child.url.port, method: req.method, path: req.raw.url, headers, agent: child.agent })
+    const upstream = http.request({ host: child.url.hostname, port: child.url.port, method: req.method, path: judged.target, headers, agent: child.agent })
     const done = (): void => { child.inflight--; release(); void spill?.dispose() }
     reply.raw.once('close', () => { if (!reply.raw.writableFinished) upstream.destroy() })
     // Silence, not duration, is the limit: the timer restarts with every byte either way.
@@ -148,7 +151,9 @@ export function hgHandler(deps: HgDeps) {
     }
     res.once('close', done)
     reply.code(res.statusCode ?? 502)
-    for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP_BY_HOP.has(k) && k !== 'date') reply.header(k, v)
+    if ((res.statusCode ?? 502) >= 500) req.log.error({ hg_child: child.id, child_pid: child.pid, status: res.statusCode, reason: res.statusMessage }, 'hg serve answered with an error')
+    for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) reply.header(k, v)
+    if (res.statusMessage) reply.raw.statusMessage = res.statusMessage // hg clients print the reason phrase
     // Counted by a stage in the pipe, never by a 'data' listener: that would start the stream
     // flowing before Fastify attaches its pipe, and the first chunks would be lost.
     const counted = new Transform({
@@ -162,9 +167,10 @@ export function hgHandler(deps: HgDeps) {
   }
 
   /** Hands a bundle download's connection to the child (handoff.ts); resolves once the child reports it done. */
-  async function handOver(req: FastifyRequest, reply: FastifyReply, child: HgChild, handoff: HandoffLine, headers: Record<string, string | string[]>, release: Release): Promise<FastifyReply> {
-    const head = handoffHead(req.raw.url!, req.headers.host, headers)
+  async function handOver(req: FastifyRequest, reply: FastifyReply, child: HgChild, handoff: HandoffLine, judged: HgRequest, headers: Record<string, string>, release: Release): Promise<FastifyReply> {
+    const head = handoffHead(judged.target, req.headers.host, headers)
     reply.hijack()
+    req.access.handedOver = true
     child.inflight++
     const r = await handoff.hand(req.raw.socket, { head, addr: req.ip, timeoutBody: `${SILENT_CHILD}\n`, idleMs: deps.config.idleTimeoutMs })
     child.inflight--
@@ -179,9 +185,4 @@ export function hgHandler(deps: HgDeps) {
   }
 
   return hg
-}
-
-/** A request that carries a body (which a handed-over connection could not take along). */
-function hasBody(req: FastifyRequest): boolean {
-  return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0'
 }

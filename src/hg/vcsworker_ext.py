@@ -6,21 +6,32 @@
 # the worker authenticated (so hg hooks and logs name the pusher), and exits when the worker
 # that started it is gone (a worker killed with -9 leaves no child behind).
 #
+# Defence in depth: `allow-push = *` is not trusted on its own. The worker tells each request
+# what it authorized (X-VCS-Worker-Access: read or write, always set by the worker, never passed
+# through from a client); an operation other than a pull is refused unless that says write.
+#
+# A request that fails with an exception before hg answered gets a 500 whose reason phrase
+# (what hg clients print) says what went wrong where that is safe to say (out of disk space);
+# the traceback goes to the error log, which the worker logs.
+#
 # It also takes connections handed over by the worker (see src/hg/handoff.ts): a client's socket
 # arrives over Node's IPC channel with the request head the worker already read and vetted; the
 # child serves that one request on it itself and closes it, so a bundle's bytes go from hg
 # straight to the client instead of through the worker's single thread.
 import base64
+import errno
 import io
 import json
 import hmac
 import os
 import socket
+import sys
 import threading
 import time
+import traceback
 
 from mercurial import extensions
-from mercurial.hgweb import hgwebdir_mod, server as hgserver
+from mercurial.hgweb import common, hgwebdir_mod, server as hgserver
 
 _SECRET = os.environ.get('VCS_WORKER_CHILD_SECRET', '').encode('latin-1')
 _PARENT = int(os.environ.get('VCS_WORKER_PID', '0') or '0')
@@ -32,10 +43,57 @@ def _guarded(orig, self, env, respond):
         respond('403 Forbidden', [('Content-Type', 'text/plain')])
         return [b'direct access to this hg serve child is not allowed\n']
     env.pop('REMOTE_USER', None)
-    user = env.get('HTTP_X_VCS_WORKER_USER', '')
+    user = env.pop('HTTP_X_VCS_WORKER_USER', '')
     if user:
         env['REMOTE_USER'] = user
-    return orig(self, env, respond)
+    env['VCSWORKER_ACCESS'] = env.pop('HTTP_X_VCS_WORKER_ACCESS', 'read')
+    return _answered(orig(self, env, respond), env, respond)
+
+
+def _authorized(rctx, req, op):
+    """hgweb permission hook: anything but a pull needs the worker's word that it may write."""
+    if op in (b'pull', None):
+        return
+    if req.rawenv.get(b'VCSWORKER_ACCESS') != b'write':
+        raise common.ErrorResponse(common.HTTP_FORBIDDEN, b'push not authorized by the worker')
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _reason(exc):
+    """What a client may be told about an exception: the kind of failure, never its details."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return 'the server is out of disk space; nothing was written'
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return 'the repository is read-only on the server'
+    return 'hg serve failed (%s); the server log has the details' % type(exc).__name__
+
+
+def _answered(chunks, env, respond):
+    """Passes hgweb's answer through; an exception before its first byte becomes a 500 whose
+    reason says what failed (hg clients print the reason phrase), with the traceback logged."""
+    sent = False
+    try:
+        for chunk in chunks:
+            sent = True
+            yield chunk
+    except Exception as exc:
+        errors = env.get('wsgi.errors')
+        text = 'vcs-worker: request %s failed:\n%s' % (env.get('REQUEST_URI', '?'), traceback.format_exc())
+        try:
+            if errors is not None:
+                errors.write(text.encode('utf-8', 'replace'))  # hgweb's error log takes bytes
+            else:
+                sys.stderr.write(text)
+        except Exception:
+            pass
+        if sent or isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            raise
+        reason = _reason(exc)
+        body = (reason + '\n').encode('utf-8')
+        respond('500 ' + reason, [('Content-Type', 'text/plain; charset=utf-8'), ('Content-Length', str(len(body)))], sys.exc_info())
+        yield body
 
 
 def _watch_parent():
@@ -255,6 +313,7 @@ def _create_server(orig, ui, app):
 
 def uisetup(ui):
     extensions.wrapfunction(hgwebdir_mod.hgwebdir, '__call__', _guarded)
+    common.permhooks.append(_authorized)
     if _PARENT:
         threading.Thread(target=_watch_parent, name='vcs-worker-lifeline', daemon=True).start()
     channel = os.environ.pop('NODE_CHANNEL_FD', None)

@@ -111,14 +111,18 @@ t.test('what is not a plain bundle download is proxied, and refusals come before
   t.match(String(anon.headers['www-authenticate']), /^Basic realm=/)
   t.equal(handedBefore(), 0)
   const auth = { authorization: `Basic ${Buffer.from('ria:ria-password').toString('base64')}` }
-  // a GET carrying a body cannot be handed over (the body is the worker's to read): proxied
+  // a download with a body is refused (only a push has one); a POST download is proxied
   const withBody = await rawRequest(w.port, 'GET', '/demo-hg?cmd=getbundle', { ...auth, 'x-hgarg-1': `common=${ZERO}&heads=${tip}`, 'content-length': '3' }, 'abc')
-  t.equal(withBody.status, 200)
-  t.equal(withBody.headers['transfer-encoding'], 'chunked', 'proxied')
+  t.same([withBody.status, withBody.body.toString()], [400, 'hg command getbundle takes no request body\n'])
+  const posted = await rawRequest(w.port, 'POST', '/demo-hg?cmd=getbundle', { ...auth, 'x-hgarg-1': `common=${ZERO}&heads=${tip}`, 'content-length': '0' })
+  t.equal(posted.status, 200)
+  t.equal(posted.headers['transfer-encoding'], 'chunked', 'proxied')
   // a bad argument: hg's own error, on the handed connection, and the worker is fine after it
   const bad = await rawRequest(w.port, 'GET', '/demo-hg?cmd=getbundle', { ...auth, 'x-hgarg-1': 'heads=zzzz' })
-  t.equal(bad.headers.connection, 'close', 'handed over')
   t.equal(bad.status, 500, 'hg refuses the argument itself')
+  await waitFor(() => accessLines(w, 'getbundle').some((l) => l.status === 500), 5000, 'the access line of the bad request')
+  t.equal(accessLines(w, 'getbundle').find((l) => l.status === 500)!.handed_over, true, 'handed over')
+  t.notOk(accessLines(w, 'getbundle').find((l) => l.status === 200)!.handed_over, 'the POST was not')
   const good = await getbundle(w, 'demo-hg', tip, auth)
   t.equal(good.status, 200)
   t.ok(good.body.length > 100)
