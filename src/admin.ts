@@ -8,7 +8,7 @@ import type { Config } from './config.js'
 import type { AuthStore, Level } from './auth/store.js'
 import { LEVELS } from './auth/store.js'
 import { hashPassword } from './auth/password.js'
-import { hashToken, newToken } from './auth/tokens.js'
+import { hashToken, newToken, TOKEN_PREFIX } from './auth/tokens.js'
 import { gitRepoName, isBareGitRepo, parseRepoPath, resolveInside, type RepoKind } from './repos/path.js'
 import { createRepo } from './repos/create.js'
 import { createGitRunner } from './git/spawn.js'
@@ -47,6 +47,8 @@ function readPassword(): string {
   const password = text.replace(/\r?\n$/, '')
   if (password.length < 8) throw new UsageError('password must be at least 8 characters (read from standard input)')
   if (password.length > 1024 || password.includes('\n')) throw new UsageError('password must be one line of at most 1024 characters')
+  // a secret of that shape is checked as a token and could never log in as a password
+  if (password.startsWith(TOKEN_PREFIX)) throw new UsageError(`a password may not start with ${TOKEN_PREFIX} (that prefix marks access tokens)`)
   return password
 }
 

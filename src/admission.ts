@@ -196,7 +196,7 @@ export class Admission {
     this.events.rejected?.(reason, cls)
     const message = {
       queue_full: 'server busy: too many clones and pushes in progress; try again in a few seconds',
-      queue_timeout: `server busy: no free slot within ${Math.round(this.limits.queueTimeoutMs / 1000)} s; try again in a few seconds`,
+      queue_timeout: `server busy: no free slot within ${+(this.limits.queueTimeoutMs / 1000).toFixed(1)} s; try again in a few seconds`,
       draining: 'server is restarting; try again in a few seconds',
     }[reason]
     return new ServiceUnavailableError(message, RETRY_AFTER_S)

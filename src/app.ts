@@ -126,7 +126,9 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     realm: config.realm,
     cacheTtlMs: config.authCacheTtlMs,
     throttleLimit: config.loginFailureLimit,
+    addressThrottleLimit: config.loginFailureAddressLimit,
     throttleWindowMs: config.loginFailureWindowMs,
+    passwordQueueLimit: config.passwordQueueLimit,
   })
   installHookScripts(config.hooksDir)
   const refHooks = new RefHookServer((ctx) => app.vcsAuth.checkRefUpdates(ctx), config.tmpDir)

@@ -52,6 +52,8 @@ export const OPTIONS = {
   trustedProxies: { kind: 'list', flag: 'trusted-proxies', env: 'VCS_WORKER_TRUSTED_PROXIES', doc: 'addresses/CIDRs whose X-Forwarded-For is believed (HAProxy)' },
   authCacheTtlMs: { kind: 'int', flag: 'auth-cache-ttl-ms', env: 'VCS_WORKER_AUTH_CACHE_TTL_MS', doc: 'how long a verified credential is remembered', min: 0, max: 3_600_000 },
   loginFailureLimit: { kind: 'int', flag: 'login-failure-limit', env: 'VCS_WORKER_LOGIN_FAILURE_LIMIT', doc: 'failed logins per user and address before 429', min: 1 },
+  loginFailureAddressLimit: { kind: 'int', flag: 'login-failure-address-limit', env: 'VCS_WORKER_LOGIN_FAILURE_ADDRESS_LIMIT', doc: 'failed password logins from one address, across all user names, before 429', min: 1 },
+  passwordQueueLimit: { kind: 'int', flag: 'password-queue-limit', env: 'VCS_WORKER_PASSWORD_QUEUE_LIMIT', doc: 'password checks waiting for the slow KDF (two run at once); past it, 503', min: 0 },
   loginFailureWindowMs: { kind: 'int', flag: 'login-failure-window-ms', env: 'VCS_WORKER_LOGIN_FAILURE_WINDOW_MS', doc: 'window of the failed-login count', min: 1000 },
   realm: { kind: 'string', flag: 'realm', env: 'VCS_WORKER_REALM', doc: 'HTTP Basic realm shown by clients' },
   heavyLimit: { kind: 'int', flag: 'heavy-limit', env: 'VCS_WORKER_HEAVY_LIMIT', doc: 'clones, fetches and pushes served at once (git upload/receive-pack POSTs, hg bundle commands)', min: 1 },
@@ -99,6 +101,8 @@ export interface Config {
   readonly authCacheTtlMs: number
   readonly loginFailureLimit: number
   readonly loginFailureWindowMs: number
+  readonly loginFailureAddressLimit: number
+  readonly passwordQueueLimit: number
   readonly realm: string
   readonly heavyLimit: number
   readonly repoHeavyLimit: number
@@ -154,6 +158,8 @@ export const DEFAULTS: Config = {
   authCacheTtlMs: 60_000,
   loginFailureLimit: 10,
   loginFailureWindowMs: 300_000,
+  loginFailureAddressLimit: 50,
+  passwordQueueLimit: 16,
   realm: 'vcs-worker',
   heavyLimit: 16,
   repoHeavyLimit: 0,

@@ -2,7 +2,7 @@
  * Verified credentials, remembered briefly. An hg pull sends a dozen requests, each with
  * credentials; the slow KDF should run once, not a dozen times. Entries are keyed by an HMAC
  * of the credentials under a per-process random key (the plain secret is never a map key), live
- * for a short TTL, and are all dropped when the store reports any change (a password, token or
+ * for a short TTL (never past the credential's own expiry), and are all dropped when the store reports any change (a password, token or
  * user changed, by this process or the CLI).
  */
 import { createHmac, randomBytes } from 'node:crypto'
@@ -12,6 +12,8 @@ export interface CachedIdentity {
   id: number
   name: string
   via: 'password' | 'token'
+  /** when the credential itself expires (a token's expiry), ms since the epoch: the entry never outlives it */
+  expiresAt?: number
 }
 
 export class CredentialCache {
@@ -34,12 +36,13 @@ export class CredentialCache {
       this.entries.delete(key)
       return undefined
     }
-    return e.identity
+    const { expiresAt: _, ...identity } = e.identity
+    return identity
   }
 
   set(key: string, identity: CachedIdentity): void {
     if (this.entries.size >= this.maxEntries) this.entries.clear()
-    this.entries.set(key, { identity, expires: Date.now() + this.ttlMs })
+    this.entries.set(key, { identity, expires: Math.min(Date.now() + this.ttlMs, identity.expiresAt ?? Infinity) })
   }
 
   clear(): void {

@@ -19,30 +19,53 @@ export async function hashPassword(password: string, params = DEFAULT_SCRYPT): P
   return `scrypt$${params.N}$${params.r}$${params.p}$${salt.toString('base64')}$${key.toString('base64')}`
 }
 
+/** Thrown when the queue of password checks is full: the caller answers 503, not a wrong-password 401. */
+export class PasswordQueueFullError extends Error {
+  readonly code = 'VCS_PASSWORD_QUEUE_FULL'
+}
+
 /**
- * At most two derivations at once (one per core here): each holds 128 x N x r bytes (128 MiB
- * at the default cost), so a burst of cache misses must queue rather than multiply memory.
+ * Runs password derivations: at most `concurrency` at once (one per core here; each holds
+ * 128 x N x r bytes, 128 MiB at the default cost), at most `queueLimit` waiting (past it,
+ * PasswordQueueFullError at once: a burst of made-up user names must not delay a real login
+ * by half a minute), and one derivation per credential at a time: concurrent checks of the same
+ * `key` share the first one's result.
  */
-const MAX_CONCURRENT = 2
-let running = 0
-const waiting: (() => void)[] = []
-async function withSlot<T>(fn: () => Promise<T>): Promise<T> {
-  if (running >= MAX_CONCURRENT) await new Promise<void>((resolve) => waiting.push(resolve))
-  running++
-  try {
-    return await fn()
-  } finally {
-    running--
-    waiting.shift()?.()
+export class PasswordVerifier {
+  private running = 0
+  private readonly waiting: (() => void)[] = []
+  private readonly inFlight = new Map<string, Promise<boolean>>()
+
+  constructor(private readonly opts: { concurrency: number; queueLimit: number; derive?: (password: string, stored: string) => Promise<boolean> }) {}
+
+  get queued(): number { return this.waiting.length }
+
+  /** Checks `password` against `stored`; `key` names the credential (a keyed hash, never the secret). */
+  verify(key: string, password: string, stored: string): Promise<boolean> {
+    const shared = this.inFlight.get(key)
+    if (shared) return shared
+    const run = this.withSlot(() => (this.opts.derive ?? verifyPassword)(password, stored)).finally(() => this.inFlight.delete(key))
+    this.inFlight.set(key, run)
+    return run
+  }
+
+  private async withSlot<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.running >= this.opts.concurrency) {
+      if (this.waiting.length >= this.opts.queueLimit) throw new PasswordQueueFullError('too many password checks waiting')
+      await new Promise<void>((resolve) => this.waiting.push(resolve))
+    }
+    this.running++
+    try {
+      return await fn()
+    } finally {
+      this.running--
+      this.waiting.shift()?.()
+    }
   }
 }
 
 /** Checks a password against a stored hash; false for any malformed hash. */
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {
-  return withSlot(() => verifyNow(password, stored))
-}
-
-async function verifyNow(password: string, stored: string): Promise<boolean> {
   const parts = stored.split('$')
   if (parts.length !== 6 || parts[0] !== 'scrypt') return false
   const [N, r, p] = parts.slice(1, 4).map(Number) as [number, number, number]
@@ -53,9 +76,9 @@ async function verifyNow(password: string, stored: string): Promise<boolean> {
   return key.length === expected.length && timingSafeEqual(key, expected)
 }
 
-/** A dummy verification for unknown users, so response time does not reveal who exists. */
+/** A stored hash to check unknown users' passwords against, so response time does not reveal who exists. */
 let dummyHash: Promise<string> | undefined
-export async function burnPasswordCheck(password: string, params = DEFAULT_SCRYPT): Promise<void> {
+export function dummyPasswordHash(params = DEFAULT_SCRYPT): Promise<string> {
   dummyHash ??= hashPassword('not-a-user', params)
-  await verifyPassword(password, await dummyHash)
+  return dummyHash
 }

@@ -8,12 +8,12 @@
  */
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { ForbiddenError, RepoNotFoundError, UnauthorizedError, VcsError } from '../errors.js'
+import { ForbiddenError, RepoNotFoundError, ServiceUnavailableError, UnauthorizedError, VcsError } from '../errors.js'
 import type { RepoRef } from '../repos/path.js'
 import { parseAuthorization, type Credentials } from './credentials.js'
-import { burnPasswordCheck, verifyPassword, DEFAULT_SCRYPT } from './password.js'
+import { dummyPasswordHash, DEFAULT_SCRYPT, PasswordQueueFullError, PasswordVerifier } from './password.js'
 import { hashToken, looksLikeToken } from './tokens.js'
-import { CredentialCache } from './cache.js'
+import { CredentialCache, type CachedIdentity } from './cache.js'
 import { LoginThrottle } from './throttle.js'
 import type { AuthStore, Level } from './store.js'
 import { protectionHook } from './protection.js'
@@ -84,10 +84,20 @@ export interface AuthOptions {
   store: AuthStore
   realm: string
   cacheTtlMs?: number
+  /** failed logins of one user name (or of tokens, or malformed headers) from one address before 429 */
   throttleLimit?: number
+  /** failed password logins from one address across all user names before 429 */
+  addressThrottleLimit?: number
   throttleWindowMs?: number
+  /** password checks waiting for the KDF before 503 */
+  passwordQueueLimit?: number
   scrypt?: { N: number; r: number; p: number }
 }
+
+/** Throttle keys: each kind of failure counts apart, so garbage never locks out a real credential. */
+const MALFORMED = '\0malformed'
+const TOKENS = '\0token'
+const passwordKey = (user: string): string => `password:${user}`
 
 /** Public when the store says so; otherwise grantees only. admin ⊃ write ⊃ read. */
 export function levelAllows(level: Level | undefined, action: Action): boolean {
@@ -104,53 +114,78 @@ export function levelAllows(level: Level | undefined, action: Action): boolean {
 async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void> {
   const { store, realm } = opts
   const cache = new CredentialCache(opts.cacheTtlMs ?? 60_000)
-  const throttle = new LoginThrottle(opts.throttleLimit ?? 10, opts.throttleWindowMs ?? 5 * 60_000)
+  const windowMs = opts.throttleWindowMs ?? 5 * 60_000
+  const throttle = new LoginThrottle(opts.throttleLimit ?? 10, windowMs)
+  const addressThrottle = new LoginThrottle(opts.addressThrottleLimit ?? 50, windowMs)
+  const verifier = new PasswordVerifier({ concurrency: 2, queueLimit: opts.passwordQueueLimit ?? 16 })
   const scryptParams = opts.scrypt ?? DEFAULT_SCRYPT
   const repoHooks: RepoHook[] = []
   const refHooks: RefHook[] = []
   const challenge = (msg: string): UnauthorizedError => new UnauthorizedError(msg, realm)
 
-  async function verify(creds: Credentials): Promise<Identity | undefined> {
-    if (creds.scheme === 'basic' && !looksLikeToken(creds.secret)) {
-      const user = await store.findUser(creds.username)
-      if (!user) {
-        await burnPasswordCheck(creds.secret, scryptParams) // same time whether the user exists or not
-        return undefined
-      }
-      return (await verifyPassword(creds.secret, user.passwordHash)) ? { kind: 'user', id: user.id, name: user.name, via: 'password' } : undefined
-    }
+  /** A token (Bearer, or a token-shaped Basic password): one hash lookup, no KDF. */
+  async function verifyToken(creds: Credentials): Promise<CachedIdentity | undefined> {
     const token = await store.findToken(hashToken(creds.secret))
     if (!token || token.revokedAt !== null) return undefined
     if (token.expiresAt !== null && token.expiresAt * 1000 <= Date.now()) return undefined
     // With Basic, the token must belong to the user named (git sends user + token as password).
     if (creds.scheme === 'basic' && creds.username !== token.userName) return undefined
-    return { kind: 'user', id: token.userId, name: token.userName, via: 'token' }
+    return { id: token.userId, name: token.userName, via: 'token', expiresAt: token.expiresAt === null ? undefined : token.expiresAt * 1000 }
   }
+
+  /** A password: the slow KDF, through the bounded, single-flight verifier. */
+  async function verifyUserPassword(creds: Credentials & { scheme: 'basic' }, key: string): Promise<CachedIdentity | undefined> {
+    const user = await store.findUser(creds.username)
+    // an unknown user costs the same derivation, so response time does not reveal who exists
+    const ok = await verifier.verify(key, creds.secret, user ? user.passwordHash : await dummyPasswordHash(scryptParams))
+    return ok && user ? { id: user.id, name: user.name, via: 'password' } : undefined
+  }
+
+  const throttled = (wait: number): VcsError => new VcsError('VCS_THROTTLED', 429, 'too many failed logins; try again later', { headers: { 'retry-after': String(wait) } })
 
   async function authenticate(req: FastifyRequest): Promise<Identity> {
     if (req.identity) return req.identity
     const creds = parseAuthorization(req.headers.authorization)
     if (creds === undefined) return (req.identity = ANONYMOUS)
-    const user = creds !== 'malformed' && creds.scheme === 'basic' ? creds.username : ''
     if (creds === 'malformed') {
-      throttle.fail('', req.ip)
+      const wait = throttle.retryAfter(MALFORMED, req.ip)
+      throttle.fail(MALFORMED, req.ip)
+      if (wait > 0) throw throttled(wait)
       throw challenge('malformed Authorization header')
     }
     if (store.changedSinceLastCheck()) cache.clear()
     const key = cache.keyFor(creds)
     const cached = cache.get(key)
     if (cached) return (req.identity = { kind: 'user', ...cached })
-    const wait = throttle.retryAfter(user, req.ip)
-    if (wait > 0) throw new VcsError('VCS_THROTTLED', 429, 'too many failed logins; try again later', { headers: { 'retry-after': String(wait) } })
-    const identity = await verify(creds)
-    if (!identity || identity.kind !== 'user') {
-      throttle.fail(user, req.ip)
+    // A token is unguessable and cheap to check: a valid one always passes. A password is
+    // throttled before the KDF runs: per user name and address, and per address across names.
+    const isToken = creds.scheme === 'bearer' || looksLikeToken(creds.secret)
+    if (!isToken) {
+      const wait = Math.max(throttle.retryAfter(passwordKey(creds.username), req.ip), addressThrottle.retryAfter('', req.ip))
+      if (wait > 0) throw throttled(wait)
+    }
+    let identity: CachedIdentity | undefined
+    try {
+      identity = isToken ? await verifyToken(creds) : await verifyUserPassword(creds as Credentials & { scheme: 'basic' }, key)
+    } catch (err) {
+      if (err instanceof PasswordQueueFullError) throw new ServiceUnavailableError('server busy checking passwords; try again in a few seconds')
+      throw err
+    }
+    if (!identity) {
       req.log.info({ ip: req.ip, scheme: creds.scheme }, 'authentication failed')
+      if (isToken) {
+        const wait = throttle.retryAfter(TOKENS, req.ip)
+        throttle.fail(TOKENS, req.ip)
+        if (wait > 0) throw throttled(wait)
+      } else {
+        throttle.fail(passwordKey((creds as { username: string }).username), req.ip)
+        addressThrottle.fail('', req.ip)
+      }
       throw challenge('invalid credentials')
     }
     req.log.debug({ via: identity.via }, 'credentials verified (cache miss)')
-    cache.set(key, { id: identity.id, name: identity.name, via: identity.via })
-    return (req.identity = identity)
+    cache.set(key, identity)
+    return (req.identity = { kind: 'user', id: identity.id, name: identity.name, via: identity.via })
   }
 
   const anonymousChallenge = (action: Action): UnauthorizedError => challenge(action === 'write' ? 'authentication required to push' : 'authentication required')

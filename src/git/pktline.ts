@@ -49,8 +49,8 @@ export function splitPackets(buf: Buffer): Buffer[] {
 export interface PktCheckOptions {
   /** 'all': the whole body is pkt-lines (upload-pack); 'commands': only up to the first flush (receive-pack, then the pack follows) */
   mode: 'all' | 'commands'
-  /** called with each payload of the checked section (bounded by the caller's body limit) */
-  onPacket?: (payload: Buffer) => void
+  /** called with each payload of the checked section (bounded by the caller's body limit); an Error it returns fails the stream */
+  onPacket?: (payload: Buffer) => Error | undefined
 }
 
 /**
@@ -113,7 +113,8 @@ export class PktLineChecker extends Transform {
       this.onlyFlush = false
       if (this.opts.onPacket) {
         if (buf.length - at < len) break // wait for the whole packet
-        this.opts.onPacket(buf.subarray(at + 4, at + len))
+        const refused = this.opts.onPacket(buf.subarray(at + 4, at + len))
+        if (refused) return refused
         at += len
       } else {
         at += 4

@@ -48,10 +48,15 @@ const HAVES_CHECKED = 256
 class NegotiationShape {
   command: string | undefined
   readonly haves: string[] = []
-  readonly onPacket = (p: Buffer): void => {
+  /** a command we do not serve is refused at its first packet, before the rest of the body is read */
+  readonly onPacket = (p: Buffer): Error | undefined => {
     if (p.length > 5 && p[0] === 0x68 && p.toString('latin1', 0, 5) === 'have ') {
       if (this.haves.length < HAVES_CHECKED) this.haves.push(p.toString('latin1', 5).trim())
-    } else if (this.command === undefined && p.toString('latin1', 0, 8) === 'command=') this.command = p.toString('latin1', 8).trim()
+    } else if (this.command === undefined && p.toString('latin1', 0, 8) === 'command=') {
+      this.command = p.toString('latin1', 8).trim()
+      if (!V2_COMMANDS.has(this.command)) return new BadRequestError(`protocol v2 command ${this.command.slice(0, 40)} is not served here`)
+    }
+    return undefined
   }
   /** undefined: light work, never queued */
   async workClass(anyExists: (oids: string[]) => Promise<boolean>): Promise<WorkClass | undefined> {
@@ -138,7 +143,6 @@ export function gitHandlers(deps: GitDeps) {
       }
       let release: Release | undefined
       try {
-        if (shape.command !== undefined && !V2_COMMANDS.has(shape.command)) throw new BadRequestError(`protocol v2 command ${shape.command.slice(0, 40)} is not served here`)
         const cls = await shape.workClass((oids) => git.anyObjectExists(repo.dir, oids))
         if (cls) release = await deps.admission.acquire(repo.name, cls, reply.raw, admissionClient(principal, req.ip))
       } catch (err) {
@@ -147,7 +151,7 @@ export function gitHandlers(deps: GitDeps) {
         // prints the reason: "fatal: remote error: server busy: ...".
         if (err instanceof ServiceUnavailableError) {
           req.access.refused = err.message
-          return reply.send(errPkt(err.message))
+          return reply.headers(err.headers).send(errPkt(err.message))
         }
         throw err
       }

@@ -164,6 +164,9 @@ t.test('the CLI changes rights while the server runs; the cache never outlives a
     t.equal(r.code, 2, `user name ${JSON.stringify(bad)} refused`)
   }
   t.equal((await cli(w, ['user', 'add', 'shorty'], 'short\n')).code, 2, 'short password refused')
+  r = await cli(w, ['user', 'add', 'tokeny'], `vcsw_${'x'.repeat(43)}\n`)
+  t.same([r.code, r.stderr.split('\n')[0]], [2, 'vcs-worker: a password may not start with vcsw_ (that prefix marks access tokens)'], 'a token-shaped password is refused: it could never log in')
+  t.equal((await cli(w, ['user', 'passwd', 'carol'], 'vcsw_anything-else\n')).code, 2, 'by passwd too')
   t.equal((await cli(w, ['user', 'add', odd], 'odd-password\n')).code, 1, 'existing user: runtime error')
   t.equal((await cli(w, ['grant', 'nobody', 'demo', 'read'])).code, 1)
   t.equal((await cli(w, ['grant', odd, 'demo', 'owner'])).code, 2)
@@ -193,6 +196,57 @@ t.test('the KDF runs once for a dozen requests; throttling by user and address',
   const u = await startWorker(t, { 'login-failure-limit': '2' }, { private: true })
   for (let i = 0; i < 2; i++) await rawRequest(u.port, 'GET', refs('demo.git'), { ...basic('erin', 'guess'), ...from(`198.51.100.${i}`) })
   t.equal((await rawRequest(u.port, 'GET', refs('demo.git'), { ...basic('erin', 'guess'), ...from('198.51.100.99') })).status, 429, 'X-Forwarded-For ignored from an untrusted peer')
+})
+
+t.test('throttle keys of their own: garbage and bad tokens lock out no real credential; a budget per address across user names', async (t) => {
+  const w = await startWorker(t, { 'login-failure-limit': '3', 'login-failure-address-limit': '5', 'trusted-proxies': '127.0.0.1' }, { private: true })
+  await w.addUser('gil', 'gil-password', { 'demo.git': 'read' })
+  const token = (await cli(w, ['token', 'create', 'gil'])).stdout.trim().split('\n')[1]!
+  const from = (ip: string) => ({ 'x-forwarded-for': ip })
+  const get = (ip: string, authorization: string) => rawRequest(w.port, 'GET', refs('demo.git'), { authorization, ...from(ip) })
+
+  const garbage = []
+  for (let i = 0; i < 10; i++) garbage.push((await get('192.0.2.20', 'Basic !!!')).status)
+  t.same(garbage, [401, 401, 401, 429, 429, 429, 429, 429, 429, 429], 'malformed headers are throttled under their own key')
+  t.equal((await get('192.0.2.20', `Bearer ${token}`)).status, 200, 'a real token from that address still works (uncached)')
+  t.equal((await get('192.0.2.20', basic('gil', 'gil-password').authorization)).status, 200, 'and a real password')
+
+  const wrong = []
+  for (let i = 0; i < 5; i++) wrong.push((await get('192.0.2.21', `Bearer vcsw_${String(i).repeat(43)}`)).status)
+  t.same(wrong, [401, 401, 401, 429, 429], 'invented tokens are throttled under their own key')
+  t.equal((await get('192.0.2.21', basic('gil', token).authorization)).status, 200, 'a real token is never locked out: it cannot be guessed')
+
+  // made-up user names from one address: each name has its own count, the address a budget over all
+  const names = []
+  for (let i = 0; i < 6; i++) names.push((await get('192.0.2.22', basic(`nobody${i}`, 'guess').authorization)).status)
+  t.same(names, [401, 401, 401, 401, 401, 429], 'the sixth name from the address is refused before the KDF runs')
+  t.equal((await get('192.0.2.23', basic('gil', 'gil-password').authorization)).status, 200, 'another address logs in')
+})
+
+t.test('a burst of password checks: the queue is bounded (503), a real login is not held behind it', async (t) => {
+  const w = await startWorker(t, { 'password-queue-limit': '2', 'login-failure-address-limit': '1000', 'login-failure-limit': '1000' }, { private: true })
+  const burst = await Promise.all(Array.from({ length: 16 }, (_, i) => rawRequest(w.port, 'GET', refs('demo.git'), basic(`user${i}`, `password-${i}`))))
+  const statuses = burst.map((r) => r.status)
+  t.ok(statuses.every((s) => s === 401 || s === 503), `only 401 and 503: ${statuses.join(' ')}`)
+  const busy = burst.filter((r) => r.status === 503)
+  t.ok(busy.length >= 1, `${busy.length} of 16 refused at once instead of queued`)
+  for (const r of busy) {
+    t.equal(r.body.toString(), 'server busy checking passwords; try again in a few seconds\n')
+    t.equal(r.headers['retry-after'], '5')
+  }
+})
+
+t.test('a token that expires while cached is refused from its expiry on', async (t) => {
+  const w = await startWorker(t, { 'auth-cache-ttl-ms': '3600000' }, { private: true })
+  await w.addUser('hal', 'hal-password', { 'demo.git': 'read' })
+  const { hashToken } = await import('../../src/auth/tokens.js')
+  const token = `vcsw_${'h'.repeat(43)}`
+  const expiresAt = Math.floor(Date.now() / 1000) + 2
+  await w.store.addToken('hal', hashToken(token), expiresAt)
+  const bearer = { authorization: `Bearer ${token}` }
+  t.equal((await rawRequest(w.port, 'GET', refs('demo.git'), bearer)).status, 200, 'valid, and now cached for an hour')
+  await waitFor(() => Date.now() > expiresAt * 1000, 5000, 'the expiry to pass')
+  t.equal((await rawRequest(w.port, 'GET', refs('demo.git'), bearer)).status, 401, 'refused at once, though the cache entry is young')
 })
 
 t.test('malformed Authorization headers: 401, no crash, nothing leaks; no credential in any log', async (t) => {

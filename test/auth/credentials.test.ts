@@ -1,6 +1,6 @@
 import t from 'tap'
 import { parseAuthorization } from '../../src/auth/credentials.js'
-import { hashPassword, verifyPassword } from '../../src/auth/password.js'
+import { hashPassword, verifyPassword, PasswordVerifier } from '../../src/auth/password.js'
 import { refPattern } from '../../src/auth/protection.js'
 
 const basic = (s: string) => `Basic ${Buffer.from(s, 'utf8').toString('base64')}`
@@ -56,4 +56,34 @@ t.test('protected ref patterns', async (t) => {
   t.notOk(refPattern('release/*').test('refs/heads/release/1/x'))
   t.ok(refPattern('refs/tags/**').test('refs/tags/v1/rc/2'))
   t.notOk(refPattern('ma.n').test('refs/heads/main'), 'dots are literal')
+})
+
+t.test('the password verifier: bounded concurrency, a bounded queue, one derivation per credential at a time', async (t) => {
+  const pending: { password: string; done: (ok: boolean) => void }[] = []
+  const derive = (password: string) => new Promise<boolean>((resolve) => pending.push({ password, done: resolve }))
+  const v = new PasswordVerifier({ concurrency: 2, queueLimit: 2, derive })
+  const results: Promise<boolean>[] = []
+  for (let i = 0; i < 4; i++) results.push(v.verify(`k${i}`, `p${i}`, 'stored'))
+  await new Promise((r) => setImmediate(r))
+  t.equal(pending.length, 2, 'two derivations run at once')
+  t.equal(v.queued, 2, 'two wait')
+  await t.rejects(v.verify('k9', 'p9', 'stored'), { code: 'VCS_PASSWORD_QUEUE_FULL' }, 'a fifth is refused at once, not queued')
+  const same = [v.verify('k0', 'p0', 'stored'), v.verify('k0', 'p0', 'stored')]
+  t.equal(v.queued, 2, 'the same credential again joins the derivation in flight')
+  pending[0]!.done(true)
+  t.same(await Promise.all([results[0], ...same]), [true, true, true], 'and shares its result')
+  await new Promise((r) => setImmediate(r))
+  t.equal(pending.length, 3, 'a freed slot starts the next waiter')
+  pending[1]!.done(false)
+  pending[2]!.done(true)
+  await new Promise((r) => setImmediate(r))
+  pending[3]!.done(false)
+  t.same(await Promise.all(results), [true, false, true, false])
+  t.equal(v.queued, 0)
+  // once done, the same credential derives again (no result is kept here: that is the cache's job)
+  const again = v.verify('k0', 'p0', 'stored')
+  await new Promise((r) => setImmediate(r))
+  t.equal(pending.length, 5)
+  pending[4]!.done(true)
+  t.equal(await again, true)
 })

@@ -56,10 +56,14 @@ t.test('symlinks out of the repos dir, non-repos and working trees are 404', asy
   await w.store.setRepo('linkdir/secret.git', 'git', true)
   await mkdir(path.join(w.reposDir, 'plain.git'))
   t.equal((await git(['init', '-q', path.join(w.reposDir, 'wt')])).code, 0)
+  await w.addUser('una', 'una-password')
+  const una = { authorization: `Basic ${Buffer.from('una:una-password').toString('base64')}` }
   for (const p of ['/evil.git', '/linkdir/secret.git', '/plain.git', '/wt', '/wt.git', '/nope']) {
-    const res = await rawRequest(w.port, 'GET', `${p}/info/refs?service=git-upload-pack`)
+    const res = await rawRequest(w.port, 'GET', `${p}/info/refs?service=git-upload-pack`, una)
     t.equal(res.status, 404, `${p} -> 404`)
     t.equal(res.body.toString(), 'repository not found\n')
+    const anon = await rawRequest(w.port, 'GET', `${p}/info/refs?service=git-upload-pack`)
+    t.same([anon.status, anon.body.toString()], [401, 'authentication required\n'], `${p} -> 401 without credentials, as a private repo answers`)
   }
   const inside = await rawRequest(w.port, 'GET', '/alias.git/info/refs?service=git-upload-pack')
   t.equal(inside.status, 200, 'a symlink that stays inside the repos dir works')

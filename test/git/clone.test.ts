@@ -1,7 +1,9 @@
 import t from 'tap'
 import path from 'node:path'
 import { readFile } from 'node:fs/promises'
-import { startWorker, gitClient, processesMatching, waitFor } from '../helpers/worker.js'
+import { gzipSync } from 'node:zlib'
+import { startWorker, gitClient, processesMatching, rawRequest, waitFor } from '../helpers/worker.js'
+import { FLUSH, pkt } from '../../src/git/pktline.js'
 
 const MAIN = '5ac674cbf899a6fbcdfc314785e2e58c31ca95a2'
 
@@ -40,9 +42,14 @@ t.test('URLs with and without .git, nested paths, the empty repo', async (t) => 
   const empty = await git(['clone', `${w.url}/empty.git`, 'c-empty'])
   t.equal(empty.code, 0, empty.stderr)
   t.match(empty.stderr, 'You appear to have cloned an empty repository')
+  // without credentials a missing repo looks private: git asks for credentials
   const missing = await git(['clone', `${w.url}/nope.git`, 'c-nope'])
   t.not(missing.code, 0)
-  t.match(missing.stderr, /not found|404/)
+  t.match(missing.stderr, /could not read Username/)
+  await w.addUser('una', 'una-password')
+  const known = await git(['clone', `${w.urlAs('una', 'una-password')}/nope.git`, 'c-nope2'])
+  t.not(known.code, 0)
+  t.match(known.stderr, /repository not found/, 'a signed-in user learns it is missing')
 })
 
 t.test('shallow clones: --depth, --deepen, --shallow-since, --unshallow', async (t) => {
@@ -111,4 +118,22 @@ t.test('the v2 advertisement is served without a git process', async (t) => {
   // a malformed Git-Protocol header is ignored, not passed to git
   const bad = await fetch(`${w.url}/demo.git/info/refs?service=git-upload-pack`, { headers: { 'git-protocol': 'version=2;rm -rf' } })
   t.match(await bad.text(), /^001e# service=git-upload-pack/)
+})
+
+t.test('object-info is neither advertised nor served: one request can no longer cost git minutes', async (t) => {
+  const w = await startWorker(t)
+  const git = gitClient(w.dir)
+  const adv = await (await fetch(`${w.url}/demo.git/info/refs?service=git-upload-pack`, { headers: { 'git-protocol': 'version=2' } })).text()
+  t.notMatch(adv, 'object-info', 'not in the v2 advertisement')
+  t.match(adv, 'ls-refs', 'the other capabilities are')
+  // what git 2.39 itself would serve: a request for 1.3 M object ids in 185 KB of gzip
+  const lines = Buffer.concat([pkt('command=object-info\n'), pkt('agent=attacker\n'), Buffer.from('0001'), pkt('size\n'), ...Array.from({ length: 200_000 }, () => pkt(`oid ${MAIN}\n`)), FLUSH])
+  const before = w.logs().length
+  const res = await rawRequest(w.port, 'POST', '/demo.git/git-upload-pack', { 'content-type': 'application/x-git-upload-pack-request', 'git-protocol': 'version=2', 'content-encoding': 'gzip' }, gzipSync(lines))
+  t.same([res.status, res.body.toString()], [400, 'protocol v2 command object-info is not served here\n'])
+  const line = w.logs().slice(before).find((l) => l.msg === 'request' && l.route === 'git_upload_pack')!
+  t.equal(line.child_pid, undefined, 'no git process was started for it')
+  // the commands clients use still work
+  const clone = await git(['-c', 'protocol.version=2', 'clone', '-q', `${w.url}/demo.git`, 'v2'])
+  t.equal(clone.code, 0, clone.stderr)
 })

@@ -133,3 +133,27 @@ t.test('a push over the size limit gets 413 while the client is still sending, a
   const again = await git(['ls-remote', `${w.url}/demo.git`])
   t.equal(again.code, 0)
 })
+
+/** A commit on `parent` whose tree holds `.GIT/config` (what git's fsck calls hasDotgit), made without a checkout. */
+async function dotGitCommit(git: ReturnType<typeof gitClient>, work: string, parent: string): Promise<string> {
+  const blob = (await git(['hash-object', '-w', '--stdin'], work, { input: '[core]\n\thooksPath = /tmp\n' })).stdout.trim()
+  const inner = (await git(['mktree'], work, { input: `100644 blob ${blob}\tconfig\n` })).stdout.trim()
+  const tree = (await git(['mktree'], work, { input: `040000 tree ${inner}\t.GIT\n` })).stdout.trim()
+  return (await git(['commit-tree', tree, '-p', parent, '-m', 'sneaky'], work)).stdout.trim()
+}
+
+t.test('pushed objects are fsck-checked: a tree with .GIT is refused with git\'s reason; fsckObjects off accepts it', async (t) => {
+  const { git, work, server } = await setup(t)
+  const before = (await server(['show-ref'])).stdout
+  const bad = await dotGitCommit(git, work, 'HEAD')
+  const r = await git(['push', 'origin', `${bad}:refs/heads/sneaky`], work)
+  t.not(r.code, 0)
+  t.match(r.stderr, /hasDotgit: contains '\.git'/, 'git prints fsck\'s reason')
+  t.match(r.stderr, /remote rejected|unpack failed/)
+  t.equal((await server(['show-ref'])).stdout, before, 'no ref moved')
+  t.equal((await server(['cat-file', '-e', bad])).code, 1, 'the object did not land')
+
+  const off = await setup(t, { 'fsck-objects': false })
+  const accepted = await off.git(['push', 'origin', `${await dotGitCommit(off.git, off.work, 'HEAD')}:refs/heads/sneaky`], off.work)
+  t.equal(accepted.code, 0, `with fsckObjects false it lands: ${accepted.stderr}`)
+})

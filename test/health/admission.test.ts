@@ -83,13 +83,14 @@ t.test('past the limits: 503 with Retry-After and a reason the git user reads; a
   t.match(push.stderr, /server busy/)
   t.equal((await git(['rev-parse', 'main'], path.join(w.reposDir, 'demo.git'))).stdout, before, 'the refused push moved no ref')
 
-  // what any client sees: status, Retry-After, one line of text
+  // what any client sees of a refused negotiation: git's own ERR packet, which git prints as
+  // "remote error: <reason>" (it shows no body of a refused RPC POST, only "HTTP 503")
   const want = (await git(['rev-parse', 'main'], path.join(w.reposDir, 'demo.git'))).stdout.trim()
   const res = await rawRequest(w.port, 'POST', '/demo.git/git-upload-pack', { 'content-type': 'application/x-git-upload-pack-request' },
     Buffer.concat([pkt(`want ${want}\n`), FLUSH, pkt('done\n')]))
-  t.equal(res.status, 503)
-  t.equal(res.headers['retry-after'], '5')
-  t.match(res.body.toString(), /^server busy: [^\n]*\n$/)
+  t.equal(res.status, 200)
+  t.equal(res.headers['content-type'], 'application/x-git-upload-pack-result')
+  t.same(res.body, pkt('ERR server busy: too many clones and pushes in progress; try again in a few seconds\n'))
 
   await gate.open()
   t.equal((await held).code, 0)
@@ -109,8 +110,7 @@ t.test('a queued request waits at most queueTimeoutMs; one whose client left fre
 
   const late = await git(['clone', '-q', `${w.url}/demo.git`, 'late'])
   t.not(late.code, 0)
-  // git prints no body for a refused RPC POST, only its status (the reason is in the log and metrics)
-  t.match(late.stderr, /HTTP 503/)
+  t.match(late.stderr, /remote error: server busy: no free slot within 0.4 s; try again in a few seconds/, 'git shows the reason')
   t.equal(metric(await scrape(w), 'vcs_rejected_total', { reason: 'queue_timeout' }), 1)
 
   // a client that gives up while queued: its place is freed, nothing leaks
@@ -150,7 +150,7 @@ t.test('overload: 3x the limit of clones at once; each completes or gets a clean
   const vis = await run(process.execPath, [CLI, 'repo', 'visibility', 'big', 'public', '--repos', reposDir, '--data', dataDir])
   t.equal(vis.code, 0, vis.stderr)
   const gate = await gateWrapper(t)
-  const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir, '--git-bin', gate.bin, '--heavy-limit', '2', '--repo-heavy-limit', '2', '--queue-limit', '2', '--log-level', 'warn'])
+  const worker = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir, '--git-bin', gate.bin, '--heavy-limit', '2', '--repo-heavy-limit', '2', '--client-heavy-limit', '2', '--queue-limit', '2', '--log-level', 'warn'])
   const port = Number(new URL(worker.url).port)
   const git = gitClient(dir)
   await gate.close()
@@ -168,7 +168,7 @@ t.test('overload: 3x the limit of clones at once; each completes or gets a clean
   const refused = results.filter((r) => r.code !== 0)
   t.equal(ok.length, 4, 'the running and the queued clones complete')
   t.equal(refused.length, 2)
-  for (const r of refused) t.match(r.stderr, /503/, 'a refused clone is told 503')
+  for (const r of refused) t.match(r.stderr, /remote error: server busy/, 'a refused clone is told why')
   for (let i = 0; i < 6; i++) {
     if (results[i]!.code === 0) t.equal((await git(['fsck', '--no-progress'], path.join(dir, `c${i}`))).code, 0, `clone ${i} is complete`)
   }
@@ -195,4 +195,64 @@ t.test('the per-repo limit: a busy repo queues its own clones, other repos still
   t.equal(metric(await scrape(w), 'vcs_queue_length'), 1)
   await gate.open()
   for (const r of await Promise.all([a, b, c])) t.equal(r.code, 0, r.stderr)
+})
+
+t.test('an invented have does not buy an incremental slot; full-clone overload turns /health/git red and git says why', async (t) => {
+  const gate = await gateWrapper(t)
+  const w = await startWorker(t, { 'git-bin': gate.bin, 'heavy-limit': '3', 'full-clone-limit': '1', 'client-heavy-limit': '3', 'queue-limit': '1' })
+  const git = gitClient(w.dir)
+  const demo = path.join(w.reposDir, 'demo.git')
+  const main = (await git(['rev-parse', 'main'], demo)).stdout.trim()
+  const parent = (await git(['rev-parse', 'main~1'], demo)).stdout.trim()
+  const negotiate = (have: string) => rawRequest(w.port, 'POST', '/demo.git/git-upload-pack', { 'content-type': 'application/x-git-upload-pack-request' },
+    Buffer.concat([pkt(`want ${main}\n`), FLUSH, pkt(`have ${have}\n`), pkt('done\n')]))
+  await gate.close()
+  const held = git([...v0, 'clone', '-q', `${w.url}/demo.git`, 'held'])
+  await waitFor(async () => metric(await scrape(w), 'vcs_heavy_in_flight', { class: 'full' }) === 1, 10_000, 'a full clone to hold the full-clone slot')
+  t.equal((await rawRequest(w.port, 'GET', '/health/git')).status, 200, 'one full clone running: healthy')
+
+  // "have <an object the repo does not hold>": still a full clone, so it queues behind the full-clone limit
+  const invented = negotiate('f'.repeat(40))
+  await waitFor(async () => metric(await scrape(w), 'vcs_queue_length') === 1, 10_000, 'the invented-have clone to queue')
+  t.equal(metric(await scrape(w), 'vcs_heavy_in_flight', { class: 'incremental' }), 0, 'it did not take an incremental slot')
+  const health = await rawRequest(w.port, 'GET', '/health/git')
+  t.equal(health.status, 503, 'full-clone slots and the queue full: saturated')
+  t.same((JSON.parse(health.body.toString()) as { failing: string[] }).failing, ['saturation'])
+  const refused = await git(['clone', '-q', `${w.url}/demo.git`, 'refused'])
+  t.not(refused.code, 0)
+  t.match(refused.stderr, /remote: server busy: too many clones and pushes in progress/, 'git prints the reason')
+
+  // a real incremental fetch (its have is in the repo) still gets a slot at once
+  const incremental = negotiate(parent)
+  await waitFor(async () => metric(await scrape(w), 'vcs_heavy_in_flight', { class: 'incremental' }) === 1, 10_000, 'the real incremental fetch to be admitted')
+  await gate.open()
+  t.equal((await held).code, 0)
+  for (const res of [await invented, await incremental]) {
+    t.equal(res.status, 200)
+    t.match(res.body.subarray(0, 64).toString('latin1'), /ACK|NAK/, 'served a pack negotiation')
+  }
+  await waitFor(async () => (await rawRequest(w.port, 'GET', '/health/git')).status === 200, 10_000, 'healthy again')
+})
+
+t.test('one client holds at most clientHeavyLimit slots: a slow reader cannot take them all', async (t) => {
+  const gate = await gateWrapper(t)
+  // heavyLimit 4: each client (a user, or an address) at most 2 (the default, half)
+  const { w } = await workerWithPusher(t, { 'git-bin': gate.bin, 'heavy-limit': '4', 'full-clone-limit': '4', 'repo-heavy-limit': '4', 'trusted-proxies': '127.0.0.1' })
+  const git = gitClient(w.dir)
+  const from = (address: string) => ['-c', `http.extraHeader=X-Forwarded-For: ${address}`]
+  await gate.close()
+  const first = [1, 2, 3].map((i) => git([...v0, ...from('192.0.2.1'), 'clone', '-q', `${w.url}/demo.git`, `a${i}`]))
+  await waitFor(async () => {
+    const text = await scrape(w)
+    return metric(text, 'vcs_heavy_in_flight') === 2 && metric(text, 'vcs_queue_length') === 1
+  }, 10_000, 'two clones of one address running, its third queued')
+  const other = git([...v0, ...from('192.0.2.2'), 'clone', '-q', `${w.url}/demo.git`, 'b'])
+  // git sends credentials to a public repo only when asked; this user sends them up front
+  const alice = `Authorization: Basic ${Buffer.from('alice:alice-pw').toString('base64')}`
+  const user = git([...v0, ...from('192.0.2.1'), '-c', `http.extraHeader=${alice}`, 'clone', '-q', `${w.url}/demo.git`, 'u'])
+  await waitFor(async () => metric(await scrape(w), 'vcs_heavy_in_flight') === 4, 10_000, 'another address and a user from the same address get the free slots')
+  t.equal(metric(await scrape(w), 'vcs_queue_length'), 1, 'the third clone of the first address still waits')
+  await gate.open()
+  const results = await Promise.all([...first, other, user])
+  t.same(results.map((r) => r.code), [0, 0, 0, 0, 0], results.map((r) => r.stderr).join(''))
 })
