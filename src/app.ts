@@ -16,7 +16,7 @@ import { WorkerMetrics } from './metrics/metrics.js'
 import Fastify, { LogController, type FastifyInstance, type FastifyServerFactory } from 'fastify'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
-import { installErrorHandlers } from './errors.js'
+import { clientErrorHandler, frameworkErrors, installErrorHandlers } from './errors.js'
 import { backendOf, installAccessLog, loggerOptions, requestIdGenerator } from './log.js'
 import { createGitRunner, type GitRunner } from './git/spawn.js'
 import { gitHandlers } from './git/routes.js'
@@ -86,6 +86,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     // X-Forwarded-For is believed only from the configured proxies (HAProxy); else the socket.
     trustProxy: config.trustedProxies.length ? [...config.trustedProxies] : false,
     connectionTimeout: config.idleTimeoutMs,
+    clientErrorHandler,
+    frameworkErrors,
   }) as unknown as FastifyInstance
   try {
     await assemble(app, config, deps)

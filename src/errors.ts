@@ -3,6 +3,7 @@
  * Every body is one line of plain text: git prints a `text/plain` error body to its user as
  * `remote:` lines, hg prints the reason, so the line must make sense in a terminal.
  */
+import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 
 /** Base class: a client-safe one-line message, an HTTP status and a stable code. */
@@ -131,4 +132,27 @@ export function installErrorHandlers(app: FastifyInstance): void {
     settleUnreadBody(req, reply)
     return sendError(reply, 404, 'not found')
   })
+}
+
+/**
+ * Node's parser refused the request before Fastify saw it (a malformed request line or header,
+ * headers over maxHeaderSize, a timeout): one line of text, as for every other refusal, never
+ * Fastify's default JSON. Fastify's `clientErrorHandler` option.
+ */
+export function clientErrorHandler(err: NodeJS.ErrnoException & { bytesParsed?: number }, socket: Socket): void {
+  const [status, reason, text] =
+    err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large', 'request headers are larger than this server accepts']
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout', 'request headers not received in time']
+    : [400, 'Bad Request', 'malformed HTTP request']
+  if (socket.writable && err.code !== 'ECONNRESET') {
+    const body = `${text}\n`
+    socket.write(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`)
+  }
+  socket.destroy()
+}
+
+/** Errors Fastify raises before routing (a URL that does not decode): one line of text. Fastify's `frameworkErrors` option. */
+export function frameworkErrors(err: FastifyError, req: FastifyRequest, reply: FastifyReply): void {
+  req.log.info({ code: err.code }, 'malformed request')
+  void sendError(reply, 400, err.code === 'FST_ERR_BAD_URL' ? 'malformed URL: bad percent-encoding' : 'malformed request')
 }

@@ -47,7 +47,7 @@ export function loggerOptions(level: string): LoggerOptions {
       censor: '[redacted]',
     },
     serializers: {
-      req: (req: { method?: string; url?: string; id?: string }) => ({ method: req.method, url: stripQuery(req.url), id: req.id }),
+      req: (req: { method?: string; url?: string; id?: string }) => ({ method: req.method, url: safeUrl(req.url), id: req.id }),
     },
   }
 }
@@ -59,10 +59,28 @@ export function requestIdGenerator(): () => string {
   return () => `${prefix}-${(++n).toString(36)}`
 }
 
-/** URLs may carry hg arguments but never credentials; logs keep the path and a bounded query. */
-function stripQuery(url: string | undefined): string | undefined {
+/** Query parameters whose values are secrets wherever they appear (`?access_token=…`, `?password=…`). */
+const SECRET_PARAM = /^(access_token|private_token|token|password|passwd|secret|api_key|apikey|auth|authorization|signature)$|token|password/i
+
+/**
+ * A request target as logs may show it: userinfo of an absolute-form target
+ * (`GET http://user:pw@host/…`) and secret-named query values redacted, the whole bounded.
+ */
+export function safeUrl(url: string | undefined): string | undefined {
   if (!url) return url
-  return url.length > 512 ? `${url.slice(0, 509)}...` : url
+  let out = url.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#]*@/, '$1[redacted]@')
+  const q = out.indexOf('?')
+  if (q >= 0) {
+    const query = out.slice(q + 1).split('&').map((field) => {
+      const eq = field.indexOf('=')
+      if (eq < 0) return field
+      let name = field.slice(0, eq)
+      try { name = decodeURIComponent(name.replaceAll('+', ' ')) } catch { /* keep it as sent */ }
+      return SECRET_PARAM.test(name) ? `${field.slice(0, eq)}=[redacted]` : field
+    })
+    out = `${out.slice(0, q)}?${query.join('&')}`
+  }
+  return out.length > 512 ? `${out.slice(0, 509)}...` : out
 }
 
 /** Which part of the worker a request's route belongs to (metrics label, log level). */
@@ -139,7 +157,7 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
       const level = backend === 'health' || backend === 'metrics' ? 'debug' : 'info'
       req.log[level]({
         method: req.method,
-        url: stripQuery(req.url),
+        url: safeUrl(req.url),
         route: record.route,
         repo: record.repo,
         service: record.service,

@@ -214,3 +214,46 @@ t.test('a slow but steady upload is not cut; a silent connection is', async (t) 
   })
   t.ok(silentClosed, 'a request that goes silent is closed after the idle timeout')
 })
+
+/** Sends raw bytes on a fresh connection and returns everything the server wrote before it closed. */
+function rawExchange(port: number, bytes: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1', () => socket.end(bytes))
+    let out = ''
+    socket.on('data', (c) => { out += c })
+    socket.on('error', () => {})
+    socket.on('close', () => resolve(out))
+  })
+}
+
+t.test('refusals by Node\'s parser and Fastify\'s router are one line of text too, never JSON', async (t) => {
+  const w = await startWorker(t)
+  const cases: [string, string, string][] = [
+    ['a garbage request line', 'GARBAGE\r\n\r\n', '400 Bad Request'],
+    ['a header name with a space', 'GET /demo.git/info/refs HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n', '400 Bad Request'],
+    ['headers over the limit', `GET /demo.git/info/refs HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(1100 * 1024)}\r\n\r\n`, '431 Request Header Fields Too Large'],
+    ['bad percent-encoding', 'GET /%zz/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', '400 malformed URL: bad percent-encoding'],
+  ]
+  for (const [what, bytes, status] of cases) {
+    const answer = await rawExchange(w.port, bytes)
+    const [head, body] = answer.split('\r\n\r\n') as [string, string]
+    t.match(head, new RegExp(`^HTTP/1.1 ${status}\r\n`), `${what}: ${status}`)
+    t.match(head.toLowerCase(), 'content-type: text/plain', `${what}: plain text`)
+    t.match(body, /^[^\n{]+\n$/, `${what}: one line (${JSON.stringify(body)})`)
+  }
+  t.equal((await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack')).status, 200, 'the worker serves on')
+})
+
+t.test('credentials in an absolute-form target or a query are never logged', async (t) => {
+  const w = await startWorker(t)
+  await rawExchange(w.port, 'GET http://alice:hunter2-pw@127.0.0.1/demo.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+  await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack&access_token=tok-secret-1&private_token=tok-secret-2&x=keep-me')
+  await waitFor(() => w.logs().filter((l) => l.msg === 'request').length >= 2, 5000, 'both access lines')
+  const text = w.logText()
+  for (const secret of ['hunter2-pw', 'tok-secret-1', 'tok-secret-2']) t.notOk(text.includes(secret), `no ${secret} in the log`)
+  const urls = w.logs().filter((l) => l.msg === 'request').map((l) => l.url)
+  t.same(urls, [
+    'http://[redacted]@127.0.0.1/demo.git/info/refs?service=git-upload-pack',
+    '/demo.git/info/refs?service=git-upload-pack&access_token=[redacted]&private_token=[redacted]&x=keep-me',
+  ], 'the rest of each URL is kept')
+})
