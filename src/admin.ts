@@ -10,7 +10,7 @@ import { LEVELS } from './auth/store.js'
 import { hashPassword } from './auth/password.js'
 import { hashToken, newToken, TOKEN_PREFIX } from './auth/tokens.js'
 import { gitRepoName, isBareGitRepo, parseRepoPath, resolveInside, type RepoKind } from './repos/path.js'
-import { createRepo } from './repos/create.js'
+import { createRepo, isBranchName } from './repos/create.js'
 import { createGitRunner } from './git/spawn.js'
 import { hgInit } from './hg/spawn.js'
 import { access } from 'node:fs/promises'
@@ -141,13 +141,25 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       const kind: RepoKind = flags.git ? 'git' : 'hg'
       let name: string
       try {
-        name = await createRepo(config.reposDir, rest[0]!, kind, { git: createGitRunner(config), hgInit: (dir) => hgInit(config, dir) })
+        name = await createRepo(config.reposDir, rest[0]!, kind, { git: createGitRunner(config), hgInit: (dir) => hgInit(config, dir), defaultBranch: config.defaultBranch })
       } catch (err) {
         if ((err as { code?: string }).code === 'VCS_BAD_REQUEST') throw new UsageError(`bad repository path: ${(err as Error).message}`)
         throw err
       }
       await store.setRepo(name, kind, Boolean(flags.public))
       return out(`created ${kind} repository ${name}${flags.public ? ' (public)' : ' (private)'}`)
+    }
+    case 'repo default-branch': {
+      arity(rest, 2, 'repo default-branch PATH BRANCH')
+      const repo = await findRepoByPath(config, rest[0]!)
+      if (repo.kind !== 'git') throw new UsageError(`${repo.name} is an hg repository: hg has no default-branch setting (clones check out the branch named default)`)
+      const branch = rest[1]!.replace(/^refs\/heads\//, '')
+      if (!isBranchName(branch)) throw new UsageError(`bad branch name ${JSON.stringify(rest[1])}: segments of A-Z a-z 0-9 . _ - not starting with . or -`)
+      const git = createGitRunner(config)
+      const dir = await resolveInside(path.resolve(config.reposDir), repo.name)
+      await git.exec(['--git-dir', dir, 'symbolic-ref', 'HEAD', `refs/heads/${branch}`])
+      const exists = await git.exec(['--git-dir', dir, 'rev-parse', '--verify', '--quiet', `refs/heads/${branch}`]).then(() => true, () => false)
+      return out(`${repo.name}: HEAD is refs/heads/${branch}${exists ? '' : ' (no such branch yet: clones check it out once it is pushed)'}`)
     }
     default:
       break

@@ -17,8 +17,9 @@ import { checkPoolSpec, defaultPool, haproxyConfig, loadPoolSpec } from './pool/
 
 const USAGE = `usage:
   vcs-worker serve [--config FILE] [--host H] [--port N] [--repos DIR] [--data DIR] [--hg-processes N] [...]
-  vcs-worker repo create PATH --git|--hg [--public]
+  vcs-worker repo create PATH --git|--hg [--public] [--default-branch NAME]
   vcs-worker repo visibility PATH public|private
+  vcs-worker repo default-branch PATH BRANCH
   vcs-worker user add|passwd NAME          (password on standard input)
   vcs-worker user remove NAME
   vcs-worker token create NAME [--expires 30d|DATE]

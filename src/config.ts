@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { ConfigError } from './errors.js'
+import { isBranchName } from './repos/create.js'
 
 type Kind = 'string' | 'int' | 'bool' | 'list'
 
@@ -19,6 +20,8 @@ interface Option {
   min?: number
   max?: number
   choices?: readonly string[]
+  /** a string's shape: the test, and what to say when it fails */
+  shape?: { test: (value: string) => boolean; expected: string }
 }
 
 /** Every setting, its flag, variable and meaning; README's configuration table mirrors this. */
@@ -70,7 +73,10 @@ export const OPTIONS = {
   hgHandoff: { kind: 'bool', flag: 'hg-handoff', env: 'VCS_WORKER_HG_HANDOFF', doc: 'hand the client connection of a bundle download (getbundle) to the hg serve child, which streams the bundle to the client itself' },
   spawnHelper: { kind: 'bool', flag: 'spawn-helper', env: 'VCS_WORKER_SPAWN_HELPER', doc: 'start git through a helper process, so its fork never blocks the event loop' },
   fsckObjects: { kind: 'bool', flag: 'fsck-objects', env: 'VCS_WORKER_FSCK_OBJECTS', doc: 'check every pushed object (git\'s receive.fsckObjects): a malformed commit, tree or tag is refused' },
-  defaultBranch: { kind: 'string', flag: 'default-branch', env: 'VCS_WORKER_DEFAULT_BRANCH', doc: 'the branch HEAD of a new git repo names (repo create)' },
+  defaultBranch: {
+    kind: 'string', flag: 'default-branch', env: 'VCS_WORKER_DEFAULT_BRANCH', doc: 'the branch HEAD of a new git repo names (repo create); a push that creates the first branch of a repo whose HEAD names none moves HEAD to it',
+    shape: { test: isBranchName, expected: 'a branch name (segments of A-Z a-z 0-9 . _ -)' },
+  },
   metricsRepoLabel: { kind: 'bool', flag: 'metrics-repo-label', env: 'VCS_WORKER_METRICS_REPO_LABEL', doc: 'label request metrics with the repo (unbounded with many repos)' },
 } as const satisfies Record<string, Option>
 
@@ -287,6 +293,7 @@ function checkValue(key: string, value: unknown, opt: Option, problems: string[]
       if (typeof value !== 'string') problems.push(`${key}: expected a string, got ${JSON.stringify(value)}`)
       else if (opt.choices && !opt.choices.includes(value)) problems.push(`${key}: must be one of ${opt.choices.join(', ')}, got ${JSON.stringify(value)}`)
       else if (value.includes('\0')) problems.push(`${key}: contains a NUL byte`)
+      else if (opt.shape && !opt.shape.test(value)) problems.push(`${key}: expected ${opt.shape.expected}, got ${JSON.stringify(value)}`)
       return
   }
 }

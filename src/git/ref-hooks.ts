@@ -15,7 +15,25 @@ import { fileURLToPath } from 'node:url'
 import type { RefContext, RefRejection, RefUpdate } from '../auth/plugin.js'
 
 /** Hooks receive-pack may run that are not ours: each chains to the repository's own. */
-const PASS_THROUGH = ['post-receive', 'post-update', 'push-to-checkout']
+const PASS_THROUGH = ['post-update', 'push-to-checkout']
+
+/**
+ * post-receive: HEAD follows the first branch pushed to a repo whose HEAD names no branch that
+ * exists (GitLab and Gitea do the same): dulwich, libgit2 and isomorphic-git cannot clone a repo
+ * whose HEAD dangles. Then the repository's own post-receive, with the same input.
+ */
+const POST_RECEIVE = `#!/bin/sh
+input=$(cat)
+head=$(git symbolic-ref -q HEAD) || head=
+if [ -n "$head" ] && ! git rev-parse -q --verify "$head" >/dev/null; then
+  first=$(printf '%s\\n' "$input" | while read -r old new ref; do
+    case "$ref" in refs/heads/*) if git rev-parse -q --verify "$ref" >/dev/null; then echo "$ref"; break; fi ;; esac
+  done)
+  if [ -n "$first" ]; then git symbolic-ref HEAD "$first"; fi
+fi
+if [ -x hooks/post-receive ]; then printf '%s\\n' "$input" | exec hooks/post-receive "$@"; fi
+exit 0
+`
 const MAX_BODY = 4 * 1024 * 1024
 
 export interface PushSession {
@@ -37,6 +55,7 @@ export function installHookScripts(dir: string): void {
     update: '#!/bin/sh\n'
       + 'if [ -f "$VCS_WORKER_HOOK_REJECTS" ] && grep -qxF -- "$1" "$VCS_WORKER_HOOK_REJECTS"; then exit 1; fi\n'
       + 'if [ -x hooks/update ]; then exec hooks/update "$@"; fi\nexit 0\n',
+    'post-receive': POST_RECEIVE,
   }
   for (const name of PASS_THROUGH) scripts[name] = `#!/bin/sh\nif [ -x hooks/${name} ]; then exec hooks/${name} "$@"; fi\nexit 0\n`
   for (const [name, body] of Object.entries(scripts)) {

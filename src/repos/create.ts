@@ -17,6 +17,17 @@ export interface Creators {
   git: GitRunner
   /** `hg init DIR`, supplied by the hg module */
   hgInit?: (dir: string) => Promise<void>
+  /** the branch a new git repo's HEAD names */
+  defaultBranch: string
+}
+
+/**
+ * A branch name git accepts (git-check-ref-format(1), stricter): `/`-separated segments of
+ * letters, digits, `.`, `_` and `-`, none starting with `.` or `-`, none ending in `.lock` or `.`.
+ */
+export function isBranchName(name: string): boolean {
+  if (name.length === 0 || name.length > 200 || name.includes('..')) return false
+  return name.split('/').every((seg) => /^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(seg) && !seg.endsWith('.lock') && !seg.endsWith('.'))
 }
 
 /** Creates `name` under `reposDir` and returns its canonical name. */
@@ -36,7 +47,8 @@ export async function createRepo(reposDir: string, name: string, kind: RepoKind,
   const tmp = path.join(path.dirname(finalDir), `.tmp-${randomBytes(6).toString('hex')}`)
   try {
     if (kind === 'git') {
-      await creators.git.exec(['init', '--quiet', '--bare', '--', tmp])
+      if (!isBranchName(creators.defaultBranch)) throw new Error(`bad default branch name ${JSON.stringify(creators.defaultBranch)}`)
+      await creators.git.exec(['init', '--quiet', '--bare', `--initial-branch=${creators.defaultBranch}`, '--', tmp])
     } else {
       if (!creators.hgInit) throw new Error('hg support is not available')
       await creators.hgInit(tmp)
