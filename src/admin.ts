@@ -183,6 +183,8 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
     case 'protect': {
       arity(args, 2, 'protect PATH REF-PATTERN [--users a,b]')
       const repo = await findRepoByPath(config, args[0]!)
+      // hg pushes do not pass the git ref hooks that enforce it: refusing beats a rule that does nothing
+      if (repo.kind !== 'git') throw new UsageError(`${repo.name} is an hg repository: branch protection is enforced on git pushes only`)
       const users = flags.users ? flags.users.split(',').map((u) => checkUserName(u.trim())) : []
       if (!/^[A-Za-z0-9._\-/*]+$/.test(args[1]!)) throw new UsageError('ref pattern: letters, digits, . _ - / and *')
       await store.setProtection(repo.name, args[1]!, users)

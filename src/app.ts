@@ -178,7 +178,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   }
   app.decorate('drain', () => drain(app, health, admission, { graceMs: config.drainGraceMs, timeoutMs: config.drainTimeoutMs }))
 
-  const dispatch = repositoryDispatcher(gitHandlers({ config, git, admission, reposRoot, auth: app.vcsAuth, refHooks }), hg)
+  const dispatch = repositoryDispatcher(gitHandlers({ config, git, admission, reposRoot, auth: app.vcsAuth, refHooks, log: app.log }), hg)
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'], url: '/*', handler: dispatch })
 }
 

@@ -72,6 +72,7 @@ export const OPTIONS = {
   childNice: { kind: 'int', flag: 'child-nice', env: 'VCS_WORKER_CHILD_NICE', doc: 'niceness of git and hg serve children: the worker stays responsive when they saturate the CPU (0 = same as the worker)', min: 0, max: 19 },
   hgHandoff: { kind: 'bool', flag: 'hg-handoff', env: 'VCS_WORKER_HG_HANDOFF', doc: 'hand the client connection of a bundle download (getbundle) to the hg serve child, which streams the bundle to the client itself' },
   spawnHelper: { kind: 'bool', flag: 'spawn-helper', env: 'VCS_WORKER_SPAWN_HELPER', doc: 'start git through a helper process, so its fork never blocks the event loop' },
+  quarantineStaleMs: { kind: 'int', flag: 'quarantine-stale-ms', env: 'VCS_WORKER_QUARANTINE_STALE_MS', doc: 'a push quarantine (objects/tmp_objdir-incoming-*) unchanged this long and held open by no process on this host is removed, swept before pushes', min: 1000 },
   fsckObjects: { kind: 'bool', flag: 'fsck-objects', env: 'VCS_WORKER_FSCK_OBJECTS', doc: 'check every pushed object (git\'s receive.fsckObjects): a malformed commit, tree or tag is refused' },
   defaultBranch: {
     kind: 'string', flag: 'default-branch', env: 'VCS_WORKER_DEFAULT_BRANCH', doc: 'the branch HEAD of a new git repo names (repo create); a push that creates the first branch of a repo whose HEAD names none moves HEAD to it',
@@ -122,6 +123,7 @@ export interface Config {
   readonly drainTimeoutMs: number
   readonly metricsRepoLabel: boolean
   readonly fsckObjects: boolean
+  readonly quarantineStaleMs: number
   readonly defaultBranch: string
   readonly childNice: number
   readonly hgHandoff: boolean
@@ -179,6 +181,7 @@ export const DEFAULTS: Config = {
   drainTimeoutMs: 300_000,
   metricsRepoLabel: false,
   fsckObjects: true,
+  quarantineStaleMs: 86_400_000,
   defaultBranch: 'main',
   childNice: 10,
   hgHandoff: true,

@@ -36,6 +36,9 @@ function connect(id: number, n: number): Promise<net.Socket> {
   })
 }
 
+/** pids of the children still running (each leads its own process group) */
+const running = new Set<number>()
+
 process.on('message', (m: SpawnRequest) => {
   void (async () => {
     let sockets: net.Socket[] = []
@@ -51,7 +54,11 @@ process.on('message', (m: SpawnRequest) => {
         try { setPriority(child.pid, m.nice) } catch { /* gone already, or not permitted */ }
       }
       send({ id: m.id, pid: child.pid })
-      child.once('exit', (code, signal) => send({ id: m.id, code, signal }))
+      running.add(child.pid)
+      child.once('exit', (code, signal) => {
+        running.delete(child.pid!)
+        send({ id: m.id, code, signal })
+      })
     } catch (err) {
       for (const s of sockets) s.destroy()
       send({ id: m.id, error: (err as Error).message })
@@ -60,5 +67,12 @@ process.on('message', (m: SpawnRequest) => {
 })
 
 // The worker is gone (exit or kill -9): children lose their reader and writer with it and end
-// on EOF or EPIPE, as they did when the worker spawned them itself.
-process.on('disconnect', () => process.exit(0))
+// on EOF or EPIPE, but one that waits on something else (a receive-pack whose repository hook
+// sleeps) would not notice. SIGTERM to each group ends them now; git removes a push's
+// quarantine on SIGTERM (tmp-objdir.c), which it cannot on SIGKILL.
+process.on('disconnect', () => {
+  for (const pid of running) {
+    try { process.kill(-pid, 'SIGTERM') } catch { /* gone already */ }
+  }
+  process.exit(0)
+})

@@ -4,7 +4,8 @@
  * check the request, find the repo, authorize, spawn git, stream.
  */
 import { pipeline } from 'node:stream/promises'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
+import { QuarantineSweeper } from './quarantine.js'
 import type { Config } from '../config.js'
 import { BadRequestError, DISCARD_LIMIT, ServiceUnavailableError, UnsupportedMediaTypeError } from '../errors.js'
 import { resolveGitRepo, type RepoRef } from '../repos/path.js'
@@ -27,6 +28,7 @@ export interface GitDeps {
   auth: VcsAuth
   refHooks: RefHookServer
   admission: Admission
+  log: FastifyBaseLogger
 }
 
 const SERVICES: Record<string, GitService> = { 'git-upload-pack': 'upload-pack', 'git-receive-pack': 'receive-pack' }
@@ -74,6 +76,7 @@ function requireContentType(req: FastifyRequest, expected: string): void {
 export function gitHandlers(deps: GitDeps) {
   const { config, git } = deps
   const v2 = new V2AdvertisementCache(git)
+  const quarantines = new QuarantineSweeper(config.quarantineStaleMs, deps.log)
 
   async function findRepo(req: FastifyRequest, repoPath: string, action: Action): Promise<{ repo: RepoRef; principal: Identity }> {
     return deps.auth.authorizeLookup(req, async () => {
@@ -168,6 +171,7 @@ export function gitHandlers(deps: GitDeps) {
       requireContentType(req, 'application/x-git-receive-pack-request')
       const { repo, principal } = await findRepo(req, repoPath, 'write')
       const gitProtocol = protocolOf(req)
+      quarantines.maybeSweep(repo.dir)
       // A slot before a byte of the push is read: refused now (503) or never dropped later.
       const release = await deps.admission.acquire(repo.name, 'incremental', reply.raw, admissionClient(principal, req.ip))
       let body, session, child

@@ -137,7 +137,7 @@ export class HgPool {
     c.secret = randomBytes(32).toString('hex')
     const proc = spawnChild(this.config.hgBin, [
       'serve', '--web-conf', this.webConf, '--address', '127.0.0.1', '--port', '0', '--print-url',
-      '-A', '/dev/null', '-E', '-', // errors go to stdout after the URL line; /dev/stderr is a socket here (ENXIO)
+      '-A', '/dev/null', '-E', '-', // the error log on stderr (ui.ferr), which the worker logs; /dev/stderr is a socket here (ENXIO)
       '--config', `extensions.vcsworker=${EXTENSION}`,
       '--config', 'web.push_ssl=false', '--config', 'web.allow-push=*',
       // Python's http.server refuses more than 100 headers (431); with hg's default 1 KiB per
@@ -170,7 +170,9 @@ export class HgPool {
     void proc.exited.then((status) => this.onExit(c, proc, status.code, status.signal))
     try {
       // Readiness comes from what `hg serve --print-url` prints, then a real request.
-      const url = await firstLine(proc, 15_000, this.errorLog(c, proc))
+      const errorLog = this.errorLog(c, proc)
+      proc.proc.stderr.on('data', errorLog)
+      const url = await firstLine(proc, 15_000, errorLog)
       c.url = new URL(url.replace('//localhost:', '//127.0.0.1:'))
       const status = await probe(c)
       if (status !== 200) throw new Error(`probe answered ${status}`)

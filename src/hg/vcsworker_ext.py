@@ -64,7 +64,7 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def _reason(exc):
     """What a client may be told about an exception: the kind of failure, never its details."""
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        return 'the server is out of disk space; nothing was written'
+        return 'the server is out of disk space'
     if isinstance(exc, OSError) and exc.errno == errno.EROFS:
         return 'the repository is read-only on the server'
     return 'hg serve failed (%s); the server log has the details' % type(exc).__name__

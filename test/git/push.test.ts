@@ -2,8 +2,9 @@ import t from 'tap'
 import type { Test } from 'tap'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises'
-import { startWorker, gitClient, processesMatching, waitFor } from '../helpers/worker.js'
+import { existsSync } from 'node:fs'
+import { chmod, mkdir, open, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises'
+import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, run, waitFor, CLI } from '../helpers/worker.js'
 
 async function setup(t: Test, flags: Record<string, string | boolean> = {}, anonymous = false) {
   const w = await startWorker(t, flags)
@@ -156,4 +157,67 @@ t.test('pushed objects are fsck-checked: a tree with .GIT is refused with git\'s
   const off = await setup(t, { 'fsck-objects': false })
   const accepted = await off.git(['push', 'origin', `${await dotGitCommit(off.git, off.work, 'HEAD')}:refs/heads/sneaky`], off.work)
   t.equal(accepted.code, 0, `with fsckObjects false it lands: ${accepted.stderr}`)
+})
+
+t.test('kill -9 of the worker mid-push: the push ends at once, its quarantine is left, and the next push sweeps it once it is provably stale', async (t) => {
+  const { dir, reposDir, dataDir } = await fixtureDir(t)
+  const admin = (args: string[], input?: string) => run(process.execPath, [CLI, ...args, '--repos', reposDir, '--data', dataDir], { input })
+  t.equal((await admin(['user', 'add', 'kip'], 'kip-password\n')).code, 0)
+  t.equal((await admin(['grant', 'kip', 'demo', 'write'])).code, 0)
+  const demo = path.join(reposDir, 'demo.git')
+  const objects = path.join(demo, 'objects')
+  const quarantines = async () => (await readdir(objects)).filter((n) => n.startsWith('tmp_objdir-incoming-')).sort()
+  // the repo's own pre-receive holds each push inside its quarantine
+  const started = path.join(dir, 'hook-started')
+  const hook = path.join(demo, 'hooks', 'pre-receive')
+  await mkdir(path.dirname(hook), { recursive: true })
+  const gate = path.join(dir, 'hook-gate')
+  await writeFile(gate, '')
+  await writeFile(hook, `#!/bin/sh\ntouch ${started}\nwhile [ -e ${gate} ]; do sleep 0.05; done\nexit 1\n`)
+  await chmod(hook, 0o755)
+  const git = gitClient(dir)
+  const work = path.join(dir, 'work')
+  const pushThrough = async (url: string) => {
+    await rm(started, { force: true })
+    const pushing = git(['push', url.replace('http://', 'http://kip:kip-password@') + '/demo.git', 'main'], work)
+    await waitFor(() => existsSync(started), 30_000, 'the push to reach its pre-receive hook')
+    t.equal((await quarantines()).length, 1, 'the push is in its quarantine')
+    t.ok((await processesMatching(reposDir)).some((p) => p.cmd.includes('receive-pack')), 'receive-pack waits on the hook')
+    return { pushing } // wrapped: an async function returning the promise itself would wait for it
+  }
+  t.equal((await git(['clone', '-q', path.join(reposDir, 'demo.git'), 'work'])).code, 0)
+  await writeFile(path.join(work, 'big.bin'), randomBytes(2 * 1024 * 1024))
+  await git(['add', 'big.bin'], work)
+  await git(['commit', '-q', '-m', 'pushed twice'], work)
+
+  // the worker killed: its spawn helper ends receive-pack and the hook (which would wait for ever),
+  // and the push's quarantine stays behind
+  const first = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir])
+  const { pushing } = await pushThrough(first.url)
+  const leaked = await quarantines()
+  first.proc.kill('SIGKILL')
+  await waitFor(async () => (await processesMatching(reposDir)).length === 0, 10_000, 'receive-pack and the hook to be gone')
+  const killed = await pushing
+  t.not(killed.code, 0, 'the client saw its push fail')
+  t.same(await quarantines(), leaked, 'the quarantine is left behind')
+  await rm(hook)
+  const second = await spawnWorker(t, ['--repos', reposDir, '--data', dataDir, '--quarantine-stale-ms', '3600000'])
+
+  // beside it: a recent leftover (it may be a live push's) and an old one a process holds open
+  const recent = path.join(objects, 'tmp_objdir-incoming-recent')
+  const held = path.join(objects, 'tmp_objdir-incoming-held')
+  for (const d of [recent, held]) await mkdir(d)
+  const handle = await open(path.join(held, 'pack.tmp'), 'w')
+  t.teardown(() => handle.close())
+  const longAgo = new Date(Date.now() - 2 * 3600_000)
+  for (const d of [path.join(objects, leaked[0]!), held]) {
+    for (const name of await readdir(d, { recursive: true })) await utimes(path.join(d, name), longAgo, longAgo)
+    await utimes(d, longAgo, longAgo)
+  }
+  const again = await git(['push', second.url.replace('http://', 'http://kip:kip-password@') + '/demo.git', 'main'], work)
+  t.equal(again.code, 0, `the next push lands: ${again.stderr}`)
+  await waitFor(async () => !(await quarantines()).includes(leaked[0]!), 10_000, 'the stale quarantine to be swept')
+  t.same(await quarantines(), ['tmp_objdir-incoming-held', 'tmp_objdir-incoming-recent'], 'a recent one and one a process holds open stay')
+  t.equal((await git(['--git-dir', demo, 'fsck', '--no-progress'])).code, 0, 'the repo is whole')
+  second.proc.kill('SIGTERM')
 })

@@ -3,7 +3,7 @@ import type * as Tap from 'tap'
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import http from 'node:http'
-import { chmod, readFile, writeFile, appendFile } from 'node:fs/promises'
+import { chmod, mkdir, readFile, writeFile, appendFile } from 'node:fs/promises'
 import { startWorker, spawnWorker, fixtureDir, run, rawRequest, processesMatching, waitFor, CLI, clientEnv, type Worker } from '../helpers/worker.js'
 
 /** An hg client with its own hgrc (identity; credentials for the worker when given). */
@@ -316,4 +316,41 @@ t.test('a push to a private repo sends its bundle once: the client is authentica
   const wire = push.reduce((sum, l) => sum + (l.bytes_in as number), 0)
   t.ok(wire < 1.1 * 5 * 1024 * 1024, `${wire} bytes sent for a 5 MiB bundle`)
   t.comment(`push requests: ${push.map((l) => `${l.service}:${l.status}`).join(' ')}`)
+})
+
+t.test('an hg push that runs out of disk: the client reads why, the worker logs hg\'s traceback, the repo is intact', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1' })
+  const mnt = path.join(w.reposDir, 'small-hg')
+  await mkdir(mnt)
+  const mounted = await run('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', mnt])
+  t.equal(mounted.code, 0, `a 3 MiB filesystem for the repo (tests run as root): ${mounted.stderr}`)
+  t.teardown(() => run('umount', ['-l', mnt]))
+  const local = (args: string[], cwd = w.dir) => run('hg', args, { cwd, env: clientEnv(w.dir, { HGRCPATH: '', HGUSER: 'Test <t@example.invalid>' }) })
+  t.equal((await local(['init', mnt])).code, 0)
+  await w.store.setRepo('small-hg', 'hg', true)
+  await w.addUser('sam', 'sam-password', { 'small-hg': 'write' })
+  const hg = await hgClient(w, { user: 'sam', password: 'sam-password' })
+  t.equal((await hg(['clone', `${w.url}/small-hg`, 'small'])).code, 0)
+  const work = path.join(w.dir, 'small')
+  await writeFile(path.join(work, 'big.bin'), randomBytes(5 * 1024 * 1024))
+  await hg(['add', 'big.bin'], work)
+  await hg(['commit', '-m', 'too big for the disk'], work)
+  const r = await hg(['push'], work)
+  t.not(r.code, 0)
+  t.match(r.stderr, 'abort: HTTP Error 500: the server is out of disk space', 'the client is told why')
+  await waitFor(() => w.logs().some((l) => l.msg === 'hg serve error log' && String(l.output).includes('No space left on device')), 5000, 'the traceback in the worker log')
+  t.ok(w.logs().some((l) => l.msg === 'hg serve answered with an error' && l.status === 500), 'the failed answer is logged as an error')
+  // hg could not even roll back on a full disk: the next request recovers the repo first
+  t.equal((await hg(['clone', `${w.url}/small-hg`, 'after'])).code, 0, 'served again')
+  t.ok(w.logs().some((l) => l.msg === 'recovered an abandoned hg transaction'), 'after recovering the transaction')
+  t.equal((await local(['-R', mnt, 'log', '-T', '{rev}'])).stdout, '', 'no changeset landed')
+  const verify = await local(['-R', mnt, 'verify', '-q'])
+  t.equal(verify.code, 0, `hg verify clean: ${verify.stdout}${verify.stderr}`)
+})
+
+t.test('branch protection is refused on an hg repo, with one line', async (t) => {
+  const w = await startWorker(t)
+  const r = await run(process.execPath, [CLI, 'protect', 'demo-hg', 'default', '--repos', w.reposDir, '--data', w.config.dataDir])
+  t.same([r.code, r.stderr.split('\n')[0]], [2, 'vcs-worker: demo-hg is an hg repository: branch protection is enforced on git pushes only'])
+  t.same(await w.store.protections('demo-hg'), [], 'nothing stored')
 })
