@@ -167,6 +167,7 @@ export function haproxyConfig(spec: PoolSpec): string {
     '  http-request del-header X-Real-IP',
     '  http-request del-header X-VCS-Worker-Secret',
     '  http-request del-header X-VCS-Worker-User',
+    '  http-request del-header X-VCS-Worker-Access',
     '  option forwardfor',
     '  # git smart HTTP (git\'s http-protocol.txt): the three endpoints, the service query, its content types, its header',
     '  acl git_path path_end /info/refs /git-upload-pack /git-receive-pack',
