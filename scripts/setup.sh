@@ -30,7 +30,7 @@ if [ ! -d data/repos ]; then
   mkdir -p data
   cp -a repos-fixture data/repos.tmp && mv data/repos.tmp data/repos
   for r in demo.git team/project.git empty.git demo-hg; do
-    node dist/src/cli.js repo visibility "$r" public --data data >/dev/null
+    node dist/src/cli/main.js repo visibility "$r" public --data data >/dev/null
   done
   echo "setup: seeded data/repos from repos-fixture/ (public demo repos)" >&2
 fi

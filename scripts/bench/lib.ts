@@ -10,7 +10,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..')
-export const CLI = path.join(ROOT, 'dist/src/cli.js')
+export const CLI = path.join(ROOT, 'dist/src/cli/main.js')
 
 /** Runs a command, throws with its stderr on failure, returns stdout. */
 export function sh(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string | Buffer } = {}): string {
@@ -19,7 +19,7 @@ export function sh(cmd: string, args: string[], opts: { cwd?: string; env?: Node
   return r.stdout.toString()
 }
 
-export { freePort } from '../../src/pool/launch.js'
+export { freePort } from '../../tools/pool/launch.js'
 
 /** Waits until a TCP port on 127.0.0.1 accepts an HTTP request. */
 export async function waitHttp(url: string, timeoutMs = 15_000): Promise<void> {

@@ -10,8 +10,8 @@
 import { mkdirSync, rmSync } from 'node:fs'
 import path from 'node:path'
 import { ROOT, median, sh, table, timeAsync, freePort, CLI } from './lib.js'
-import { adminCommand, Pool } from '../../src/pool/launch.js'
-import type { PoolSpec } from '../../src/pool/haproxy.js'
+import { adminCommand, Pool } from '../../tools/pool/launch.js'
+import type { PoolSpec } from '../../tools/pool/haproxy-config.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench-pool')
 const REPOS = path.join(BENCH, 'repos')

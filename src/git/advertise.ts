@@ -12,7 +12,7 @@
 import { stat } from 'node:fs/promises'
 import path from 'node:path'
 import type { GitRunner } from './spawn.js'
-import { describeExit } from '../process.js'
+import { describeExit } from '../process/child.js'
 import { splitPackets } from './pktline.js'
 import { ServiceUnavailableError } from '../errors.js'
 

@@ -8,7 +8,7 @@ import { Transform, type TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ChildFailedError, ServiceUnavailableError, oneLine } from '../errors.js'
-import { describeExit, type Child, type ExitStatus } from '../process.js'
+import { describeExit, type Child, type ExitStatus } from '../process/child.js'
 import { pkt } from './pktline.js'
 
 /** Passes git's output through, counts it, and ends only once git exited, failing if git failed. */

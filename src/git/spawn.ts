@@ -4,7 +4,7 @@
  * worker needs passed with `-c` so repositories need no special config.
  */
 import type { Config } from '../config.js'
-import { spawnChild, describeExit, type Child } from '../process.js'
+import { spawnChild, describeExit, type Child } from '../process/child.js'
 
 export type GitService = 'upload-pack' | 'receive-pack'
 

@@ -13,7 +13,7 @@
  * from cached state only; nothing is spawned.
  */
 import net from 'node:net'
-import { listenOn } from '../listen.js'
+import { listenOn } from '../http/listen.js'
 import { GIT_CHECKS, HG_CHECKS, ALL_CHECKS, reportOf, type CheckName, type HealthSnapshot } from './checks.js'
 
 const AGENT_READ_MS = 100

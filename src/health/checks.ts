@@ -9,8 +9,8 @@ import { statfs, writeFile, unlink, access, constants } from 'node:fs/promises'
 import path from 'node:path'
 import type { Config } from '../config.js'
 import type { GitRunner } from '../git/spawn.js'
-import type { HgPool } from '../hg/pool.js'
-import type { Admission } from '../admission.js'
+import type { HgPool } from '../hg/serve-pool.js'
+import type { Admission } from '../admission/admission.js'
 
 export type CheckName = 'repos_dir' | 'disk' | 'git_binary' | 'git_canary' | 'hg_children' | 'draining' | 'saturation'
 

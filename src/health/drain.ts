@@ -12,7 +12,7 @@
  * `drainTimeoutMs`, counted from the signal, bounds it all.
  */
 import type { FastifyInstance } from 'fastify'
-import type { Admission } from '../admission.js'
+import type { Admission } from '../admission/admission.js'
 import type { HealthChecker } from './checks.js'
 
 const QUIET_MS = 1000

@@ -1,116 +1,56 @@
 /**
- * The probe thread: HAProxy's agent-check and the HTTP health endpoints on `healthPort`,
- * answered on an event loop of their own. The worker's event loop streams packs and spawns
- * git; a probe answered there waits behind that work (bench:health measured tens of ms of p99
- * while 8 large clones ran). Here a probe waits for nothing: the worker posts its health
- * snapshot (probes.ts) at every change and every SNAPSHOT_EVERY_MS, and the answers are built
- * from the newest one. A worker whose event loop stops posting goes red on its own: its check
- * results go stale and count as failed.
+ * The worker's side of the probe thread (probe-thread.ts): starts it, keeps it fed with the
+ * health snapshot, stops it at close.
  */
-import http from 'node:http'
-import { readlinkSync } from 'node:fs'
-import { setPriority } from 'node:os'
-import { parentPort, workerData } from 'node:worker_threads'
-import { AgentServer } from './agent.js'
-import { listenOn } from '../listen.js'
-import { ENDPOINT_CHECKS, endpointAnswer, type HealthSnapshot } from './checks.js'
+import { Worker } from 'node:worker_threads'
+import type { FastifyBaseLogger } from 'fastify'
+import type { HealthChecker } from './checks.js'
+import type { FromThread, ProbeThreadInit, ToThread } from './probe-thread-main.js'
 
-export interface ProbeThreadInit {
-  host: string
-  /** -1 = no agent listener, 0 = any free port */
-  agentPort: number
-  /** -1 = no HTTP health listener, 0 = any free port */
-  healthPort: number
-  snapshot: HealthSnapshot
-}
+/** Load (slots and queue taken) changes with every request: the thread sees it this fresh. */
+const SNAPSHOT_EVERY_MS = 100
 
-/** `ack`: answer `{ acked: true }` once this snapshot is in place */
-export type ToThread = { snapshot: HealthSnapshot; ack?: boolean } | { close: true }
-export type FromThread = { listening: { agentPort?: number; healthPort?: number } } | { error: string } | { acked: true }
+export class ProbeThread {
+  private constructor(private readonly worker: Worker, private readonly exited: Promise<unknown>, private readonly timer: NodeJS.Timeout, private readonly health: HealthChecker, readonly agentPort: number | undefined, readonly healthPort: number | undefined) {}
 
-/**
- * A probe should not wait for the scheduler either: on Linux, setpriority on a thread id sets
- * that thread alone, so this thread asks for a higher priority than the worker's (which streams
- * packs at nice 0). Raising a priority needs CAP_SYS_NICE; without it the thread stays as it is.
- */
-const PROBE_NICE = -10
-try {
-  const tid = Number(readlinkSync('/proc/thread-self').split('/').pop())
-  setPriority(tid, PROBE_NICE)
-} catch { /* not permitted, or not Linux */ }
-
-const init = workerData as ProbeThreadInit
-const port = parentPort!
-let snap = init.snapshot
-/**
- * Each endpoint's answer, built once per snapshot and at most ANSWER_TTL_MS old, rather than per
- * probe: a flood of probes costs this thread the HTTP exchange alone. Without new snapshots (a
- * blocked worker) answers are still rebuilt, so their checks are seen to go stale.
- */
-const ANSWER_TTL_MS = 100
-const answers = new Map<string, { code: number; body: string; at: number }>()
-
-/** `GET|HEAD /health/{live,git,hg,ready}`, as the worker's own port answers them. */
-function answer(req: http.IncomingMessage, res: http.ServerResponse): void {
-  const pathname = (req.url ?? '').split('?', 1)[0]!
-  const names = ENDPOINT_CHECKS[pathname]
-  let code: number
-  let type = 'text/plain; charset=utf-8'
-  let body: string
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    code = 405
-    body = `${req.method} is not allowed here: the health port answers GET\n`
-    res.setHeader('allow', 'GET, HEAD')
-  } else if (pathname === '/health/live') {
-    code = 200
-    body = 'ok\n'
-  } else if (names) {
-    const now = Date.now()
-    let a = answers.get(pathname)
-    if (!a || now - a.at >= ANSWER_TTL_MS) {
-      const { code, body } = endpointAnswer(snap, names, now)
-      a = { code, body: JSON.stringify(body), at: now }
-      answers.set(pathname, a)
-    }
-    code = a.code
-    type = 'application/json; charset=utf-8'
-    body = a.body
-  } else {
-    code = 404
-    body = 'not found: the health port serves /health/live, /health/git, /health/hg and /health/ready\n'
+  /** Starts the listeners asked for (-1 = none); rejects with the reason one cannot listen. */
+  static async start(opts: { host: string; agentPort: number; healthPort: number; health: HealthChecker; log: FastifyBaseLogger }): Promise<ProbeThread> {
+    const init: ProbeThreadInit = { host: opts.host, agentPort: opts.agentPort, healthPort: opts.healthPort, snapshot: opts.health.snapshot() }
+    const worker = new Worker(new URL('./probe-thread-main.js', import.meta.url), { workerData: init })
+    const listening = await new Promise<{ agentPort?: number; healthPort?: number }>((resolve, reject) => {
+      worker.once('message', (m: FromThread) => ('error' in m ? reject(new Error(m.error)) : 'listening' in m ? resolve(m.listening) : undefined))
+      worker.once('error', reject)
+      worker.once('exit', (code) => reject(new Error(`probe thread exited (${code})`)))
+    }).catch(async (err: unknown) => {
+      await worker.terminate()
+      throw err
+    })
+    // The thread's first snapshot is as old as its start-up: replace it, and wait until it is in
+    // place, before the ports are announced.
+    await new Promise((resolve) => {
+      worker.once('message', resolve)
+      worker.once('exit', resolve) // and the 'error' handler below says why
+      worker.postMessage({ snapshot: opts.health.snapshot(), ack: true } satisfies ToThread)
+    })
+    worker.removeAllListeners()
+    // Running, a thread that fails takes the agent and health ports with it: the balancer marks
+    // the worker down, which is right for a worker that cannot answer its probes.
+    worker.on('error', (err) => opts.log.error({ err }, 'probe thread failed: agent and health ports closed'))
+    const exited = new Promise((r) => worker.once('exit', r))
+    const post = (): void => worker.postMessage({ snapshot: opts.health.snapshot() } satisfies ToThread)
+    opts.health.onChange = post
+    const timer = setInterval(post, SNAPSHOT_EVERY_MS)
+    timer.unref()
+    return new ProbeThread(worker, exited, timer, opts.health, listening.agentPort, listening.healthPort)
   }
-  res.writeHead(code, { 'content-type': type, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' })
-  res.end(req.method === 'HEAD' ? undefined : body)
+
+  /** Closes the listeners and ends the thread (terminated if it takes over a second). */
+  async stop(): Promise<void> {
+    clearInterval(this.timer)
+    this.health.onChange = undefined
+    this.worker.postMessage({ close: true } satisfies ToThread) // a thread that failed already: nobody reads it
+    const t = setTimeout(() => void this.worker.terminate(), 1000)
+    await this.exited
+    clearTimeout(t)
+  }
 }
-
-const agent = init.agentPort >= 0 ? new AgentServer(() => snap) : undefined
-let web: http.Server | undefined
-if (init.healthPort >= 0) {
-  web = http.createServer(answer)
-  web.maxConnections = 1024
-  web.headersTimeout = 10_000
-  web.requestTimeout = 10_000
-  web.keepAliveTimeout = 60_000 // a balancer keeps its check connection
-}
-
-async function close(): Promise<void> {
-  web?.closeAllConnections()
-  await Promise.all([agent?.stop(), web && new Promise((r) => web!.close(r))])
-  port.close()
-}
-
-port.on('message', (m: ToThread) => {
-  if ('snapshot' in m) {
-    snap = m.snapshot
-    answers.clear()
-    if (m.ack) port.postMessage({ acked: true } satisfies FromThread)
-  } else void close()
-})
-
-Promise.all([agent?.start(init.host, init.agentPort), web && listenOn(web, init.host, init.healthPort)]).then(
-  ([agentPort, healthPort]) => port.postMessage({ listening: { agentPort, healthPort } } satisfies FromThread),
-  (err: unknown) => {
-    port.postMessage({ error: (err as Error).message } satisfies FromThread)
-    void close()
-  },
-)

@@ -11,7 +11,7 @@
  * fixed allow-list of other headers, and the control headers, which only the worker sets.
  */
 import { BadRequestError } from '../errors.js'
-import type { WorkClass } from '../admission.js'
+import type { WorkClass } from '../admission/admission.js'
 import { commandAction, type HgAction } from './commands.js'
 
 /** Request headers a child may see besides the arguments and the worker's own (hgweb pages use the conditional ones). */

@@ -3,7 +3,7 @@
  * untranslated output) and a controlled HGRCPATH, so no user or system hgrc changes behaviour.
  */
 import type { Config } from '../config.js'
-import { describeExit, spawnChild } from '../process.js'
+import { describeExit, spawnChild } from '../process/child.js'
 
 /** Environment for every hg child. */
 export function hgEnv(config: Config, extra: Record<string, string> = {}): Record<string, string> {

@@ -7,9 +7,9 @@
  * never a user; the repo only with `metricsRepoLabel`.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { Admission, RejectReason, WorkClass } from '../admission.js'
+import type { Admission, RejectReason, WorkClass } from '../admission/admission.js'
 import type { HealthChecker } from '../health/checks.js'
-import type { HgPool } from '../hg/pool.js'
+import type { HgPool } from '../hg/serve-pool.js'
 import { backendOf, type AccessRecord, type Backend } from '../log.js'
 
 

@@ -4,7 +4,7 @@ import path from 'node:path'
 import http from 'node:http'
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
-import { spawnChild } from '../../src/process.js'
+import { spawnChild } from '../../src/process/child.js'
 import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, waitFor, run, CLI, rawRequest, gitWrapper, PASS_THROUGH_GIT, addBigRepo } from '../helpers/worker.js'
 
 const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`

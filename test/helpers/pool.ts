@@ -9,8 +9,8 @@ import os from 'node:os'
 import { fixtureDir, FIXTURE_REPOS, clientEnv, run, type T } from './worker.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
 import { hashPassword } from '../../src/auth/password.js'
-import { Pool, freePort } from '../../src/pool/launch.js'
-import type { PoolSpec } from '../../src/pool/haproxy.js'
+import { Pool, freePort } from '../../tools/pool/launch.js'
+import type { PoolSpec } from '../../tools/pool/haproxy-config.js'
 
 export interface TestPool {
   pool: Pool

@@ -22,7 +22,7 @@ import type { AuthStore, Level } from '../../src/auth/store.js'
 /** the checkout root (tests run from dist/test/...) */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..')
 export const FIXTURES = path.join(ROOT, 'repos-fixture')
-export const CLI = path.join(ROOT, 'dist/src/cli.js')
+export const CLI = path.join(ROOT, 'dist/src/cli/main.js')
 
 /** The subset of tap's Test the helpers need. */
 export interface T {

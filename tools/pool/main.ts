@@ -9,8 +9,8 @@ import os from 'node:os'
 import { mkdtempSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
-import { defaultPool } from '../src/pool/haproxy.js'
-import { Pool, freePort } from '../src/pool/launch.js'
+import { defaultPool } from './haproxy-config.js'
+import { Pool, freePort } from './launch.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 

@@ -14,7 +14,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
-import { spawnChild, type Child } from '../process.js'
+import { spawnChild, type Child } from '../process/child.js'
 import { hgEnv } from './spawn.js'
 import { HandoffLine } from './handoff.js'
 

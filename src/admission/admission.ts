@@ -14,7 +14,7 @@
  * clones slowly (or never) can hold that many slots for the idle timeout, not all of them.
  */
 import type { ServerResponse } from 'node:http'
-import { ServiceUnavailableError, VcsError } from './errors.js'
+import { ServiceUnavailableError, VcsError } from '../errors.js'
 
 export type WorkClass = 'full' | 'incremental'
 export type RejectReason = 'queue_full' | 'queue_timeout' | 'draining'

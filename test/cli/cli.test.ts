@@ -1,9 +1,9 @@
 import t from 'tap'
 import path from 'node:path'
 import { readdir, writeFile } from 'node:fs/promises'
-import { loadConfig } from '../src/config.js'
-import { ConfigError } from '../src/errors.js'
-import { CLI, fixtureDir, gitClient, run, spawnWorker } from './helpers/worker.js'
+import { loadConfig } from '../../src/config.js'
+import { ConfigError } from '../../src/errors.js'
+import { CLI, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
 
 const cli = (args: string[], env: NodeJS.ProcessEnv = {}, input?: string) => run(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH, ...env }, input })
 

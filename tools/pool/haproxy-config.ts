@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
-import { ConfigError } from '../errors.js'
+import { ConfigError } from '../../src/errors.js'
 
 export interface PoolWorker {
   name: string

@@ -5,8 +5,8 @@
  * repo-path grammar, it fails it.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { BadRequestError, MethodNotAllowedError } from './errors.js'
-import type { GitHandlers } from './git/routes.js'
+import { BadRequestError, MethodNotAllowedError } from '../errors.js'
+import type { GitHandlers } from '../git/routes.js'
 
 export type RouteId = 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'git_dumb'
 

@@ -7,8 +7,8 @@
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
-import { defaultPool, loadPoolSpec, type PoolSpec } from '../src/pool/haproxy.js'
-import { showStat } from '../src/pool/launch.js'
+import { defaultPool, loadPoolSpec, type PoolSpec } from './haproxy-config.js'
+import { showStat } from './launch.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const BACKENDS = ['servers-git', 'servers-hg', 'servers-web']

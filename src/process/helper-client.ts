@@ -1,5 +1,5 @@
 /**
- * The worker's side of the spawn helper (spawn-helper.ts): one helper per worker process,
+ * The worker's side of the spawn helper (helper-main.ts): one helper per worker process,
  * forked on first use, and one unix socket (abstract namespace) its spawns' stdio connect to.
  * `spawnViaHelper` returns at once with stand-in streams that are joined to the real sockets
  * as they connect. While no spawn is pending the helper is unref'd, so a short CLI command
@@ -12,7 +12,7 @@ import { PassThrough, type Readable, type Writable } from 'node:stream'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-const HELPER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'spawn-helper.js')
+const HELPER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helper-main.js')
 
 export interface RawExit {
   code: number | null

@@ -98,7 +98,7 @@ t.test('through HAProxy: git and hg reach the workers, web pages reach the web s
   // pool:stats prints the same, per second and in total
   const specFile = path.join(p.dir, 'pool.json')
   await writeFile(specFile, JSON.stringify(p.spec))
-  const stats = await run(process.execPath, [path.join(path.dirname(CLI), '..', 'scripts', 'pool-stats.js'), '--pool', specFile, '--seconds', '2'])
+  const stats = await run(process.execPath, [path.join(path.dirname(CLI), '..', '..', 'tools', 'pool', 'stats.js'), '--pool', specFile, '--seconds', '2'])
   t.equal(stats.code, 0, stats.stderr)
   t.match(stats.stdout, /servers-git sess\/s {2}servers-hg sess\/s {2}servers-web sess\/s/)
   const gitTotal = await backendTotal(p, 'servers-git')
@@ -122,7 +122,7 @@ t.test('npm run pool: starts HAProxy, workers and the web stand-in, prints the U
   const store = openSqliteStore(path.join(dir, 'auth.sqlite'))
   await store.setRepo('demo.git', 'git', true)
   store.close()
-  const proc = spawn(process.execPath, [path.join(path.dirname(CLI), '..', 'scripts', 'pool.js'), '--workers', '1', '--data', dir, '--ports', 'auto'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const proc = spawn(process.execPath, [path.join(path.dirname(CLI), '..', '..', 'tools', 'pool', 'main.js'), '--workers', '1', '--data', dir, '--ports', 'auto'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   proc.stdout.on('data', (c) => { out += c })
   proc.stderr.on('data', (c) => { out += c })

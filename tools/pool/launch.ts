@@ -10,10 +10,10 @@ import net from 'node:net'
 import { createWriteStream, readFileSync, mkdirSync, openSync, closeSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { haproxyConfig, type PoolSpec } from './haproxy.js'
-import { listenOn } from '../listen.js'
+import { haproxyConfig, type PoolSpec } from './haproxy-config.js'
+import { listenOn } from '../../src/http/listen.js'
 
-const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli.js')
+const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'cli', 'main.js')
 
 export interface PoolOptions {
   spec: PoolSpec

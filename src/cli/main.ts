@@ -6,14 +6,14 @@
 import { parseArgs } from 'node:util'
 import { mkdirSync, statSync } from 'node:fs'
 import { pino } from 'pino'
-import { buildApp } from './app.js'
-import { loadConfig, flagSpec, type Config } from './config.js'
-import { ConfigError } from './errors.js'
-import { loggerOptions } from './log.js'
-import { createGitRunner } from './git/spawn.js'
-import { openSqliteStore } from './auth/sqlite-store.js'
+import { buildApp } from '../app.js'
+import { loadConfig, flagSpec, type Config } from '../config.js'
+import { ConfigError } from '../errors.js'
+import { loggerOptions } from '../log.js'
+import { createGitRunner } from '../git/spawn.js'
+import { openSqliteStore } from '../auth/sqlite-store.js'
 import { runAdmin, UsageError, type AdminContext } from './admin.js'
-import { checkPoolSpec, defaultPool, haproxyConfig, loadPoolSpec } from './pool/haproxy.js'
+import { checkPoolSpec, defaultPool, haproxyConfig, loadPoolSpec } from '../../tools/pool/haproxy-config.js'
 
 const USAGE = `usage:
   vcs-worker serve [--config FILE] [--host H] [--port N] [--repos DIR] [--data DIR] [--hg-processes N] [...]

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { setPriority } from 'node:os'
 import { Writable, type Readable } from 'node:stream'
-import { spawnViaHelper } from './spawner.js'
+import { spawnViaHelper } from './helper-client.js'
 
 export interface ExitStatus {
   code: number | null
@@ -56,7 +56,7 @@ export interface SpawnOptions {
 
 /**
  * Spawns `bin args` without a shell, in its own process group, with a bounded stderr buffer;
- * with `viaHelper`, through the spawn helper (spawner.ts), so the fork does not block the
+ * with `viaHelper`, through the spawn helper (helper-client.ts), so the fork does not block the
  * worker's event loop.
  */
 export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Child {
