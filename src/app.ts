@@ -25,13 +25,13 @@ import authPlugin from './auth/plugin.js'
 import { openSqliteStore } from './auth/sqlite-store.js'
 import type { AuthStore } from './auth/store.js'
 import { classify, repositoryDispatcher } from './http/routes.js'
-import { HgPool } from './hg/serve-pool.js'
+import { HgServePool } from './hg/serve-pool.js'
 import { hgHandler } from './hg/routes.js'
 import { JournalRecovery } from './hg/recover.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    hgPool?: HgPool
+    hgPool?: HgServePool
     health: HealthChecker
     admission: Admission
     metrics: WorkerMetrics
@@ -152,7 +152,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
 
   let hg
   if (config.hgProcesses > 0) {
-    const pool = new HgPool(config, app.log)
+    const pool = new HgServePool(config, app.log)
     await pool.start()
     app.decorate('hgPool', pool)
     // onClose runs after in-flight requests finished: only then stop the children.
@@ -167,7 +167,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   metrics = new WorkerMetrics({ repoLabel: config.metricsRepoLabel }, { admission, health, hgPool: app.hgPool })
   app.decorate('metrics', metrics)
   app.get('/metrics', async (req, reply) => {
-    req.access.route = 'metrics'
+    req.accessRecord.route = 'metrics'
     return reply.type(metrics.registry.contentType).header('cache-control', 'no-store').send(await metrics.registry.metrics())
   })
   if (config.agentPort >= 0 || config.healthPort >= 0) {

@@ -34,7 +34,7 @@ export interface AccessInfo {
 
 declare module 'fastify' {
   interface FastifyRequest {
-    access: AccessInfo
+    accessRecord: AccessInfo
   }
 }
 
@@ -121,9 +121,9 @@ export interface AccessObserver {
 
 /** Registers the per-request access record, its log line and its observer (metrics). */
 export function installAccessLog(app: FastifyInstance, observer: AccessObserver = {}): void {
-  app.decorateRequest('access', null as unknown as AccessInfo)
+  app.decorateRequest('accessRecord', null as unknown as AccessInfo)
   app.addHook('onRequest', async (req: FastifyRequest, reply) => {
-    req.access = { route: 'other', bytesIn: 0, bytesOut: 0 }
+    req.accessRecord = { route: 'other', bytesIn: 0, bytesOut: 0 }
     const started = process.hrtime.bigint()
     const res = reply.raw
     let ttfbMs: number | undefined
@@ -136,7 +136,7 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
     const ended = observer.started?.(req)
     res.once('close', () => {
       ended?.()
-      const a = req.access
+      const a = req.accessRecord
       const record: AccessRecord = {
         route: a.route,
         repo: a.repo,

@@ -105,7 +105,7 @@ export class Admission {
    * request that follows would be refused. git prints the body of a refused advertisement as
    * `remote:` lines, but of a refused RPC POST only "HTTP 503": this is where the user reads why.
    */
-  precheck(): void {
+  refuseIfBusy(): void {
     if (this.refusing !== 'none') throw this.reject('draining', 'none')
     if (this.saturated) throw this.reject('queue_full', 'none')
   }

@@ -192,7 +192,7 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
 
   /** The built-in repo hook: visibility and grants from the store. */
   const grantsHook: RepoHook = async ({ principal, repo, action }) => {
-    const record = await store.findRepo(repo.name)
+    const record = await store.authorizeRepo(repo.name)
     const isPublic = record?.public ?? false
     if (principal.kind === 'anonymous') {
       if (action === 'read' && isPublic) return
@@ -213,7 +213,7 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     authenticate,
     async authorize(req, repo, action) {
       const principal = await authenticate(req)
-      if (principal.kind === 'user' && req.access) req.access.user = principal.name // our access log, when present
+      if (principal.kind === 'user' && req.accessRecord) req.accessRecord.user = principal.name // our access log, when present
       for (const hook of repoHooks) await hook({ principal, repo, action })
       return principal
     },

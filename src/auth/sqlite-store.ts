@@ -86,7 +86,7 @@ export function openSqliteStore(file: string): AuthStore {
       const row = q.token.get(hash)
       return row && { id: row.id, userId: row.user_id, userName: row.name, expiresAt: row.expires_at, revokedAt: row.revoked_at }
     },
-    async findRepo(name): Promise<RepoRecord | undefined> {
+    async authorizeRepo(name): Promise<RepoRecord | undefined> {
       const row = q.repo.get(name)
       return row && { name: row.name, kind: row.kind, public: row.public === 1 }
     },

@@ -36,7 +36,7 @@ export interface Protection {
 export interface AuthStore {
   findUser(name: string): Promise<UserRecord | undefined>
   findToken(hash: Buffer): Promise<TokenRecord | undefined>
-  findRepo(name: string): Promise<RepoRecord | undefined>
+  authorizeRepo(name: string): Promise<RepoRecord | undefined>
   /** the user's level on a repo, or undefined */
   findGrant(userId: number, repo: string): Promise<Level | undefined>
   protections(repo: string): Promise<Protection[]>

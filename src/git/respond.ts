@@ -106,7 +106,7 @@ export interface StreamChildOptions {
  * stderr logged, its output streamed with backpressure. Returns the stream to `reply.send`.
  */
 export function streamChild(req: FastifyRequest, reply: FastifyReply, child: Child, opts: StreamChildOptions): Transform {
-  const access = req.access
+  const access = req.accessRecord
   access.pid = child.pid
   access.spawned = true
   reply.raw.once('close', () => {

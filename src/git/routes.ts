@@ -78,36 +78,36 @@ export function gitHandlers(deps: GitDeps) {
   const v2 = new V2AdvertisementCache(git)
   const quarantines = new QuarantineSweeper(config.quarantineStaleMs, deps.log)
 
-  async function findRepo(req: FastifyRequest, repoPath: string, action: Action): Promise<{ repo: RepoRef; principal: Identity }> {
+  async function authorizeRepo(req: FastifyRequest, repoPath: string, action: Action): Promise<{ repo: RepoRef; principal: Identity }> {
     return deps.auth.authorizeLookup(req, async () => {
       const repo = await resolveGitRepo(deps.reposRoot, repoPath)
-      req.access.repo = repo.name
+      req.accessRecord.repo = repo.name
       return repo
     }, action)
   }
 
   function protocolOf(req: FastifyRequest): string | undefined {
     const gitProtocol = checkGitProtocol(req.headers['git-protocol'])
-    req.access.protocol = protocolVersion(gitProtocol)
+    req.accessRecord.protocol = protocolVersion(gitProtocol)
     return gitProtocol
   }
 
   return {
     /** `GET /{repo}/info/refs?service=git-upload-pack|git-receive-pack` */
     async infoRefs(req: FastifyRequest, reply: FastifyReply, repoPath: string): Promise<FastifyReply> {
-      req.access.route = 'git_info_refs'
+      req.accessRecord.route = 'git_info_refs'
       const serviceName = (req.query as Record<string, unknown>).service
       if (serviceName === undefined) throw new BadRequestError('dumb HTTP is not supported: use a git client that speaks smart HTTP (git 1.6.6 or newer)')
       const service = typeof serviceName === 'string' ? SERVICES[serviceName] : undefined
       if (!service) throw new BadRequestError('unknown service: use git-upload-pack or git-receive-pack')
-      req.access.service = service
-      const { repo } = await findRepo(req, repoPath, service === 'receive-pack' ? 'write' : 'read')
-      deps.admission.precheck()
+      req.accessRecord.service = service
+      const { repo } = await authorizeRepo(req, repoPath, service === 'receive-pack' ? 'write' : 'read')
+      deps.admission.refuseIfBusy()
       const gitProtocol = protocolOf(req)
       reply.type(`application/x-git-${service}-advertisement`).headers(NO_CACHE)
-      if (service === 'upload-pack' && req.access.protocol === 'v2') {
+      if (service === 'upload-pack' && req.accessRecord.protocol === 'v2') {
         const body = await v2.get(repo.dir)
-        req.access.bytesOut = body.length
+        req.accessRecord.bytesOut = body.length
         return reply.send(body)
       }
       const child = git.serve(service, repo.dir, { advertise: true, gitProtocol })
@@ -119,13 +119,13 @@ export function gitHandlers(deps: GitDeps) {
 
     /** `POST /{repo}/git-upload-pack`: negotiation in, pack out. */
     async uploadPack(req: FastifyRequest, reply: FastifyReply, repoPath: string): Promise<FastifyReply> {
-      req.access.route = 'git_upload_pack'
-      req.access.service = 'upload-pack'
+      req.accessRecord.route = 'git_upload_pack'
+      req.accessRecord.service = 'upload-pack'
       requireContentType(req, 'application/x-git-upload-pack-request')
-      const { repo, principal } = await findRepo(req, repoPath, 'read')
+      const { repo, principal } = await authorizeRepo(req, repoPath, 'read')
       const gitProtocol = protocolOf(req)
       const body = decodeBody(req.raw, config.maxNegotiationBytes)
-      req.access.countIn = body.wireBytes
+      req.accessRecord.countIn = body.wireBytes
       // The whole request is read before git starts: a client that sends megabytes of `have`
       // lines before reading would otherwise deadlock against a git that answers ACKs early.
       const shape = new NegotiationShape()
@@ -153,7 +153,7 @@ export function gitHandlers(deps: GitDeps) {
         // git prints the body of a refused POST only as "HTTP 503"; inside the protocol it
         // prints the reason: "fatal: remote error: server busy: ...".
         if (err instanceof ServiceUnavailableError) {
-          req.access.refused = err.message
+          req.accessRecord.refused = err.message
           return reply.headers(err.headers).send(errPkt(err.message))
         }
         throw err
@@ -166,10 +166,10 @@ export function gitHandlers(deps: GitDeps) {
 
     /** `POST /{repo}/git-receive-pack`: commands and a pack in, report-status out. */
     async receivePack(req: FastifyRequest, reply: FastifyReply, repoPath: string): Promise<FastifyReply> {
-      req.access.route = 'git_receive_pack'
-      req.access.service = 'receive-pack'
+      req.accessRecord.route = 'git_receive_pack'
+      req.accessRecord.service = 'receive-pack'
       requireContentType(req, 'application/x-git-receive-pack-request')
-      const { repo, principal } = await findRepo(req, repoPath, 'write')
+      const { repo, principal } = await authorizeRepo(req, repoPath, 'write')
       const gitProtocol = protocolOf(req)
       quarantines.maybeSweep(repo.dir)
       // A slot before a byte of the push is read: refused now (503) or never dropped later.
@@ -177,7 +177,7 @@ export function gitHandlers(deps: GitDeps) {
       let body, session, child
       try {
         body = decodeBody(req.raw, config.maxPushBytes)
-        req.access.countIn = body.wireBytes
+        req.accessRecord.countIn = body.wireBytes
         // Repository hooks learn who pushed; our own hooks learn which push this is.
         session = deps.refHooks.open({ principal, repo })
         const hookEnv: Record<string, string> = { ...session.env }

@@ -9,7 +9,7 @@ import { statfs, writeFile, unlink, access, constants } from 'node:fs/promises'
 import path from 'node:path'
 import type { Config } from '../config.js'
 import type { GitRunner } from '../git/spawn.js'
-import type { HgPool } from '../hg/serve-pool.js'
+import type { HgServePool } from '../hg/serve-pool.js'
 import type { Admission } from '../admission/admission.js'
 
 export type CheckName = 'repos_dir' | 'disk' | 'git_binary' | 'git_canary' | 'hg_children' | 'draining' | 'saturation'
@@ -114,7 +114,7 @@ export class HealthChecker {
   /** called when a result may have changed: after each round of checks and at a drain */
   onChange: (() => void) | undefined
 
-  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgPool | undefined, canaryDir: string, private readonly admission: Admission) {
+  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgServePool | undefined, canaryDir: string, private readonly admission: Admission) {
     const add = (name: CheckName, run: () => Promise<string>): void => {
       this.checks.set(name, { run, ok: false, failures: 0, lastRun: 0, durationMs: 0, message: 'not run yet' })
     }

@@ -8,12 +8,12 @@ import { ENDPOINT_CHECKS, endpointAnswer, type HealthChecker } from './checks.js
 
 export function registerHealthRoutes(app: FastifyInstance, checker: HealthChecker): void {
   app.get('/health/live', async (req, reply) => {
-    req.access.route = 'health_live'
+    req.accessRecord.route = 'health_live'
     return reply.type('text/plain').send('ok\n')
   })
   for (const [url, names] of Object.entries(ENDPOINT_CHECKS)) {
     app.get(url, async (req, reply) => {
-      req.access.route = `health_${url.slice('/health/'.length)}`
+      req.accessRecord.route = `health_${url.slice('/health/'.length)}`
       const { code, body } = endpointAnswer(checker.snapshot(), names, Date.now())
       return reply.code(code).header('cache-control', 'no-store').send(body)
     })

@@ -18,7 +18,7 @@ import type { Identity, VcsAuth } from '../auth/plugin.js'
 import { decodeBody, SpillBuffer, toClientError } from '../http/body.js'
 import { judgeHgRequest, type HgRequest } from './request.js'
 import { admissionClient, type Admission, type Release } from '../admission/admission.js'
-import type { HgChild, HgPool } from './serve-pool.js'
+import type { HgChild, HgServePool } from './serve-pool.js'
 import type { JournalRecovery } from './recover.js'
 import { handoffHead, type HandoffLine } from './handoff.js'
 
@@ -28,7 +28,7 @@ const SPILL_MEMORY = 1024 * 1024
 
 export interface HgDeps {
   config: Config
-  pool: HgPool
+  pool: HgServePool
   recovery: JournalRecovery
   auth: VcsAuth
   reposRoot: string
@@ -46,16 +46,16 @@ const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 
 export function hgHandler(deps: HgDeps) {
   async function hg(req: FastifyRequest, reply: FastifyReply, rawPath: string): Promise<FastifyReply> {
-    req.access.route = 'hg_proxy'
+    req.accessRecord.route = 'hg_proxy'
     let judged: HgRequest
     let principal: Identity
     let repo: RepoRef
     try {
       judged = judgeHgRequest(req.method, req.raw.url!, req.raw.rawHeaders)
-      req.access.service = judged.cmd ?? 'hgweb'
+      req.accessRecord.service = judged.cmd ?? 'hgweb'
       ;({ repo, principal } = await deps.auth.authorizeLookup(req, async () => {
         const found = await resolveHgRepo(deps.reposRoot, rawPath)
-        req.access.repo = found.name
+        req.accessRecord.repo = found.name
         return found
       }, judged.action))
     } catch (err) {
@@ -65,7 +65,7 @@ export function hgHandler(deps: HgDeps) {
       throw err
     }
     // a session starts with `capabilities`: refused here when a drain or a full queue would refuse its work
-    if (judged.cmd === 'capabilities') deps.admission.precheck()
+    if (judged.cmd === 'capabilities') deps.admission.refuseIfBusy()
     await deps.recovery.ensure(repo.dir)
     let release: Release = () => {}
     try {
@@ -89,7 +89,7 @@ export function hgHandler(deps: HgDeps) {
       deps.refused?.()
       throw new ServiceUnavailableError('no hg serve process is ready on this worker')
     }
-    req.access.pid = child.pid
+    req.accessRecord.pid = child.pid
 
     // What the child reads: the judged request, and the control headers only the worker sets.
     const headers: Record<string, string> = { ...judged.headers, 'x-vcs-worker-secret': child.secret, 'x-vcs-worker-access': judged.action }
@@ -103,7 +103,7 @@ export function hgHandler(deps: HgDeps) {
     let spill: SpillBuffer | undefined
     if (judged.hasBody) {
       const decoded = decodeBody(req.raw, deps.config.maxPushBytes)
-      req.access.countIn = decoded.wireBytes
+      req.accessRecord.countIn = decoded.wireBytes
       const declared = req.headers['content-length']
       if (declared !== undefined && req.headers['content-encoding'] === undefined) {
         headers['content-length'] = String(Number(declared))
@@ -158,7 +158,7 @@ export function hgHandler(deps: HgDeps) {
     // flowing before Fastify attaches its pipe, and the first chunks would be lost.
     const counted = new Transform({
       transform(chunk: Buffer, _enc, cb) {
-        req.access.bytesOut += chunk.length
+        req.accessRecord.bytesOut += chunk.length
         cb(null, chunk)
       },
     })
@@ -170,7 +170,7 @@ export function hgHandler(deps: HgDeps) {
   async function handOver(req: FastifyRequest, reply: FastifyReply, child: HgChild, handoff: HandoffLine, judged: HgRequest, headers: Record<string, string>, release: Release): Promise<FastifyReply> {
     const head = handoffHead(judged.target, req.headers.host, headers)
     reply.hijack()
-    req.access.handedOver = true
+    req.accessRecord.handedOver = true
     child.inflight++
     const r = await handoff.hand(req.raw.socket, { head, addr: req.ip, timeoutBody: `${SILENT_CHILD}\n`, idleMs: deps.config.idleTimeoutMs })
     child.inflight--
@@ -178,8 +178,8 @@ export function hgHandler(deps: HgDeps) {
     if (r.cut) deps.pool.recycle(child, 'silent past hgTimeoutMs')
     if (!r.status) req.log.error({ hg_child: child.id, child_pid: child.pid }, 'hg serve child lost a handed-over download')
     reply.raw.statusCode = r.status || 502
-    req.access.bytesOut = r.bytes
-    req.access.completed = r.complete
+    req.accessRecord.bytesOut = r.bytes
+    req.accessRecord.completed = r.complete
     reply.raw.emit('close') // the connection is the child's: this ends the worker's record of it (access log)
     return reply
   }

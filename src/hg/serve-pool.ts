@@ -40,7 +40,7 @@ export interface HgChild {
   probeFailures: number
 }
 
-export class HgPool {
+export class HgServePool {
   readonly children: HgChild[] = []
   private readonly crashes: number[] = []
   private probeTimer: NodeJS.Timeout | undefined

@@ -52,7 +52,7 @@ export function repositoryDispatcher(git: GitHandlers, hg?: HgHandler) {
       if (req.method !== 'GET' && req.method !== 'POST' && req.method !== 'HEAD') throw new MethodNotAllowedError(['GET', 'POST'])
       return hg(req, reply, rawPath)
     }
-    req.access.route = match.id
+    req.accessRecord.route = match.id
     const method = METHODS[match.id]
     if (req.method !== method && !(method === 'GET' && req.method === 'HEAD')) throw new MethodNotAllowedError([method])
     switch (match.id) {

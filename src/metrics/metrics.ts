@@ -9,7 +9,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Admission, RejectReason, WorkClass } from '../admission/admission.js'
 import type { HealthChecker } from '../health/checks.js'
-import type { HgPool } from '../hg/serve-pool.js'
+import type { HgServePool } from '../hg/serve-pool.js'
 import { backendOf, type AccessRecord, type Backend } from '../log.js'
 
 
@@ -31,7 +31,7 @@ function serviceLabel(backend: Backend, service: string | undefined): string {
 export interface MetricSources {
   admission: Admission
   health: HealthChecker
-  hgPool?: HgPool
+  hgPool?: HgServePool
 }
 
 export class WorkerMetrics {
