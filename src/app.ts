@@ -13,20 +13,20 @@ import { ProbeThread } from './health/probe-thread.js'
 import { drain } from './health/drain.js'
 import { Admission } from './admission/admission.js'
 import { WorkerMetrics } from './metrics/metrics.js'
-import Fastify, { LogController, type FastifyInstance, type FastifyServerFactory } from 'fastify'
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest, type FastifyServerFactory } from 'fastify'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
 import { clientErrorHandler, frameworkErrors, installErrorHandlers } from './errors.js'
 import { backendOf, installAccessLog, loggerOptions, requestIdGenerator } from './log.js'
 import { createGitRunner, type GitRunner } from './git/spawn.js'
-import { gitHandlers } from './git/routes.js'
+import { gitRoutes } from './git/routes.js'
 import { installHookScripts, RefHookServer } from './git/ref-hooks.js'
 import authPlugin from './auth/plugin.js'
 import { openSqliteStore } from './auth/sqlite-store.js'
 import type { AuthStore } from './auth/store.js'
-import { classify, repositoryDispatcher } from './http/routes.js'
+import { registerDumbRoute, registerRepoRoutes, urlClassifier, type RepoRoute } from './http/routes.js'
 import { HgServePool } from './hg/serve-pool.js'
-import { hgHandler } from './hg/routes.js'
+import { hgRoute } from './hg/routes.js'
 import { JournalRecovery } from './hg/recover.js'
 
 declare module 'fastify' {
@@ -88,6 +88,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     connectionTimeout: config.idleTimeoutMs,
     clientErrorHandler,
     frameworkErrors,
+    rewriteUrl: urlClassifier(config.hgProcesses > 0),
   }) as unknown as FastifyInstance
   try {
     await assemble(app, config, deps)
@@ -111,7 +112,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   })
   app.decorate('admission', admission)
   installAccessLog(app, {
-    started: (req) => metrics?.started(backendOf(routeGuess(req.raw.url!, config.hgProcesses > 0))) ?? (() => {}),
+    started: (req) => metrics?.started(backendOf(req.accessRecord.route)) ?? (() => {}),
     finished: (record) => metrics?.observe(record),
   })
 
@@ -150,14 +151,14 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     })
   }
 
-  let hg
+  const repoRoutes: RepoRoute[] = gitRoutes({ config, git, admission, refHooks, log: app.log })
   if (config.hgProcesses > 0) {
     const pool = new HgServePool(config, app.log)
     await pool.start()
     app.decorate('hgPool', pool)
     // onClose runs after in-flight requests finished: only then stop the children.
     app.addHook('onClose', () => pool.stop())
-    hg = hgHandler({ config, pool, admission, auth: app.vcsAuth, reposRoot, recovery: new JournalRecovery(config, app.log), refused: () => metrics?.refused('no_hg_child', 'none') })
+    repoRoutes.push(hgRoute({ config, pool, admission, recovery: new JournalRecovery(config, app.log), refused: () => metrics?.refused('no_hg_child', 'none') }))
   }
   const health = new HealthChecker(config, git, app.hgPool, canary, admission)
   await health.start()
@@ -166,8 +167,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   registerHealthRoutes(app, health)
   metrics = new WorkerMetrics({ repoLabel: config.metricsRepoLabel }, { admission, health, hgPool: app.hgPool })
   app.decorate('metrics', metrics)
-  app.get('/metrics', async (req, reply) => {
-    req.accessRecord.route = 'metrics'
+  app.get('/metrics', { config: { routeId: 'metrics' } }, async (_req, reply) => {
     return reply.type(metrics.registry.contentType).header('cache-control', 'no-store').send(await metrics.registry.metrics())
   })
   if (config.agentPort >= 0 || config.healthPort >= 0) {
@@ -178,16 +178,15 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   }
   app.decorate('drain', () => drain(app, health, admission, { graceMs: config.drainGraceMs, timeoutMs: config.drainTimeoutMs }))
 
-  const dispatch = repositoryDispatcher(gitHandlers({ config, git, admission, reposRoot, auth: app.vcsAuth, refHooks, log: app.log }), hg)
-  app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'], url: '/*', handler: dispatch })
+  // The route table: every repository route with its id and the access it needs (http/routes.ts).
+  registerRepoRoutes(app, repoRoutes, { auth: app.vcsAuth, reposRoot })
+  registerDumbRoute(app)
+  app.get('/', { config: { routeId: 'root' } }, async (req, reply) => reply.type('text/plain').send(rootLine(req, config.hgProcesses > 0)))
 }
 
 
-/** The route a URL will take, told before routing (for the in-flight gauge). */
-function routeGuess(url: string, hg: boolean): string {
-  const rawPath = url.split('?', 1)[0]!
-  if (rawPath === '/metrics') return 'metrics'
-  if (rawPath.startsWith('/health/')) return 'health_'
-  if (classify(rawPath)) return 'git_'
-  return hg ? 'hg_' : 'other'
+/** What `GET /` says: what this server is and how to clone from it. */
+function rootLine(req: FastifyRequest, hg: boolean): string {
+  const base = `${req.protocol}://${req.host}`
+  return `vcs-worker: a git${hg ? ' and Mercurial' : ''} server. Clone with: git clone ${base}/<repo>.git${hg ? ` or hg clone ${base}/<repo>` : ''}\n`
 }

@@ -114,7 +114,7 @@ export function installErrorHandlers(app: FastifyInstance): void {
       reply.raw.destroy()
       return
     }
-    settleUnreadBody(req, reply)
+    settleUnreadBody(req, reply, req.routeOptions.config?.discardLimit)
     if (err instanceof VcsError) {
       const level = err.statusCode >= 500 ? 'error' : 'info'
       req.log[level]({ code: err.code, status: err.statusCode, err: err.statusCode >= 500 ? err : undefined }, err.message)

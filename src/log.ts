@@ -123,7 +123,7 @@ export interface AccessObserver {
 export function installAccessLog(app: FastifyInstance, observer: AccessObserver = {}): void {
   app.decorateRequest('accessRecord', null as unknown as AccessInfo)
   app.addHook('onRequest', async (req: FastifyRequest, reply) => {
-    req.accessRecord = { route: 'other', bytesIn: 0, bytesOut: 0 }
+    req.accessRecord = { route: req.routeOptions.config?.routeId ?? 'other', bytesIn: 0, bytesOut: 0 }
     const started = process.hrtime.bigint()
     const res = reply.raw
     let ttfbMs: number | undefined
@@ -157,7 +157,7 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
       const level = backend === 'health' || backend === 'metrics' ? 'debug' : 'info'
       req.log[level]({
         method: req.method,
-        url: safeUrl(req.url),
+        url: safeUrl(req.originalUrl),
         route: record.route,
         repo: record.repo,
         service: record.service,

@@ -14,6 +14,7 @@
  * clones slowly (or never) can hold that many slots for the idle timeout, not all of them.
  */
 import type { ServerResponse } from 'node:http'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ServiceUnavailableError, VcsError } from '../errors.js'
 
 export type WorkClass = 'full' | 'incremental'
@@ -115,6 +116,11 @@ export class Admission {
    * the queue is full, the wait too long, or the worker refuses new work; with `gone` when the
    * client went away while waiting.
    */
+  /** A slot for a repository request (after its pre-handler): its repo, its client (user, or address when anonymous). */
+  admit(req: FastifyRequest, reply: FastifyReply, cls: WorkClass): Promise<Release> {
+    return this.acquire(req.repo.name, cls, reply.raw, admissionClient(req.principal, req.ip))
+  }
+
   acquire(repo: string, cls: WorkClass, res: ServerResponse, client: string): Promise<Release> {
     if (this.refusing === 'all') return Promise.reject(this.reject('draining', cls))
     // Whoever is still queued is blocked by a limit this request is not (its repo's, its

@@ -1,39 +1,35 @@
 /**
  * git smart HTTP (git's Documentation/technical/http-protocol.txt): the ref advertisement on
- * `GET info/refs?service=…`, and the two RPC endpoints. Each handler reads like the protocol:
- * check the request, find the repo, authorize, spawn git, stream.
+ * `GET info/refs?service=…`, and the two RPC endpoints. Each route says what access it needs;
+ * the route table's pre-handler finds the repo and authorizes (http/routes.ts), so each handler
+ * reads like the protocol: admit, spawn git, stream.
  */
 import { pipeline } from 'node:stream/promises'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { QuarantineSweeper } from './quarantine.js'
 import type { Config } from '../config.js'
 import { BadRequestError, DISCARD_LIMIT, ServiceUnavailableError, UnsupportedMediaTypeError } from '../errors.js'
-import { resolveGitRepo, type RepoRef } from '../repos/path.js'
 import { stdinSink } from '../process/child.js'
-import { decodeBody, SpillBuffer, toClientError } from '../http/body.js'
+import { decodeBody, spillRequestBody, toClientError } from '../http/body.js'
+import { DUMB_HTTP, type RepoRoute } from '../http/routes.js'
 import { errPkt, FLUSH, pkt, PktLineChecker } from './pktline.js'
 import { streamChild } from './respond.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
 import { V2AdvertisementCache } from './advertise.js'
 import { ReportRewriter } from './report-status.js'
 import type { RefHookServer } from './ref-hooks.js'
-import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
-import { admissionClient, type Admission, type Release, type WorkClass } from '../admission/admission.js'
+import type { Action } from '../auth/plugin.js'
+import type { Admission, Release, WorkClass } from '../admission/admission.js'
 
 export interface GitDeps {
   config: Config
   git: GitRunner
-  /** realpath of the repos dir */
-  reposRoot: string
-  auth: VcsAuth
   refHooks: RefHookServer
   admission: Admission
   log: FastifyBaseLogger
 }
 
 const SERVICES: Record<string, GitService> = { 'git-upload-pack': 'upload-pack', 'git-receive-pack': 'receive-pack' }
-/** upload-pack requests up to this size stay in memory; larger ones spill to a temp file */
-const SPILL_MEMORY = 1024 * 1024
 const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', pragma: 'no-cache', expires: 'Fri, 01 Jan 1980 00:00:00 GMT' }
 
 /** Protocol v2 commands served (protocol-v2.txt); `object-info` is not (see V2AdvertisementCache). */
@@ -72,19 +68,21 @@ function requireContentType(req: FastifyRequest, expected: string): void {
   if (type !== expected) throw new UnsupportedMediaTypeError(`expected Content-Type ${expected}`)
 }
 
-/** The three git endpoints, bound to their dependencies. */
-export function gitHandlers(deps: GitDeps) {
+/** The service `info/refs` advertises, checked before the repo is looked up. */
+function advertisedService(req: FastifyRequest): GitService {
+  const serviceName = (req.query as Record<string, unknown>).service
+  if (serviceName === undefined) throw new BadRequestError(DUMB_HTTP)
+  const service = typeof serviceName === 'string' ? SERVICES[serviceName] : undefined
+  if (!service) throw new BadRequestError('unknown service: use git-upload-pack or git-receive-pack')
+  req.accessRecord.service = service
+  return service
+}
+
+/** The three git endpoints as routes of the route table, bound to their dependencies. */
+export function gitRoutes(deps: GitDeps): RepoRoute[] {
   const { config, git } = deps
   const v2 = new V2AdvertisementCache(git)
   const quarantines = new QuarantineSweeper(config.quarantineStaleMs, deps.log)
-
-  async function authorizeRepo(req: FastifyRequest, repoPath: string, action: Action): Promise<{ repo: RepoRef; principal: Identity }> {
-    return deps.auth.authorizeLookup(req, async () => {
-      const repo = await resolveGitRepo(deps.reposRoot, repoPath)
-      req.accessRecord.repo = repo.name
-      return repo
-    }, action)
-  }
 
   function protocolOf(req: FastifyRequest): string | undefined {
     const gitProtocol = checkGitProtocol(req.headers['git-protocol'])
@@ -92,120 +90,107 @@ export function gitHandlers(deps: GitDeps) {
     return gitProtocol
   }
 
-  return {
-    /** `GET /{repo}/info/refs?service=git-upload-pack|git-receive-pack` */
-    async infoRefs(req: FastifyRequest, reply: FastifyReply, repoPath: string): Promise<FastifyReply> {
-      req.accessRecord.route = 'git_info_refs'
-      const serviceName = (req.query as Record<string, unknown>).service
-      if (serviceName === undefined) throw new BadRequestError('dumb HTTP is not supported: use a git client that speaks smart HTTP (git 1.6.6 or newer)')
-      const service = typeof serviceName === 'string' ? SERVICES[serviceName] : undefined
-      if (!service) throw new BadRequestError('unknown service: use git-upload-pack or git-receive-pack')
-      req.accessRecord.service = service
-      const { repo } = await authorizeRepo(req, repoPath, service === 'receive-pack' ? 'write' : 'read')
-      deps.admission.refuseIfBusy()
-      const gitProtocol = protocolOf(req)
-      reply.type(`application/x-git-${service}-advertisement`).headers(NO_CACHE)
-      if (service === 'upload-pack' && req.accessRecord.protocol === 'v2') {
-        const body = await v2.get(repo.dir)
-        req.accessRecord.bytesOut = body.length
-        return reply.send(body)
-      }
-      const child = git.serve(service, repo.dir, { advertise: true, gitProtocol })
-      child.proc.stdin.end()
-      // Under v0/v1 the smart-HTTP answer starts with `# service=…` and a flush (http-protocol.txt).
-      const prefix = Buffer.concat([pkt(`# service=git-${service}\n`), FLUSH])
-      return reply.send(streamChild(req, reply, child, { what: `git ${service}`, prefix }))
-    },
-
-    /** `POST /{repo}/git-upload-pack`: negotiation in, pack out. */
-    async uploadPack(req: FastifyRequest, reply: FastifyReply, repoPath: string): Promise<FastifyReply> {
-      req.accessRecord.route = 'git_upload_pack'
-      req.accessRecord.service = 'upload-pack'
-      requireContentType(req, 'application/x-git-upload-pack-request')
-      const { repo, principal } = await authorizeRepo(req, repoPath, 'read')
-      const gitProtocol = protocolOf(req)
-      const body = decodeBody(req.raw, config.maxNegotiationBytes)
-      req.accessRecord.countIn = body.wireBytes
-      // The whole request is read before git starts: a client that sends megabytes of `have`
-      // lines before reading would otherwise deadlock against a git that answers ACKs early.
-      const shape = new NegotiationShape()
-      const checker = new PktLineChecker({ mode: 'all', onPacket: shape.onPacket })
-      const spill = new SpillBuffer(SPILL_MEMORY, config.tmpDir)
-      try {
-        await pipeline(body.stream, checker, spill)
-      } catch (err) {
-        await spill.dispose()
-        body.abandon(DISCARD_LIMIT)
-        reply.header('connection', 'close')
-        throw toClientError(err)
-      }
-      reply.type('application/x-git-upload-pack-result').headers(NO_CACHE)
-      if (checker.isFlushProbe) {
-        await spill.dispose()
-        return reply.send(Buffer.alloc(0))
-      }
-      let release: Release | undefined
-      try {
-        const cls = await shape.workClass((oids) => git.anyObjectExists(repo.dir, oids))
-        if (cls) release = await deps.admission.acquire(repo.name, cls, reply.raw, admissionClient(principal, req.ip))
-      } catch (err) {
-        await spill.dispose()
-        // git prints the body of a refused POST only as "HTTP 503"; inside the protocol it
-        // prints the reason: "fatal: remote error: server busy: ...".
-        if (err instanceof ServiceUnavailableError) {
-          req.accessRecord.refused = err.message
-          return reply.headers(err.headers).send(errPkt(err.message))
-        }
-        throw err
-      }
-      const child = git.serve('upload-pack', repo.dir, { gitProtocol })
-      void child.exited.then(() => { release?.(); return spill.dispose() })
-      pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))
-      return reply.send(streamChild(req, reply, child, { what: 'git upload-pack', inBand: true }))
-    },
-
-    /** `POST /{repo}/git-receive-pack`: commands and a pack in, report-status out. */
-    async receivePack(req: FastifyRequest, reply: FastifyReply, repoPath: string): Promise<FastifyReply> {
-      req.accessRecord.route = 'git_receive_pack'
-      req.accessRecord.service = 'receive-pack'
-      requireContentType(req, 'application/x-git-receive-pack-request')
-      const { repo, principal } = await authorizeRepo(req, repoPath, 'write')
-      const gitProtocol = protocolOf(req)
-      quarantines.maybeSweep(repo.dir)
-      // A slot before a byte of the push is read: refused now (503) or never dropped later.
-      const release = await deps.admission.acquire(repo.name, 'incremental', reply.raw, admissionClient(principal, req.ip))
-      let body, session, child
-      try {
-        body = decodeBody(req.raw, config.maxPushBytes)
-        req.accessRecord.countIn = body.wireBytes
-        // Repository hooks learn who pushed; our own hooks learn which push this is.
-        session = deps.refHooks.open({ principal, repo })
-        const hookEnv: Record<string, string> = { ...session.env }
-        if (principal.kind === 'user') {
-          hookEnv.REMOTE_USER = principal.name
-          hookEnv.VCS_WORKER_USER = principal.name
-        }
-        child = git.serve('receive-pack', repo.dir, { gitProtocol, env: hookEnv, config: [`core.hooksPath=${config.hooksDir}`, `receive.fsckObjects=${config.fsckObjects}`] })
-      } catch (err) {
-        session?.close()
-        release()
-        throw err
-      }
-      const opened = session
-      void child.exited.then(() => { release(); opened.close() })
-      const out = streamChild(req, reply, child, { what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor) })
-      // The body streams into git while it arrives; a bad or oversized body kills git before it
-      // can update a ref (refs move only after the whole pack is in and checked).
-      pipeline(body.stream, new PktLineChecker({ mode: 'commands' }), stdinSink(child)).catch((err: unknown) => {
-        child.kill()
-        body.abandon(DISCARD_LIMIT)
-        if (!reply.raw.headersSent) reply.header('connection', 'close')
-        out.destroy(toClientError(err))
-      })
-      reply.type('application/x-git-receive-pack-result').headers(NO_CACHE)
-      return reply.send(out)
-    },
+  /** `GET /{repo}/info/refs?service=git-upload-pack|git-receive-pack` */
+  async function infoRefs(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const service = advertisedService(req)
+    deps.admission.refuseIfBusy()
+    const gitProtocol = protocolOf(req)
+    reply.type(`application/x-git-${service}-advertisement`).headers(NO_CACHE)
+    if (service === 'upload-pack' && req.accessRecord.protocol === 'v2') {
+      const body = await v2.get(req.repo.dir)
+      req.accessRecord.bytesOut = body.length
+      return reply.send(body)
+    }
+    const child = git.serve(service, req.repo.dir, { advertise: true, gitProtocol })
+    child.proc.stdin.end()
+    // Under v0/v1 the smart-HTTP answer starts with `# service=…` and a flush (http-protocol.txt).
+    const prefix = Buffer.concat([pkt(`# service=git-${service}\n`), FLUSH])
+    return reply.send(streamChild(req, reply, child, { what: `git ${service}`, prefix }))
   }
-}
 
-export type GitHandlers = ReturnType<typeof gitHandlers>
+  /** `POST /{repo}/git-upload-pack`: negotiation in, pack out. */
+  async function uploadPack(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const repo = req.repo
+    const gitProtocol = protocolOf(req)
+    // The whole request is read before git starts: a client that sends megabytes of `have`
+    // lines before reading would otherwise deadlock against a git that answers ACKs early.
+    const shape = new NegotiationShape()
+    const checker = new PktLineChecker({ mode: 'all', onPacket: shape.onPacket })
+    const spill = await spillRequestBody(req, reply, { limit: config.maxNegotiationBytes, tmpDir: config.tmpDir, stages: [checker] })
+    reply.type('application/x-git-upload-pack-result').headers(NO_CACHE)
+    if (checker.isFlushProbe) {
+      await spill.dispose()
+      return reply.send(Buffer.alloc(0))
+    }
+    let release: Release | undefined
+    try {
+      const cls = await shape.workClass((oids) => git.anyObjectExists(repo.dir, oids))
+      if (cls) release = await deps.admission.admit(req, reply, cls)
+    } catch (err) {
+      await spill.dispose()
+      // git prints the body of a refused POST only as "HTTP 503": inside the protocol it
+      // prints the reason: "fatal: remote error: server busy: ...".
+      if (err instanceof ServiceUnavailableError) {
+        req.accessRecord.refused = err.message
+        return reply.headers(err.headers).send(errPkt(err.message))
+      }
+      throw err
+    }
+    const child = git.serve('upload-pack', repo.dir, { gitProtocol })
+    void child.exited.then(() => { release?.(); return spill.dispose() })
+    pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))
+    return reply.send(streamChild(req, reply, child, { what: 'git upload-pack', inBand: true }))
+  }
+
+  /** `POST /{repo}/git-receive-pack`: commands and a pack in, report-status out. */
+  async function receivePack(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const { repo, principal } = req
+    const gitProtocol = protocolOf(req)
+    quarantines.maybeSweep(repo.dir)
+    // A slot before a byte of the push is read: refused now (503) or never dropped later.
+    const release = await deps.admission.admit(req, reply, 'incremental')
+    let body, session, child
+    try {
+      body = decodeBody(req.raw, config.maxPushBytes)
+      req.accessRecord.countIn = body.wireBytes
+      // Repository hooks learn who pushed; our own hooks learn which push this is.
+      session = deps.refHooks.open({ principal, repo })
+      const hookEnv: Record<string, string> = { ...session.env }
+      if (principal.kind === 'user') {
+        hookEnv.REMOTE_USER = principal.name
+        hookEnv.VCS_WORKER_USER = principal.name
+      }
+      child = git.serve('receive-pack', repo.dir, { gitProtocol, env: hookEnv, config: [`core.hooksPath=${config.hooksDir}`, `receive.fsckObjects=${config.fsckObjects}`] })
+    } catch (err) {
+      session?.close()
+      release()
+      throw err
+    }
+    const opened = session
+    void child.exited.then(() => { release(); opened.close() })
+    const out = streamChild(req, reply, child, { what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor) })
+    // The body streams into git while it arrives; a bad or oversized body kills git before it
+    // can update a ref (refs move only after the whole pack is in and checked).
+    pipeline(body.stream, new PktLineChecker({ mode: 'commands' }), stdinSink(child)).catch((err: unknown) => {
+      child.kill()
+      body.abandon(DISCARD_LIMIT)
+      if (!reply.raw.headersSent) reply.header('connection', 'close')
+      out.destroy(toClientError(err))
+    })
+    reply.type('application/x-git-receive-pack-result').headers(NO_CACHE)
+    return reply.send(out)
+  }
+
+  /** The content type is checked before the repo is looked up, as the service is. */
+  const posting = (service: GitService, action: Action) => (req: FastifyRequest): Action => {
+    req.accessRecord.service = service
+    requireContentType(req, `application/x-git-${service}-request`)
+    return action
+  }
+
+  return [
+    { id: 'git_info_refs', methods: ['GET'], kind: 'git', access: (req) => advertisedService(req) === 'receive-pack' ? 'write' : 'read', handler: infoRefs },
+    { id: 'git_upload_pack', methods: ['POST'], kind: 'git', access: posting('upload-pack', 'read'), handler: uploadPack },
+    { id: 'git_receive_pack', methods: ['POST'], kind: 'git', access: posting('receive-pack', 'write'), handler: receivePack },
+  ]
+}

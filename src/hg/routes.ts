@@ -1,6 +1,7 @@
 /**
  * Mercurial over HTTP: judge the request (request.ts: one command, its arguments, nothing two
- * parsers could read two ways), authenticate and authorize it with the auth plugin, then send
+ * parsers could read two ways); the route table's pre-handler authorizes its command's action
+ * (http/routes.ts); then the worker sends
  * the least busy ready `hg serve` child the request rebuilt from what was judged, and stream its
  * answer back. `hg serve` needs a Content-Length on a push: a chunked or gzip body is first
  * spilled (memory, then a temp file) to learn its length; only a push, admitted, has a body.
@@ -12,26 +13,23 @@ import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config.js'
-import { DISCARD_LIMIT, ServiceUnavailableError, VcsError, settleUnreadBody } from '../errors.js'
-import { resolveHgRepo, type RepoRef } from '../repos/path.js'
-import type { Identity, VcsAuth } from '../auth/plugin.js'
-import { decodeBody, SpillBuffer, toClientError } from '../http/body.js'
+import { ServiceUnavailableError, VcsError } from '../errors.js'
+import type { Action, Identity } from '../auth/plugin.js'
+import { decodeBody, spillRequestBody, type SpillBuffer } from '../http/body.js'
+import type { RepoRoute } from '../http/routes.js'
 import { judgeHgRequest, type HgRequest } from './request.js'
-import { admissionClient, type Admission, type Release } from '../admission/admission.js'
+import type { Admission, Release } from '../admission/admission.js'
 import type { HgChild, HgServePool } from './serve-pool.js'
 import type { JournalRecovery } from './recover.js'
 import { handoffHead, type HandoffLine } from './handoff.js'
 
 /** Response headers of a child that are not passed on. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'transfer-encoding', 'upgrade', 'trailer', 'content-length', 'date'])
-const SPILL_MEMORY = 1024 * 1024
 
 export interface HgDeps {
   config: Config
   pool: HgServePool
   recovery: JournalRecovery
-  auth: VcsAuth
-  reposRoot: string
   admission: Admission
   /** told when a request finds no ready child (metrics) */
   refused?: () => void
@@ -44,38 +42,26 @@ class HgUpstreamError extends VcsError {
 
 const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 
-export function hgHandler(deps: HgDeps) {
-  async function hg(req: FastifyRequest, reply: FastifyReply, rawPath: string): Promise<FastifyReply> {
-    req.accessRecord.route = 'hg_proxy'
-    let judged: HgRequest
-    let principal: Identity
-    let repo: RepoRef
-    try {
-      judged = judgeHgRequest(req.method, req.raw.url!, req.raw.rawHeaders)
-      req.accessRecord.service = judged.cmd ?? 'hgweb'
-      ;({ repo, principal } = await deps.auth.authorizeLookup(req, async () => {
-        const found = await resolveHgRepo(deps.reposRoot, rawPath)
-        req.accessRecord.repo = found.name
-        return found
-      }, judged.action))
-    } catch (err) {
-      // hg sends a push as one POST with the whole bundle and reads nothing before it is sent:
-      // the 401 that makes it retry with credentials must wait until the bundle is read.
-      settleUnreadBody(req, reply, deps.config.maxPushBytes)
-      throw err
-    }
+/** The hg route of the route table: every wire-protocol command and hgweb page. */
+export function hgRoute(deps: HgDeps): RepoRoute {
+  const judgedOf = new WeakMap<FastifyRequest, HgRequest>()
+
+  /** Judged before the repo is looked up: the action is the command's (request.ts). */
+  function access(req: FastifyRequest): Action {
+    const judged = judgeHgRequest(req.method, req.originalUrl, req.raw.rawHeaders)
+    req.accessRecord.service = judged.cmd ?? 'hgweb'
+    judgedOf.set(req, judged)
+    return judged.action
+  }
+
+  async function hg(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const judged = judgedOf.get(req)!
     // a session starts with `capabilities`: refused here when a drain or a full queue would refuse its work
     if (judged.cmd === 'capabilities') deps.admission.refuseIfBusy()
-    await deps.recovery.ensure(repo.dir)
-    let release: Release = () => {}
+    await deps.recovery.ensure(req.repo.dir)
+    const release = judged.workClass ? await deps.admission.admit(req, reply, judged.workClass) : () => {}
     try {
-      if (judged.workClass) release = await deps.admission.acquire(repo.name, judged.workClass, reply.raw, admissionClient(principal, req.ip))
-    } catch (err) {
-      settleUnreadBody(req, reply, deps.config.maxPushBytes) // hg reads the 503 only after its bundle is sent
-      throw err
-    }
-    try {
-      return await forward(req, reply, judged, principal, release)
+      return await forward(req, reply, judged, req.principal, release)
     } catch (err) {
       release()
       throw err
@@ -102,22 +88,14 @@ export function hgHandler(deps: HgDeps) {
     let body: NodeJS.ReadableStream | undefined
     let spill: SpillBuffer | undefined
     if (judged.hasBody) {
-      const decoded = decodeBody(req.raw, deps.config.maxPushBytes)
-      req.accessRecord.countIn = decoded.wireBytes
       const declared = req.headers['content-length']
       if (declared !== undefined && req.headers['content-encoding'] === undefined) {
+        const decoded = decodeBody(req.raw, deps.config.maxPushBytes)
+        req.accessRecord.countIn = decoded.wireBytes
         headers['content-length'] = String(Number(declared))
         body = decoded.stream
       } else {
-        spill = new SpillBuffer(SPILL_MEMORY, deps.config.tmpDir)
-        try {
-          await pipeline(decoded.stream, spill)
-        } catch (err) {
-          await spill.dispose()
-          decoded.abandon(DISCARD_LIMIT)
-          reply.header('connection', 'close')
-          throw toClientError(err)
-        }
+        spill = await spillRequestBody(req, reply, { limit: deps.config.maxPushBytes, tmpDir: deps.config.tmpDir })
         headers['content-length'] = String(spill.bytes)
         body = spill.reader()
       }
@@ -184,5 +162,7 @@ export function hgHandler(deps: HgDeps) {
     return reply
   }
 
-  return hg
+  // hg sends a push as one POST with the whole bundle and reads nothing before it is sent: a
+  // refusal (the 401 that makes it retry with credentials, a 503) waits until the bundle is read.
+  return { id: 'hg_proxy', methods: ['GET', 'POST'], kind: 'hg', access, discardLimit: deps.config.maxPushBytes, handler: hg }
 }

@@ -1,5 +1,5 @@
 /**
- * Request bodies of the git POST endpoints: Content-Encoding decoded as a stream (git gzips
+ * Request bodies of the git and hg POST endpoints: Content-Encoding decoded as a stream (git gzips
  * large upload-pack requests), the decoded size bounded (a gzip bomb stops at the limit, 413),
  * and, for upload-pack, a spill buffer that holds the whole request before git starts.
  */
@@ -11,7 +11,8 @@ import { PassThrough, Readable, Transform, Writable, type TransformCallback } fr
 import { pipeline } from 'node:stream/promises'
 import { createGunzip } from 'node:zlib'
 import type { IncomingMessage } from 'node:http'
-import { BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError, discardRest } from '../errors.js'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { BadRequestError, DISCARD_LIMIT, PayloadTooLargeError, UnsupportedMediaTypeError, discardRest } from '../errors.js'
 
 /** Counts bytes and fails with 413 once more than `limit` went by. */
 export class ByteLimit extends Transform {
@@ -122,4 +123,31 @@ export class SpillBuffer extends Writable {
     this.fileStream?.destroy()
     if (this.file) await rm(this.file, { force: true })
   }
+}
+
+/** Bodies up to this size stay in memory while spilled; larger ones go to a temp file. */
+const SPILL_MEMORY = 1024 * 1024
+
+/**
+ * Reads a whole request body (decoded, bounded by `limit`, through `stages`) into a spill
+ * buffer before a child starts. On failure the buffer is gone, the rest of the body is read and
+ * dropped up to DISCARD_LIMIT (or the connection closes) and the error is the client's (400/413).
+ */
+export async function spillRequestBody(
+  req: FastifyRequest,
+  reply: FastifyReply,
+  opts: { limit: number; tmpDir: string; stages?: Transform[] },
+): Promise<SpillBuffer> {
+  const body = decodeBody(req.raw, opts.limit)
+  req.accessRecord.countIn = body.wireBytes
+  const spill = new SpillBuffer(SPILL_MEMORY, opts.tmpDir)
+  try {
+    await pipeline([body.stream, ...(opts.stages ?? []), spill])
+  } catch (err) {
+    await spill.dispose()
+    body.abandon(DISCARD_LIMIT)
+    reply.header('connection', 'close')
+    throw toClientError(err)
+  }
+  return spill
 }

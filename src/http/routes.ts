@@ -1,69 +1,149 @@
 /**
- * The route table for repository URLs. find-my-way matches one segment per parameter, and a
- * repo path has any number of segments, so repository URLs go through one catch-all route and
- * are classified here, by their raw (undecoded) path: percent-encoding never reaches the
- * repo-path grammar, it fails it.
+ * The route table's machinery. A repo path has any number of segments, which find-my-way cannot
+ * match in front of a fixed suffix, so a classifier in front of the router (fastify's
+ * `rewriteUrl`) reads the raw (undecoded) path, keeps the repo part aside, and rewrites the URL
+ * to the fixed route of its endpoint: `/{repo}.git/info/refs` becomes `/.vcs/git/info-refs`.
+ * Percent-encoding never reaches the repo-path grammar, it fails it; no repo segment starts
+ * with `.`, so no repo URL can name a fixed route. Each repository route is declared once
+ * (app.ts) with its id, the kind of repo it serves and the access it needs; registering it
+ * installs the pre-handler that authenticates, finds the repo and authorizes the action, so a
+ * repository route without authorization cannot be declared.
  */
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { IncomingMessage } from 'node:http'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 'fastify'
 import { BadRequestError, MethodNotAllowedError } from '../errors.js'
-import type { GitHandlers } from '../git/routes.js'
+import { resolveGitRepo, resolveHgRepo, type RepoKind, type RepoRef } from '../repos/path.js'
+import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
 
-export type RouteId = 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'git_dumb'
+export type RouteId =
+  | 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'git_dumb' | 'hg_proxy'
+  | 'health_live' | 'health_ready' | 'health_git' | 'health_hg' | 'metrics' | 'root' | 'other'
 
-interface Match {
-  id: RouteId
-  repoPath: string
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** the route's id: its access-log `route` and its metrics label */
+    routeId?: RouteId
+    /** how much of an unread request body is read and dropped after a refusal (hg push) */
+    discardLimit?: number
+  }
+  interface FastifyRequest {
+    /** the repository a repository route serves, found and authorized by its pre-handler */
+    repo: RepoRef
+    /** who asked, as the pre-handler authorized them */
+    principal: Identity
+  }
 }
 
-const GIT_SUFFIXES: [string, RouteId][] = [
+/** Fixed URLs of the repository endpoints, as the classifier rewrites them. */
+export const REPO_URLS = {
+  git_info_refs: '/.vcs/git/info-refs',
+  git_upload_pack: '/.vcs/git/upload-pack',
+  git_receive_pack: '/.vcs/git/receive-pack',
+  git_dumb: '/.vcs/git/dumb',
+  hg_proxy: '/.vcs/hg',
+} as const
+
+const GIT_SUFFIXES: [string, keyof typeof REPO_URLS][] = [
   ['/info/refs', 'git_info_refs'],
   ['/git-upload-pack', 'git_upload_pack'],
   ['/git-receive-pack', 'git_receive_pack'],
 ]
 /** files a dumb-HTTP client asks for (http-protocol.txt, "Dumb Clients") */
 const DUMB = /\/(HEAD|objects\/(info\/(packs|alternates|http-alternates)|pack\/pack-[0-9a-f]+\.(pack|idx)|[0-9a-f]{2}\/[0-9a-f]{38,62}))$/
+/** DESIGN.md's reserved URLs: never a repository */
+const RESERVED = /^\/(health\/|metrics$|$)/
 
-/** Classifies a raw request path; undefined when it is no repository URL we know. */
-export function classify(rawPath: string): Match | undefined {
-  for (const [suffix, id] of GIT_SUFFIXES) {
-    if (rawPath.endsWith(suffix)) return { id, repoPath: rawPath.slice(1, -suffix.length) }
-  }
-  const dumb = DUMB.exec(rawPath)
-  if (dumb) return { id: 'git_dumb', repoPath: rawPath.slice(1, dumb.index) }
-  return undefined
-}
+/** The repo part of each classified request's path (git: without the leading `/`; hg: the whole path). */
+const repoPaths = new WeakMap<IncomingMessage, string>()
 
-const METHODS: Record<RouteId, string> = {
-  git_info_refs: 'GET',
-  git_upload_pack: 'POST',
-  git_receive_pack: 'POST',
-  git_dumb: 'GET',
-}
-
-type HgHandler = (req: FastifyRequest, reply: FastifyReply, rawPath: string) => Promise<FastifyReply>
-
-/** Builds the catch-all handler from the protocol handlers; what is not git is tried as hg. */
-export function repositoryDispatcher(git: GitHandlers, hg?: HgHandler) {
-  return async function dispatch(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-    const rawPath = req.raw.url!.split('?', 1)[0]!
-    const match = classify(rawPath)
-    if (!match) {
-      if (!hg) return reply.callNotFound() as unknown as FastifyReply
-      if (req.method !== 'GET' && req.method !== 'POST' && req.method !== 'HEAD') throw new MethodNotAllowedError(['GET', 'POST'])
-      return hg(req, reply, rawPath)
-    }
-    req.accessRecord.route = match.id
-    const method = METHODS[match.id]
-    if (req.method !== method && !(method === 'GET' && req.method === 'HEAD')) throw new MethodNotAllowedError([method])
-    switch (match.id) {
-      case 'git_info_refs': return git.infoRefs(req, reply, match.repoPath)
-      case 'git_upload_pack': return git.uploadPack(req, reply, match.repoPath)
-      case 'git_receive_pack': return git.receivePack(req, reply, match.repoPath)
-      case 'git_dumb': throw new BadRequestError('dumb HTTP is not supported: use a git client that speaks smart HTTP (git 1.6.6 or newer)')
-      default: {
-        const never: never = match.id
-        throw new Error(`unhandled route ${String(never)}`)
+/**
+ * fastify's `rewriteUrl`: the fixed route a raw URL takes, remembering its repo part. Reserved
+ * URLs and what is no repository URL keep their URL (and find their route or the 404); with
+ * `hg` off, what is not git is no repository URL.
+ */
+export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
+  return (req) => {
+    const url = req.url ?? '/'
+    const q = url.indexOf('?')
+    const rawPath = q === -1 ? url : url.slice(0, q)
+    const query = q === -1 ? '' : url.slice(q)
+    if (!decodes(rawPath)) return url // the router answers 400 malformed URL
+    for (const [suffix, id] of GIT_SUFFIXES) {
+      if (rawPath.endsWith(suffix)) {
+        repoPaths.set(req, rawPath.slice(1, -suffix.length))
+        return REPO_URLS[id] + query
       }
     }
+    const dumb = DUMB.exec(rawPath)
+    if (dumb) return REPO_URLS.git_dumb
+    if (!hg || RESERVED.test(rawPath)) return url
+    repoPaths.set(req, rawPath)
+    return REPO_URLS.hg_proxy + query
+  }
+}
+
+/** A repository route, declared once in the route table. */
+export interface RepoRoute {
+  id: 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'hg_proxy'
+  methods: ('GET' | 'POST')[]
+  kind: RepoKind
+  /** the action the request needs, told from the request before the repo is looked up (may refuse it: 400) */
+  access: Action | ((req: FastifyRequest) => Action)
+  discardLimit?: number
+  handler: (req: FastifyRequest, reply: FastifyReply) => Promise<FastifyReply>
+}
+
+const ALL_METHODS: HTTPMethods[] = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']
+
+/** Registers the repository routes: each one's pre-handler authorizes before its handler runs; other methods get 405. */
+export function registerRepoRoutes(app: FastifyInstance, routes: RepoRoute[], deps: { auth: VcsAuth; reposRoot: string }): void {
+  app.decorateRequest('repo', null as never)
+  app.decorateRequest('principal', null as never)
+  for (const route of routes) registerRepoRoute(app, route, deps)
+}
+
+function registerRepoRoute(app: FastifyInstance, route: RepoRoute, deps: { auth: VcsAuth; reposRoot: string }): void {
+  const url = REPO_URLS[route.id]
+  const config = { routeId: route.id, discardLimit: route.discardLimit }
+  const resolve = route.kind === 'git' ? resolveGitRepo : resolveHgRepo
+  app.route({
+    method: route.methods,
+    url,
+    config,
+    preHandler: async (req) => {
+      const action = typeof route.access === 'function' ? route.access(req) : route.access
+      const { repo, principal } = await deps.auth.authorizeLookup(req, async () => {
+        const found = await resolve(deps.reposRoot, repoPaths.get(req.raw) ?? '')
+        req.accessRecord.repo = found.name
+        return found
+      }, action)
+      req.repo = repo
+      req.principal = principal
+    },
+    handler: route.handler,
+  })
+  const allowed = route.methods.includes('GET') ? [...route.methods, 'HEAD'] : route.methods
+  const others = ALL_METHODS.filter((m) => !allowed.includes(m as 'GET'))
+  app.route({ method: others, url, config, handler: async () => { throw new MethodNotAllowedError(route.methods) } })
+}
+
+/** git's dumb HTTP: refused with the reason, before anything is looked up. */
+export function registerDumbRoute(app: FastifyInstance): void {
+  app.route({
+    method: ALL_METHODS,
+    url: REPO_URLS.git_dumb,
+    config: { routeId: 'git_dumb' },
+    handler: async () => { throw new BadRequestError(DUMB_HTTP) },
+  })
+}
+
+export const DUMB_HTTP = 'dumb HTTP is not supported: use a git client that speaks smart HTTP (git 1.6.6 or newer)'
+
+function decodes(rawPath: string): boolean {
+  try {
+    decodeURI(rawPath)
+    return true
+  } catch {
+    return false
   }
 }
