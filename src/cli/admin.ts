@@ -4,7 +4,7 @@
  * server sees each change on its next request (the store's data_version).
  */
 import { readFileSync } from 'node:fs'
-import type { Config } from '../config.js'
+import type { Config } from '../config/load.js'
 import type { AuthStore, Level } from '../auth/store.js'
 import { LEVELS } from '../auth/store.js'
 import { hashPassword } from '../auth/password.js'

@@ -32,17 +32,84 @@ function hexLength(buf: Buffer, at: number): number {
   return n
 }
 
+/** Bytes that are not pkt-line framing. */
+export class PktFramingError extends Error {}
+
+/**
+ * One packet as the decoder saw it: `len` is the header's value (0 flush, 1 delim, 2
+ * response-end, else the packet's length with its header); `packet` the whole packet with its
+ * header, when the decoder assembles packets; `first` the first payload byte, when it is known.
+ */
+export interface Packet {
+  len: number
+  packet?: Buffer
+  first?: number
+}
+
+/**
+ * The one pkt-line decoder: bytes go in as they arrive, packets come out in order. It either
+ * assembles whole packets (`whole`: for reading their payloads; at most 65520 bytes each are
+ * held) or only follows the framing, skipping payloads without copying them (for watching a
+ * pack stream go by). A bad header is a PktFramingError.
+ */
+export class PktDecoder {
+  private pending: Buffer = Buffer.alloc(0)
+  /** payload bytes still to skip (framing-only mode) */
+  private skip = 0
+  constructor(private readonly whole: boolean) {}
+
+  /** True when the bytes fed so far end inside a packet. */
+  get midPacket(): boolean {
+    return this.pending.length > 0 || this.skip > 0
+  }
+
+  /** Takes back the bytes held but not yet given out as packets (after a consumer stopped reading). */
+  takeRest(): Buffer {
+    const rest = this.pending
+    this.pending = Buffer.alloc(0)
+    return rest
+  }
+
+  /** Feeds `chunk`, calling `onPacket` for each packet completed; it returns true to stop decoding (the rest stays held). */
+  feed(chunk: Buffer, onPacket: (p: Packet) => boolean | void): void {
+    const buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk
+    let at = 0
+    let stopped = false
+    while (!stopped) {
+      if (this.skip > 0) {
+        const take = Math.min(this.skip, buf.length - at)
+        this.skip -= take
+        at += take
+        if (this.skip > 0) break
+        continue
+      }
+      if (buf.length - at < 4) break
+      const len = hexLength(buf, at)
+      if (len < 0 || len === 3 || len > MAX_PKT) {
+        this.pending = Buffer.from(buf.subarray(at)) // held from the bad header on, for takeRest()
+        throw new PktFramingError(len < 0 ? 'bad pkt-line: length is not hexadecimal' : `bad pkt-line length ${len}`)
+      }
+      const size = Math.max(len, 4)
+      if (this.whole) {
+        if (buf.length - at < size) break // wait for the whole packet
+        stopped = onPacket({ len, packet: buf.subarray(at, at + size), first: len > 4 ? buf[at + 4] : undefined }) === true
+        at += size
+      } else {
+        stopped = onPacket({ len, first: len > 4 && at + 4 < buf.length ? buf[at + 4] : undefined }) === true
+        at += 4
+        this.skip = size - 4
+      }
+    }
+    this.pending = at < buf.length ? Buffer.from(buf.subarray(at)) : Buffer.alloc(0)
+  }
+}
+
 /** Splits a whole buffer of pkt-lines into its packets (each with its length header); throws on bad framing. */
 export function splitPackets(buf: Buffer): Buffer[] {
   const out: Buffer[] = []
-  let at = 0
-  while (at < buf.length) {
-    const len = buf.length - at >= 4 ? hexLength(buf, at) : -1
-    if (len < 0 || (len > 2 && len < 4) || at + Math.max(len, 4) > buf.length) throw new Error('malformed pkt-line framing')
-    const end = at + Math.max(len, 4)
-    out.push(buf.subarray(at, end))
-    at = end
-  }
+  const decoder = new PktDecoder(true)
+  decoder.feed(buf, (p) => { out.push(p.packet!) })
+  if (decoder.midPacket) throw new PktFramingError('truncated pkt-line')
   return out
 }
 
@@ -59,14 +126,13 @@ export interface PktCheckOptions {
  * gets a one-line reason instead of a broken pipe.
  */
 export class PktLineChecker extends Transform {
-  private pending: Buffer = Buffer.alloc(0)
+  private readonly decoder: PktDecoder
   private checking = true
-  /** payload bytes still to skip in the current packet */
-  private skip = 0
   private sawPacket = false
   private onlyFlush = true
   constructor(private readonly opts: PktCheckOptions) {
     super()
+    this.decoder = new PktDecoder(opts.onPacket !== undefined)
   }
 
   /** True when the body was nothing but one flush packet: git's probe before a chunked POST. */
@@ -83,46 +149,29 @@ export class PktLineChecker extends Transform {
   }
 
   override _flush(cb: TransformCallback): void {
-    if (this.checking && (this.pending.length > 0 || this.skip > 0)) return cb(new BadRequestError('truncated pkt-line in request body'))
+    if (this.checking && this.decoder.midPacket) return cb(new BadRequestError('truncated pkt-line in request body'))
     if (this.opts.mode === 'commands' && this.checking && this.sawPacket) return cb(new BadRequestError('request body ends before the flush packet of its command list'))
     if (!this.sawPacket) return cb(new BadRequestError('empty request body'))
     cb()
   }
 
   private scan(chunk: Buffer): Error | undefined {
-    let buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk
-    let at = 0
-    while (this.checking) {
-      if (this.skip > 0) {
-        const take = Math.min(this.skip, buf.length - at)
-        this.skip -= take
-        at += take
-        if (this.skip > 0) break
-        continue
-      }
-      if (buf.length - at < 4) break
-      const len = hexLength(buf, at)
-      if (len < 0) return new BadRequestError('bad pkt-line: length is not hexadecimal')
-      this.sawPacket = true
-      if (len <= 2) {
-        at += 4
-        if (len === 0 && this.opts.mode === 'commands') this.checking = false
-        continue
-      }
-      if (len < 4 || len > MAX_PKT) return new BadRequestError(`bad pkt-line length ${len}`)
-      this.onlyFlush = false
-      if (this.opts.onPacket) {
-        if (buf.length - at < len) break // wait for the whole packet
-        const refused = this.opts.onPacket(buf.subarray(at + 4, at + len))
-        if (refused) return refused
-        at += len
-      } else {
-        at += 4
-        this.skip = len - 4
-      }
+    let refused: Error | undefined
+    try {
+      this.decoder.feed(chunk, ({ len, packet }) => {
+        this.sawPacket = true
+        if (len <= 2) {
+          if (len === 0 && this.opts.mode === 'commands') this.checking = false // the pack follows
+          return !this.checking
+        }
+        this.onlyFlush = false
+        refused = packet && this.opts.onPacket?.(packet.subarray(4))
+        return refused !== undefined
+      })
+    } catch (err) {
+      return new BadRequestError((err as Error).message)
     }
-    buf = buf.subarray(at)
-    this.pending = this.checking ? Buffer.from(buf) : Buffer.alloc(0)
-    return undefined
+    if (!this.checking) this.decoder.takeRest()
+    return refused
   }
 }

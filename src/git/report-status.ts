@@ -6,14 +6,14 @@
  * inner pkt-lines are reassembled before they are rewritten and re-framed.
  */
 import { Transform, type TransformCallback } from 'node:stream'
-import { pkt } from './pktline.js'
+import { pkt, PktDecoder, PktFramingError } from './pktline.js'
 
 const MAX_BAND_PAYLOAD = 65515
 
 /** `reasons(ref)` gives the reason to show for a declined ref, if we declined it. */
 export class ReportRewriter extends Transform {
-  private outer: Buffer = Buffer.alloc(0)
-  private inner: Buffer = Buffer.alloc(0)
+  private readonly outer = new PktDecoder(true)
+  private readonly inner = new PktDecoder(true)
   private sideband: boolean | undefined
   private done = false
 
@@ -21,46 +21,38 @@ export class ReportRewriter extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     if (this.done) return cb(null, chunk)
-    this.outer = this.outer.length ? Buffer.concat([this.outer, chunk]) : chunk
     const out: Buffer[] = []
-    while (this.outer.length >= 4 && !this.done) {
-      const len = parseInt(this.outer.subarray(0, 4).toString('latin1'), 16)
-      if (Number.isNaN(len)) { this.done = true; break } // not pkt-lines: pass the rest as is
-      const size = len < 4 ? 4 : len
-      if (this.outer.length < size) break
-      const packet = this.outer.subarray(0, size)
-      this.outer = this.outer.subarray(size)
-      if (len < 4) { out.push(packet); continue }
-      this.sideband ??= packet[4]! <= 3
-      if (!this.sideband) {
-        out.push(this.rewrite(packet))
-      } else if (packet[4] === 1) {
-        out.push(...this.rewriteBand(packet.subarray(5)))
-      } else {
-        out.push(packet)
-      }
+    try {
+      this.outer.feed(chunk, ({ len, packet, first }) => {
+        if (len < 4) return void out.push(packet!)
+        this.sideband ??= first! <= 3
+        if (!this.sideband) out.push(this.rewrite(packet!))
+        else if (first === 1) out.push(...this.rewriteBand(packet!.subarray(5)))
+        else out.push(packet!)
+      })
+    } catch (err) {
+      if (!(err instanceof PktFramingError)) throw err
+      this.done = true // not pkt-lines: the rest passes as it is
+      out.push(this.outer.takeRest())
     }
-    if (this.done) { out.push(this.outer); this.outer = Buffer.alloc(0) }
     cb(null, Buffer.concat(out))
   }
 
   override _flush(cb: TransformCallback): void {
-    const rest = [this.outer]
-    if (this.inner.length) rest.unshift(this.frameBand(this.inner))
+    const rest = [this.outer.takeRest()]
+    const inner = this.inner.takeRest()
+    if (inner.length) rest.unshift(this.frameBand(inner))
     cb(null, Buffer.concat(rest))
   }
 
   /** Reassembles band-1 bytes into inner pkt-lines and re-frames the rewritten ones. */
   private rewriteBand(payload: Buffer): Buffer[] {
-    this.inner = this.inner.length ? Buffer.concat([this.inner, payload]) : payload
     const lines: Buffer[] = []
-    while (this.inner.length >= 4) {
-      const len = parseInt(this.inner.subarray(0, 4).toString('latin1'), 16)
-      if (Number.isNaN(len)) break
-      const size = len < 4 ? 4 : len
-      if (this.inner.length < size) break
-      lines.push(this.rewrite(this.inner.subarray(0, size)))
-      this.inner = this.inner.subarray(size)
+    try {
+      this.inner.feed(payload, ({ packet }) => { lines.push(this.rewrite(packet!)) })
+    } catch (err) {
+      if (!(err instanceof PktFramingError)) throw err
+      lines.push(this.inner.takeRest()) // not pkt-lines inside the band: passed on as they are
     }
     if (!lines.length) return []
     return [this.frameBand(Buffer.concat(lines))]
@@ -76,6 +68,7 @@ export class ReportRewriter extends Transform {
 
   /** `ng <ref> hook declined` → `ng <ref> <our reason>`; any other line unchanged. */
   private rewrite(line: Buffer): Buffer {
+    if (line.length <= 4) return line
     const text = line.subarray(4).toString('utf8')
     const m = /^ng (\S+) hook declined\n?$/.exec(text)
     if (!m) return line

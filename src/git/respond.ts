@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ChildFailedError, ServiceUnavailableError, oneLine } from '../errors.js'
 import { describeExit, type Child, type ExitStatus } from '../process/child.js'
-import { pkt } from './pktline.js'
+import { errPkt, pkt, PktDecoder } from './pktline.js'
 
 /** Passes git's output through, counts it, and ends only once git exited, failing if git failed. */
 class ChildOutput extends Transform {
@@ -52,41 +52,28 @@ class ChildOutput extends Transform {
 
 /** Follows pkt-line framing of git's output as it passes, to know where a packet ends. */
 class PktFrames {
-  private need = 0
-  private header = ''
+  private readonly decoder = new PktDecoder(false)
+  private framed = true
   private sideband = false
 
   feed(chunk: Buffer): void {
-    let at = 0
-    while (at < chunk.length) {
-      if (this.need > 0) {
-        const take = Math.min(this.need, chunk.length - at)
-        this.need -= take
-        at += take
-        continue
-      }
-      const want = 4 - this.header.length
-      this.header += chunk.subarray(at, at + want).toString('latin1')
-      at += Math.min(want, chunk.length - at)
-      if (this.header.length < 4) return
-      const len = parseInt(this.header, 16)
-      this.header = ''
-      if (Number.isNaN(len)) { this.need = Infinity; return } // not pkt-lines: never at a boundary again
-      if (len > 4) {
-        this.need = len - 4
-        const band = at < chunk.length ? chunk[at] : undefined
-        if (band === 1 || band === 2) this.sideband = true
-      }
+    if (!this.framed) return
+    try {
+      this.decoder.feed(chunk, ({ first }) => {
+        if (first === 1 || first === 2) this.sideband = true
+      })
+    } catch {
+      this.framed = false // not pkt-lines: never at a boundary again
     }
   }
 
   atBoundary(): boolean {
-    return this.need === 0 && this.header === ''
+    return this.framed && !this.decoder.midPacket
   }
 
   errorPacket(message: string): Buffer {
     const text = message.slice(0, 1000)
-    return this.sideband ? pkt(Buffer.concat([Buffer.from([3]), Buffer.from(`${text}\n`)])) : pkt(`ERR ${text}\n`)
+    return this.sideband ? pkt(Buffer.concat([Buffer.from([3]), Buffer.from(`${text}\n`)])) : errPkt(text)
   }
 }
 

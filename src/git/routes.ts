@@ -7,7 +7,7 @@
 import { pipeline } from 'node:stream/promises'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { QuarantineSweeper } from './quarantine.js'
-import type { Config } from '../config.js'
+import type { Config } from '../config/load.js'
 import { BadRequestError, DISCARD_LIMIT, ServiceUnavailableError, UnsupportedMediaTypeError } from '../errors.js'
 import { stdinSink } from '../process/child.js'
 import { decodeBody, spillRequestBody, toClientError } from '../http/body.js'

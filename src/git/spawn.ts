@@ -3,7 +3,7 @@
  * operand, an environment allowlist instead of `process.env`, and the serving options the
  * worker needs passed with `-c` so repositories need no special config.
  */
-import type { Config } from '../config.js'
+import type { Config } from '../config/load.js'
 import { spawnChild, describeExit, type Child } from '../process/child.js'
 
 export type GitService = 'upload-pack' | 'receive-pack'

@@ -7,7 +7,7 @@
  */
 import { statfs, writeFile, unlink, access, constants } from 'node:fs/promises'
 import path from 'node:path'
-import type { Config } from '../config.js'
+import type { Config } from '../config/load.js'
 import type { GitRunner } from '../git/spawn.js'
 import type { HgServePool } from '../hg/serve-pool.js'
 import type { Admission } from '../admission/admission.js'

@@ -10,7 +10,7 @@
 import { readlink, stat } from 'node:fs/promises'
 import path from 'node:path'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Config } from '../config.js'
+import type { Config } from '../config/load.js'
 import { hgRecover } from './spawn.js'
 
 function alive(pid: number): boolean {

@@ -12,7 +12,7 @@
  */
 import { BadRequestError } from '../errors.js'
 import type { WorkClass } from '../admission/admission.js'
-import { commandAction, type HgAction } from './commands.js'
+import { commandAction, HG_COMMANDS, takesBody, type HgAction } from './commands.js'
 
 /** Request headers a child may see besides the arguments and the worker's own (hgweb pages use the conditional ones). */
 const PASSED = new Set(['accept', 'accept-language', 'user-agent', 'content-type', 'if-none-match', 'if-modified-since'])
@@ -22,8 +22,6 @@ const SEQUENCE = /^(x-hgarg|x-hgproto)-([1-9][0-9]{0,3})$/
 const REFUSED: Record<string, string> = {
   'x-hgargs-post': 'hg arguments in the request body (X-HgArgs-Post) are not accepted here',
 }
-/** The only command that takes a request body: the bundle of a push. */
-const BODY_COMMANDS = new Set(['unbundle'])
 /** Longest value of one rebuilt X-HgArg header: well under Python's 64 KiB header line limit. */
 const ARG_CHUNK = 16_000
 const MAX_ARG_HEADERS = 1000
@@ -175,7 +173,7 @@ export function judgeHgRequest(method: string, rawUrl: string, rawHeaders: strin
   }
 
   const hasBody = headers.has('transfer-encoding') || (headers.get('content-length') ?? '0').trim() !== '0'
-  if (hasBody && !(cmd !== undefined && BODY_COMMANDS.has(cmd) && method === 'POST')) {
+  if (hasBody && !(takesBody(cmd) && method === 'POST')) {
     throw new BadRequestError(cmd === undefined ? 'hg pages take no request body' : `hg command ${cmd} takes no request body`)
   }
 
@@ -217,9 +215,9 @@ function actionOf(cmd: string | undefined, args: Map<string, Buffer>): HgAction 
  * `changegroup` from the null root send the whole repository: a full clone.
  */
 function workClassOf(cmd: string | undefined, args: Map<string, Buffer>): WorkClass | undefined {
+  if (cmd === undefined || !Object.hasOwn(HG_COMMANDS, cmd) || !HG_COMMANDS[cmd]!.bundle) return undefined
   if (cmd === 'unbundle') return 'incremental'
   if (cmd === 'stream_out') return 'full'
-  if (cmd !== 'getbundle' && cmd !== 'changegroup' && cmd !== 'changegroupsubset') return undefined
   const nodes = (args.get(cmd === 'getbundle' ? 'common' : 'roots')?.toString('latin1') ?? '').split(/[ ,]+/).filter(Boolean)
   return nodes.every((n) => NULL_NODE.test(n)) ? 'full' : 'incremental'
 }

@@ -2,7 +2,7 @@
  * The only place that starts hg. argv arrays, an environment allowlist with HGPLAIN=1 (stable,
  * untranslated output) and a controlled HGRCPATH, so no user or system hgrc changes behaviour.
  */
-import type { Config } from '../config.js'
+import type { Config } from '../config/load.js'
 import { describeExit, spawnChild } from '../process/child.js'
 
 /** Environment for every hg child. */

@@ -11,20 +11,15 @@ import type { Admission, RejectReason, WorkClass } from '../admission/admission.
 import type { HealthChecker } from '../health/checks.js'
 import type { HgServePool } from '../hg/serve-pool.js'
 import { backendOf, type AccessRecord, type Backend } from '../log.js'
+import { commandLabel } from '../hg/commands.js'
 
-
-const HG_SERVICES = new Set([
-  'capabilities', 'batch', 'getbundle', 'unbundle', 'pushkey', 'listkeys', 'heads', 'known', 'lookup',
-  'branchmap', 'between', 'branches', 'changegroup', 'changegroupsubset', 'stream_out', 'clonebundles',
-  'clonebundles_manifest', 'protocaps', 'hello', 'hgweb',
-])
 const GIT_SERVICES = new Set(['upload-pack', 'receive-pack'])
 const DURATION_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800]
 
 function serviceLabel(backend: Backend, service: string | undefined): string {
   if (service === undefined) return 'none'
   if (backend === 'git') return GIT_SERVICES.has(service) ? service : 'other'
-  if (backend === 'hg') return HG_SERVICES.has(service) ? service : 'other'
+  if (backend === 'hg') return commandLabel(service)
   return 'none'
 }
 

@@ -21,14 +21,17 @@ export interface Creators {
   defaultBranch: string
 }
 
-/**
- * A branch name git accepts (git-check-ref-format(1), stricter): `/`-separated segments of
- * letters, digits, `.`, `_` and `-`, none starting with `.` or `-`, none ending in `.lock` or `.`.
- */
+/** A branch name git accepts, by BRANCH_NAME. */
 export function isBranchName(name: string): boolean {
-  if (name.length === 0 || name.length > 200 || name.includes('..')) return false
-  return name.split('/').every((seg) => /^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(seg) && !seg.endsWith('.lock') && !seg.endsWith('.'))
+  return BRANCH_NAME.test(name)
 }
+
+/**
+ * A branch name as the worker accepts it (git-check-ref-format(1), stricter): at most 200
+ * characters, no `..`, `/`-separated segments of `[A-Za-z0-9._-]` that start with neither `.`
+ * nor `-` and end with neither `.` nor `.lock`.
+ */
+export const BRANCH_NAME = /^(?!.*\.\.)(?!.{201})[A-Za-z0-9_][A-Za-z0-9._-]*(?<!\.lock)(?<!\.)(?:\/[A-Za-z0-9_][A-Za-z0-9._-]*(?<!\.lock)(?<!\.))*$/
 
 /** Creates `name` under `reposDir` and returns its canonical name. */
 export async function createRepo(reposDir: string, name: string, kind: RepoKind, creators: Creators): Promise<string> {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import path from 'node:path'
 import { readdir, writeFile } from 'node:fs/promises'
-import { loadConfig } from '../../src/config.js'
+import { loadConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors.js'
 import { CLI, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
 

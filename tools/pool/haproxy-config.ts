@@ -6,40 +6,50 @@
  */
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
+import { Type, type Static } from '@sinclair/typebox'
 import { ConfigError } from '../../src/errors.js'
+import { schemaProblems } from '../../src/config/check.js'
+import { HG_COMMAND_NAMES } from '../../src/hg/commands.js'
 
-export interface PoolWorker {
-  name: string
+const HOST_PORT = { type: 'string', pattern: '^(\\d{1,3}(\\.\\d{1,3}){3}|\\[[0-9a-fA-F:]+\\]|[A-Za-z0-9.-]+):\\d{1,5}$', expected: 'host:port' } as const
+const PORT = { minimum: 1, maximum: 65535 }
+
+const POOL_WORKER = Type.Object({
+  name: Type.String({ pattern: '^[A-Za-z0-9_-]{1,32}$', expected: '[A-Za-z0-9_-]{1,32}' }),
   /** host:port of the worker's HTTP listener */
-  address: string
+  address: Type.Unsafe<string>(HOST_PORT),
   /** the worker's --agent-port */
-  agentPort: number
+  agentPort: Type.Integer(PORT),
   /** the worker's --health-port: HAProxy's HTTP checks go there (answered on the worker's probe
    * thread, never behind its streaming); without it they go to `address` */
-  healthPort?: number
-}
+  healthPort: Type.Optional(Type.Integer(PORT)),
+}, { additionalProperties: false })
 
-export interface PoolSpec {
+/** A pool description: the pool file's schema (`--pool FILE`; missing keys from the default pool). */
+export const POOL_SPEC = Type.Object({
   /** host:port the pool is reached at */
-  frontend: string
+  frontend: Type.Unsafe<string>(HOST_PORT),
   /** host:port of HAProxy's stats page */
-  stats: string
-  /** HAProxy's admin socket (stats, enable/disable servers) */
-  adminSocket: string
+  stats: Type.Unsafe<string>(HOST_PORT),
+  /** HAProxy's admin socket (stats, enable/disable servers); a unix socket path has at most 107 bytes */
+  adminSocket: Type.String({ pattern: '^/[^\\s"]*$', maxLength: 107, expected: 'an absolute path of at most 107 characters without spaces or quotes' }),
   /** host:port of the web application */
-  web: string
-  workers: PoolWorker[]
+  web: Type.Unsafe<string>(HOST_PORT),
+  workers: Type.Array(POOL_WORKER, { minItems: 1, expected: 'a non-empty list of {name, address, agentPort[, healthPort]}' }),
   /** leastconn, or repo-hash: consistent hashing on the repo path (a repo's traffic stays on one worker) */
-  balance: 'leastconn' | 'repo-hash'
+  balance: Type.Unsafe<'leastconn' | 'repo-hash'>({ type: 'string', enum: ['leastconn', 'repo-hash'] }),
   /** health and agent check interval; a worker is down after `fall` failures, up after `rise` successes */
-  checkIntervalMs: number
-  fall: number
-  rise: number
+  checkIntervalMs: Type.Integer({ minimum: 1 }),
+  fall: Type.Integer({ minimum: 1 }),
+  rise: Type.Integer({ minimum: 1 }),
   /** a worker back up gets its full weight over this long */
-  slowstartMs: number
+  slowstartMs: Type.Integer({ minimum: 0 }),
   /** inactivity allowed on a client or server connection: a clone or push may take an hour */
-  idleTimeoutMs: number
-}
+  idleTimeoutMs: Type.Integer({ minimum: 1 }),
+}, { additionalProperties: false })
+
+export type PoolWorker = Static<typeof POOL_WORKER>
+export type PoolSpec = Static<typeof POOL_SPEC>
 
 /** The pool `npm run pool` starts: two workers, the web stand-in, fixed loopback ports. */
 export function defaultPool(workers = 2, adminSocket = path.resolve('data/pool/haproxy.sock')): PoolSpec {
@@ -58,9 +68,6 @@ export function defaultPool(workers = 2, adminSocket = path.resolve('data/pool/h
   }
 }
 
-const HOST_PORT = /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/
-const NAME = /^[A-Za-z0-9_-]{1,32}$/
-
 /** Reads a pool description (JSON; keys of PoolSpec, missing ones from the default pool); every problem named. */
 export function loadPoolSpec(file: string): PoolSpec {
   let raw: unknown
@@ -73,41 +80,19 @@ export function loadPoolSpec(file: string): PoolSpec {
   return checkPoolSpec({ ...defaultPool(), ...(raw as Partial<PoolSpec>) }, file)
 }
 
+/** Checks a pool description against POOL_SPEC; throws ConfigError naming every problem. */
 export function checkPoolSpec(spec: PoolSpec, where = 'pool'): PoolSpec {
-  const problems: string[] = []
-  const known = new Set(Object.keys(defaultPool()))
-  for (const key of Object.keys(spec)) if (!known.has(key)) problems.push(`${key}: unknown pool key (in ${where})`)
-  for (const key of ['frontend', 'stats', 'web'] as const) {
-    if (typeof spec[key] !== 'string' || !HOST_PORT.test(spec[key])) problems.push(`${key}: expected host:port, got ${JSON.stringify(spec[key])}`)
-  }
-  if (typeof spec.adminSocket !== 'string' || !path.isAbsolute(spec.adminSocket) || /[\s"]/.test(spec.adminSocket)) problems.push(`adminSocket: expected an absolute path without spaces or quotes`)
-  else if (Buffer.byteLength(spec.adminSocket) > 107) problems.push(`adminSocket: ${spec.adminSocket.length} bytes; a unix socket path has at most 107`)
-  if (spec.balance !== 'leastconn' && spec.balance !== 'repo-hash') problems.push(`balance: must be leastconn or repo-hash, got ${JSON.stringify(spec.balance)}`)
-  for (const key of ['checkIntervalMs', 'fall', 'rise', 'slowstartMs', 'idleTimeoutMs'] as const) {
-    if (!Number.isSafeInteger(spec[key]) || spec[key] < (key === 'slowstartMs' ? 0 : 1)) problems.push(`${key}: expected a positive integer, got ${JSON.stringify(spec[key])}`)
-  }
-  if (!Array.isArray(spec.workers) || spec.workers.length === 0) problems.push('workers: expected a non-empty list of {name, address, agentPort[, healthPort]}')
-  else {
-    const names = new Set<string>()
+  const problems = schemaProblems(POOL_SPEC, spec, 'pool', where)
+  const names = new Set<string>()
+  if (!problems.length) {
     spec.workers.forEach((w, i) => {
-      if (!w || typeof w.name !== 'string' || !NAME.test(w.name)) problems.push(`workers[${i}].name: expected [A-Za-z0-9_-]{1,32}`)
-      else if (names.has(w.name)) problems.push(`workers[${i}].name: ${w.name} is used twice`)
-      else names.add(w.name)
-      if (!w || typeof w.address !== 'string' || !HOST_PORT.test(w.address)) problems.push(`workers[${i}].address: expected host:port`)
-      if (!w || !Number.isSafeInteger(w.agentPort) || w.agentPort < 1 || w.agentPort > 65535) problems.push(`workers[${i}].agentPort: expected a port number`)
-      if (w && w.healthPort !== undefined && (!Number.isSafeInteger(w.healthPort) || w.healthPort < 1 || w.healthPort > 65535)) problems.push(`workers[${i}].healthPort: expected a port number`)
+      if (names.has(w.name)) problems.push(`workers[${i}].name: ${w.name} is used twice`)
+      names.add(w.name)
     })
   }
   if (problems.length) throw new ConfigError(problems)
   return spec
 }
-
-/** hg wire-protocol commands (Mercurial 6.x wireprotov1server): `?cmd=` with one of these is hg. */
-const HG_COMMANDS = [
-  'capabilities', 'batch', 'getbundle', 'unbundle', 'pushkey', 'listkeys', 'heads', 'known', 'lookup',
-  'branchmap', 'between', 'branches', 'changegroup', 'changegroupsubset', 'stream_out', 'clonebundles',
-  'clonebundles_manifest', 'protocaps', 'hello', 'debugwireargs', 'filelog',
-]
 
 const s = (ms: number): string => (ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`)
 
@@ -175,7 +160,7 @@ export function haproxyConfig(spec: PoolSpec): string {
     '  acl git_type req.hdr(content-type) -m beg application/x-git-',
     '  acl git_proto req.hdr(git-protocol) -m found',
     '  # Mercurial\'s wire protocol: a known ?cmd=, its arguments and capabilities headers, its content types',
-    `  acl hg_cmd url_param(cmd) -m str ${HG_COMMANDS.join(' ')}`,
+    `  acl hg_cmd url_param(cmd) -m str ${HG_COMMAND_NAMES.join(' ')}`,
     '  acl hg_args req.hdr(x-hgarg-1) -m found',
     '  acl hg_proto req.hdr(x-hgproto-1) -m found',
     '  acl hg_type req.hdr(content-type) -m beg application/mercurial-',

@@ -1,0 +1,107 @@
+/**
+ * Every setting of the worker, once: its type, default, range, meaning and, where it is not the
+ * key in kebab-case, its flag name. The TypeScript type, the defaults, the flag and environment
+ * names, the validation messages and docs/configuration.md all come from this schema.
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { BRANCH_NAME } from '../repos/create.js'
+
+const NO_NUL = { pattern: '^[^\\x00]*$', expected: 'text without NUL bytes' }
+const text = (def: string, description: string, extra: object = {}) => Type.String({ default: def, description, ...NO_NUL, ...extra })
+const int = (def: number, description: string, range: { minimum?: number; maximum?: number } = {}) => Type.Integer({ default: def, description, ...range })
+const bool = (def: boolean, description: string) => Type.Boolean({ default: def, description })
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+type LogLevel = (typeof LOG_LEVELS)[number]
+
+export const SETTINGS = Type.Object({
+  host: text('127.0.0.1', 'address to listen on'),
+  port: int(8080, 'TCP port (0 = any free port)', { minimum: 0, maximum: 65535 }),
+  dataDir: text('data', 'data dir: auth store, temp files, git HOME', { flag: 'data' }),
+  reposDir: text('', 'repository root (default DATA/repos)', { flag: 'repos' }),
+  gitBin: text('git', 'git executable'),
+  hgBin: text('hg', 'hg executable'),
+  hgProcesses: int(2, 'number of `hg serve` children', { minimum: 0, maximum: 64 }),
+  logLevel: Type.Unsafe<LogLevel>({ type: 'string', enum: LOG_LEVELS, default: 'info', description: 'pino log level' }),
+  maxPushBytes: int(2 * 1024 ** 3, 'largest push body (after gzip decoding)', { minimum: 1 }),
+  maxNegotiationBytes: int(64 * 1024 ** 2, 'largest upload-pack request body (after gzip decoding)', { minimum: 1 }),
+  headersTimeoutMs: int(20_000, 'time a client has to send its request headers', { minimum: 100 }),
+  keepAliveTimeoutMs: int(5_000, 'idle time allowed between two requests on one connection', { minimum: 100 }),
+  idleTimeoutMs: int(300_000, 'socket inactivity (no byte either way) that ends a connection', { minimum: 1000 }),
+  hgProbeIntervalMs: int(5_000, 'how often each ready hg serve child is probed; two failures in a row replace it', { minimum: 100 }),
+  hgTimeoutMs: int(120_000, 'an hg serve child silent this long is cut off (504) and replaced', { minimum: 100 }),
+  healthIntervalMs: int(2_000, 'how often the background health checks run', { minimum: 100 }),
+  healthTimeoutMs: int(2_000, 'time each health check may take', { minimum: 50 }),
+  diskFreeFloorBytes: int(1024 ** 3, 'free space under the repos dir below which git and hg are unhealthy', { minimum: 0 }),
+  inodesFreeFloor: int(10_000, 'free inodes below which git and hg are unhealthy', { minimum: 0 }),
+  killGraceMs: int(5_000, 'SIGTERM to SIGKILL delay for child processes', { minimum: 0 }),
+  trustedProxies: Type.Array(Type.String(NO_NUL), { default: [], description: 'addresses/CIDRs whose X-Forwarded-For is believed (HAProxy); comma-separated in flags and environment' }),
+  authCacheTtlMs: int(60_000, 'how long a verified credential is remembered', { minimum: 0, maximum: 3_600_000 }),
+  loginFailureLimit: int(10, 'failed logins per user and address before 429', { minimum: 1 }),
+  loginFailureAddressLimit: int(50, 'failed password logins from one address, across all user names, before 429', { minimum: 1 }),
+  passwordQueueLimit: int(16, 'password checks waiting for the slow KDF (two run at once); past it, 503', { minimum: 0 }),
+  loginFailureWindowMs: int(300_000, 'window of the failed-login count', { minimum: 1000 }),
+  realm: text('vcs-worker', 'HTTP Basic realm shown by clients'),
+  heavyLimit: int(16, 'clones, fetches and pushes served at once (git upload/receive-pack POSTs, hg bundle commands)', { minimum: 1 }),
+  repoHeavyLimit: int(0, 'of those, at once on one repository (0 = half of heavyLimit)', { minimum: 0 }),
+  fullCloneLimit: int(0, 'of those, full clones (fetches with no `have`): the rest of the slots stay free for incremental fetches and pushes (0 = three quarters of heavyLimit)', { minimum: 0 }),
+  clientHeavyLimit: int(0, 'of those, at once for one client: a user, or an address for anonymous requests (X-Forwarded-For from trustedProxies); a slow reader holds no more (0 = half of heavyLimit)', { minimum: 0 }),
+  queueLimit: int(64, 'heavy requests waiting for a slot; past it, 503', { minimum: 0 }),
+  queueTimeoutMs: int(30_000, 'longest wait for a slot; past it, 503', { minimum: 1 }),
+  agentPort: int(-1, 'HAProxy agent-check TCP port on the same host (-1 = off, 0 = any free port)', { minimum: -1, maximum: 65535 }),
+  healthPort: int(-1, 'a second HTTP port with only /health/*, answered on a thread of its own (-1 = off, 0 = any free port)', { minimum: -1, maximum: 65535 }),
+  drainGraceMs: int(10_000, 'after SIGTERM, how long new work is still accepted (longer than the balancer\'s check interval x fall)', { minimum: 0 }),
+  drainTimeoutMs: int(300_000, 'after SIGTERM, how long in-flight clones and pushes may take before the exit is forced', { minimum: 0 }),
+  childNice: int(10, 'niceness of git and hg serve children: the worker stays responsive when they saturate the CPU (0 = same as the worker)', { minimum: 0, maximum: 19 }),
+  hgHandoff: bool(true, 'hand the client connection of a bundle download (getbundle) to the hg serve child, which streams the bundle to the client itself'),
+  spawnHelper: bool(true, 'start git through a helper process, so its fork never blocks the event loop'),
+  quarantineStaleMs: int(86_400_000, 'a push quarantine (objects/tmp_objdir-incoming-*) unchanged this long and held open by no process on this host is removed, swept before pushes', { minimum: 1000 }),
+  fsckObjects: bool(true, 'check every pushed object (git\'s receive.fsckObjects): a malformed commit, tree or tag is refused'),
+  defaultBranch: Type.String({
+    default: 'main', pattern: BRANCH_NAME.source, expected: 'a branch name (segments of A-Z a-z 0-9 . _ -)',
+    description: 'the branch HEAD of a new git repo names (repo create); a push that creates the first branch of a repo whose HEAD names none moves HEAD to it',
+  }),
+  metricsRepoLabel: bool(false, 'label request metrics with the repo (unbounded with many repos)'),
+}, { additionalProperties: false })
+
+export type Settings = Static<typeof SETTINGS>
+export type SettingKey = keyof Settings
+
+/** What the schema says of one setting. */
+export interface SettingSchema extends TSchema {
+  default: unknown
+  description: string
+  flag?: string
+  type?: string
+  minimum?: number
+  maximum?: number
+}
+
+/** One setting's schema. */
+export function settingSchema(key: SettingKey): SettingSchema {
+  return SETTINGS.properties[key] as unknown as SettingSchema
+}
+
+/** The settings' keys, in the schema's order. */
+export const SETTING_KEYS = Object.keys(SETTINGS.properties) as SettingKey[]
+
+/** A setting's command-line flag (without `--`): its `flag`, or the key in kebab-case. */
+export function flagOf(key: SettingKey): string {
+  return settingSchema(key).flag ?? key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+}
+
+/** A setting's environment variable: VCS_WORKER_ and the flag in upper snake case. */
+export function envOf(key: SettingKey): string {
+  return `VCS_WORKER_${flagOf(key).toUpperCase().replace(/-/g, '_')}`
+}
+
+/** How a setting is written on the command line and in the environment. */
+export function kindOf(key: SettingKey): 'int' | 'bool' | 'list' | 'string' {
+  const s = settingSchema(key)
+  return s.type === 'integer' ? 'int' : s.type === 'boolean' ? 'bool' : s.type === 'array' ? 'list' : 'string'
+}
+
+/** The defaults, read off the schema. */
+export function defaultSettings(): Settings {
+  return Object.fromEntries(SETTING_KEYS.map((k) => [k, structuredClone(settingSchema(k).default)])) as Settings
+}
