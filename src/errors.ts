@@ -4,53 +4,77 @@
  * `remote:` lines, hg prints the reason, so the line must make sense in a terminal.
  */
 import type { Socket } from 'node:net'
+import createError from '@fastify/error'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 
-/** Base class: a client-safe one-line message, an HTTP status and a stable code. */
-export class VcsError extends Error {
-  readonly code: string
-  readonly statusCode: number
-  readonly headers: Record<string, string>
-  constructor(code: string, statusCode: number, message: string, opts: { cause?: unknown; headers?: Record<string, string> } = {}) {
-    super(message, { cause: opts.cause })
-    this.name = new.target.name
-    this.code = code
-    this.statusCode = statusCode
-    this.headers = opts.headers ?? {}
-  }
+/**
+ * The family every refusal of ours belongs to (built with @fastify/error's createError): a
+ * stable `code` to branch on, an HTTP `statusCode`, a client-safe one-line message, and the
+ * `headers` the answer carries (Retry-After, WWW-Authenticate, Allow).
+ */
+export abstract class VcsError extends Error {
+  declare readonly code: string
+  declare readonly statusCode: number
+  declare headers?: Record<string, string>
 }
 
-export class BadRequestError extends VcsError {
-  constructor(message: string, cause?: unknown) { super('VCS_BAD_REQUEST', 400, message, { cause }) }
+type Cause = { cause: unknown }
+/** A member of the family whose message is the one argument it is made with. */
+const member = (code: string, statusCode: number) =>
+  createError<[string, Cause?]>(code, '%s', statusCode, VcsError as unknown as ErrorConstructor) as unknown as new (message: string, cause?: Cause) => VcsError
+/** A member that also sends `headers`. */
+function withHeaders<T extends VcsError>(err: T, headers: Record<string, string>): T {
+  err.headers = headers
+  return err
 }
-export class UnauthorizedError extends VcsError {
-  constructor(message: string, realm: string) {
-    super('VCS_UNAUTHORIZED', 401, message, { headers: { 'www-authenticate': `Basic realm="${realm}", charset="UTF-8"` } })
-  }
-}
-export class ForbiddenError extends VcsError {
-  constructor(message: string) { super('VCS_FORBIDDEN', 403, message) }
-}
-export class RepoNotFoundError extends VcsError {
-  constructor() { super('VCS_REPO_NOT_FOUND', 404, 'repository not found') }
-}
-export class MethodNotAllowedError extends VcsError {
-  constructor(allow: string[]) { super('VCS_METHOD_NOT_ALLOWED', 405, `method not allowed; use ${allow.join(' or ')}`, { headers: { allow: allow.join(', ') } }) }
-}
-export class PayloadTooLargeError extends VcsError {
-  constructor(limit: number) { super('VCS_PAYLOAD_TOO_LARGE', 413, `request body is larger than this server accepts (${limit} bytes)`) }
-}
-export class UnsupportedMediaTypeError extends VcsError {
-  constructor(message: string) { super('VCS_UNSUPPORTED_MEDIA_TYPE', 415, message) }
-}
-export class ServiceUnavailableError extends VcsError {
-  constructor(message: string, retryAfterSeconds = 5) {
-    super('VCS_UNAVAILABLE', 503, message, { headers: { 'retry-after': String(retryAfterSeconds) } })
-  }
-}
+
+export const BadRequestError = member('VCS_BAD_REQUEST', 400)
+export const ForbiddenError = member('VCS_FORBIDDEN', 403)
+export const UnsupportedMediaTypeError = member('VCS_UNSUPPORTED_MEDIA_TYPE', 415)
 /** A git or hg process failed before it produced any output. */
-export class ChildFailedError extends VcsError {
-  constructor(message: string, cause?: unknown) { super('VCS_CHILD_FAILED', 500, message, { cause }) }
+export const ChildFailedError = member('VCS_CHILD_FAILED', 500)
+/** An hg serve child broke (502) or never answered (504). */
+export const HgUpstreamError = member('VCS_HG_UPSTREAM', 502)
+export const HgTimeoutError = member('VCS_HG_TIMEOUT', 504)
+/** The client closed its connection while its request waited for a slot: nobody to answer (nginx's 499). */
+export const ClientGoneError = member('VCS_CLIENT_GONE', 499)
+
+const Unauthorized = member('VCS_UNAUTHORIZED', 401)
+const RepoNotFound = member('VCS_REPO_NOT_FOUND', 404)
+const MethodNotAllowed = member('VCS_METHOD_NOT_ALLOWED', 405)
+const PayloadTooLarge = member('VCS_PAYLOAD_TOO_LARGE', 413)
+const Throttled = member('VCS_THROTTLED', 429)
+const ServiceUnavailable = member('VCS_UNAVAILABLE', 503)
+
+export class UnauthorizedError extends Unauthorized {
+  constructor(message: string, realm: string) {
+    super(message)
+    withHeaders(this, { 'www-authenticate': `Basic realm="${realm}", charset="UTF-8"` })
+  }
+}
+export class RepoNotFoundError extends RepoNotFound {
+  constructor() { super('repository not found') }
+}
+export class MethodNotAllowedError extends MethodNotAllowed {
+  constructor(allow: string[]) {
+    super(`method not allowed; use ${allow.join(' or ')}`)
+    withHeaders(this, { allow: allow.join(', ') })
+  }
+}
+export class PayloadTooLargeError extends PayloadTooLarge {
+  constructor(limit: number) { super(`request body is larger than this server accepts (${limit} bytes)`) }
+}
+export class ThrottledError extends Throttled {
+  constructor(retryAfterSeconds: number) {
+    super('too many failed logins; try again later')
+    withHeaders(this, { 'retry-after': String(retryAfterSeconds) })
+  }
+}
+export class ServiceUnavailableError extends ServiceUnavailable {
+  constructor(message: string, retryAfterSeconds = 5) {
+    super(message)
+    withHeaders(this, { 'retry-after': String(retryAfterSeconds) })
+  }
 }
 /** Invalid configuration or command line: the CLI prints every problem and exits 2. */
 export class ConfigError extends Error {
@@ -118,7 +142,7 @@ export function installErrorHandlers(app: FastifyInstance): void {
     if (err instanceof VcsError) {
       const level = err.statusCode >= 500 ? 'error' : 'info'
       req.log[level]({ code: err.code, status: err.statusCode, err: err.statusCode >= 500 ? err : undefined }, err.message)
-      return sendError(reply, err.statusCode, err.message, err.headers)
+      return sendError(reply, err.statusCode, err.message, err.headers ?? {})
     }
     const status = typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500
     if (status >= 500) {

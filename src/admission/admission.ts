@@ -15,7 +15,7 @@
  */
 import type { ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { ServiceUnavailableError, VcsError } from '../errors.js'
+import { ClientGoneError, ServiceUnavailableError } from '../errors.js'
 
 export type WorkClass = 'full' | 'incremental'
 export type RejectReason = 'queue_full' | 'queue_timeout' | 'draining'
@@ -141,7 +141,7 @@ export class Admission {
       }
       const onGone = (): void => {
         leave()
-        reject(new ClientGoneError())
+        reject(new ClientGoneError('client went away while queued'))
       }
       const waiter: Waiter = {
         repo,
@@ -214,9 +214,4 @@ function count(map: Map<string, number>, key: string, delta: number): void {
   const n = (map.get(key) ?? 0) + delta
   if (n > 0) map.set(key, n)
   else map.delete(key)
-}
-
-/** The client closed its connection while its request waited for a slot: nobody to answer (nginx's 499). */
-export class ClientGoneError extends VcsError {
-  constructor() { super('VCS_CLIENT_GONE', 499, 'client went away while queued') }
 }

@@ -2,10 +2,12 @@
  * Verified credentials, remembered briefly. An hg pull sends a dozen requests, each with
  * credentials; the slow KDF should run once, not a dozen times. Entries are keyed by an HMAC
  * of the credentials under a per-process random key (the plain secret is never a map key), live
- * for a short TTL (never past the credential's own expiry), and are all dropped when the store reports any change (a password, token or
- * user changed, by this process or the CLI).
+ * for a short TTL (never past the credential's own expiry), and are all dropped when the store
+ * reports any change (a password, token or user changed, by this process or the CLI). Full, the
+ * least recently used entry makes room (lru-cache).
  */
 import { createHmac, randomBytes } from 'node:crypto'
+import { LRUCache } from 'lru-cache'
 import type { Credentials } from './credentials.js'
 
 export interface CachedIdentity {
@@ -18,8 +20,10 @@ export interface CachedIdentity {
 
 export class CredentialCache {
   private readonly key = randomBytes(32)
-  private readonly entries = new Map<string, { identity: CachedIdentity; expires: number }>()
-  constructor(private readonly ttlMs: number, private readonly maxEntries = 10_000) {}
+  private readonly entries: LRUCache<string, CachedIdentity>
+  constructor(private readonly ttlMs: number, maxEntries = 10_000) {
+    this.entries = new LRUCache({ max: maxEntries, ttl: Math.max(ttlMs, 1) })
+  }
 
   keyFor(creds: Credentials): string {
     const h = createHmac('sha256', this.key)
@@ -32,17 +36,13 @@ export class CredentialCache {
   get(key: string): CachedIdentity | undefined {
     const e = this.entries.get(key)
     if (!e) return undefined
-    if (e.expires <= Date.now()) {
-      this.entries.delete(key)
-      return undefined
-    }
-    const { expiresAt: _, ...identity } = e.identity
+    const { expiresAt: _, ...identity } = e
     return identity
   }
 
   set(key: string, identity: CachedIdentity): void {
-    if (this.entries.size >= this.maxEntries) this.entries.clear()
-    this.entries.set(key, { identity, expires: Math.min(Date.now() + this.ttlMs, identity.expiresAt ?? Infinity) })
+    const left = identity.expiresAt === undefined ? this.ttlMs : Math.min(this.ttlMs, identity.expiresAt - Date.now())
+    if (left > 0) this.entries.set(key, identity, { ttl: left })
   }
 
   clear(): void {

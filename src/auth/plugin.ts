@@ -8,7 +8,7 @@
  */
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { ForbiddenError, RepoNotFoundError, ServiceUnavailableError, UnauthorizedError, VcsError } from '../errors.js'
+import { ForbiddenError, RepoNotFoundError, ServiceUnavailableError, ThrottledError, UnauthorizedError, type VcsError } from '../errors.js'
 import type { RepoRef } from '../repos/path.js'
 import { parseAuthorization, type Credentials } from './credentials.js'
 import { dummyPasswordHash, DEFAULT_SCRYPT, PasswordQueueFullError, PasswordVerifier } from './password.js'
@@ -141,7 +141,7 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     return ok && user ? { id: user.id, name: user.name, via: 'password' } : undefined
   }
 
-  const throttled = (wait: number): VcsError => new VcsError('VCS_THROTTLED', 429, 'too many failed logins; try again later', { headers: { 'retry-after': String(wait) } })
+  const throttled = (wait: number): VcsError => new ThrottledError(wait)
 
   async function authenticate(req: FastifyRequest): Promise<Identity> {
     if (req.identity) return req.identity

@@ -3,12 +3,17 @@
  * would lock out a whole CI farm behind one NAT, a username alone would let anyone lock out a
  * user. After `limit` failures inside `windowMs`, that pair gets 429 until the oldest failure
  * leaves the window. Successes are never slowed and never counted. Per worker process: a pool
- * of N workers allows up to N x limit attempts per window (README).
+ * of N workers allows up to N x limit attempts per window (README). The number of pairs is
+ * bounded: full, the least recently failed pair goes (never the whole table, which would hand
+ * an attacker a reset).
  */
+import { LRUCache } from 'lru-cache'
 
 export class LoginThrottle {
-  private readonly failures = new Map<string, number[]>()
-  constructor(private readonly limit: number, private readonly windowMs: number, private readonly maxKeys = 100_000) {}
+  private readonly failures: LRUCache<string, number[]>
+  constructor(private readonly limit: number, private readonly windowMs: number, maxKeys = 100_000) {
+    this.failures = new LRUCache({ max: maxKeys, ttl: windowMs })
+  }
 
   private key(user: string, address: string): string {
     return `${user}\0${address}`
@@ -29,15 +34,9 @@ export class LoginThrottle {
   }
 
   fail(user: string, address: string, now = Date.now()): void {
-    if (this.failures.size >= this.maxKeys) this.sweep(now)
     const key = this.key(user, address)
     const list = this.recent(key, now)
     list.push(now)
     this.failures.set(key, list)
-  }
-
-  private sweep(now: number): void {
-    for (const key of [...this.failures.keys()]) this.recent(key, now)
-    if (this.failures.size >= this.maxKeys) this.failures.clear()
   }
 }

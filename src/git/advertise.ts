@@ -11,6 +11,7 @@
  */
 import { stat } from 'node:fs/promises'
 import path from 'node:path'
+import { LRUCache } from 'lru-cache'
 import type { GitRunner } from './spawn.js'
 import { describeExit } from '../process/child.js'
 import { splitPackets } from './pktline.js'
@@ -24,9 +25,9 @@ interface Entry {
   body: Promise<Buffer>
 }
 
-/** A cache of v2 advertisements keyed by repo dir and the mtime of its config file. */
+/** A cache of v2 advertisements keyed by repo dir and the mtime of its config file; full, the least recently used goes. */
 export class V2AdvertisementCache {
-  private readonly entries = new Map<string, Entry>()
+  private readonly entries = new LRUCache<string, Entry>({ max: MAX_ENTRIES })
   constructor(private readonly git: GitRunner) {}
 
   async get(repoDir: string): Promise<Buffer> {
@@ -34,7 +35,6 @@ export class V2AdvertisementCache {
     const key = `${st?.mtimeMs ?? 0}:${st?.size ?? 0}`
     const hit = this.entries.get(repoDir)
     if (hit && hit.key === key) return hit.body
-    if (this.entries.size >= MAX_ENTRIES) this.entries.clear()
     const body = this.fetch(repoDir)
     const entry = { key, body }
     this.entries.set(repoDir, entry)

@@ -132,7 +132,7 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
       // prints the reason: "fatal: remote error: server busy: ...".
       if (err instanceof ServiceUnavailableError) {
         req.accessRecord.refused = err.message
-        return reply.headers(err.headers).send(errPkt(err.message))
+        return reply.headers(err.headers ?? {}).send(errPkt(err.message))
       }
       throw err
     }

@@ -13,7 +13,7 @@ import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config/load.js'
-import { ServiceUnavailableError, VcsError } from '../errors.js'
+import { HgTimeoutError, HgUpstreamError, ServiceUnavailableError } from '../errors.js'
 import type { Action, Identity } from '../auth/plugin.js'
 import { decodeBody, spillRequestBody, type SpillBuffer } from '../http/body.js'
 import type { RepoRoute } from '../http/routes.js'
@@ -35,10 +35,6 @@ export interface HgDeps {
   refused?: () => void
 }
 
-/** Upstream failures, in the one status table: the child broke (502) or never answered (504). */
-class HgUpstreamError extends VcsError {
-  constructor(message: string, status = 502) { super('VCS_HG_UPSTREAM', status, message) }
-}
 
 const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 
@@ -124,7 +120,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     } catch (err) {
       done()
       req.log.error({ err, hg_child: child.id }, 'hg serve child failed')
-      if (timedOut) throw new HgUpstreamError(SILENT_CHILD, 504)
+      if (timedOut) throw new HgTimeoutError(SILENT_CHILD)
       throw new HgUpstreamError('the hg server process failed; try again')
     }
     res.once('close', done)

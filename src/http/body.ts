@@ -75,8 +75,8 @@ export function decodeBody(raw: IncomingMessage, limit: number): DecodedBody {
 /** zlib and socket errors become one-line client errors; our own errors pass through. */
 export function toClientError(err: unknown): Error {
   const e = err as NodeJS.ErrnoException
-  if (typeof e?.code === 'string' && e.code.startsWith('Z_')) return new BadRequestError('request body is not valid gzip', err)
-  if (e?.code === 'ERR_STREAM_PREMATURE_CLOSE' || e?.code === 'ECONNRESET') return new BadRequestError('client closed the request body early', err)
+  if (typeof e?.code === 'string' && e.code.startsWith('Z_')) return new BadRequestError('request body is not valid gzip', { cause: err })
+  if (e?.code === 'ERR_STREAM_PREMATURE_CLOSE' || e?.code === 'ECONNRESET') return new BadRequestError('client closed the request body early', { cause: err })
   return e instanceof Error ? e : new Error(String(err))
 }
 
