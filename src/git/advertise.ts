@@ -13,7 +13,7 @@ import { stat } from 'node:fs/promises'
 import path from 'node:path'
 import { LRUCache } from 'lru-cache'
 import type { GitRunner } from './spawn.js'
-import { describeExit } from '../process/child.js'
+import { describeExit, runToCompletion } from '../process/child.js'
 import { splitPackets } from './pktline.js'
 import { ServiceUnavailableError } from '../errors.js'
 
@@ -44,18 +44,9 @@ export class V2AdvertisementCache {
 
   private async fetch(repoDir: string): Promise<Buffer> {
     const child = this.git.serve('upload-pack', repoDir, { advertise: true, gitProtocol: 'version=2' })
-    child.proc.stdin.end()
-    const chunks: Buffer[] = []
-    let size = 0
-    child.proc.stdout.on('data', (c: Buffer) => {
-      size += c.length
-      if (size > MAX_BYTES) child.kill()
-      else chunks.push(c)
-    })
-    const status = await child.exited
+    const { status, stdout: body } = await runToCompletion(child, { maxOutput: MAX_BYTES })
     if (status.error) throw new ServiceUnavailableError('git is not available on this worker')
     if (status.code !== 0) throw new Error(`git upload-pack --advertise-refs: ${describeExit(status)}: ${child.stderr()}`)
-    const body = Buffer.concat(chunks)
     if (!body.subarray(0, 32).toString('latin1').includes('version 2')) throw new Error('git did not answer with a v2 advertisement')
     return withoutCapability(body, 'object-info')
   }

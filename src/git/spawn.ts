@@ -4,7 +4,7 @@
  * worker needs passed with `-c` so repositories need no special config.
  */
 import type { Config } from '../config/load.js'
-import { spawnChild, describeExit, type Child } from '../process/child.js'
+import { spawnChild, describeExit, runToCompletion, type Child } from '../process/child.js'
 
 export type GitService = 'upload-pack' | 'receive-pack'
 
@@ -85,20 +85,11 @@ export function createGitRunner(config: Config): GitRunner {
     async exec(args, opts = {}) {
       if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')
       const child = spawnChild(config.gitBin, args, { env: childEnv(), cwd: opts.cwd, killGraceMs: config.killGraceMs, viaHelper: config.spawnHelper })
-      child.proc.stdin.end(opts.input)
-      const max = opts.maxOutput ?? 1024 * 1024
-      const chunks: Buffer[] = []
-      let size = 0
-      child.proc.stdout.on('data', (c: Buffer) => {
-        size += c.length
-        if (size <= max) chunks.push(c)
-        else child.kill()
-      })
-      const status = await child.exited
+      const { status, stdout } = await runToCompletion(child, { input: opts.input, maxOutput: opts.maxOutput })
       if (status.error || status.code !== 0) {
         throw new Error(`git ${args[0]} failed (${describeExit(status)}): ${child.stderr().split('\n').pop() ?? ''}`)
       }
-      return Buffer.concat(chunks).toString('utf8')
+      return stdout.toString('utf8')
     },
     async anyObjectExists(repoDir, oids) {
       const valid = oids.filter((o) => OID.test(o))

@@ -3,7 +3,7 @@
  * untranslated output) and a controlled HGRCPATH, so no user or system hgrc changes behaviour.
  */
 import type { Config } from '../config/load.js'
-import { describeExit, spawnChild } from '../process/child.js'
+import { describeExit, runToCompletion, spawnChild } from '../process/child.js'
 
 /** Environment for every hg child. */
 export function hgEnv(config: Config, extra: Record<string, string> = {}): Record<string, string> {
@@ -13,19 +13,14 @@ export function hgEnv(config: Config, extra: Record<string, string> = {}): Recor
 /** `hg init DIR`. */
 export async function hgInit(config: Config, dir: string): Promise<void> {
   const child = spawnChild(config.hgBin, ['init', '--', dir], { env: hgEnv(config), killGraceMs: config.killGraceMs })
-  child.proc.stdin.end()
-  child.proc.stdout.resume()
-  const status = await child.exited
+  const { status } = await runToCompletion(child)
   if (status.error || status.code !== 0) throw new Error(`hg init failed (${describeExit(status)}): ${child.stderr()}`)
 }
 
 /** `hg recover` on a repo; resolves with hg's output, rejects when hg fails. */
 export async function hgRecover(config: Config, dir: string): Promise<string> {
   const child = spawnChild(config.hgBin, ['-R', dir, '--config', 'ui.timeout=5', 'recover'], { env: hgEnv(config), killGraceMs: config.killGraceMs })
-  child.proc.stdin.end()
-  let out = ''
-  child.proc.stdout.on('data', (c: Buffer) => { out = (out + c.toString('utf8')).slice(-4000) })
-  const status = await child.exited
+  const { status, stdout } = await runToCompletion(child, { maxOutput: 4000, keep: 'tail' })
   if (status.error || status.code !== 0) throw new Error(`hg recover failed (${describeExit(status)}): ${child.stderr()}`)
-  return out.trim()
+  return stdout.toString('utf8').trim()
 }

@@ -127,6 +127,41 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
   return child
 }
 
+/** What a child run to completion gave. */
+export interface Completed {
+  status: ExitStatus
+  /** stdout, at most `maxOutput` bytes (`keep: 'tail'`: its last bytes) */
+  stdout: Buffer
+  /** stdout went past `maxOutput` (`keep: 'head'`: the child was killed for it) */
+  overflowed: boolean
+}
+
+/**
+ * Runs a started child to completion: `input` on its stdin, then EOF; stdout collected up to
+ * `maxOutput` bytes. `keep: 'head'` (the default) kills a child whose output goes past the
+ * bound; `keep: 'tail'` lets it run and keeps the last bytes. The one way the worker waits for a
+ * command's answer; stderr's tail is always `child.stderr()`.
+ */
+export async function runToCompletion(child: Child, opts: { input?: string | Buffer; maxOutput?: number; keep?: 'head' | 'tail' } = {}): Promise<Completed> {
+  const max = opts.maxOutput ?? 1024 * 1024
+  const keepTail = opts.keep === 'tail'
+  child.proc.stdin.on('error', () => { /* a child that exits without reading its input */ })
+  child.proc.stdin.end(opts.input)
+  let chunks: Buffer[] = []
+  let size = 0
+  let overflowed = false
+  child.proc.stdout.on('data', (c: Buffer) => {
+    size += c.length
+    if (size <= max) return void chunks.push(c)
+    overflowed = true
+    if (!keepTail) return child.kill()
+    chunks = [Buffer.concat([...chunks, c]).subarray(-max)]
+    size = chunks[0]!.length
+  })
+  const status = await child.exited
+  return { status, stdout: Buffer.concat(chunks), overflowed }
+}
+
 /** Signals a process group; a group that is already gone is not an error. */
 export function signalGroup(pid: number, signal: NodeJS.Signals): void {
   try {
