@@ -5,7 +5,8 @@
  * `authorization` and `cookie` redacted.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import type { LoggerOptions } from 'pino'
+import { pino, type Logger, type LoggerOptions } from 'pino'
+import pretty from 'pino-pretty'
 import { randomBytes } from 'node:crypto'
 
 /** What a route learned about a request, for its access line. */
@@ -50,6 +51,15 @@ export function loggerOptions(level: string): LoggerOptions {
       req: (req: { method?: string; url?: string; id?: string }) => ({ method: req.method, url: safeUrl(req.url), id: req.id }),
     },
   }
+}
+
+/**
+ * The worker's logger: JSON lines for machines (files, journald, log shippers); on a terminal,
+ * pino-pretty's readable lines (the same fields, redacted the same way before formatting).
+ */
+export function createLogger(level: string, tty = process.stdout.isTTY === true): Logger {
+  if (!tty) return pino(loggerOptions(level))
+  return pino(loggerOptions(level), pretty({ colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true }))
 }
 
 /** A request id: the process prefix keeps ids unique across a pool of workers. */

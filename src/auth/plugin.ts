@@ -130,6 +130,7 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     if (token.expiresAt !== null && token.expiresAt * 1000 <= Date.now()) return undefined
     // With Basic, the token must belong to the user named (git sends user + token as password).
     if (creds.scheme === 'basic' && creds.username !== token.userName) return undefined
+    await store.touchToken(token.id) // for `token list`; written at most hourly
     return { id: token.userId, name: token.userName, via: 'token', expiresAt: token.expiresAt === null ? undefined : token.expiresAt * 1000 }
   }
 

@@ -5,7 +5,7 @@
  * another connection commits (sqlite.org/pragma.html#pragma_data_version).
  */
 import Database from 'better-sqlite3'
-import type { AuthStore, Level, Protection, RepoRecord, TokenRecord, UserRecord } from './store.js'
+import type { AuthStore, GrantRecord, Level, Protection, RepoRecord, TokenRecord, UserRecord } from './store.js'
 import { StoreConflictError, StoreNotFoundError } from './store.js'
 
 /** How stale a cached credential may be after another process changed the store. */
@@ -44,7 +44,12 @@ const MIGRATIONS = [
      users TEXT NOT NULL DEFAULT '',
      PRIMARY KEY (repo, pattern)
    );`,
+  // 2: when a token last authenticated a request (token list)
+  'ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;',
 ]
+
+/** A token's last use is written at most this often (seconds): the request path stays read-mostly. */
+const TOUCH_EVERY_S = 3600
 
 /** Opens (creating and migrating as needed) the store at `file`. */
 export function openSqliteStore(file: string): AuthStore {
@@ -162,6 +167,31 @@ export function openSqliteStore(file: string): AuthStore {
       if (db.prepare('DELETE FROM protections WHERE repo = ? AND pattern = ?').run(repo, pattern).changes === 0) {
         throw new StoreNotFoundError(`${repo} has no protection ${pattern}`)
       }
+    },
+    async touchToken(id) {
+      const t = now()
+      db.prepare('UPDATE tokens SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)').run(t, id, t - TOUCH_EVERY_S)
+    },
+    async listUsers() {
+      return db.prepare<[], { name: string; created_at: number; tokens: number; grants: number }>(
+        `SELECT u.name, u.created_at,
+           (SELECT COUNT(*) FROM tokens t WHERE t.user_id = u.id AND t.revoked_at IS NULL) AS tokens,
+           (SELECT COUNT(*) FROM grants g WHERE g.user_id = u.id) AS grants
+         FROM users u ORDER BY u.name`).all().map((r) => ({ name: r.name, createdAt: r.created_at, tokens: r.tokens, grants: r.grants }))
+    },
+    async listTokens(name) {
+      return db.prepare<[number], { id: number; created_at: number; expires_at: number | null; revoked_at: number | null; last_used_at: number | null }>(
+        'SELECT id, created_at, expires_at, revoked_at, last_used_at FROM tokens WHERE user_id = ? ORDER BY id').all(userId(name))
+        .map((r) => ({ id: r.id, createdAt: r.created_at, expiresAt: r.expires_at, revokedAt: r.revoked_at, lastUsedAt: r.last_used_at }))
+    },
+    async listGrants(filter) {
+      return db.prepare<[{ user: string | null; repo: string | null }], GrantRecord>(
+        `SELECT u.name AS user, g.repo, g.level FROM grants g JOIN users u ON u.id = g.user_id
+         WHERE (@user IS NULL OR u.name = @user) AND (@repo IS NULL OR g.repo = @repo) ORDER BY g.repo, u.name`).all({ user: filter.user ?? null, repo: filter.repo ?? null })
+    },
+    async listRepos() {
+      return db.prepare<[], { name: string; kind: 'git' | 'hg'; public: number }>('SELECT name, kind, public FROM repos ORDER BY name').all()
+        .map((r) => ({ name: r.name, kind: r.kind, public: r.public === 1 }))
     },
     close() {
       db.close()

@@ -27,6 +27,31 @@ export interface RepoRecord {
   public: boolean
 }
 
+/** A user as `user list` shows it. */
+export interface UserSummary {
+  name: string
+  /** seconds since the epoch */
+  createdAt: number
+  tokens: number
+  grants: number
+}
+
+/** A token as `token list` shows it: never its secret or hash. */
+export interface TokenSummary {
+  id: number
+  createdAt: number
+  expiresAt: number | null
+  revokedAt: number | null
+  /** the last time it authenticated a request, to the hour (null: never) */
+  lastUsedAt: number | null
+}
+
+export interface GrantRecord {
+  user: string
+  repo: string
+  level: Level
+}
+
 /** A protected ref pattern: force-push and delete refused; writable only by `users` when set. */
 export interface Protection {
   pattern: string
@@ -57,6 +82,15 @@ export interface AuthStore {
   removeGrant(userName: string, repo: string): Promise<void>
   setProtection(repo: string, pattern: string, users: string[]): Promise<void>
   removeProtection(repo: string, pattern: string): Promise<void>
+  /** notes a token's use; written at most once an hour per token, so the request path rarely writes */
+  touchToken(id: number): Promise<void>
+
+  listUsers(): Promise<UserSummary[]>
+  /** the user's tokens, revoked and expired ones too; StoreNotFoundError for an unknown user */
+  listTokens(userName: string): Promise<TokenSummary[]>
+  listGrants(filter: { user?: string; repo?: string }): Promise<GrantRecord[]>
+  /** repos the store has a record of (visibility) */
+  listRepos(): Promise<RepoRecord[]>
   close(): void
 }
 

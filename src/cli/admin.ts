@@ -14,6 +14,7 @@ import { createRepo, isBranchName } from '../repos/create.js'
 import { createGitRunner } from '../git/spawn.js'
 import { hgInit } from '../hg/spawn.js'
 import { access } from 'node:fs/promises'
+import { listGrants, listRepos, listTokens, listUsers, type ListContext } from './list.js'
 import path from 'node:path'
 
 /** A mistake in how a command was called: exit 2. */
@@ -22,7 +23,7 @@ export class UsageError extends Error {}
 export interface AdminContext {
   config: Config
   store: AuthStore
-  flags: { git?: boolean; hg?: boolean; public?: boolean; expires?: string; users?: string }
+  flags: { git?: boolean; hg?: boolean; public?: boolean; expires?: string; users?: string; json?: boolean; user?: string; repo?: string }
   out: (line: string) => void
 }
 
@@ -93,7 +94,26 @@ function arity(args: string[], n: number, usage: string): void {
 export async function runAdmin(command: string, args: string[], ctx: AdminContext): Promise<void> {
   const { store, out, config, flags } = ctx
   const [sub, ...rest] = args
+  const listing: ListContext = { config, store, out, json: Boolean(flags.json) }
   switch (`${command} ${sub ?? ''}`.trim()) {
+    case 'user list':
+      arity(rest, 0, 'user list [--json]')
+      return listUsers(listing)
+    case 'token list':
+      arity(rest, 1, 'token list NAME [--json]')
+      return listTokens(listing, checkUserName(rest[0]))
+    case 'repo list':
+      arity(rest, 0, 'repo list [--json]')
+      return listRepos(listing)
+    case 'grant list': {
+      // `grant list` takes no operands; `grant NAME PATH LEVEL` takes three, so a user named list still gets grants
+      if (rest.length === 0) {
+        if (flags.user && flags.repo) throw new UsageError('grant list takes --user NAME or --repo PATH, not both')
+        const repo = flags.repo ? (await findRepoByPath(config, flags.repo)).name : undefined
+        return listGrants(listing, { user: flags.user ? checkUserName(flags.user) : undefined, repo })
+      }
+      break
+    }
     case 'user add': {
       arity(rest, 1, 'user add NAME  (password on stdin)')
       const name = checkUserName(rest[0])

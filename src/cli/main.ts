@@ -5,11 +5,10 @@
  */
 import { parseArgs } from 'node:util'
 import { mkdirSync, statSync } from 'node:fs'
-import { pino } from 'pino'
 import { buildApp } from '../app.js'
 import { loadConfig, flagSpec, type Config } from '../config/load.js'
 import { ConfigError } from '../errors.js'
-import { loggerOptions } from '../log.js'
+import { createLogger } from '../log.js'
 import { createGitRunner } from '../git/spawn.js'
 import { openSqliteStore } from '../auth/sqlite-store.js'
 import { runAdmin, UsageError, type AdminContext } from './admin.js'
@@ -20,6 +19,10 @@ const USAGE = `usage:
   vcs-worker repo create PATH --git|--hg [--public] [--default-branch NAME]
   vcs-worker repo visibility PATH public|private
   vcs-worker repo default-branch PATH BRANCH
+  vcs-worker repo list [--json]
+  vcs-worker user list [--json]
+  vcs-worker token list NAME [--json]     (id, created, expires, last used; never the secret)
+  vcs-worker grant list [--user NAME | --repo PATH] [--json]
   vcs-worker user add|passwd NAME          (password on standard input)
   vcs-worker user remove NAME
   vcs-worker token create NAME [--expires 30d|DATE]
@@ -37,6 +40,7 @@ function parse(argv: string[]) {
     git: { type: 'boolean' as const }, hg: { type: 'boolean' as const }, public: { type: 'boolean' as const },
     expires: { type: 'string' as const }, users: { type: 'string' as const }, help: { type: 'boolean' as const },
     pool: { type: 'string' as const }, workers: { type: 'string' as const },
+    json: { type: 'boolean' as const }, user: { type: 'string' as const }, repo: { type: 'string' as const },
   }
   try {
     return parseArgs({ args: argv, options, allowPositionals: true, strict: true })
@@ -63,7 +67,7 @@ function prepareDirs(config: Config, explicitRepos: boolean): void {
 
 async function serve(config: Config, explicitRepos: boolean): Promise<void> {
   prepareDirs(config, explicitRepos)
-  const logger = pino(loggerOptions(config.logLevel))
+  const logger = createLogger(config.logLevel)
   const git = createGitRunner(config)
   let version: string
   try {

@@ -47,7 +47,6 @@ function describe(e: ErrorObject, what: string, where?: string): string {
     case 'required': return `${key ? `${key}.` : ''}${(e.params as { missingProperty: string }).missingProperty}: required`
     case 'type': {
       const type = (e.params as { type: string }).type
-      if (schema.expected) return `${key}: expected ${schema.expected}, got ${got}`
       if (type === 'integer' || type === 'number') return `${key}: expected an integer, got ${got}`
       if (type === 'boolean') return `${key}: expected true or false, got ${got}`
       if (type === 'array') return `${key}: expected a list${schema.items?.type === 'string' ? ' of strings' : ''}`

@@ -11,7 +11,7 @@
  */
 import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 'fastify'
-import { BadRequestError, MethodNotAllowedError } from '../errors.js'
+import { BadRequestError, MethodNotAllowedError, RepoNotFoundError } from '../errors.js'
 import { resolveGitRepo, resolveHgRepo, type RepoKind, type RepoRef } from '../repos/path.js'
 import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
 
@@ -33,6 +33,10 @@ declare module 'fastify' {
     principal: Identity
   }
 }
+
+const FIXED_PREFIX = '/.vcs/'
+/** where a URL naming a fixed route itself goes: no route, 404 */
+const NO_ROUTE = '/.vcs-no-route'
 
 /** Fixed URLs of the repository endpoints, as the classifier rewrites them. */
 export const REPO_URLS = {
@@ -68,6 +72,7 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
     const rawPath = q === -1 ? url : url.slice(0, q)
     const query = q === -1 ? '' : url.slice(q)
     if (!decodes(rawPath)) return url // the router answers 400 malformed URL
+    if (rawPath.startsWith(FIXED_PREFIX)) return NO_ROUTE // the fixed routes are reached only through here
     for (const [suffix, id] of GIT_SUFFIXES) {
       if (rawPath.endsWith(suffix)) {
         repoPaths.set(req, rawPath.slice(1, -suffix.length))
@@ -113,7 +118,9 @@ function registerRepoRoute(app: FastifyInstance, route: RepoRoute, deps: { auth:
     preHandler: async (req) => {
       const action = typeof route.access === 'function' ? route.access(req) : route.access
       const { repo, principal } = await deps.auth.authorizeLookup(req, async () => {
-        const found = await resolve(deps.reposRoot, repoPaths.get(req.raw) ?? '')
+        const repoPath = repoPaths.get(req.raw)
+        if (repoPath === undefined) throw new RepoNotFoundError() // not classified: cannot happen through the classifier
+        const found = await resolve(deps.reposRoot, repoPath)
         req.accessRecord.repo = found.name
         return found
       }, action)
