@@ -1,5 +1,4 @@
 import t from 'tap'
-import type { Test } from 'tap'
 import path from 'node:path'
 import http from 'node:http'
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'

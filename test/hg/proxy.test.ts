@@ -3,7 +3,7 @@ import type * as Tap from 'tap'
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import http from 'node:http'
-import { chmod, mkdir, readFile, writeFile, appendFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile, appendFile } from 'node:fs/promises'
 import { startWorker, spawnWorker, fixtureDir, run, rawRequest, processesMatching, waitFor, CLI, clientEnv, type Worker } from '../helpers/worker.js'
 
 /** An hg client with its own hgrc (identity; credentials for the worker when given). */
