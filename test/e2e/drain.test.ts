@@ -5,7 +5,7 @@ import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { appendFile, rm, writeFile } from 'node:fs/promises'
 import type { ChildProcess } from 'node:child_process'
-import { spawnWorker, fixtureDir, gitClient, gateWrapper, metric, rawRequest, waitFor, run, clientEnv, processesMatching, FIXTURE_REPOS } from '../helpers/worker.js'
+import { spawnWorker, fixtureDir, gitClient, gateWrapper, metric, rawRequest, waitFor, run, clientEnv, processesMatching, FIXTURE_REPOS, TEST_SCRYPT } from '../helpers/worker.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
 import { hashPassword } from '../../src/auth/password.js'
 
@@ -14,7 +14,7 @@ async function setUp(t: Tap.Test) {
   const fx = await fixtureDir(t)
   const store = openSqliteStore(path.join(fx.dataDir, 'auth.sqlite'))
   for (const [name, kind] of FIXTURE_REPOS) await store.setRepo(name, kind, true)
-  await store.addUser('alice', await hashPassword('alice-pw'))
+  await store.addUser('alice', await hashPassword('alice-pw', TEST_SCRYPT))
   await store.setGrant('alice', 'demo.git', 'write')
   await store.setGrant('alice', 'demo-hg', 'write')
   store.close()

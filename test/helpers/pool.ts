@@ -6,7 +6,7 @@
 import path from 'node:path'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
-import { fixtureDir, FIXTURE_REPOS, clientEnv, run, type T } from './worker.js'
+import { fixtureDir, FIXTURE_REPOS, clientEnv, run, TEST_SCRYPT, type T } from './worker.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
 import { hashPassword } from '../../src/auth/password.js'
 import { Pool, freePort } from '../../tools/pool/launch.js'
@@ -29,7 +29,7 @@ export async function startTestPool(t: T, opts: { workers?: number; workerArgs?:
   const { dir, reposDir, dataDir } = await fixtureDir(t)
   const store = openSqliteStore(path.join(dataDir, 'auth.sqlite'))
   for (const [name, kind] of FIXTURE_REPOS) await store.setRepo(name, kind, true)
-  await store.addUser('alice', await hashPassword('alice-pw'))
+  await store.addUser('alice', await hashPassword('alice-pw', TEST_SCRYPT))
   for (const repo of ['demo.git', 'demo-hg', 'team/project.git']) await store.setGrant('alice', repo, 'write')
   store.close()
   const n = opts.workers ?? 2
