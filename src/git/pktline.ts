@@ -33,7 +33,9 @@ function hexLength(buf: Buffer, at: number): number {
 }
 
 /** Bytes that are not pkt-line framing. */
-export class PktFramingError extends Error {}
+export class PktFramingError extends Error {
+  override name = 'PktFramingError'
+}
 
 /**
  * One packet as the decoder saw it: `len` is the header's value (0 flush, 1 delim, 2

@@ -77,7 +77,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     const headers: Record<string, string> = { ...judged.headers, 'x-vcs-worker-secret': child.secret, 'x-vcs-worker-access': judged.action }
     if (principal.kind === 'user') headers['x-vcs-worker-user'] = principal.name
 
-    if (child.handoff?.usable && deps.config.hgHandoff && req.method === 'GET' && judged.cmd === 'getbundle' && !judged.hasBody && !req.raw.socket.destroyed) {
+    if (child.handoff?.usable && deps.pool.handoffVerified && req.method === 'GET' && judged.cmd === 'getbundle' && !judged.hasBody && !req.raw.socket.destroyed) {
       return handOver(req, reply, child, child.handoff, judged, headers, release) // a bundle download: the child answers itself
     }
 

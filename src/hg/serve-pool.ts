@@ -17,6 +17,7 @@ import type { Config } from '../config/load.js'
 import { spawnChild, type Child } from '../process/child.js'
 import { hgEnv } from './spawn.js'
 import { HandoffLine } from './handoff.js'
+import { handoffWorks } from './handoff-check.js'
 
 export type HgState = 'starting' | 'ready' | 'draining' | 'stopped'
 
@@ -46,6 +47,8 @@ export class HgServePool {
   private probeTimer: NodeJS.Timeout | undefined
   private stopping = false
   restarts = 0
+  /** bundle downloads may be handed over: hgHandoff is on and the start-up self-test passed */
+  handoffVerified = false
   /** children started, and their exits by code or signal (for metrics) */
   spawns = 0
   readonly exits = new Map<string, number>()
@@ -65,7 +68,11 @@ export class HgServePool {
     for (let id = 0; id < this.config.hgProcesses; id++) {
       this.children.push({ id, state: 'stopped', secret: '', inflight: 0, agent: new http.Agent({ keepAlive: true }), readyAt: 0, probeFailures: 0 })
     }
-    await Promise.all(this.children.map((c) => this.launch(c)))
+    const [verified] = await Promise.all([
+      this.config.hgHandoff ? handoffWorks(this.config, EXTENSION, this.log) : false,
+      ...this.children.map((c) => this.launch(c)),
+    ])
+    this.handoffVerified = verified === true
     this.probeTimer = setInterval(() => { void this.probeAll() }, this.config.hgProbeIntervalMs)
     this.probeTimer.unref()
   }

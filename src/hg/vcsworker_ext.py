@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 
-from mercurial import extensions
+from mercurial import extensions, registrar
 from mercurial.hgweb import common, hgwebdir_mod, server as hgserver
 
 _SECRET = os.environ.get('VCS_WORKER_CHILD_SECRET', '').encode('latin-1')
@@ -213,6 +213,7 @@ class _Handoff:
         self.lock = threading.Lock()
         self.send_lock = threading.Lock()
         self.channel = None
+        self.selftest = None  # an Event while `hg debugvcsworkerhandoff` runs
 
     def start(self, fd):
         self.channel = socket.socket(fileno=fd)
@@ -255,6 +256,9 @@ class _Handoff:
     def _serve(self, fd, msg):
         sock = socket.socket(fileno=fd)
         os.set_inheritable(fd, False)
+        if self.selftest is not None:
+            self._answer_selftest(sock, msg)
+            return
         sock.settimeout(msg['idleMs'] / 1000.0)  # a client that stops reading for this long is let go
         conn = _Handed(sock, msg)
         self.beat = msg.get('beatMs', 1000) / 1000.0
@@ -265,6 +269,16 @@ class _Handoff:
             conn.close()
             return
         self.server.process_request(conn, (msg.get('addr') or '127.0.0.1', 0))
+
+    def _answer_selftest(self, sock, msg):
+        # what a handed-over request needs end to end: the socket from SCM_RIGHTS, the head
+        # decoded from the message, an answer on the socket, the done report on the channel
+        line = base64.b64decode(msg['head']).split(b'\r\n', 1)[0]
+        body = b'handoff ok: ' + line
+        sock.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' % (len(body), body))
+        sock.close()
+        self.send({'cmd': 'vcsworker-done', 'id': msg['id'], 'status': 200, 'bytes': len(body), 'complete': True, 'cut': False})
+        self.selftest.set()
 
     def finished(self, conn):
         with self.lock:
@@ -311,6 +325,19 @@ def _create_server(orig, ui, app):
     return httpd
 
 
+cmdtable = {}
+command = registrar.command(cmdtable)
+
+
+@command(b'debugvcsworkerhandoff', [], norepo=True)
+def debugvcsworkerhandoff(ui, **opts):
+    """answer one connection the worker hands over, then exit (the worker's start-up self-test)"""
+    if _handoff.channel is None or _handoff.selftest is None:
+        ui.warn(b'no IPC channel from the worker, or not started for the self-test\n')
+        return 1
+    return 0 if _handoff.selftest.wait(15) else 1
+
+
 def uisetup(ui):
     extensions.wrapfunction(hgwebdir_mod.hgwebdir, '__call__', _guarded)
     common.permhooks.append(_authorized)
@@ -320,4 +347,7 @@ def uisetup(ui):
     if channel:
         os.environ.pop('NODE_CHANNEL_SERIALIZATION_MODE', None)
         extensions.wrapfunction(hgserver, 'create_server', _create_server)
+        if os.environ.pop('VCS_WORKER_HANDOFF_SELFTEST', None) == '1':
+            # set before the channel is read: the socket may arrive before the command runs
+            _handoff.selftest = threading.Event()
         _handoff.start(int(channel))

@@ -168,8 +168,8 @@ t.test('SIGTERM with an hg push in flight: the push finishes and lands whole, hg
   await waitFor(async () => metric((await rawRequest(port, 'GET', '/metrics')).body.toString(), 'vcs_heavy_in_flight') === 1, 15_000, 'the unbundle to be in flight')
   worker.proc.kill('SIGTERM')
   await waitFor(async () => (await rawRequest(port, 'GET', '/health/hg')).status === 503, 2_000, 'draining')
-  await new Promise((r) => setTimeout(r, 1000)) // past the grace: the push is still held in its transaction
-  t.equal(worker.proc.exitCode, null, 'the worker waits for the push')
+  await waitFor(() => worker.output().includes('drain grace over'), 15_000, 'the grace period to end')
+  t.equal(worker.proc.exitCode, null, 'past the grace, the push still held in its transaction: the worker waits for it')
   await rm(gate)
   const pushed = await push
   t.equal(pushed.code, 0, `the hg push in flight finished: ${pushed.stderr}`)
