@@ -2,8 +2,6 @@
  * Builds the fastify app from its parts. Never listens: cli.ts and the tests do. Every route
  * and plugin of the worker is listed here, in one place.
  */
-import http from 'node:http'
-import type { Socket } from 'node:net'
 import { existsSync, realpathSync } from 'node:fs'
 import { rename, rm } from 'node:fs/promises'
 import path from 'node:path'
@@ -13,7 +11,8 @@ import { ProbeThread } from './health/probe-thread.js'
 import { drain } from './health/drain.js'
 import { Admission } from './admission/admission.js'
 import { WorkerMetrics } from './metrics/metrics.js'
-import Fastify, { LogController, type FastifyInstance, type FastifyRequest, type FastifyServerFactory } from 'fastify'
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify'
+import { serverFactory } from './http/server.js'
 import type { Logger } from 'pino'
 import type { Config } from './config/load.js'
 import { clientErrorHandler, frameworkErrors, installErrorHandlers } from './errors.js'
@@ -48,30 +47,6 @@ export interface AppDeps {
   git?: GitRunner
   /** an auth store to use instead of opening `<dataDir>/auth.sqlite` (closed by the caller) */
   store?: AuthStore
-}
-
-/** Node's http server with the timeouts a VCS server needs (see README "Timeouts"). */
-function serverFactory(config: Config): FastifyServerFactory {
-  return (handler) => {
-    const server = http.createServer({
-      // Node 20 defaults would cut a push after 300 s (requestTimeout): a push or clone may take
-      // an hour. Progress is bounded instead by the socket inactivity timeout below.
-      requestTimeout: 0,
-      headersTimeout: config.headersTimeoutMs,
-      keepAliveTimeout: config.keepAliveTimeoutMs,
-      connectionsCheckingInterval: Math.min(config.headersTimeoutMs, 30_000) / 2,
-      // hg sends its arguments as X-HgArg-N headers (16 KiB each, as our children advertise);
-      // a discovery with many heads exceeds Node's 16 KiB default by far.
-      maxHeaderSize: 1024 * 1024,
-    }, handler)
-    server.setTimeout(config.idleTimeoutMs)
-    // Node's headersTimeout only starts with a request's first byte; a connection that never
-    // sends one (1,000 idle sockets) would live until idleTimeoutMs. Until its first request
-    // a connection gets the headers timeout; from then on the inactivity timeout.
-    server.on('connection', (socket: Socket) => socket.setTimeout(config.headersTimeoutMs))
-    server.on('request', (req: http.IncomingMessage) => req.socket.setTimeout(config.idleTimeoutMs))
-    return server
-  }
 }
 
 /** Builds the worker app for `config`. */

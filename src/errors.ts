@@ -6,6 +6,7 @@
 import type { Socket } from 'node:net'
 import createError from '@fastify/error'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { settleUnreadBody } from './http/unread-body.js'
 
 /**
  * The family every refusal of ours belongs to (built with @fastify/error's createError): a
@@ -96,37 +97,6 @@ export function sendError(reply: FastifyReply, status: number, message: string, 
   // hg shows only the reason phrase ("abort: HTTP Error 403: <phrase>"), so it carries the line too.
   reply.raw.statusMessage = oneLine(message, 200)
   return reply.code(status).headers(headers).type('text/plain; charset=utf-8').send(`${oneLine(message)}\n`)
-}
-
-/** How much of a refused request's body is read and thrown away to keep the connection usable. */
-export const DISCARD_LIMIT = 16 * 1024 * 1024
-
-/**
- * A request refused before its body was read (401, 403, 404, 413): a client that writes its
- * whole body before reading (git, hg, curl) must still get the answer, not a reset, and a
- * keep-alive connection must not be left in the middle of a body. So the body is read and
- * discarded up to DISCARD_LIMIT; one that is longer, or of unknown length, also gets
- * `Connection: close`, and past the limit the connection is cut.
- */
-export function settleUnreadBody(req: FastifyRequest, reply: FastifyReply, limit = DISCARD_LIMIT): void {
-  const raw = req.raw
-  if (raw.complete || raw.readableFlowing !== null) return // read to the end, or someone reads it
-  const declared = Number(raw.headers['content-length'] ?? 0)
-  const chunked = raw.headers['transfer-encoding'] !== undefined
-  if (!chunked && !(declared > 0)) return
-  if (chunked || declared > limit) reply.header('connection', 'close')
-  discardRest(raw, limit)
-}
-
-/** Reads and throws away what is left of a request body; past `limit` bytes, cuts the connection. */
-export function discardRest(raw: FastifyRequest['raw'], limit: number): void {
-  let seen = 0
-  raw.on('data', (c: Buffer) => {
-    seen += c.length
-    if (seen > limit) raw.socket?.destroy()
-  })
-  raw.on('error', () => {})
-  raw.resume()
 }
 
 /** Installs the error and not-found handlers: the whole status table of DESIGN.md lives here. */

@@ -17,14 +17,13 @@ import { HgTimeoutError, HgUpstreamError, ServiceUnavailableError } from '../err
 import type { Action, Identity } from '../auth/plugin.js'
 import { decodeBody, spillRequestBody, type SpillBuffer } from '../http/body.js'
 import type { RepoRoute } from '../http/routes.js'
+import { HOP_BY_HOP } from '../http/headers.js'
 import { judgeHgRequest, type HgRequest } from './request.js'
 import type { Admission, Release } from '../admission/admission.js'
 import type { HgChild, HgServePool } from './serve-pool.js'
 import type { JournalRecovery } from './recover.js'
 import { handoffHead, type HandoffLine } from './handoff.js'
 
-/** Response headers of a child that are not passed on. */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'transfer-encoding', 'upgrade', 'trailer', 'content-length', 'date'])
 
 export interface HgDeps {
   config: Config

@@ -7,7 +7,8 @@ import { describeExit, runToCompletion, spawnChild } from '../process/child.js'
 
 /** Environment for every hg child. */
 export function hgEnv(config: Config, extra: Record<string, string> = {}): Record<string, string> {
-  return { PATH: config.envPath, HOME: config.homeDir, HGPLAIN: '1', HGRCPATH: '', HGENCODING: 'utf-8', LC_ALL: 'C', ...extra }
+  // no bytecode written beside our extension (src/hg/__pycache__): the checkout stays as committed
+  return { PATH: config.envPath, HOME: config.homeDir, HGPLAIN: '1', HGRCPATH: '', HGENCODING: 'utf-8', LC_ALL: 'C', PYTHONDONTWRITEBYTECODE: '1', ...extra }
 }
 
 /** `hg init DIR`. */

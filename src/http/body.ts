@@ -12,7 +12,8 @@ import { pipeline } from 'node:stream/promises'
 import { createGunzip } from 'node:zlib'
 import type { IncomingMessage } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { BadRequestError, DISCARD_LIMIT, PayloadTooLargeError, UnsupportedMediaTypeError, discardRest } from '../errors.js'
+import { BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../errors.js'
+import { DISCARD_LIMIT, discardRest } from './unread-body.js'
 
 /** Counts bytes and fails with 413 once more than `limit` went by. */
 export class ByteLimit extends Transform {
