@@ -6,7 +6,7 @@
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { pino, type Logger, type LoggerOptions } from 'pino'
-import pretty from 'pino-pretty'
+import pretty, { isColorSupported } from 'pino-pretty'
 import { randomBytes } from 'node:crypto'
 
 /** What a route learned about a request, for its access line. */
@@ -59,7 +59,7 @@ export function loggerOptions(level: string): LoggerOptions {
  */
 export function createLogger(level: string, tty = process.stdout.isTTY === true): Logger {
   if (!tty) return pino(loggerOptions(level))
-  return pino(loggerOptions(level), pretty({ colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true }))
+  return pino(loggerOptions(level), pretty({ colorize: isColorSupported, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true }))
 }
 
 /** A request id: the process prefix keeps ids unique across a pool of workers. */
