@@ -28,6 +28,7 @@ import time
 import traceback
 
 from mercurial import extensions, registrar
+from mercurial import pathutil
 from mercurial.hgweb import common, hgwebdir_mod, server as hgserver
 
 # the handoff's half lives beside this file (hg loads an extension by path, not as a package)
@@ -97,14 +98,23 @@ def _answered(chunks, env, respond):
         yield body
 
 
+def _fresh_index(orig, self, req, res):
+    """hgweb rescans the repos dir at most every web.refreshinterval; the worker forwards only
+    requests for repos it found on disk, so a path missing from the index means the index is
+    older than the repo (created a moment ago): rescan now instead of answering 404."""
+    self.refresh()
+    virtual = req.dispatchpath.strip(b'/')
+    repos = dict(self.repos)
+    if virtual and virtual not in repos and not any(d in repos for d in pathutil.finddirs(virtual)):
+        self.lastrefresh = 0
+    return orig(self, req, res)
+
+
 def _watch_parent():
     while True:
         time.sleep(0.5)
         if _PARENT and os.getppid() != _PARENT:
             os._exit(0)
-
-
-
 
 
 def _create_server(orig, ui, app):
@@ -138,6 +148,7 @@ def debugvcsworkerhandoff(ui, **opts):
 
 def uisetup(ui):
     extensions.wrapfunction(hgwebdir_mod.hgwebdir, '__call__', _guarded)
+    extensions.wrapfunction(hgwebdir_mod.hgwebdir, '_runwsgi', _fresh_index)
     common.permhooks.append(_authorized)
     if _PARENT:
         threading.Thread(target=_watch_parent, name='vcs-worker-lifeline', daemon=True).start()

@@ -253,6 +253,19 @@ t.test('concurrent first requests to a fresh child all succeed', async (t) => {
   t.ok(results.every((r) => r.body.length > 100), 'each got a bundle')
 })
 
+t.test('a repo is served the moment it exists, not after hg\'s next index rescan', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1' })
+  const statuses: number[] = []
+  for (const name of ['fresh-1', 'fresh-2', 'fresh-3']) {
+    // the index was rescanned just now for this request; the repo below is younger than it
+    t.equal((await rawRequest(w.port, 'GET', '/demo-hg?cmd=capabilities')).status, 200)
+    t.equal((await run('hg', ['init', path.join(w.reposDir, name)])).code, 0)
+    await w.store.setRepo(name, 'hg', true)
+    statuses.push((await rawRequest(w.port, 'GET', `/${name}?cmd=capabilities`)).status)
+  }
+  t.same(statuses, [200, 200, 200], 'each new repo answered at once, not 404')
+})
+
 t.test('repos created later are served at once; big X-HgArg sets pass; chunked POST bodies get a length', async (t) => {
   const w = await startWorker(t, hgFlags)
   await w.addUser('kim', 'kim-password')
@@ -330,7 +343,8 @@ t.test('an hg push that runs out of disk: the client reads why, the worker logs 
   await w.store.setRepo('small-hg', 'hg', true)
   await w.addUser('sam', 'sam-password', { 'small-hg': 'write' })
   const hg = await hgClient(w, { user: 'sam', password: 'sam-password' })
-  t.equal((await hg(['clone', `${w.url}/small-hg`, 'small'])).code, 0)
+  const cloned = await hg(['clone', `${w.url}/small-hg`, 'small'])
+  t.equal(cloned.code, 0, cloned.stderr)
   const work = path.join(w.dir, 'small')
   await writeFile(path.join(work, 'big.bin'), randomBytes(5 * 1024 * 1024))
   await hg(['add', 'big.bin'], work)
