@@ -21,7 +21,7 @@ import { createGitRunner, type GitRunner } from './git/spawn.js'
 import { gitRoutes } from './git/routes.js'
 import { installHookScripts, RefHookServer } from './git/ref-hooks.js'
 import authPlugin from './auth/plugin.js'
-import { openSqliteStore } from './auth/sqlite-store.js'
+import { openStore } from './auth/open.js'
 import type { AuthStore } from './auth/store.js'
 import { registerDumbRoute, registerRepoRoutes, urlClassifier, type RepoRoute } from './http/routes.js'
 import { HgServePool } from './hg/serve-pool.js'
@@ -45,7 +45,7 @@ export interface AppDeps {
   /** a pino logger to use instead of one built from the config (tests capture logs this way) */
   logger?: Logger
   git?: GitRunner
-  /** an auth store to use instead of opening `<dataDir>/auth.sqlite` (closed by the caller) */
+  /** an auth store to use instead of opening the configured one (closed by the caller) */
   store?: AuthStore
 }
 
@@ -97,7 +97,9 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
 
   const git = deps.git ?? createGitRunner(config)
   const reposRoot = realpathSync(config.reposDir)
-  const store = deps.store ?? openSqliteStore(config.authDb)
+  const store = deps.store ?? await openStore(config, {
+    onEvent: (event, detail) => (event === 'lost' ? app.log.warn({ detail }, 'auth store: lost the connection that listens for changes; reconnecting') : app.log.info('auth store: listening for changes')),
+  })
   if (!deps.store) app.addHook('onClose', async () => store.close())
   await app.register(authPlugin, {
     store,
@@ -135,7 +137,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     app.addHook('onClose', () => pool.stop())
     repoRoutes.push(hgRoute({ config, pool, admission, recovery: new JournalRecovery(config, app.log), refused: () => metrics?.refused('no_hg_child', 'none') }))
   }
-  const health = new HealthChecker(config, git, app.hgPool, canary, admission)
+  const health = new HealthChecker(config, git, app.hgPool, canary, admission, store)
   await health.start()
   app.decorate('health', health)
   app.addHook('onClose', async () => health.stop())

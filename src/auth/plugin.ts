@@ -130,7 +130,8 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     if (token.expiresAt !== null && token.expiresAt * 1000 <= Date.now()) return undefined
     // With Basic, the token must belong to the user named (git sends user + token as password).
     if (creds.scheme === 'basic' && creds.username !== token.userName) return undefined
-    await store.touchToken(token.id) // for `token list`; written at most hourly
+    // for `token list`, written at most hourly; a store that cannot take it costs the request nothing
+    store.touchToken(token.id).catch((err: unknown) => app.log.debug({ err }, 'could not note a token\'s use'))
     return { id: token.userId, name: token.userName, via: 'token', expiresAt: token.expiresAt === null ? undefined : token.expiresAt * 1000 }
   }
 

@@ -5,8 +5,8 @@
  * another connection commits (sqlite.org/pragma.html#pragma_data_version).
  */
 import Database from 'better-sqlite3'
-import type { AuthStore, GrantRecord, Level, Protection, RepoRecord, TokenRecord, UserRecord } from './store.js'
-import { StoreConflictError, StoreNotFoundError } from './store.js'
+import type { AuthStore, GrantRecord, Level, Protection, RepoRecord, StoreDump, TokenRecord, UserRecord } from './store.js'
+import { SchemaTooNewError, StoreConflictError, StoreNotFoundError } from './store.js'
 
 /** How stale a cached credential may be after another process changed the store. */
 export const CHANGE_CHECK_MS = 50
@@ -193,6 +193,38 @@ export function openSqliteStore(file: string): AuthStore {
       return db.prepare<[], { name: string; kind: 'git' | 'hg'; public: number }>('SELECT name, kind, public FROM repos ORDER BY name').all()
         .map((r) => ({ name: r.name, kind: r.kind, public: r.public === 1 }))
     },
+    async ping() {
+      return `SQLite schema version ${db.pragma('user_version', { simple: true }) as number}`
+    },
+    async dump(): Promise<StoreDump> {
+      type Row = Record<string, unknown>
+      const all = (sql: string): Row[] => db.prepare<[], Row>(sql).all()
+      return {
+        users: all('SELECT id, name, password, created_at AS createdAt FROM users ORDER BY id') as StoreDump['users'],
+        tokens: all('SELECT id, user_id AS userId, hash, expires_at AS expiresAt, revoked_at AS revokedAt, created_at AS createdAt, last_used_at AS lastUsedAt FROM tokens ORDER BY id') as StoreDump['tokens'],
+        repos: all('SELECT name, kind, public FROM repos ORDER BY name').map((r) => ({ ...r, public: r.public === 1 })) as StoreDump['repos'],
+        grants: all('SELECT user_id AS userId, repo, level FROM grants ORDER BY user_id, repo') as StoreDump['grants'],
+        protections: all('SELECT repo, pattern, users FROM protections ORDER BY repo, pattern') as StoreDump['protections'],
+      }
+    },
+    async restore(dump) {
+      wroteHere = true
+      db.transaction(() => {
+        const n = db.prepare('SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM tokens) + (SELECT COUNT(*) FROM repos) + (SELECT COUNT(*) FROM grants) + (SELECT COUNT(*) FROM protections)').pluck().get() as number
+        if (n > 0) throw new StoreConflictError('the target store is not empty')
+        const ins = (sql: string) => db.prepare(sql)
+        const user = ins('INSERT INTO users (id, name, password, created_at) VALUES (@id, @name, @password, @createdAt)')
+        const token = ins('INSERT INTO tokens (id, user_id, hash, expires_at, revoked_at, created_at, last_used_at) VALUES (@id, @userId, @hash, @expiresAt, @revokedAt, @createdAt, @lastUsedAt)')
+        const repo = ins('INSERT INTO repos (name, kind, public) VALUES (@name, @kind, @public)')
+        const grant = ins('INSERT INTO grants (user_id, repo, level) VALUES (@userId, @repo, @level)')
+        const protection = ins('INSERT INTO protections (repo, pattern, users) VALUES (@repo, @pattern, @users)')
+        for (const u of dump.users) user.run(u)
+        for (const t of dump.tokens) token.run(t)
+        for (const r of dump.repos) repo.run({ ...r, public: r.public ? 1 : 0 })
+        for (const g of dump.grants) grant.run(g)
+        for (const p of dump.protections) protection.run(p)
+      }).immediate()
+    },
     close() {
       db.close()
     },
@@ -201,7 +233,7 @@ export function openSqliteStore(file: string): AuthStore {
 
 function migrate(db: Database.Database): void {
   const current = db.pragma('user_version', { simple: true }) as number
-  if (current > MIGRATIONS.length) throw new Error(`auth store schema version ${current} is newer than this worker (${MIGRATIONS.length})`)
+  if (current > MIGRATIONS.length) throw new SchemaTooNewError(current, MIGRATIONS.length)
   for (let v = current; v < MIGRATIONS.length; v++) {
     db.transaction(() => {
       db.exec(MIGRATIONS[v]!)

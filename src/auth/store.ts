@@ -1,8 +1,9 @@
 /**
  * The credential and permission store behind an interface: SQLite (sqlite-store.ts) is the
- * embedded default; a PostgreSQL store for pools that span machines implements the same.
- * Reads are on the request path; writes come from the CLI (another process).
+ * embedded default; PostgreSQL (pg-store.ts) for pools that span machines implements the same.
+ * Reads are on the request path; writes come from the CLI (another process) or another worker.
  */
+import { ServiceUnavailableError } from '../errors.js'
 
 export type Level = 'read' | 'write' | 'admin'
 export const LEVELS: readonly Level[] = ['read', 'write', 'admin']
@@ -91,7 +92,33 @@ export interface AuthStore {
   listGrants(filter: { user?: string; repo?: string }): Promise<GrantRecord[]>
   /** repos the store has a record of (visibility) */
   listRepos(): Promise<RepoRecord[]>
-  close(): void
+  /** a cheap round trip for the health check; what it found, or throws */
+  ping(): Promise<string>
+  /** everything, ids and hashes included (store copy) */
+  dump(): Promise<StoreDump>
+  /** writes a dump into this store, which must be empty (StoreConflictError otherwise); all or nothing */
+  restore(dump: StoreDump): Promise<void>
+  close(): void | Promise<void>
+}
+
+/** A whole store, as `store copy` moves it: rows as they are, secrets only as their hashes. */
+export interface StoreDump {
+  users: { id: number; name: string; password: string; createdAt: number }[]
+  tokens: { id: number; userId: number; hash: Buffer; expiresAt: number | null; revokedAt: number | null; createdAt: number; lastUsedAt: number | null }[]
+  repos: RepoRecord[]
+  grants: { userId: number; repo: string; level: Level }[]
+  protections: { repo: string; pattern: string; users: string }[]
+}
+
+/**
+ * The store cannot be reached (PostgreSQL down, a network cut): 503 with Retry-After, never a
+ * 401 or 404, so git credential helpers keep their passwords and repos do not seem to vanish.
+ * The client reads a fixed line; the cause is logged.
+ */
+export class StoreUnavailableError extends ServiceUnavailableError {
+  constructor(readonly detail: string) {
+    super('the account store is unreachable; try again in a few seconds', 5)
+  }
 }
 
 /** A store write that names something that isn't there (unknown user, token, grant). */
@@ -101,4 +128,11 @@ export class StoreNotFoundError extends Error {
 /** A store write that would duplicate something (user exists). */
 export class StoreConflictError extends Error {
   readonly code = 'VCS_STORE_CONFLICT'
+}
+
+/** The store's schema is newer than this worker knows: it refuses to start rather than guess. */
+export class SchemaTooNewError extends Error {
+  constructor(found: number, known: number) {
+    super(`auth store schema version ${found} is newer than this worker (${known}); upgrade the worker`)
+  }
 }

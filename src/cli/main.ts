@@ -10,7 +10,8 @@ import { loadConfig, flagSpec, type Config } from '../config/load.js'
 import { ConfigError } from '../errors.js'
 import { createLogger } from '../log.js'
 import { createGitRunner } from '../git/spawn.js'
-import { openSqliteStore } from '../auth/sqlite-store.js'
+import { openStore } from '../auth/open.js'
+import { storeCopy } from './store-copy.js'
 import { runAdmin, UsageError, type AdminContext } from './admin.js'
 import { checkPoolSpec, defaultPool, haproxyConfig, loadPoolSpec } from '../../tools/pool/haproxy-config.js'
 
@@ -32,7 +33,9 @@ const USAGE = `usage:
   vcs-worker haproxy-config [--pool FILE.json] [--workers N]   (the default pool of \`npm run pool\` without --pool)
   vcs-worker protect PATH REF-PATTERN [--users a,b]
   vcs-worker unprotect PATH REF-PATTERN
-every command takes --data DIR and --repos DIR (or --config FILE) to find the store and repos`
+  vcs-worker store copy --from FILE|URL --to URL|FILE   (SQLite to PostgreSQL or back, into an empty store)
+every command takes --data DIR and --repos DIR (or --config FILE) to find the store and repos,
+and --auth-store sqlite|postgres://... for the accounts (default: DATA/auth.sqlite)`
 
 function parse(argv: string[]) {
   const options = {
@@ -41,6 +44,7 @@ function parse(argv: string[]) {
     expires: { type: 'string' as const }, users: { type: 'string' as const }, help: { type: 'boolean' as const },
     pool: { type: 'string' as const }, workers: { type: 'string' as const },
     json: { type: 'boolean' as const }, user: { type: 'string' as const }, repo: { type: 'string' as const },
+    from: { type: 'string' as const }, to: { type: 'string' as const },
   }
   try {
     return parseArgs({ args: argv, options, allowPositionals: true, strict: true })
@@ -133,13 +137,16 @@ async function main(argv: string[]): Promise<number> {
       if (args.length) throw new UsageError(`serve takes no arguments, got ${args.join(' ')}`)
       await serve(config, (values as Record<string, unknown>).repos !== undefined || process.env.VCS_WORKER_REPOS !== undefined)
       return -1 // keeps running
+    case 'store':
+      await storeCopy(args, values as { from?: string; to?: string }, config, (line) => process.stdout.write(`${line}\n`))
+      return 0
     default: {
       prepareDirs(config, (values as Record<string, unknown>).repos !== undefined)
-      const store = openSqliteStore(config.authDb)
+      const store = await openStore(config)
       try {
         await runAdmin(command, args, { config, store, flags: values as AdminContext['flags'], out: (line) => process.stdout.write(`${line}\n`) })
       } finally {
-        store.close()
+        await store.close()
       }
       return 0
     }

@@ -1,8 +1,8 @@
 /**
  * Validation against a JSON Schema (ajv, the validator fastify itself uses), with every problem
  * told in one line that names its key: the worker's config and the pool file both go through
- * here. Schemas may carry `expected` (what a `pattern` stands for, in words) and `flag` (the
- * command-line name of a setting) beside the standard keywords.
+ * here. Schemas may carry `expected` (what a `pattern` stands for, in words), `flag` (the
+ * command-line name of a setting) and `secret` (never repeat the value) beside the standard keywords.
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
 import type { TSchema } from '@sinclair/typebox'
@@ -10,6 +10,7 @@ import type { TSchema } from '@sinclair/typebox'
 const ajv = new Ajv({ allErrors: true, strict: true, verbose: true })
 ajv.addKeyword({ keyword: 'flag', schemaType: 'string' })
 ajv.addKeyword({ keyword: 'expected', schemaType: 'string' })
+ajv.addKeyword({ keyword: 'secret', schemaType: 'boolean' })
 
 const compiled = new WeakMap<TSchema, ValidateFunction>()
 
@@ -37,8 +38,9 @@ function keyOf(instancePath: string): string {
 
 function describe(e: ErrorObject, what: string, where?: string): string {
   const key = keyOf(e.instancePath)
-  const got = JSON.stringify(e.data)
-  const schema = (e.parentSchema ?? {}) as { minimum?: number; maximum?: number; expected?: string; type?: string; items?: { type?: string } }
+  const schema = (e.parentSchema ?? {}) as { minimum?: number; maximum?: number; expected?: string; type?: string; items?: { type?: string }; secret?: boolean }
+  // a value that may hold a password (a database URL) is never repeated in a message
+  const got = schema.secret ? 'a value not shown (it may hold a password)' : JSON.stringify(e.data)
   switch (e.keyword) {
     case 'additionalProperties': {
       const extra = (e.params as { additionalProperty: string }).additionalProperty

@@ -61,6 +61,12 @@ export const SETTINGS = Type.Object({
     default: 'main', pattern: BRANCH_NAME.source, expected: 'a branch name (segments of A-Z a-z 0-9 . _ -)',
     description: 'the branch HEAD of a new git repo names (repo create); a push that creates the first branch of a repo whose HEAD names none moves HEAD to it',
   }),
+  authStore: Type.String({
+    default: 'sqlite', pattern: '^(sqlite|postgres(ql)?://[^\\x00\\s]+)$', expected: 'sqlite or a postgres:// URL', secret: true,
+    description: 'where accounts, tokens, grants and repo visibility live: `sqlite` (DATA/auth.sqlite, one machine) or a PostgreSQL URL in libpq\'s form, e.g. `postgres://vcs@db.internal/vcs` or `postgres://vcs@localhost/vcs?host=/run/postgresql` (a socket directory); the password from the URL, authStorePasswordFile, PGPASSWORD or ~/.pgpass',
+  }),
+  authStorePasswordFile: text('', 'a file whose first line is the PostgreSQL password (keeps it off the command line and out of the config file)'),
+  authStorePoolSize: int(10, 'PostgreSQL connections each worker keeps at most (plus one that listens for changes)', { minimum: 1, maximum: 1000 }),
   metricsRepoLabel: bool(false, 'label request metrics with the repo (unbounded with many repos)'),
 }, { additionalProperties: false })
 

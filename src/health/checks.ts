@@ -11,8 +11,9 @@ import type { Config } from '../config/load.js'
 import type { GitRunner } from '../git/spawn.js'
 import type { HgServePool } from '../hg/serve-pool.js'
 import type { Admission } from '../admission/admission.js'
+import type { AuthStore } from '../auth/store.js'
 
-export type CheckName = 'repos_dir' | 'disk' | 'git_binary' | 'git_canary' | 'hg_children' | 'draining' | 'saturation'
+export type CheckName = 'repos_dir' | 'disk' | 'git_binary' | 'git_canary' | 'hg_children' | 'auth_store' | 'draining' | 'saturation'
 
 export interface CheckResult {
   status: 'ok' | 'fail'
@@ -32,7 +33,12 @@ interface CheckState {
 
 export const GIT_CHECKS: CheckName[] = ['repos_dir', 'disk', 'git_binary', 'git_canary', 'draining', 'saturation']
 export const HG_CHECKS: CheckName[] = ['repos_dir', 'disk', 'hg_children', 'draining', 'saturation']
-export const ALL_CHECKS: CheckName[] = [...new Set([...GIT_CHECKS, ...HG_CHECKS])]
+/**
+ * `/health/ready` adds the auth store. It is not in the git and hg sets: every worker of a pool
+ * shares one store, so taking workers out of rotation when it fails would remove them all and
+ * help no one; anonymous clones of public repos and cached credentials keep working.
+ */
+export const ALL_CHECKS: CheckName[] = [...new Set([...GIT_CHECKS, ...HG_CHECKS]), 'auth_store']
 
 /**
  * Everything an answer to a probe needs, as plain data: the endpoints, the agent and the probe
@@ -114,7 +120,7 @@ export class HealthChecker {
   /** called when a result may have changed: after each round of checks and at a drain */
   onChange: (() => void) | undefined
 
-  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgServePool | undefined, canaryDir: string, private readonly admission: Admission) {
+  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgServePool | undefined, canaryDir: string, private readonly admission: Admission, store: AuthStore) {
     const add = (name: CheckName, run: () => Promise<string>): void => {
       this.checks.set(name, { run, ok: false, failures: 0, lastRun: 0, durationMs: 0, message: 'not run yet' })
     }
@@ -144,6 +150,13 @@ export class HealthChecker {
       const ready = pool.readyCount()
       if (ready === 0) throw new Error(`0 of ${pool.children.length} hg serve children ready`)
       return `${ready} of ${pool.children.length} hg serve children ready`
+    })
+    add('auth_store', async () => {
+      try {
+        return await store.ping()
+      } catch (err) {
+        throw new Error((err as { detail?: string }).detail ?? (err as Error).message)
+      }
     })
   }
 

@@ -15,7 +15,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config/load.js'
 import { loggerOptions } from '../../src/log.js'
-import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import { openStore } from '../../src/auth/open.js'
 import { hashPassword } from '../../src/auth/password.js'
 import type { AuthStore, Level } from '../../src/auth/store.js'
 
@@ -76,10 +76,12 @@ export const FIXTURE_REPOS: [string, 'git' | 'hg'][] = [['demo.git', 'git'], ['t
  * Starts the app in-process on 127.0.0.1:0 with config flags on top of the defaults. The
  * fixture repos are public unless `opts.private`.
  */
-export async function startWorker(t: T, flags: Record<string, string | boolean> = {}, opts: { private?: boolean } = {}): Promise<Worker> {
-  const { dir, reposDir, dataDir } = await fixtureDir(t)
+export async function startWorker(t: T, flags: Record<string, string | boolean> = {}, opts: { private?: boolean; reposDir?: string } = {}): Promise<Worker> {
+  const { dir, reposDir: ownRepos, dataDir } = await fixtureDir(t)
+  const reposDir = opts.reposDir ?? ownRepos
   const config = loadConfig({ flags: { repos: reposDir, data: dataDir, port: '0', 'log-level': 'debug', 'hg-processes': '0', ...flags }, env: { PATH: process.env.PATH } })
-  const store = openSqliteStore(config.authDb)
+  // the store the config names (SQLite in the data dir, or a PostgreSQL URL from flags)
+  const store = await openStore(config)
   for (const [name, kind] of FIXTURE_REPOS) await store.setRepo(name, kind, !opts.private)
   let text = ''
   const sink = new Writable({ write(chunk, _e, cb) { text += chunk.toString(); cb() } })
@@ -88,7 +90,7 @@ export async function startWorker(t: T, flags: Record<string, string | boolean> 
   await app.listen({ host: '127.0.0.1', port: 0, backlog: 2048 })
   t.teardown(async () => {
     await app.close()
-    store.close()
+    await store.close()
   })
   const port = (app.server.address() as { port: number }).port
   return {

@@ -1,0 +1,144 @@
+import t from 'tap'
+import type * as Tap from 'tap'
+import pg from 'pg'
+import { openPgStore, PG_MIGRATIONS, redactUrl } from '../../src/auth/pg-store.js'
+import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import type { AuthStore } from '../../src/auth/store.js'
+import { StoreConflictError, StoreNotFoundError, StoreUnavailableError } from '../../src/auth/store.js'
+import { startPostgres, PG_PASSWORD } from '../helpers/postgres.js'
+import path from 'node:path'
+
+const server = await startPostgres(t)
+
+async function store(t: Tap.Test, url?: string): Promise<AuthStore> {
+  const s = await openPgStore({ url: url ?? server.url(await server.database()) })
+  t.teardown(() => s.close())
+  return s
+}
+
+t.test('four workers starting at once on an empty database: one migration, four stores', async (t) => {
+  const db = await server.database()
+  const stores = await Promise.all(Array.from({ length: 4 }, () => openPgStore({ url: server.url(db) })))
+  t.teardown(() => Promise.all(stores.map((s) => s.close())))
+  const rows = (await server.sql(db, 'SELECT version FROM vcs_worker_schema')).rows
+  t.same(rows, [{ version: PG_MIGRATIONS.length }], 'one schema row at the latest version')
+  await stores[0]!.addUser('ana', 'hash-a')
+  t.same((await stores[3]!.findUser('ana'))?.name, 'ana', 'all four use the same tables')
+  t.match(await stores[1]!.ping(), /PostgreSQL reachable, schema version 1, listening/)
+})
+
+t.test('a database whose schema is newer than the worker: refused, naming both versions', async (t) => {
+  const db = await server.database()
+  await (await openPgStore({ url: server.url(db) })).close()
+  await server.sql(db, 'UPDATE vcs_worker_schema SET version = 99')
+  await t.rejects(openPgStore({ url: server.url(db) }), { message: `auth store schema version 99 is newer than this worker (${PG_MIGRATIONS.length}); upgrade the worker` })
+})
+
+t.test('PostgreSQL killed in the middle of a migration: the next start completes it', async (t) => {
+  const db = await server.database()
+  // a migration under way: its transaction holds the lock and half the tables when the server dies
+  const client = new pg.Client({ connectionString: server.url(db) })
+  await client.connect()
+  client.on('error', () => {})
+  await client.query('BEGIN')
+  await client.query('CREATE TABLE vcs_worker_schema (version integer NOT NULL)')
+  await client.query('INSERT INTO vcs_worker_schema VALUES (0)')
+  await client.query(PG_MIGRATIONS[0]!.split(';')[0]!)
+  await server.kill()
+  await server.start()
+  await client.end().catch(() => {})
+  const s = await store(t, server.url(db))
+  t.same((await server.sql(db, 'SELECT version FROM vcs_worker_schema')).rows, [{ version: PG_MIGRATIONS.length }])
+  await s.addUser('bo', 'hash')
+  t.equal((await s.findUser('bo'))?.passwordHash, 'hash', 'the schema is whole')
+})
+
+t.test('the same answers as SQLite, names with quotes, backslashes, %, unicode and 10 KB included', async (t) => {
+  const names = ['o\'brien', 'back\\slash', '100%', 'ünï', 'x'.repeat(10_000), 'semi;colon -- DROP TABLE users']
+  const sqlite = openSqliteStore(path.join(t.testdir(), 'auth.sqlite'))
+  t.teardown(() => sqlite.close())
+  const pgStore = await store(t)
+  for (const s of [sqlite, pgStore]) {
+    for (const n of names) {
+      await s.addUser(n, `hash-${n}`)
+      await s.setRepo(`${n}/repo`, 'git', false)
+      await s.setGrant(n, `${n}/repo`, 'write')
+    }
+    await s.setProtection('o\'brien/repo', 'refs/heads/%', ['o\'brien', 'ünï'])
+    await s.addToken('ünï', Buffer.alloc(32, 7), null)
+  }
+  for (const [what, read] of [
+    ['users', (s: AuthStore) => s.listUsers().then((u) => u.map(({ createdAt: _, ...r }) => r))],
+    ['grants', (s: AuthStore) => s.listGrants({})],
+    ['repos', (s: AuthStore) => s.listRepos()],
+    ['protections', (s: AuthStore) => s.protections('o\'brien/repo')],
+    ['a user', (s: AuthStore) => s.findUser('back\\slash').then((u) => u?.passwordHash)],
+    ['a grant', async (s: AuthStore) => s.findGrant((await s.findUser('100%'))!.id, '100%/repo')],
+    ['a token', (s: AuthStore) => s.findToken(Buffer.alloc(32, 7)).then((tk) => tk?.userName)],
+  ] as const) {
+    t.same(await read(pgStore), await read(sqlite), `${what}: the same on both`)
+  }
+  t.equal(await pgStore.findUser('x'.repeat(9_999)), undefined, 'a near miss is a miss')
+  t.equal(await pgStore.findUser('NUL\0name'), undefined, 'NUL in a name is just a name no one has (PostgreSQL text cannot hold one)')
+  t.equal(await pgStore.authorizeRepo('a\0b'), undefined)
+  t.type(await (pgStore.addUser('o\'brien', 'h')).catch((e: unknown) => e), StoreConflictError)
+  t.type(await (pgStore.removeGrant('ünï', 'nothing')).catch((e: unknown) => e), StoreNotFoundError)
+  t.type(await (pgStore.revokeToken('nobody', 1)).catch((e: unknown) => e), StoreNotFoundError)
+})
+
+t.test('a wrong password, a missing database, a malformed URL: one line each, the password never in it', async (t) => {
+  const wrong = server.url('postgres', { password: 'not-the-password' })
+  const err = await openPgStore({ url: wrong }).catch((e: Error) => e)
+  t.match(err, { message: /password authentication failed for user "vcs"/ })
+  t.notMatch(String((err as Error).message), /not-the-password/)
+  t.match(await openPgStore({ url: server.url('no_such_db') }).catch((e: Error) => e.message), /database "no_such_db" does not exist/)
+  t.equal(redactUrl(server.url('x')).includes(PG_PASSWORD), false, 'redacted for messages')
+  t.match(redactUrl(server.url('x')), /^postgres:\/\/vcs:\*\*\*@localhost\/x\?host=/)
+})
+
+t.test('a change through one store is seen by another within a second (NOTIFY), whoever made it', async (t) => {
+  const db = await server.database()
+  const a = await store(t, server.url(db))
+  const b = await store(t, server.url(db))
+  await a.addUser('cy', 'h')
+  await a.setRepo('r', 'git', false)
+  t.equal(await b.authorizeRepo('r').then((r) => r?.public), false, 'b reads it (and caches it)')
+  b.changedSinceLastCheck()
+  await a.setRepo('r', 'git', true)
+  const t0 = Date.now()
+  while (!b.changedSinceLastCheck() && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10))
+  t.ok(Date.now() - t0 < 1000, `b told within 1 s (${Date.now() - t0} ms)`)
+  t.equal(await b.authorizeRepo('r').then((r) => r?.public), true, 'and its cache dropped')
+  // a DBA's own SQL fires the same trigger
+  await server.sql(db, 'UPDATE repos SET public = false WHERE name = $1', ['r'])
+  const t1 = Date.now()
+  while (!b.changedSinceLastCheck() && Date.now() - t1 < 5000) await new Promise((r) => setTimeout(r, 10))
+  t.equal(await b.authorizeRepo('r').then((r) => r?.public), false, 'psql changes are seen too')
+  // a token's last use is not a change anyone needs to hear about
+  const id = await a.addToken('cy', Buffer.alloc(32, 1), null)
+  await new Promise((r) => setTimeout(r, 200))
+  b.changedSinceLastCheck()
+  await a.touchToken(id)
+  await new Promise((r) => setTimeout(r, 300))
+  t.equal(b.changedSinceLastCheck(), false, 'touchToken notifies nobody')
+})
+
+t.test('server down: cached answers still given, the rest StoreUnavailableError; back up: served afresh', async (t) => {
+  const db = await server.database()
+  const s = await store(t, server.url(db))
+  await s.addUser('dee', 'h')
+  await s.setRepo('known', 'git', true)
+  t.equal((await s.authorizeRepo('known'))?.public, true)
+  await server.stop()
+  t.equal((await s.authorizeRepo('known'))?.public, true, 'a cached read answers during the outage')
+  t.type(await (s.authorizeRepo('never-read')).catch((e: unknown) => e), StoreUnavailableError, 'an uncached one is unavailable, not missing')
+  t.type(await (s.findUser('dee-not-cached')).catch((e: unknown) => e), StoreUnavailableError)
+  t.type(await (s.ping()).catch((e: unknown) => e), StoreUnavailableError, 'the health check fails')
+  await server.start()
+  const t0 = Date.now()
+  let pong = ''
+  while (!pong && Date.now() - t0 < 10_000) pong = await s.ping().catch(() => '')
+  t.ok(Date.now() - t0 < 5000, `listening again ${Date.now() - t0} ms after the restart`)
+  t.equal(s.changedSinceLastCheck(), true, 'after the reconnect, caches are dropped (notifications were lost)')
+  t.equal(await s.authorizeRepo('never-read'), undefined, 'served afresh')
+})

@@ -1,0 +1,141 @@
+/**
+ * Workers on PostgreSQL (#14): two "hosts" (workers with data dirs of their own) sharing one
+ * repos dir and one PostgreSQL server started here; the CLI against the same URL; store copy;
+ * a change seen by every worker; an outage that is never a wrong password.
+ */
+import t from 'tap'
+import type * as Tap from 'tap'
+import { mkdir, writeFile } from 'node:fs/promises'
+import path from 'node:path'
+import { CLI, fixtureDir, gitClient, rawRequest, run, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
+import { startPostgres, PG_PASSWORD } from '../helpers/postgres.js'
+import { hashPassword } from '../../src/auth/password.js'
+import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import { openPgStore } from '../../src/auth/pg-store.js'
+
+const server = await startPostgres(t)
+
+/** `vcs-worker ARGS --auth-store URL` with the data and repos dirs of `w` */
+function cli(w: { config: { dataDir: string }; reposDir: string }, url: string, args: string[], input?: string) {
+  return run(process.execPath, [CLI, ...args, '--auth-store', url, '--data', w.config.dataDir, '--repos', w.reposDir], { input })
+}
+
+const v2 = { 'git-protocol': 'version=2' }
+const basic = (user: string, secret: string): Record<string, string> => ({ authorization: `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}`, ...v2 })
+const infoRefs = (w: Worker, headers: Record<string, string>) => rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack', headers).then((r) => r.status)
+
+/** Two workers with their own data dirs, one repos dir, one database. */
+async function twoHosts(t: Tap.Test, flags: Record<string, string> = {}) {
+  const url = server.url(await server.database())
+  const a = await startWorker(t, { 'auth-store': url, ...flags }, { private: true })
+  const b = await startWorker(t, { 'auth-store': url, ...flags }, { private: true, reposDir: a.reposDir })
+  return { url, a, b }
+}
+
+t.test('the CLI against the URL; a clone from one host and a push from the other; a revocation seen by both', async (t) => {
+  const { url, a, b } = await twoHosts(t, { 'auth-cache-ttl-ms': '600000' })
+  let r = await cli(a, url, ['user', 'add', 'ann'], 'ann-password\n')
+  t.equal(r.code, 0, r.stderr)
+  r = await cli(a, url, ['grant', 'ann', 'demo.git', 'write'])
+  t.equal(r.code, 0, r.stderr)
+  r = await cli(a, url, ['token', 'create', 'ann'])
+  t.equal(r.code, 0, r.stderr)
+  const token = /vcsw_\S+/.exec(r.stdout)![0]
+  const id = /id (\d+)/.exec(r.stdout)?.[1] ?? '1'
+  t.same(JSON.parse((await cli(a, url, ['user', 'list', '--json'])).stdout).map((u: { name: string }) => u.name), ['ann'], 'user list reads PostgreSQL')
+
+  const git = gitClient(a.dir)
+  r = await git(['clone', `${a.urlAs('ann', 'ann-password')}/demo.git`, 'work'])
+  t.equal(r.code, 0, `cloned from host a: ${r.stderr}`)
+  const work = path.join(a.dir, 'work')
+  await writeFile(path.join(work, 'from-a.txt'), 'a\n')
+  await git(['add', '.'], work)
+  await git(['commit', '-m', 'pushed through b'], work)
+  r = await git(['push', `${b.urlAs('ann', token)}/demo.git`, 'HEAD:refs/heads/via-b'], work)
+  t.equal(r.code, 0, `pushed to host b with a token: ${r.stderr}`)
+  r = await git(['ls-remote', `${a.urlAs('ann', 'ann-password')}/demo.git`, 'refs/heads/via-b'])
+  t.match(r.stdout, /refs\/heads\/via-b/, 'host a sees the ref host b wrote (one repos dir)')
+
+  // both workers have the token cached for ten minutes; the revocation must beat that
+  t.same([await infoRefs(a, basic('ann', token)), await infoRefs(b, basic('ann', token))], [200, 200])
+  const t0 = Date.now()
+  r = await cli(a, url, ['token', 'revoke', 'ann', id])
+  t.equal(r.code, 0, r.stderr)
+  await waitFor(async () => (await infoRefs(a, basic('ann', token))) === 401 && (await infoRefs(b, basic('ann', token))) === 401, 5000, 'the revoked token refused by both workers')
+  t.comment(`revocation seen by both workers after ${Date.now() - t0} ms (the credential cache lives 600 s)`)
+
+  // a grant removed through the store of one worker is seen by the other
+  await a.store.removeGrant('ann', 'demo.git')
+  await waitFor(async () => (await infoRefs(b, basic('ann', 'ann-password'))) === 404, 5000, 'b refusing the removed grant')
+  t.pass('a grant removed on host a is refused on host b')
+})
+
+t.test('PostgreSQL down: no 401 and no 404 because of it, 503 with Retry-After for what no cache answers; back up, served again', async (t) => {
+  const db = await server.database()
+  const w = await startWorker(t, { 'auth-store': server.url(db), 'health-interval-ms': '200' }, { private: true })
+  const hash = await hashPassword('bea-password', TEST_SCRYPT)
+  await w.store.addUser('bea', hash)
+  await w.store.addUser('cal', hash)
+  await w.store.setGrant('bea', 'demo.git', 'write')
+  await w.store.setGrant('cal', 'demo.git', 'write')
+  const git = gitClient(w.dir)
+  let r = await git(['clone', `${w.urlAs('bea', 'bea-password')}/demo.git`, 'bea'])
+  t.equal(r.code, 0, r.stderr)
+  const work = path.join(w.dir, 'bea')
+  const before = w.logs().length
+
+  // a loop of clones and pushes by bea (known to the worker) and requests by cal (never seen)
+  let stop = false
+  const pushed: string[] = []
+  const outcomes: string[] = []
+  const loop = (async () => {
+    for (let i = 0; !stop && i < 400; i++) {
+      await writeFile(path.join(work, `f${i}.txt`), `${i}\n`)
+      await git(['add', '.'], work)
+      await git(['commit', '-q', '-m', `c${i}`], work)
+      const p = await git(['push', 'origin', 'HEAD:refs/heads/main'], work)
+      if (p.code === 0) pushed.push((await git(['rev-parse', 'HEAD'], work)).stdout.trim())
+      else await git(['reset', '-q', '--hard', 'HEAD~1'], work)
+      outcomes.push(`push:${p.code}`)
+      const c = await git(['ls-remote', `${w.urlAs('cal', 'bea-password')}/demo.git`])
+      outcomes.push(`cal:${c.code}`)
+    }
+  })()
+  await waitFor(() => outcomes.length >= 4, 30_000, 'the loop running')
+  await server.stop()
+  const down = outcomes.length
+  await waitFor(() => outcomes.length >= down + 6, 60_000, 'requests during the outage')
+  // dan was never seen: nothing cached can answer for him
+  const dan = await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack', basic('dan', 'dan-password'))
+  const danClone = await git(['ls-remote', `${w.urlAs('dan', 'dan-password')}/demo.git`])
+  let ready = await rawRequest(w.port, 'GET', '/health/ready')
+  await waitFor(async () => (ready = await rawRequest(w.port, 'GET', '/health/ready')).status === 503, 10_000, '/health/ready to turn red')
+  const gitHealth = await rawRequest(w.port, 'GET', '/health/git')
+  await server.start()
+  const upAt = Date.now()
+  await waitFor(() => outcomes.slice(-2).every((o) => o.endsWith(':0')) && outcomes.length > down + 8, 30_000, 'both clients served again')
+  const recovered = Date.now() - upAt
+  stop = true
+  await loop
+
+  const during = w.logs().slice(before)
+  const statuses = during.filter((l) => l.msg === 'request').map((l) => l.status as number)
+  // a 401 to a request without credentials is git's first try (it sends them when challenged)
+  t.same(during.filter((l) => l.msg === 'authentication failed'), [], 'no credential was refused: no 401 because of the outage')
+  t.notOk(statuses.includes(404), 'no 404 either')
+  t.same([...new Set(statuses)].filter((s) => ![200, 401, 503].includes(s)), [], 'only successes, challenges and 503s')
+  t.same([dan.status, dan.headers['retry-after'], dan.body.toString()], [503, '5', 'the account store is unreachable; try again in a few seconds\n'], 'a user never seen gets 503, Retry-After and a line saying why')
+  t.match(danClone.stderr, /503/, 'git shows the 503')
+  await w.store.addUser('dan', await hashPassword('dan-password', TEST_SCRYPT))
+  await w.store.setGrant('dan', 'demo.git', 'read')
+  t.equal((await git(['ls-remote', `${w.urlAs('dan', 'dan-password')}/demo.git`])).code, 0, 'and is served once the store is back')
+  t.ok(outcomes.slice(down).some((o) => o === 'push:0'), 'the known client kept pushing from the caches')
+  t.comment(`served again ${recovered} ms after PostgreSQL came back; outcomes ${outcomes.join(' ')}`)
+  t.ok(recovered < 15_000, 'service resumed without a restart')
+  t.equal(ready.status, 503, '/health/ready is red while the store is down')
+  t.same(JSON.parse(ready.body.toString()).failing.filter((c: string) => c !== 'hg_children'), ['auth_store'], 'naming the auth store (hg is off here)')
+  t.equal(gitHealth.status, 200, '/health/git stays green: the balancer keeps the worker')
+  // no acknowledged push is lost
+  const heads = (await git(['ls-remote', `${w.urlAs('bea', 'bea-password')}/demo.git`, 'refs/heads/main'])).stdout
+  t.match(heads, pushed.at(-1)!, 'the last acknowledged push is the branch head')
+})
