@@ -15,6 +15,7 @@
  *   (503): an outage is never a wrong password or a missing repo.
  */
 import pg from 'pg'
+import { parseIntoClientConfig } from 'pg-connection-string'
 import { readFileSync } from 'node:fs'
 import { LRUCache } from 'lru-cache'
 import type { AuthStore, GrantRecord, Level, Protection, RepoRecord, StoreDump, TokenRecord, UserRecord } from './store.js'
@@ -116,8 +117,10 @@ function unavailable(err: unknown): StoreUnavailableError {
 export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
   const timeoutMs = opts.timeoutMs ?? 5000
   const password = opts.passwordFile ? readFileSync(opts.passwordFile, 'utf8').split('\n')[0] : undefined
+  // parsed here, not passed as connectionString: pg would let the URL's (absent) password
+  // override the one from the file
   const clientConfig: pg.ClientConfig = {
-    connectionString: opts.url,
+    ...parseIntoClientConfig(opts.url),
     ...(password !== undefined ? { password } : {}),
     connectionTimeoutMillis: timeoutMs,
     query_timeout: timeoutMs,

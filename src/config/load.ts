@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
+import { parseIntoClientConfig } from 'pg-connection-string'
 import { ConfigError } from '../errors.js'
 import { schemaProblems } from './check.js'
 import { defaultSettings, envOf, flagOf, kindOf, SETTING_KEYS, SETTINGS, type Settings } from './schema.js'
@@ -54,6 +55,7 @@ export function loadConfig(src: Source): Config {
     if (fromFlag !== undefined) raw[key] = coerce(key, fromFlag, `--${flagOf(key)}`, problems) ?? raw[key]
   }
   problems.push(...schemaProblems(SETTINGS, raw, 'configuration', typeof configFile === 'string' ? configFile : undefined))
+  if (!problems.length) problems.push(...storeUrlProblems(raw.authStore as string))
   if (problems.length) throw new ConfigError(problems)
   const settings = raw as Settings
   const cwd = src.cwd ?? process.cwd()
@@ -72,6 +74,18 @@ export function loadConfig(src: Source): Config {
     authDb: path.join(dataDir, 'auth.sqlite'),
     hooksDir: path.join(dataDir, 'hooks'),
   })
+}
+
+/** A PostgreSQL URL that will not parse: told without repeating it (it may hold a password). */
+function storeUrlProblems(value: string): string[] {
+  if (value === 'sqlite') return []
+  try {
+    parseIntoClientConfig(value)
+    new URL(value) // eslint-disable-line no-new
+    return []
+  } catch (err) {
+    return [`authStore: not a valid PostgreSQL URL (${(err as Error).message.replace(value, '...').split('\n')[0]}); the form is postgres://USER@HOST[:PORT]/DATABASE[?host=/socket/dir]`]
+  }
 }
 
 function readConfigFile(file: string, problems: string[]): Record<string, unknown> {

@@ -5,7 +5,7 @@
  */
 import t from 'tap'
 import type * as Tap from 'tap'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { CLI, fixtureDir, gitClient, rawRequest, run, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
 import { startPostgres, PG_PASSWORD } from '../helpers/postgres.js'
@@ -138,4 +138,87 @@ t.test('PostgreSQL down: no 401 and no 404 because of it, 503 with Retry-After f
   // no acknowledged push is lost
   const heads = (await git(['ls-remote', `${w.urlAs('bea', 'bea-password')}/demo.git`, 'refs/heads/main'])).stdout
   t.match(heads, pushed.at(-1)!, 'the last acknowledged push is the branch head')
+})
+
+t.test('store copy moves a SQLite store whole: the same passwords, tokens, grants, repos and protections work on PostgreSQL', async (t) => {
+  const { dir, reposDir, dataDir } = await fixtureDir(t)
+  const here = { config: { dataDir }, reposDir }
+  const sqliteFile = path.join(dataDir, 'auth.sqlite')
+  const run0 = (args: string[], input?: string) => run(process.execPath, [CLI, ...args, '--data', dataDir, '--repos', reposDir], { input })
+  t.equal((await run0(['user', 'add', 'o\'neil'], 'oneil-password\n')).code, 0)
+  t.equal((await run0(['user', 'add', 'zoë'], 'zoe-password\n')).code, 0)
+  t.equal((await run0(['grant', 'o\'neil', 'demo.git', 'write'])).code, 0)
+  t.equal((await run0(['repo', 'visibility', 'demo.git', 'private'])).code, 0)
+  t.equal((await run0(['protect', 'demo.git', 'refs/heads/main', '--users', 'zoë'])).code, 0)
+  const made = await run0(['token', 'create', 'o\'neil', '--expires', '30d'])
+  const token = /vcsw_\S+/.exec(made.stdout)![0]
+  t.equal((await run0(['token', 'revoke', 'zoë', (/id (\d+)/.exec((await run0(['token', 'create', 'zoë'])).stdout) ?? [])[1] ?? '2'])).code, 0)
+
+  const url = server.url(await server.database())
+  let r = await run0(['store', 'copy', '--from', sqliteFile, '--to', url])
+  t.equal(r.code, 0, r.stderr)
+  t.equal(r.stdout, `copied 2 users, 2 tokens, 1 grants, 0 repos, 1 protections to ${url.replace(`:${PG_PASSWORD}@`, ':***@')}\n`.replace('0 repos', `${(await openSqliteStore(sqliteFile).listRepos()).length} repos`))
+  t.notMatch(r.stdout + r.stderr, PG_PASSWORD, 'the password is never printed')
+
+  const sqlite = openSqliteStore(sqliteFile)
+  const pgStore = await openPgStore({ url })
+  t.teardown(async () => { sqlite.close(); await pgStore.close() })
+  t.same(await pgStore.dump(), await sqlite.dump(), 'every row, ids and hashes included, the same')
+
+  // into a store that is not empty: refused, nothing written
+  r = await run0(['store', 'copy', '--from', sqliteFile, '--to', url])
+  t.same([r.code, r.stderr], [1, `vcs-worker: ${url.replace(`:${PG_PASSWORD}@`, ':***@')} is not empty: store copy writes only into an empty store; nothing was copied\n`])
+  t.same(await pgStore.dump(), await sqlite.dump(), 'unchanged')
+  r = await run0(['store', 'copy', '--from', path.join(dir, 'nope.sqlite'), '--to', url])
+  t.same([r.code, r.stderr], [1, `vcs-worker: ${path.join(dir, 'nope.sqlite')}: no such SQLite store\n`])
+  r = await run0(['store', 'copy', '--from', sqliteFile])
+  t.equal(r.code, 2, 'usage')
+
+  // a worker on PostgreSQL takes the copied password and token
+  const w = await startWorker(t, { 'auth-store': url })
+  t.equal(await infoRefs(w, basic('o\'neil', 'oneil-password')), 200, 'the copied password')
+  t.equal(await infoRefs(w, basic('o\'neil', token)), 200, 'the copied token')
+  t.equal((await cli(here, url, ['token', 'list', 'zoë'])).stdout.includes('revoked'), true, 'the revoked token stays revoked')
+})
+
+t.test('bad input: a malformed URL, a wrong password, a missing database, an unreachable server, odd names', async (t) => {
+  const { reposDir, dataDir } = await fixtureDir(t)
+  const here = { config: { dataDir }, reposDir }
+  let r = await cli(here, 'postgres://vcs:secret-pw@[::1/x', ['user', 'list'])
+  t.same([r.code, r.stderr.split('\n').length], [2, 2], 'one line, exit 2')
+  t.notMatch(r.stderr, /secret-pw/, 'the password is not repeated')
+  r = await cli(here, 'mysql://vcs@localhost/x', ['user', 'list'])
+  t.same([r.code, r.stderr], [2, 'vcs-worker: bad configuration: authStore: expected sqlite or a postgres:// URL, got a value not shown (it may hold a password)\n'])
+  r = await cli(here, server.url('postgres', { password: 'wrong-pw' }), ['user', 'list'])
+  t.equal(r.code, 1)
+  t.match(r.stderr, /^vcs-worker: auth store postgres:\/\/vcs:\*\*\*@localhost\/postgres\?host=\S+: password authentication failed for user "vcs"\n$/)
+  r = await cli(here, server.url('no_such_db'), ['user', 'list'])
+  t.match(r.stderr, /^vcs-worker: auth store \S+: database "no_such_db" does not exist\n$/)
+  r = await cli(here, `postgres://vcs@localhost/x?host=${path.join(dataDir, 'no-socket-here')}`, ['user', 'list'])
+  t.equal(r.code, 1)
+  t.match(r.stderr, /^vcs-worker: auth store \S+: connect ENOENT \S+\n$/, 'unreachable: refused at once with one line')
+  // serve refuses too: a worker that cannot read accounts would answer every login wrongly
+  r = await run(process.execPath, [CLI, 'serve', '--port', '0', '--auth-store', `postgres://vcs@localhost/x?host=${path.join(dataDir, 'none')}`, '--data', dataDir, '--repos', reposDir, '--hg-processes', '0'])
+  t.same([r.code, r.stderr.trim().split('\n').length], [1, 1], `serve exits 1 with one line: ${r.stderr}`)
+
+  // the password from a file or PGPASSWORD, not the command line
+  const url = server.url(await server.database(), { password: false })
+  const pwFile = path.join(dataDir, 'pg-password')
+  await writeFile(pwFile, `${PG_PASSWORD}\n`, { mode: 0o600 })
+  r = await run(process.execPath, [CLI, 'user', 'add', 'filed', '--auth-store', url, '--auth-store-password-file', pwFile, '--data', dataDir, '--repos', reposDir], { input: 'filed-password\n' })
+  t.equal(r.code, 0, `password from a file: ${r.stderr}`)
+  r = await run(process.execPath, [CLI, 'user', 'list', '--auth-store', url, '--data', dataDir, '--repos', reposDir], { env: { PATH: process.env.PATH, PGPASSWORD: PG_PASSWORD } })
+  t.same([r.code, r.stdout.includes('filed')], [0, true], `password from PGPASSWORD: ${r.stderr}`)
+
+  // names that are SQL to a careless query: the same one-line answers as on SQLite
+  for (const name of ['x\'); DROP TABLE users; --', 'semi;colon', '100%', 'a"b']) {
+    r = await run(process.execPath, [CLI, 'user', 'add', name, '--auth-store', url, '--auth-store-password-file', pwFile, '--data', dataDir, '--repos', reposDir], { input: 'long-enough\n' })
+    t.equal(r.code, 0, `${name}: ${r.stderr}`)
+  }
+  r = await run(process.execPath, [CLI, 'user', 'add', 'x'.repeat(10_000), '--auth-store', url, '--auth-store-password-file', pwFile, '--data', dataDir, '--repos', reposDir], { input: 'long-enough\n' })
+  t.same([r.code, r.stderr.split('\n')[0]], [2, 'vcs-worker: bad user name: 1-64 characters, no spaces at the ends, no control characters, no : / \\'])
+  r = await run(process.execPath, [CLI, 'user', 'add', 'nul\0name', '--auth-store', url, '--auth-store-password-file', pwFile, '--data', dataDir, '--repos', reposDir], { input: 'long-enough\n' }).catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }))
+  t.not(r.code, 0, 'a NUL cannot even be passed as an argument')
+  const names = JSON.parse((await run(process.execPath, [CLI, 'user', 'list', '--json', '--auth-store', url, '--auth-store-password-file', pwFile, '--data', dataDir, '--repos', reposDir])).stdout).map((u: { name: string }) => u.name)
+  t.same(names.sort(), ['100%', 'a"b', 'semi;colon', 'filed', 'x\'); DROP TABLE users; --'].sort(), 'every name stored as given, the table intact')
 })
