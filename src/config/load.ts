@@ -81,7 +81,7 @@ function storeUrlProblems(value: string): string[] {
   if (value === 'sqlite') return []
   try {
     parseIntoClientConfig(value)
-    new URL(value) // eslint-disable-line no-new
+    new URL(value) // parseIntoClientConfig accepts some that URL does not
     return []
   } catch (err) {
     return [`authStore: not a valid PostgreSQL URL (${(err as Error).message.replace(value, '...').split('\n')[0]}); the form is postgres://USER@HOST[:PORT]/DATABASE[?host=/socket/dir]`]

@@ -79,7 +79,7 @@ t.test('PostgreSQL down: no 401 and no 404 because of it, 503 with Retry-After f
   await w.store.setGrant('bea', 'demo.git', 'write')
   await w.store.setGrant('cal', 'demo.git', 'write')
   const git = gitClient(w.dir)
-  let r = await git(['clone', `${w.urlAs('bea', 'bea-password')}/demo.git`, 'bea'])
+  const r = await git(['clone', `${w.urlAs('bea', 'bea-password')}/demo.git`, 'bea'])
   t.equal(r.code, 0, r.stderr)
   const work = path.join(w.dir, 'bea')
   const before = w.logs().length
