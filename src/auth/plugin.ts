@@ -14,7 +14,7 @@ import { parseAuthorization, type Credentials } from './credentials.js'
 import { dummyPasswordHash, DEFAULT_SCRYPT, PasswordQueueFullError, PasswordVerifier } from './password.js'
 import { hashToken, looksLikeToken } from './tokens.js'
 import { CredentialCache, type CachedIdentity } from './cache.js'
-import { LoginThrottle } from './throttle.js'
+import { localFailureCounter, type FailureCounter } from './throttle.js'
 import type { AuthStore, Level } from './store.js'
 import { protectionHook } from './protection.js'
 
@@ -115,8 +115,10 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
   const { store, realm } = opts
   const cache = new CredentialCache(opts.cacheTtlMs ?? 60_000)
   const windowMs = opts.throttleWindowMs ?? 5 * 60_000
-  const throttle = new LoginThrottle(opts.throttleLimit ?? 10, windowMs)
-  const addressThrottle = new LoginThrottle(opts.addressThrottleLimit ?? 50, windowMs)
+  // shared by the pool when the store can (PostgreSQL), else this worker's own
+  const counter = (name: string, limit: number): FailureCounter => store.failureCounter?.(name, limit, windowMs) ?? localFailureCounter(limit, windowMs)
+  const throttle = counter('user', opts.throttleLimit ?? 10)
+  const addressThrottle = counter('address', opts.addressThrottleLimit ?? 50)
   const verifier = new PasswordVerifier({ concurrency: 2, queueLimit: opts.passwordQueueLimit ?? 16 })
   const scryptParams = opts.scrypt ?? DEFAULT_SCRYPT
   const repoHooks: RepoHook[] = []
@@ -150,8 +152,8 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     const creds = parseAuthorization(req.headers.authorization)
     if (creds === undefined) return (req.identity = ANONYMOUS)
     if (creds === 'malformed') {
-      const wait = throttle.retryAfter(MALFORMED, req.ip)
-      throttle.fail(MALFORMED, req.ip)
+      const wait = await throttle.retryAfter(MALFORMED, req.ip)
+      await throttle.fail(MALFORMED, req.ip)
       if (wait > 0) throw throttled(wait)
       throw challenge('malformed Authorization header')
     }
@@ -163,7 +165,7 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     // throttled before the KDF runs: per user name and address, and per address across names.
     const isToken = creds.scheme === 'bearer' || looksLikeToken(creds.secret)
     if (!isToken) {
-      const wait = Math.max(throttle.retryAfter(passwordKey(creds.username), req.ip), addressThrottle.retryAfter('', req.ip))
+      const wait = Math.max(...(await Promise.all([throttle.retryAfter(passwordKey(creds.username), req.ip), addressThrottle.retryAfter('', req.ip)])))
       if (wait > 0) throw throttled(wait)
     }
     let identity: CachedIdentity | undefined
@@ -176,12 +178,11 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     if (!identity) {
       req.log.info({ ip: req.ip, scheme: creds.scheme }, 'authentication failed')
       if (isToken) {
-        const wait = throttle.retryAfter(TOKENS, req.ip)
-        throttle.fail(TOKENS, req.ip)
+        const wait = await throttle.retryAfter(TOKENS, req.ip)
+        await throttle.fail(TOKENS, req.ip)
         if (wait > 0) throw throttled(wait)
       } else {
-        throttle.fail(passwordKey((creds as { username: string }).username), req.ip)
-        addressThrottle.fail('', req.ip)
+        await Promise.all([throttle.fail(passwordKey((creds as { username: string }).username), req.ip), addressThrottle.fail('', req.ip)])
       }
       throw challenge('invalid credentials')
     }

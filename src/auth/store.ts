@@ -4,6 +4,7 @@
  * Reads are on the request path; writes come from the CLI (another process) or another worker.
  */
 import { ServiceUnavailableError } from '../errors.js'
+import type { FailureCounter } from './throttle.js'
 
 export type Level = 'read' | 'write' | 'admin'
 export const LEVELS: readonly Level[] = ['read', 'write', 'admin']
@@ -92,6 +93,8 @@ export interface AuthStore {
   listGrants(filter: { user?: string; repo?: string }): Promise<GrantRecord[]>
   /** repos the store has a record of (visibility) */
   listRepos(): Promise<RepoRecord[]>
+  /** failed-login counts shared by every worker using this store; absent: each worker counts alone */
+  failureCounter?(name: string, limit: number, windowMs: number): FailureCounter
   /** a cheap round trip for the health check; what it found, or throws */
   ping(): Promise<string>
   /** everything, ids and hashes included (store copy) */

@@ -2,12 +2,29 @@
  * Failed-login throttling keyed by username and client address together: an address alone
  * would lock out a whole CI farm behind one NAT, a username alone would let anyone lock out a
  * user. After `limit` failures inside `windowMs`, that pair gets 429 until the oldest failure
- * leaves the window. Successes are never slowed and never counted. Per worker process: a pool
- * of N workers allows up to N x limit attempts per window (README). The number of pairs is
+ * leaves the window. Successes are never slowed and never counted. This one counts in the
+ * worker's memory: with the SQLite store, a pool of N workers allows up to N x limit. The number of pairs is
  * bounded: full, the least recently failed pair goes (never the whole table, which would hand
- * an attacker a reset).
+ * an attacker a reset). A store shared by a pool (PostgreSQL) counts for the whole pool instead
+ * (pg-throttle.ts); both are a FailureCounter to the auth plugin.
  */
 import { LRUCache } from 'lru-cache'
+
+/** Failed logins of a key (a user name, or a kind of failure) from an address. */
+export interface FailureCounter {
+  /** seconds to wait when the pair is blocked, else 0 */
+  retryAfter(key: string, address: string): Promise<number>
+  fail(key: string, address: string): Promise<void>
+}
+
+/** A worker's own counter, as a FailureCounter. */
+export function localFailureCounter(limit: number, windowMs: number): FailureCounter {
+  const throttle = new LoginThrottle(limit, windowMs)
+  return {
+    retryAfter: async (key, address) => throttle.retryAfter(key, address),
+    fail: async (key, address) => throttle.fail(key, address),
+  }
+}
 
 export class LoginThrottle {
   private readonly failures: LRUCache<string, number[]>

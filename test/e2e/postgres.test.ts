@@ -7,7 +7,8 @@ import t from 'tap'
 import type * as Tap from 'tap'
 import { writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { CLI, fixtureDir, gitClient, rawRequest, run, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
+import { CLI, fixtureDir, gitClient, metric, rawRequest, run, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
+import { startTestPool, workerMetrics } from '../helpers/pool.js'
 import { startPostgres, PG_PASSWORD } from '../helpers/postgres.js'
 import { hashPassword } from '../../src/auth/password.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
@@ -221,4 +222,24 @@ t.test('bad input: a malformed URL, a wrong password, a missing database, an unr
   t.not(r.code, 0, 'a NUL cannot even be passed as an argument')
   const names = JSON.parse((await run(process.execPath, [CLI, 'user', 'list', '--json', '--auth-store', url, '--auth-store-password-file', pwFile, '--data', dataDir, '--repos', reposDir])).stdout).map((u: { name: string }) => u.name)
   t.same(names.sort(), ['100%', 'a"b', 'semi;colon', 'filed', 'x\'); DROP TABLE users; --'].sort(), 'every name stored as given, the table intact')
+})
+
+t.test('through HAProxy, two hosts on one database: failed logins counted for the pool, not per worker', async (t) => {
+  const url = server.url(await server.database())
+  const p = await startTestPool(t, { authStore: url, workerArgs: ['--login-failure-limit', '4', '--hg-processes', '0'] })
+  const port = Number(new URL(p.url).port)
+  const statuses: number[] = []
+  for (let i = 0; i < 12; i++) {
+    const r = await rawRequest(port, 'GET', '/demo.git/info/refs?service=git-upload-pack', basic('alice', `wrong-${i}`))
+    statuses.push(r.status)
+  }
+  t.same(statuses, [401, 401, 401, 401, 429, 429, 429, 429, 429, 429, 429, 429], 'the limit (4) for the whole pool')
+  const served = await Promise.all([0, 1].map(async (i) => metric(await workerMetrics(p, i), 'vcs_requests_total', { backend: 'git', code: '401' }) + metric(await workerMetrics(p, i), 'vcs_requests_total', { backend: 'git', code: '429' })))
+  t.ok(served.every((n) => n > 0), `both workers answered some of them (${served.join(' and ')})`)
+  // even the right password: the pair (alice, this address) is blocked for the window on every worker
+  const right = await Promise.all(Array.from({ length: 4 }, () => rawRequest(port, 'GET', '/demo.git/info/refs?service=git-upload-pack', basic('alice', 'alice-pw')).then((r) => r.status)))
+  t.same(right, [429, 429, 429, 429])
+  // another user is not affected, on either host
+  const bob = await Promise.all(Array.from({ length: 4 }, () => rawRequest(port, 'GET', '/demo.git/info/refs?service=git-upload-pack', v2).then((r) => r.status)))
+  t.same(bob, [200, 200, 200, 200], 'anonymous reads of the public repo pass')
 })

@@ -8,6 +8,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { fixtureDir, FIXTURE_REPOS, clientEnv, run, TEST_SCRYPT, type T } from './worker.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import { openPgStore } from '../../src/auth/pg-store.js'
 import { hashPassword } from '../../src/auth/password.js'
 import { Pool, freePort } from '../../tools/pool/launch.js'
 import type { PoolSpec } from '../../tools/pool/haproxy-config.js'
@@ -25,13 +26,18 @@ export interface TestPool {
   hg(args: string[], cwd?: string): ReturnType<typeof run>
 }
 
-export async function startTestPool(t: T, opts: { workers?: number; workerArgs?: string[]; argsOf?: (i: number) => string[]; balance?: PoolSpec['balance'] } = {}): Promise<TestPool> {
+/**
+ * `authStore`: a PostgreSQL URL, seeded there and given to every worker, each of which then gets
+ * a data dir of its own (DIR/host-N), as workers on separate hosts would: they share the repos
+ * dir and the database, nothing else.
+ */
+export async function startTestPool(t: T, opts: { workers?: number; workerArgs?: string[]; argsOf?: (i: number) => string[]; balance?: PoolSpec['balance']; authStore?: string } = {}): Promise<TestPool> {
   const { dir, reposDir, dataDir } = await fixtureDir(t)
-  const store = openSqliteStore(path.join(dataDir, 'auth.sqlite'))
+  const store = opts.authStore ? await openPgStore({ url: opts.authStore }) : openSqliteStore(path.join(dataDir, 'auth.sqlite'))
   for (const [name, kind] of FIXTURE_REPOS) await store.setRepo(name, kind, true)
   await store.addUser('alice', await hashPassword('alice-pw', TEST_SCRYPT))
   for (const repo of ['demo.git', 'demo-hg', 'team/project.git']) await store.setGrant('alice', repo, 'write')
-  store.close()
+  await store.close()
   const n = opts.workers ?? 2
   const port = async () => `127.0.0.1:${await freePort()}`
   // a unix socket path is limited to 108 bytes: the admin socket lives in a short temp dir
@@ -46,8 +52,8 @@ export async function startTestPool(t: T, opts: { workers?: number; workerArgs?:
   }
   const pool = await Pool.start({
     spec, reposDir, dataDir, runDir: path.join(dir, 'run'),
-    workerArgs: ['--hg-processes', '1', '--log-level', 'info', '--drain-grace-ms', '2000', ...(opts.workerArgs ?? [])],
-    argsOf: opts.argsOf,
+    workerArgs: ['--hg-processes', '1', '--log-level', 'info', '--drain-grace-ms', '2000', ...(opts.authStore ? ['--auth-store', opts.authStore] : []), ...(opts.workerArgs ?? [])],
+    argsOf: opts.authStore ? (i) => ['--data', path.join(dir, `host-${i + 1}`), ...(opts.argsOf?.(i) ?? [])] : opts.argsOf,
   })
   t.teardown(() => pool.stop())
   const url = `http://${spec.frontend}`
