@@ -22,6 +22,7 @@ import { gitRoutes } from './git/routes.js'
 import { installHookScripts, RefHookServer } from './git/ref-hooks.js'
 import authPlugin from './auth/plugin.js'
 import { openStore } from './auth/open.js'
+import { StaleRefLocks } from './git/ref-locks.js'
 import type { AuthStore } from './auth/store.js'
 import { registerDumbRoute, registerRepoRoutes, urlClassifier, type RepoRoute } from './http/routes.js'
 import { HgServePool } from './hg/serve-pool.js'
@@ -111,7 +112,12 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     passwordQueueLimit: config.passwordQueueLimit,
   })
   installHookScripts(config.hooksDir)
-  const refHooks = new RefHookServer((ctx) => app.vcsAuth.checkRefUpdates(ctx), config.tmpDir)
+  // before the ref hooks judge a push, locks a killed git left on its refs are cleared (git takes them after)
+  const staleLocks = new StaleRefLocks(config.refLockStaleMs, app.log)
+  const refHooks = new RefHookServer(async (ctx) => {
+    await staleLocks.clear(ctx.repo.dir, ctx.updates.map((u) => u.ref))
+    return app.vcsAuth.checkRefUpdates(ctx)
+  }, config.tmpDir)
   await refHooks.start()
   app.addHook('onClose', () => refHooks.stop())
 

@@ -56,6 +56,7 @@ export const SETTINGS = Type.Object({
   hgHandoff: bool(true, 'hand the client connection of a bundle download (getbundle) to the hg serve child, which streams the bundle to the client itself; false proxies every byte'),
   spawnHelper: bool(true, 'start git through a helper process, so its fork never blocks the worker\'s event loop; false makes the worker spawn git itself'),
   quarantineStaleMs: int(86_400_000, 'a push quarantine (objects/tmp_objdir-incoming-*) unchanged this long and held open by no process on this host is removed, swept before pushes', { minimum: 1000 }),
+  refLockStaleMs: int(600_000, 'a ref lock (refs/...lock, packed-refs.lock) older than this and open in no process on this host was left by a killed git: removed when a push updates that ref (git holds one for milliseconds; keep hosts\' clocks within this)', { minimum: 10_000 }),
   fsckObjects: bool(true, 'check every pushed object (git\'s receive.fsckObjects): a malformed commit, tree or tag is refused, with fsck\'s reason in git push'),
   defaultBranch: Type.String({
     default: 'main', pattern: BRANCH_NAME.source, expected: 'a branch name (segments of A-Z a-z 0-9 . _ -)',

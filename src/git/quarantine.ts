@@ -63,7 +63,7 @@ async function newestChange(dir: string): Promise<number> {
 }
 
 /** Every file open and every working directory of every process on this host that we may see. */
-async function pathsInUse(): Promise<string[]> {
+export async function pathsInUse(): Promise<string[]> {
   const paths: string[] = []
   for (const pid of await readdir('/proc').catch(() => [] as string[])) {
     if (!/^\d+$/.test(pid)) continue

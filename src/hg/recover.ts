@@ -6,8 +6,15 @@
  * worker runs `hg recover` (which takes hg's lock itself) once, logs it, and only then serves.
  * A push is acknowledged to the client only after hg committed it, so rolling back an
  * unfinished one never loses an acknowledged push.
+ *
+ * On shared storage the lock may name another host: hg writes `HOST/PIDNS:PID` (its lock
+ * prefix: the host name, and on Linux the pid namespace's inode in hex). A pid can only be
+ * checked in our own namespace on our own host; a lock from anywhere else is taken as live, as
+ * hg itself does, and the transaction left alone. Clearing a dead host's lock is an operator's
+ * act (docs/operating.md).
  */
-import { readlink, stat } from 'node:fs/promises'
+import { readFile, readlink, stat } from 'node:fs/promises'
+import os from 'node:os'
 import path from 'node:path'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config/load.js'
@@ -22,11 +29,22 @@ function alive(pid: number): boolean {
   }
 }
 
-/** True when hg's store lock (a symlink to "host:pid") names a live process. */
-async function lockHeld(storeDir: string): Promise<boolean> {
-  const target = await readlink(path.join(storeDir, 'lock')).catch(() => undefined)
+let prefix: Promise<string> | undefined
+/** hg's lock prefix for processes of this host and pid namespace (mercurial/lock.py, _getlockprefix) */
+export function lockPrefix(): Promise<string> {
+  prefix ??= stat('/proc/self/ns/pid').then((st) => `${os.hostname()}/${st.ino.toString(16)}`, () => os.hostname())
+  return prefix
+}
+
+/** True when hg's store lock (a symlink to "prefix:pid") may be held: a live process here, or anyone elsewhere. */
+export async function lockHeld(storeDir: string): Promise<boolean> {
+  const file = path.join(storeDir, 'lock')
+  // a symlink, or a plain file where the filesystem has no symlinks (hg falls back to one)
+  const target = await readlink(file).catch((err: NodeJS.ErrnoException) => (err.code === 'EINVAL' ? readFile(file, 'utf8').catch(() => undefined) : undefined))
   if (target === undefined) return false
-  const pid = Number(target.slice(target.lastIndexOf(':') + 1))
+  const colon = target.lastIndexOf(':')
+  if (target.slice(0, colon) !== (await lockPrefix())) return true // another host or namespace: cannot tell, so live
+  const pid = Number(target.slice(colon + 1))
   return Number.isInteger(pid) && pid > 0 ? alive(pid) : true
 }
 
