@@ -5,9 +5,11 @@
  */
 import t from 'tap'
 import type * as Tap from 'tap'
-import { writeFile } from 'node:fs/promises'
+import { rm, writeFile } from 'node:fs/promises'
+import { existsSync, readFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { CLI, fixtureDir, gitClient, metric, rawRequest, run, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
+import { CLI, fixtureDir, gitClient, metric, processesMatching, rawRequest, run, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
 import { startTestPool, workerMetrics } from '../helpers/pool.js'
 import { startPostgres, PG_PASSWORD } from '../helpers/postgres.js'
 import { hashPassword } from '../../src/auth/password.js'
@@ -242,4 +244,35 @@ t.test('through HAProxy, two hosts on one database: failed logins counted for th
   // another user is not affected, on either host
   const bob = await Promise.all(Array.from({ length: 4 }, () => rawRequest(port, 'GET', '/demo.git/info/refs?service=git-upload-pack', v2).then((r) => r.status)))
   t.same(bob, [200, 200, 200, 200], 'anonymous reads of the public repo pass')
+})
+
+t.test('npm run pool -- --auth-store postgres: a local PostgreSQL, the SQLite accounts carried over, hosts with their own data dirs; Ctrl-C leaves nothing', async (t) => {
+  const { dir } = await fixtureDir(t)
+  const sqlite = openSqliteStore(path.join(dir, 'auth.sqlite'))
+  await sqlite.setRepo('demo.git', 'git', true)
+  await sqlite.setRepo('team/project.git', 'git', false)
+  await sqlite.addUser('gus', await hashPassword('gus-password', TEST_SCRYPT))
+  await sqlite.setGrant('gus', 'team/project.git', 'write')
+  sqlite.close()
+  const proc = spawn(process.execPath, [path.join(path.dirname(CLI), '..', '..', 'tools', 'pool', 'main.js'), '--workers', '2', '--data', dir, '--ports', 'auto', '--auth-store', 'postgres'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  proc.stdout.on('data', (c) => { out += c })
+  proc.stderr.on('data', (c) => { out += c })
+  t.teardown(() => { if (proc.exitCode === null) proc.kill('SIGKILL') })
+  await waitFor(() => out.includes('Ctrl-C stops everything.') || proc.exitCode !== null, 90_000, 'the pool to start')
+  t.match(out, /accounts: a local PostgreSQL \(pid \d+, files in \S+, socket only\)/)
+  const pgDir = /files in (\S+), socket only/.exec(out)![1]!
+  t.teardown(() => rm(pgDir, { recursive: true, force: true }))
+  t.match(out, /a real server: npm run pool -- --auth-store postgres:\/\/USER@HOST\/DB/)
+  t.notMatch(out, readFileSync(path.join(pgDir, 'password'), 'utf8').trim(), 'the generated password is not printed')
+  const url = /git clone (http:\/\/127\.0\.0\.1:\d+)\/demo\.git/.exec(out)![1]!
+  const git = gitClient(dir)
+  t.equal((await git(['clone', '-q', `${url}/demo.git`, 'c'])).code, 0, 'an anonymous clone of the public repo through the pool')
+  const r = await git(['clone', '-q', `${url.replace('http://', 'http://gus:gus-password@')}/team/project.git`, 'p'])
+  t.equal(r.code, 0, `gus, copied from SQLite, clones his private repo: ${r.stderr}`)
+  t.ok(existsSync(path.join(dir, 'pool', 'host-1')) && existsSync(path.join(dir, 'pool', 'host-2')), 'a data dir per worker')
+  proc.kill('SIGINT')
+  await new Promise((r) => proc.once('exit', r))
+  t.equal(proc.exitCode, 0)
+  await waitFor(async () => (await processesMatching(dir)).length === 0 && (await processesMatching(pgDir)).length === 0, 15_000, 'every process of the pool, PostgreSQL too, to be gone')
 })
