@@ -1,15 +1,28 @@
 /**
- * `npm run bench:auth`: what authentication costs. In one run, on a public repo, interleaved:
- * info/refs requests per second anonymous vs with Basic credentials (warm credential cache),
- * for protocol v2 (no git process: auth is most of the work) and v0 (a git process per
- * request); then the cost of a cache miss, with the cache turned off (every request runs
- * scrypt). wrk at concurrency 16, 5 s per measurement, 127.0.0.1 only.
+ * `npm run bench:auth`: what authentication costs, on the SQLite store and on PostgreSQL, in
+ * one run, interleaved. On a public repo: info/refs requests per second anonymous vs with Basic
+ * credentials (warm caches), protocol v2 (no git process: auth is most of the work) and v0 (a
+ * git process per request); the cost of a credential cache miss (scrypt, and on PostgreSQL a
+ * query for a user never seen: median of 8, one at a time); how long a token revocation takes
+ * to reach two PostgreSQL workers (20 revocations); and the store's hot queries per second
+ * with every cache off. wrk at concurrency 16, 5 s per measurement, 127.0.0.1 only; PostgreSQL
+ * is a local server on a unix socket, started here.
  */
 import { mkdirSync, rmSync, writeFileSync, cpSync } from 'node:fs'
+import { mkdtemp } from 'node:fs/promises'
+import os from 'node:os'
 import path from 'node:path'
-import { CLI, ROOT, sh, startWorker, table, wrk } from './lib.js'
+import pg from 'pg'
+import { CLI, median, ROOT, sh, startWorker, table, wrk, type Started } from './lib.js'
+import { reachableByServer, startLocalPostgres } from '../../tools/pool/postgres.js'
+import { openPgStore } from '../../src/auth/pg-store.js'
+import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import { hashToken, newToken } from '../../src/auth/tokens.js'
+import type { AuthStore } from '../../src/auth/store.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench-auth')
+const best = (xs: number[]): number => Math.max(...xs)
+const yes = (ok: boolean): string => (ok ? 'yes' : 'NO')
 
 async function main(): Promise<void> {
   rmSync(BENCH, { recursive: true, force: true })
@@ -21,50 +34,146 @@ async function main(): Promise<void> {
   admin(['repo', 'visibility', 'demo', 'public'])
   admin(['user', 'add', 'bench'], 'bench-password\n')
   admin(['grant', 'bench', 'demo', 'read'])
-  const auth = { Authorization: `Basic ${Buffer.from('bench:bench-password').toString('base64')}` }
-  const url = (base: string) => `${base}/demo.git/info/refs?service=git-upload-pack`
-  const v2 = { 'Git-Protocol': 'version=2' }
+  // users each cache miss meets for the first time: on PostgreSQL a real query, not the store's cache
+  for (let i = 0; i < 8; i++) admin(['user', 'add', `miss${i}`], 'miss-password\n')
 
-  const warm = await startWorker(['--repos', repos, '--data', data])
-  const cold = await startWorker(['--repos', repos, '--data', data, '--auth-cache-ttl-ms', '0', '--login-failure-limit', '1000000'])
+  // PostgreSQL: a local server, the same accounts copied in
+  const pgDir = (await reachableByServer(BENCH)) ? path.join(BENCH, 'pg') : await mkdtemp(path.join(os.tmpdir(), 'vcs-bench-pg-'))
+  const server = await startLocalPostgres(pgDir, 'vcs', 'bench-pg-password')
+  const started: Started[] = []
   try {
-    const r: Record<string, number[]> = { anonV2: [], authV2: [], anonV0: [], authV0: [] }
+    const c = new pg.Client({ connectionString: server.url('postgres') })
+    await c.connect()
+    await c.query('CREATE DATABASE vcs')
+    await c.end()
+    const pgUrl = server.url('vcs')
+    admin(['store', 'copy', '--from', path.join(data, 'auth.sqlite'), '--to', pgUrl])
+
+    const auth = { Authorization: `Basic ${Buffer.from('bench:bench-password').toString('base64')}` }
+    const url = (base: string) => `${base}/demo.git/info/refs?service=git-upload-pack`
+    const v2 = { 'Git-Protocol': 'version=2' }
+    const start = async (args: string[]) => { const w = await startWorker(['--repos', repos, '--data', data, '--hg-processes', '0', '--drain-grace-ms', '0', ...args]); started.push(w); return w }
+    const coldArgs = ['--auth-cache-ttl-ms', '0', '--login-failure-limit', '1000000']
+    // the revocation probes below fail on purpose, many times: no throttle on those workers
+    const noThrottle = ['--login-failure-limit', '1000000']
+    const warm = { sqlite: await start([]), pg: await start(['--auth-store', pgUrl, ...noThrottle]) }
+    const cold = { sqlite: await start(coldArgs), pg: await start([...coldArgs, '--auth-store', pgUrl]) }
+    const second = await start(['--auth-store', pgUrl, '--auth-cache-ttl-ms', '600000', ...noThrottle])
+
+    type Key = 'anonV2' | 'authV2' | 'anonV0' | 'authV0'
+    const r = { sqlite: { anonV2: [], authV2: [], anonV0: [], authV0: [] }, pg: { anonV2: [], authV2: [], anonV0: [], authV0: [] } } as Record<'sqlite' | 'pg', Record<Key, number[]>>
     let errors = 0
     for (let round = 0; round < 3; round++) {
       for (const [key, headers] of [['anonV2', v2], ['authV2', { ...v2, ...auth }], ['anonV0', {}], ['authV0', auth]] as const) {
-        const res = wrk(url(warm.url), 16, 5, headers)
-        r[key]!.push(res.rps)
-        errors += res.errors
+        for (const store of ['sqlite', 'pg'] as const) {
+          const res = wrk(url(warm[store].url), 16, 5, headers)
+          r[store][key].push(res.rps)
+          errors += res.errors
+        }
       }
     }
-    // two at a time: the worker runs at most two derivations at once (one per core)
-    const missRun = wrk(url(cold.url), 2, 5, { ...v2, ...auth })
-    errors += missRun.errors
-    const missSerial = wrk(url(cold.url), 1, 5, { ...v2, ...auth })
-    errors += missSerial.errors
-    const best = (xs: number[]) => Math.max(...xs)
+    // a cache miss, one at a time: each request timed, 8 per store, interleaved; the median
+    const missTimes: Record<'sqlite' | 'pg', number[]> = { sqlite: [], pg: [] }
+    for (let i = 0; i < 8; i++) {
+      for (const store of ['sqlite', 'pg'] as const) {
+        const t0 = performance.now()
+        const headers = { ...v2, Authorization: `Basic ${Buffer.from(`miss${i}:miss-password`).toString('base64')}` }
+        const res = await fetch(url(cold[store].url), { headers })
+        await res.arrayBuffer()
+        if (res.status !== 200) errors++
+        missTimes[store].push(performance.now() - t0)
+      }
+    }
+    const missMs = { sqlite: median(missTimes.sqlite), pg: median(missTimes.pg) }
+
+    const propagation = await revocations(pgUrl, [warm.pg, second], 20)
+    const hot = { sqlite: await hotQueries(openSqliteStore(path.join(data, 'auth.sqlite'))), pg: await hotQueries(await openPgStore({ url: pgUrl, readCache: false })) }
+
+    const ratio = (s: 'sqlite' | 'pg', a: Key, b: Key) => best(r[s][a]) / best(r[s][b])
+    const p99 = propagation[Math.ceil(propagation.length * 0.99) - 1]!
     const results = {
-      rps: { anonymous_v2: best(r.anonV2!), authenticated_v2: best(r.authV2!), anonymous_v0: best(r.anonV0!), authenticated_v0: best(r.authV0!) },
-      ratio_v2: best(r.authV2!) / best(r.anonV2!),
-      ratio_v0: best(r.authV0!) / best(r.anonV0!),
-      cache_miss: { rps_2_parallel: missRun.rps, ms_one_at_a_time: 1000 / Math.max(missSerial.rps, 0.001) },
+      rps: Object.fromEntries((['sqlite', 'pg'] as const).map((s) => [s, Object.fromEntries(Object.entries(r[s]).map(([k, xs]) => [k, Math.round(best(xs))]))])),
+      ratio_v2: { sqlite: ratio('sqlite', 'authV2', 'anonV2'), pg: ratio('pg', 'authV2', 'anonV2') },
+      ratio_v0: { sqlite: ratio('sqlite', 'authV0', 'anonV0'), pg: ratio('pg', 'authV0', 'anonV0') },
+      pg_vs_sqlite_authenticated_v2: best(r.pg.authV2) / best(r.sqlite.authV2),
+      cache_miss_ms: missMs,
+      cache_miss_pg_over_sqlite: missMs.pg / missMs.sqlite,
+      revocation_ms: { p50: propagation[Math.floor(propagation.length / 2)], p99, max: propagation.at(-1) },
+      hot_queries_per_s: hot,
       errors,
     }
+    const f2 = (x: number) => x.toFixed(2)
     console.log(table([
-      ['measure', 'value', 'target', 'met'],
-      ['info/refs v2 rps anonymous', Math.round(results.rps.anonymous_v2), '', ''],
-      ['info/refs v2 rps authenticated (warm)', Math.round(results.rps.authenticated_v2), '', ''],
-      ['authenticated/anonymous v2', results.ratio_v2.toFixed(2), '>= 0.95', results.ratio_v2 >= 0.95 ? 'yes' : 'NO'],
-      ['authenticated/anonymous v0', results.ratio_v0.toFixed(2), '>= 0.95', results.ratio_v0 >= 0.95 ? 'yes' : 'NO'],
-      ['cache misses per second (scrypt N=2^17, 2 at a time)', results.cache_miss.rps_2_parallel.toFixed(1), '', ''],
-      ['one cache miss, ms', results.cache_miss.ms_one_at_a_time.toFixed(0), '', ''],
-      ['errors', errors, '0', errors === 0 ? 'yes' : 'NO'],
+      ['measure', 'SQLite', 'PostgreSQL', 'target', 'met'],
+      ['info/refs v2 rps anonymous', results.rps.sqlite!.anonV2!, results.rps.pg!.anonV2!, '', ''],
+      ['info/refs v2 rps authenticated (warm)', results.rps.sqlite!.authV2!, results.rps.pg!.authV2!, '', ''],
+      ['authenticated/anonymous v2', f2(results.ratio_v2.sqlite), f2(results.ratio_v2.pg), '>= 0.95 on both', yes(results.ratio_v2.sqlite >= 0.95 && results.ratio_v2.pg >= 0.95)],
+      ['authenticated/anonymous v0', f2(results.ratio_v0.sqlite), f2(results.ratio_v0.pg), '>= 0.95 on both', yes(results.ratio_v0.sqlite >= 0.95 && results.ratio_v0.pg >= 0.95)],
+      ['authenticated v2, PostgreSQL/SQLite', '', f2(results.pg_vs_sqlite_authenticated_v2), '>= 0.95', yes(results.pg_vs_sqlite_authenticated_v2 >= 0.95)],
+      ['one cache miss (scrypt N=2^17), median ms', missMs.sqlite.toFixed(0), missMs.pg.toFixed(0), 'PostgreSQL <= 1.1x SQLite', yes(results.cache_miss_pg_over_sqlite <= 1.1)],
+      ['revocation seen by 2 workers, p99 of 20, ms', '', p99, '<= 1000', yes(p99 <= 1000)],
+      ['hot queries/s, caches off: user', hot.sqlite.user, hot.pg.user, '', ''],
+      ['hot queries/s, caches off: token', hot.sqlite.token, hot.pg.token, '', ''],
+      ['hot queries/s, caches off: grant', hot.sqlite.grant, hot.pg.grant, '', ''],
+      ['errors', errors, '', '0', yes(errors === 0)],
     ]))
     console.log(JSON.stringify(results, null, 2))
     writeFileSync(path.join(ROOT, 'data', 'bench-auth-results.json'), JSON.stringify(results, null, 2))
   } finally {
-    await warm.stop()
-    await cold.stop()
+    for (const w of started) await w.stop()
+    await server.stop()
+    rmSync(pgDir, { recursive: true, force: true })
+  }
+}
+
+/**
+ * Revokes `n` tokens one after another and measures, for each, the time until every worker
+ * refuses it (both had it cached: a 10-minute credential cache on the second); sorted, ms.
+ */
+async function revocations(url: string, workers: Started[], n: number): Promise<number[]> {
+  const store = await openPgStore({ url })
+  const times: number[] = []
+  try {
+    for (let i = 0; i < n; i++) {
+      const token = newToken()
+      const id = await store.addToken('bench', hashToken(token), null)
+      const headers = { Authorization: `Bearer ${token}`, 'Git-Protocol': 'version=2' }
+      const status = async (w: Started) => (await fetch(`${w.url}/demo.git/info/refs?service=git-upload-pack`, { headers })).status
+      for (let tries = 0; (await Promise.all(workers.map(status))).some((s) => s !== 200); tries++) {
+        if (tries > 200) throw new Error('a new token was not accepted')
+        await new Promise((r) => setTimeout(r, 10))
+      }
+      const t0 = performance.now()
+      await store.revokeToken('bench', id)
+      // bounded: 5 s per revocation at most
+      while ((await Promise.all(workers.map(status))).some((s) => s !== 401) && performance.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 2))
+      times.push(Math.round(performance.now() - t0))
+    }
+  } finally {
+    await store.close()
+  }
+  return times.sort((a, b) => a - b)
+}
+
+/** The three reads a request makes on a cache miss, each for 2 s with 16 in flight; per second. */
+async function hotQueries(store: AuthStore): Promise<{ user: number; token: number; grant: number }> {
+  const user = (await store.findUser('bench'))!
+  const hash = hashToken(newToken())
+  const rate = async (read: () => Promise<unknown>): Promise<number> => {
+    let count = 0
+    const until = performance.now() + 2000
+    await Promise.all(Array.from({ length: 16 }, async () => {
+      while (performance.now() < until) {
+        await read()
+        count++
+      }
+    }))
+    return Math.round(count / 2)
+  }
+  try {
+    return { user: await rate(() => store.findUser('bench')), token: await rate(() => store.findToken(hash)), grant: await rate(() => store.findGrant(user.id, 'demo.git')) }
+  } finally {
+    await store.close()
   }
 }
 

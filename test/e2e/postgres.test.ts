@@ -9,8 +9,9 @@ import { rm, writeFile } from 'node:fs/promises'
 import { existsSync, readFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { CLI, fixtureDir, gitClient, metric, processesMatching, rawRequest, run, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
+import { CLI, fixtureDir, gitClient, metric, processesMatching, rawRequest, run, spawnWorker, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
 import { startTestPool, workerMetrics } from '../helpers/pool.js'
+import { PG_MIGRATIONS } from '../../src/auth/pg-schema.js'
 import { startPostgres, PG_PASSWORD } from '../helpers/postgres.js'
 import { hashPassword } from '../../src/auth/password.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
@@ -114,6 +115,7 @@ t.test('PostgreSQL down: no 401 and no 404 because of it, 503 with Retry-After f
   let ready = await rawRequest(w.port, 'GET', '/health/ready')
   await waitFor(async () => (ready = await rawRequest(w.port, 'GET', '/health/ready')).status === 503, 10_000, '/health/ready to turn red')
   const gitHealth = await rawRequest(w.port, 'GET', '/health/git')
+  const metricsText = (await rawRequest(w.port, 'GET', '/metrics')).body.toString()
   await server.start()
   const upAt = Date.now()
   await waitFor(() => outcomes.slice(-2).every((o) => o.endsWith(':0')) && outcomes.length > down + 8, 30_000, 'both clients served again')
@@ -138,6 +140,8 @@ t.test('PostgreSQL down: no 401 and no 404 because of it, 503 with Retry-After f
   t.equal(ready.status, 503, '/health/ready is red while the store is down')
   t.same(JSON.parse(ready.body.toString()).failing.filter((c: string) => c !== 'hg_children'), ['auth_store'], 'naming the auth store (hg is off here)')
   t.equal(gitHealth.status, 200, '/health/git stays green: the balancer keeps the worker')
+  t.equal(metric(metricsText, 'vcs_health_check_ok', { check: 'auth_store' }), 0, 'the metric says so too')
+  await waitFor(async () => metric((await rawRequest(w.port, 'GET', '/metrics')).body.toString(), 'vcs_health_check_ok', { check: 'auth_store' }) === 1, 10_000, 'the auth_store check to recover')
   // no acknowledged push is lost
   const heads = (await git(['ls-remote', `${w.urlAs('bea', 'bea-password')}/demo.git`, 'refs/heads/main'])).stdout
   t.match(heads, pushed.at(-1)!, 'the last acknowledged push is the branch head')
@@ -275,4 +279,21 @@ t.test('npm run pool -- --auth-store postgres: a local PostgreSQL, the SQLite ac
   await new Promise((r) => proc.once('exit', r))
   t.equal(proc.exitCode, 0)
   await waitFor(async () => (await processesMatching(dir)).length === 0 && (await processesMatching(pgDir)).length === 0, 15_000, 'every process of the pool, PostgreSQL too, to be gone')
+})
+
+t.test('four worker processes starting at once on an empty database: one migration, four running workers', async (t) => {
+  const db = await server.database()
+  const url = server.url(db)
+  const hosts = await Promise.all([1, 2, 3, 4].map(() => fixtureDir(t)))
+  const workers = await Promise.all(hosts.map((h) => spawnWorker(t, ['--repos', h.reposDir, '--data', h.dataDir, '--auth-store', url, '--hg-processes', '0'])))
+  t.equal(workers.length, 4, 'all four listening')
+  t.same((await server.sql(db, 'SELECT version FROM vcs_worker_schema')).rows, [{ version: PG_MIGRATIONS.length }], 'one schema row, at the latest version')
+  for (const w of workers) t.equal((await fetch(`${w.url}/health/git`)).status, 200, `${w.url} serves`)
+  // a newer schema: a fifth worker refuses, in one line naming both versions
+  await server.sql(db, 'UPDATE vcs_worker_schema SET version = 99')
+  const h = await fixtureDir(t)
+  const r = await run(process.execPath, [CLI, 'serve', '--port', '0', '--repos', h.reposDir, '--data', h.dataDir, '--auth-store', url, '--hg-processes', '0'])
+  t.same([r.code, r.stderr.trim().split('\n').length], [1, 1])
+  t.match(r.stderr, `auth store schema version 99 is newer than this worker (${PG_MIGRATIONS.length}); upgrade the worker`)
+  t.notMatch(r.stderr, PG_PASSWORD)
 })
