@@ -7,10 +7,10 @@
  * one vs two bare `hg serve`; the same for the legacy zlib request; and the worker's own CPU per
  * MB of clone. The repo is generated once under data/bench-hg/.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { CLI, ROOT, freePort, median, sh, startWorker, stopProcess, table, timeAsync, waitHttp, type Started } from './lib.js'
+import { cpuTicks, CLI, ROOT, freePort, median, sh, startWorker, stopProcess, table, timeAsync, waitHttp, type Started } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench-hg')
 const REPOS = path.join(BENCH, 'repos')
@@ -34,12 +34,6 @@ function makeLargeRepo(dir: string): void {
     sh('hg', ['-R', tmp, 'commit', '-A', '-q', '-m', `commit ${c}`, '-d', `${1_700_000_000 + c * 60} 0`], { env: HGENV })
   }
   sh('mv', [tmp, dir])
-}
-
-function cpuTicks(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return Number(f[11]) + Number(f[12]) // utime + stime, in clock ticks (100 Hz)
 }
 
 async function bareServe(): Promise<{ url: string; stop(): Promise<void> }> {

@@ -96,6 +96,13 @@ export function median(xs: number[]): number {
 }
 
 /** Resident set size of a pid in bytes (0 when it is gone). */
+/** A process's CPU time so far (user + system), in clock ticks (100 Hz). */
+export function cpuTicks(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return Number(f[11]) + Number(f[12])
+}
+
 export function rssOf(pid: number): number {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))

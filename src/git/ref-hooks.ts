@@ -7,6 +7,7 @@
  * without one.
  */
 import http from 'node:http'
+import { VcsError } from '../errors.js'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs'
 import { rm } from 'node:fs/promises'
@@ -123,7 +124,9 @@ export class RefHookServer {
       const rejections = await this.check({ ...session.ctx, updates: checked })
       for (const r of rejections) session.reasons.set(r.ref, r.reason)
       reply(200, { rejections })
-    } catch {
+    } catch (err) {
+      // a refusal the pusher may read (the account store unreachable: 503) is passed on
+      if (err instanceof VcsError) return reply(err.statusCode, { error: 'check failed', reason: err.message })
       reply(500, { error: 'check failed' })
     }
   }

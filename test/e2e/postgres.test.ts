@@ -83,9 +83,17 @@ t.test('PostgreSQL down: no 401 and no 404 because of it, 503 with Retry-After f
   await w.store.setGrant('bea', 'demo.git', 'write')
   await w.store.setGrant('cal', 'demo.git', 'write')
   const git = gitClient(w.dir)
-  const r = await git(['clone', `${w.urlAs('bea', 'bea-password')}/demo.git`, 'bea'])
+  let r = await git(['clone', `${w.urlAs('bea', 'bea-password')}/demo.git`, 'bea'])
   t.equal(r.code, 0, r.stderr)
   const work = path.join(w.dir, 'bea')
+  // team/project.git: read before the outage (visibility and grant cached), never pushed to
+  await w.store.setGrant('bea', 'team/project.git', 'write')
+  r = await git(['clone', `${w.urlAs('bea', 'bea-password')}/team/project.git`, 'project'])
+  t.equal(r.code, 0, r.stderr)
+  const project = path.join(w.dir, 'project')
+  await writeFile(path.join(project, 'during.txt'), 'outage\n')
+  await git(['add', '.'], project)
+  await git(['commit', '-qm', 'during the outage'], project)
   const before = w.logs().length
 
   // a loop of clones and pushes by bea (known to the worker) and requests by cal (never seen)
@@ -109,6 +117,8 @@ t.test('PostgreSQL down: no 401 and no 404 because of it, 503 with Retry-After f
   await server.stop()
   const down = outcomes.length
   await waitFor(() => outcomes.length >= down + 6, 60_000, 'requests during the outage')
+  // a push whose branch protections were never read: refused with the reason, nothing moved
+  const blocked = await git(['push', 'origin', 'HEAD:refs/heads/during'], project)
   // dan was never seen: nothing cached can answer for him
   const dan = await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack', basic('dan', 'dan-password'))
   const danClone = await git(['ls-remote', `${w.urlAs('dan', 'dan-password')}/demo.git`])
@@ -131,6 +141,9 @@ t.test('PostgreSQL down: no 401 and no 404 because of it, 503 with Retry-After f
   t.same([...new Set(statuses)].filter((s) => ![200, 401, 503].includes(s)), [], 'only successes, challenges and 503s')
   t.same([dan.status, dan.headers['retry-after'], dan.body.toString()], [503, '5', 'the account store is unreachable; try again in a few seconds\n'], 'a user never seen gets 503, Retry-After and a line saying why')
   t.match(danClone.stderr, /503/, 'git shows the 503')
+  t.not(blocked.code, 0)
+  t.match(blocked.stderr, 'push checks failed: the account store is unreachable; try again in a few seconds', `the pusher reads why: ${blocked.stderr}`)
+  t.equal((await git(['ls-remote', `${w.urlAs('bea', 'bea-password')}/team/project.git`, 'refs/heads/during'])).stdout, '', 'no ref moved')
   await w.store.addUser('dan', await hashPassword('dan-password', TEST_SCRYPT))
   await w.store.setGrant('dan', 'demo.git', 'read')
   t.equal((await git(['ls-remote', `${w.urlAs('dan', 'dan-password')}/demo.git`])).code, 0, 'and is served once the store is back')

@@ -34,7 +34,11 @@ async function main(): Promise<number> {
     return { ref, oldId, newId, kind: kindOf(oldId, newId) }
   })
   const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token, updates }), signal: AbortSignal.timeout(30_000) })
-  if (!res.ok) throw new Error(`worker answered ${res.status}`)
+  if (!res.ok) {
+    // the worker's one-line reason when it has one (the account store unreachable), else the status
+    const reason = ((await res.json().catch(() => ({}))) as { reason?: string }).reason
+    throw new Error(reason ?? `worker answered ${res.status}`)
+  }
   const { rejections } = (await res.json()) as { rejections: { ref: string; reason: string }[] }
   writeFileSync(rejectsFile, rejections.map((r) => `${r.ref}\n`).join(''))
   for (const r of rejections) process.stderr.write(`${r.ref}: ${r.reason}\n`)
