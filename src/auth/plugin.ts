@@ -147,6 +147,20 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
 
   const throttled = (wait: number): VcsError => new ThrottledError(wait)
 
+  /** Verifies cached credentials again in the background; the request that asked goes on. */
+  const refreshing = new Set<string>()
+  function refreshAhead(creds: Credentials, key: string): void {
+    if (refreshing.has(key)) return
+    refreshing.add(key)
+    const isToken = creds.scheme === 'bearer' || looksLikeToken(creds.secret)
+    const verify = isToken ? verifyToken(creds) : verifyUserPassword(creds as Credentials & { scheme: 'basic' }, key)
+    verify.then((identity) => {
+      if (identity) cache.set(key, identity)
+      else cache.delete(key) // no longer valid: the next request is refused
+      app.log.debug({ via: identity?.via }, 'credentials refreshed ahead of expiry')
+    }, () => { /* busy or unreachable: the entry expires as it would have */ }).finally(() => refreshing.delete(key))
+  }
+
   async function authenticate(req: FastifyRequest): Promise<Identity> {
     if (req.identity) return req.identity
     const creds = parseAuthorization(req.headers.authorization)
@@ -160,7 +174,10 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     if (store.changedSinceLastCheck()) cache.clear()
     const key = cache.keyFor(creds)
     const cached = cache.get(key)
-    if (cached) return (req.identity = { kind: 'user', ...cached })
+    if (cached) {
+      if (cache.dueForRefresh(key)) refreshAhead(creds, key)
+      return (req.identity = { kind: 'user', ...cached })
+    }
     // A token is unguessable and cheap to check: a valid one always passes. A password is
     // throttled before the KDF runs: per user name and address, and per address across names.
     const isToken = creds.scheme === 'bearer' || looksLikeToken(creds.secret)

@@ -6,6 +6,7 @@ import { openSqliteStore } from '../../src/auth/sqlite-store.js'
 import { hashPassword } from '../../src/auth/password.js'
 import { ForbiddenError } from '../../src/errors.js'
 import type { RepoRef } from '../../src/repos/path.js'
+import { waitFor } from '../helpers/worker.js'
 
 // The plugin in another fastify service, as README shows: register, then authorize per thing.
 t.test('the auth plugin works in a plain fastify app, with extra repo and ref hooks', async (t) => {
@@ -49,5 +50,32 @@ t.test('the auth plugin works in a plain fastify app, with extra repo and ref ho
   t.equal(res.statusCode, 403)
   t.equal(res.body, 'docs are frozen')
   t.same(seen, ['ivy'])
+  await app.close()
+})
+
+t.test('a busy credential is verified again before its cache entry expires, so no request waits on the KDF', async (t) => {
+  const store = openSqliteStore(path.join(t.testdir(), 'auth.sqlite'))
+  t.teardown(() => store.close())
+  await store.addUser('kai', await hashPassword('kai-password', { N: 1024, r: 8, p: 1 }))
+  await store.setRepo('docs.git', 'git', true)
+  const lines: string[] = []
+  const app = Fastify({ logger: { level: 'debug', stream: { write: (l: string) => { lines.push(l) } } } })
+  const ttl = 4000
+  await app.register(vcsAuth, { store, realm: 'docs', cacheTtlMs: ttl })
+  const repo: RepoRef = { kind: 'git', name: 'docs.git', dir: '/nowhere' }
+  app.get('/docs', async (req) => (await app.vcsAuth.authorize(req, repo, 'read')).kind)
+  const get = async () => (await app.inject({ method: 'GET', url: '/docs', headers: { authorization: `Basic ${Buffer.from('kai:kai-password').toString('base64')}` } })).body
+  const misses = () => lines.filter((l) => l.includes('credentials verified (cache miss)')).length
+  const t0 = Date.now()
+  t.equal(await get(), 'user')
+  t.equal(misses(), 1, 'the first request runs the KDF')
+  // in the last quarter of the entry's life: served from the cache, and refreshed behind it
+  await new Promise((r) => setTimeout(r, t0 + ttl * 0.8 - Date.now()))
+  t.equal(await get(), 'user')
+  await waitFor(() => lines.some((l) => l.includes('credentials refreshed ahead of expiry')), 5000, 'the refresh')
+  // past the first entry's expiry: still a hit
+  await new Promise((r) => setTimeout(r, Math.max(0, t0 + ttl + 100 - Date.now())))
+  t.equal(await get(), 'user')
+  t.equal(misses(), 1, 'no request after the first waited on the KDF')
   await app.close()
 })
