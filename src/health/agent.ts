@@ -14,14 +14,14 @@
  */
 import net from 'node:net'
 import { listenOn } from '../http/listen.js'
-import { GIT_CHECKS, HG_CHECKS, ALL_CHECKS, reportOf, type CheckName, type HealthSnapshot } from './checks.js'
+import { GIT_CHECKS, HG_CHECKS, SERVING_CHECKS, reportOf, type CheckName, type HealthSnapshot } from './checks.js'
 
 const AGENT_READ_MS = 100
 
 /** The agent's answer for `protocol` ('git', 'hg' or anything else for both). */
 export function agentLine(snap: HealthSnapshot, protocol: string, now: number): string {
   if (snap.draining) return 'drain\n'
-  const names: CheckName[] = protocol === 'git' ? GIT_CHECKS : protocol === 'hg' ? HG_CHECKS : ALL_CHECKS
+  const names: CheckName[] = protocol === 'git' ? GIT_CHECKS : protocol === 'hg' ? HG_CHECKS : SERVING_CHECKS
   const { checks } = reportOf(snap, names.filter((n) => n !== 'saturation'), now)
   const failing = Object.entries(checks).filter(([, c]) => c.status === 'fail').map(([n]) => n)
   if (failing.length) return `down#${failing.join(',')}\n`

@@ -34,11 +34,13 @@ interface CheckState {
 export const GIT_CHECKS: CheckName[] = ['repos_dir', 'disk', 'git_binary', 'git_canary', 'draining', 'saturation']
 export const HG_CHECKS: CheckName[] = ['repos_dir', 'disk', 'hg_children', 'draining', 'saturation']
 /**
+ * What decides whether the worker can serve (the agent without a protocol uses these);
  * `/health/ready` adds the auth store. It is not in the git and hg sets: every worker of a pool
  * shares one store, so taking workers out of rotation when it fails would remove them all and
  * help no one; anonymous clones of public repos and cached credentials keep working.
  */
-export const ALL_CHECKS: CheckName[] = [...new Set([...GIT_CHECKS, ...HG_CHECKS]), 'auth_store']
+export const SERVING_CHECKS: CheckName[] = [...new Set([...GIT_CHECKS, ...HG_CHECKS])]
+export const ALL_CHECKS: CheckName[] = [...SERVING_CHECKS, 'auth_store']
 
 /**
  * Everything an answer to a probe needs, as plain data: the endpoints, the agent and the probe
