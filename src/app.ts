@@ -23,6 +23,7 @@ import { installHookScripts, RefHookServer } from './git/ref-hooks.js'
 import authPlugin from './auth/plugin.js'
 import { openStore } from './auth/open.js'
 import { StaleRefLocks } from './git/ref-locks.js'
+import { PackObjectsCache } from './git/pack-cache.js'
 import type { AuthStore } from './auth/store.js'
 import { registerDumbRoute, registerRepoRoutes, urlClassifier, type RepoRoute } from './http/routes.js'
 import { HgServePool } from './hg/serve-pool.js'
@@ -134,7 +135,26 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     })
   }
 
-  const repoRoutes: RepoRoute[] = gitRoutes({ config, git, admission, refHooks, log: app.log })
+  let packCache: PackObjectsCache | undefined
+  if (config.packCache) {
+    packCache = new PackObjectsCache({
+      dir: config.packCacheDir || path.join(config.dataDir, 'pack-cache'),
+      gitBin: config.gitBin,
+      env: { PATH: config.envPath, HOME: config.homeDir, GIT_CONFIG_NOSYSTEM: '1', LC_ALL: 'C' },
+      maxAgeMs: config.packCacheMaxAgeMs,
+      maxBytes: config.packCacheMaxBytes,
+      writeOnOccurrence: config.packCacheWriteOn,
+      diskFloorBytes: config.diskFreeFloorBytes,
+      maxInputBytes: config.maxNegotiationBytes,
+      killGraceMs: config.killGraceMs,
+      nice: config.childNice,
+      viaHelper: config.spawnHelper,
+      log: app.log,
+    })
+    await packCache.start()
+    app.addHook('onClose', () => packCache!.stop())
+  }
+  const repoRoutes: RepoRoute[] = gitRoutes({ config, git, admission, refHooks, log: app.log, packCache })
   if (config.hgProcesses > 0) {
     const pool = new HgServePool(config, app.log)
     await pool.start()
@@ -148,7 +168,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   app.decorate('health', health)
   app.addHook('onClose', async () => health.stop())
   registerHealthRoutes(app, health)
-  metrics = new WorkerMetrics({ repoLabel: config.metricsRepoLabel }, { admission, health, hgPool: app.hgPool })
+  metrics = new WorkerMetrics({ repoLabel: config.metricsRepoLabel }, { admission, health, hgPool: app.hgPool, packCache })
   app.decorate('metrics', metrics)
   app.get('/metrics', { config: { routeId: 'metrics' } }, async (_req, reply) => {
     return reply.type(metrics.registry.contentType).header('cache-control', 'no-store').send(await metrics.registry.metrics())

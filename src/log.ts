@@ -27,6 +27,8 @@ export interface AccessInfo {
   handedOver?: boolean
   /** refused inside the protocol (HTTP 200 with git's ERR packet): why */
   refused?: string
+  /** what the pack-objects cache did for this fetch: hit, miss, follow, off */
+  packCache?: string
   /** a git process was started (or tried) for this request */
   spawned?: boolean
   /** reads the byte count of the request body lazily, at log time */
@@ -181,6 +183,7 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
         aborted: (a.completed === undefined ? a.aborted || !res.writableFinished : !a.completed) || undefined,
         refused: a.refused,
         handed_over: a.handedOver,
+        pack_cache: a.packCache,
         duration_ms: record.durationMs,
       }, 'request')
       observer.finished?.(record)

@@ -9,6 +9,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Admission, RejectReason, WorkClass } from '../admission/admission.js'
 import type { HealthChecker } from '../health/checks.js'
+import type { PackObjectsCache } from '../git/pack-cache.js'
 import type { HgServePool } from '../hg/serve-pool.js'
 import { backendOf, type AccessRecord, type Backend } from '../log.js'
 import { commandLabel } from '../hg/commands.js'
@@ -27,6 +28,7 @@ export interface MetricSources {
   admission: Admission
   health: HealthChecker
   hgPool?: HgServePool
+  packCache?: PackObjectsCache
 }
 
 export class WorkerMetrics {
@@ -95,6 +97,18 @@ export class WorkerMetrics {
         for (const [code, n] of pool?.exits ?? []) this.inc({ code }, n)
       },
     })
+    const cache = sources.packCache
+    const cacheCounter = (name: string, help: string, read: (c: PackObjectsCache) => number): void => {
+      new Counter({ name, help, registers, collect() { this.reset(); this.inc(cache ? read(cache) : 0) } })
+    }
+    cacheCounter('vcs_pack_cache_hits_total', 'fetches whose pack came from a finished pack-objects cache entry', (c) => c.stats.hits)
+    cacheCounter('vcs_pack_cache_misses_total', 'fetches that ran pack-objects (directly, or writing the entry)', (c) => c.stats.misses)
+    cacheCounter('vcs_pack_cache_follows_total', 'fetches that followed a pack-objects run in progress', (c) => c.stats.follows)
+    cacheCounter('vcs_pack_cache_served_bytes_total', 'pack bytes served from the cache (hits and follows)', (c) => c.stats.bytesServed)
+    cacheCounter('vcs_pack_cache_evictions_total', 'entries removed for their age or the size cap', (c) => c.stats.evictions)
+    cacheCounter('vcs_pack_cache_failures_total', 'pack-objects runs for the cache that failed (their entry removed)', (c) => c.stats.failures)
+    new Gauge({ name: 'vcs_pack_cache_entries', help: 'finished entries on disk', registers, collect() { this.set(cache?.entryCount().entries ?? 0) } })
+    new Gauge({ name: 'vcs_pack_cache_bytes', help: 'bytes of finished entries on disk', registers, collect() { this.set(cache?.entryCount().bytes ?? 0) } })
     this.authFailures = new Counter({ name: 'vcs_auth_failures_total', help: 'requests with credentials that were refused (401)', registers })
     this.throttled = new Counter({ name: 'vcs_auth_throttled_total', help: 'requests refused for too many failed logins (429)', registers })
     const health = sources.health

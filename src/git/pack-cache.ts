@@ -1,0 +1,405 @@
+/**
+ * The pack-objects cache (issue #15): identical pack-objects runs computed once. git upload-pack
+ * hands its pack-objects call to `uploadpack.packObjectsHook` (honoured from `-c`, never from
+ * a repo's own config); our hook (hooks/pack-objects.ts) sends the call to this server on
+ * loopback, with a per-request token only our upload-pack children carry, and is told what to do:
+ *
+ * - `direct`: run pack-objects itself (a key seen for the first time: most packs are asked for
+ *   once, and are not worth the disk; the cache stepping aside);
+ * - `hit`: read a finished entry from disk itself (the worker is not in the data path);
+ * - `stream`: follow a production in progress, through this server: one pack-objects run per key
+ *   at a time, its output written to the cache and to every reader as it comes. A reader that
+ *   leaves does not stop it; a run that fails removes its entry and every reader gets a failure
+ *   exit (upload-pack reports git's error), never a truncated pack presented as whole.
+ *
+ * The key covers what decides the bytes: the repository, pack-objects' arguments and the whole of
+ * its stdin (wants, haves, shallow lines); nothing per user. Objects are immutable, so an entry
+ * is correct forever; `maxAgeMs` and `maxBytes` bound the disk, not correctness.
+ */
+import http from 'node:http'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs'
+import { open, readFile, rename, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { LRUCache } from 'lru-cache'
+import type { FastifyBaseLogger } from 'fastify'
+import { spawnChild } from '../process/child.js'
+
+export type PackCacheOutcome = 'hit' | 'miss' | 'follow' | 'off'
+
+export interface PackCacheOptions {
+  dir: string
+  gitBin: string
+  env: Record<string, string>
+  maxAgeMs: number
+  maxBytes: number
+  /** a key is written to disk on this occurrence (2: the second time it is asked for) */
+  writeOnOccurrence: number
+  /** free bytes the cache never writes below */
+  diskFloorBytes: number
+  /** largest pack-objects stdin accepted from the hook */
+  maxInputBytes: number
+  killGraceMs: number
+  nice: number
+  /** start pack-objects through the spawn helper (config spawnHelper) */
+  viaHelper: boolean
+  log: FastifyBaseLogger
+}
+
+/** The hook command git runs (a shell command line: node and the compiled hook, quoted). */
+export const PACK_HOOK = `'${process.execPath}' '${fileURLToPath(new URL('./hooks/pack-objects.js', import.meta.url))}'`
+
+/** Frames of a `stream` answer: type byte, 32-bit length, payload. */
+export const FRAME = { out: 1, err: 2, exit: 3 } as const
+
+/** The flags upload-pack passes to pack-objects (git 2.39, upload-pack.c); anything else is refused. */
+const FLAGS = new Set(['--revs', '--thin', '--stdout', '--progress', '--delta-base-offset', '--include-tag', '--shallow', '--keep-true-parents', '--no-reuse-delta'])
+const VALUED = /^--(filter|uri-protocol)=[A-Za-z0-9:+._-]+$/
+
+interface Session {
+  repoDir: string
+  onOutcome: (outcome: PackCacheOutcome) => void
+}
+
+class Production {
+  size = 0
+  readonly stderr: Buffer[] = []
+  done = false
+  failed = false
+  private waiters: (() => void)[] = []
+  constructor(readonly tmp: string, readonly final: string) {}
+  notify(): void {
+    const w = this.waiters
+    this.waiters = []
+    for (const f of w) f()
+  }
+  /** resolves on the next change; callers check the state first, in the same tick */
+  changed(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve))
+  }
+}
+
+export interface PackCacheStats {
+  hits: number
+  misses: number
+  follows: number
+  bytesServed: number
+  evictions: number
+  failures: number
+}
+
+export class PackObjectsCache {
+  private server: http.Server | undefined
+  private url = ''
+  private readonly sessions = new Map<string, Session>()
+  private readonly producing = new Map<string, Production>()
+  private readonly seen: LRUCache<string, number>
+  readonly stats: PackCacheStats = { hits: 0, misses: 0, follows: 0, bytesServed: 0, evictions: 0, failures: 0 }
+  /** why the cache is stepping aside (an unwritable dir), for the health report; undefined when fine */
+  degraded: string | undefined
+  private sweptAt = 0
+
+  constructor(private readonly opts: PackCacheOptions) {
+    this.seen = new LRUCache({ max: 100_000, ttl: opts.maxAgeMs })
+    try {
+      mkdirSync(opts.dir, { recursive: true, mode: 0o700 })
+    } catch (err) {
+      this.degraded = `cache dir unusable: ${(err as Error).message}`
+    }
+  }
+
+  async start(): Promise<void> {
+    this.server = http.createServer((req, res) => { void this.handle(req, res) })
+    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve))
+    this.url = `http://127.0.0.1:${(this.server.address() as { port: number }).port}/pack-objects`
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()))
+    this.server?.closeAllConnections()
+  }
+
+  /** A session for one upload-pack: the environment and `-c` setting its child needs. */
+  open(repoDir: string, hookCommand: string, onOutcome: (o: PackCacheOutcome) => void): { env: Record<string, string>; config: string[]; close: () => void } {
+    const token = randomBytes(24).toString('base64url')
+    this.sessions.set(token, { repoDir, onOutcome })
+    return {
+      env: { VCS_WORKER_PACK_URL: this.url, VCS_WORKER_PACK_TOKEN: token },
+      config: [`uploadpack.packObjectsHook=${hookCommand}`],
+      close: () => { this.sessions.delete(token) },
+    }
+  }
+
+  entryCount(): { entries: number; bytes: number } {
+    let entries = 0
+    let bytes = 0
+    try {
+      for (const name of readdirSync(this.opts.dir)) {
+        if (!name.endsWith('.pack')) continue
+        entries++
+        bytes += statSync(path.join(this.opts.dir, name), { throwIfNoEntry: false })?.size ?? 0
+      }
+    } catch { /* unreadable: counted as empty */ }
+    return { entries, bytes }
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    let call: { token: string; cwd: string; args: string[]; input: Buffer }
+    try {
+      call = await readCall(req, this.opts.maxInputBytes)
+    } catch (err) {
+      res.writeHead(400).end(`${(err as Error).message}\n`)
+      return
+    }
+    const session = this.sessions.get(call.token)
+    if (!session || path.resolve(call.cwd) !== session.repoDir) {
+      res.writeHead(403).end('unknown pack-objects call\n')
+      return
+    }
+    const args = checkArgs(call.args)
+    if (!args) {
+      res.writeHead(400).end('unexpected pack-objects arguments\n')
+      return
+    }
+    const answer = (outcome: PackCacheOutcome, head: object): void => {
+      session.onOutcome(outcome)
+      res.writeHead(200, { 'content-type': 'application/octet-stream' })
+      res.write(`${JSON.stringify(head)}\n`)
+    }
+    if (this.degraded) {
+      answer('off', { mode: 'direct' })
+      return void res.end()
+    }
+    const key = createHash('sha256').update(JSON.stringify([session.repoDir, args])).update('\0').update(call.input).digest('hex')
+    const final = path.join(this.opts.dir, `${key}.pack`)
+
+    const hit = await this.finished(key, final)
+    if (hit) {
+      this.stats.hits++
+      this.stats.bytesServed += hit.size
+      answer('hit', { mode: 'hit', file: final, stderr: hit.stderr })
+      return void res.end()
+    }
+    // the last await before the decision: from here to produce() nothing interleaves, so
+    // concurrent identical requests find the one production and follow it
+    const room = await this.roomToWrite()
+    let production = this.producing.get(key)
+    if (production) {
+      this.stats.follows++
+      answer('follow', { mode: 'stream' })
+      return this.follow(production, res)
+    }
+    this.stats.misses++
+    const occurrence = (this.seen.get(key) ?? 0) + 1
+    this.seen.set(key, occurrence)
+    if (occurrence < this.opts.writeOnOccurrence || !room) {
+      answer('miss', { mode: 'direct' })
+      return void res.end()
+    }
+    production = this.produce(key, session.repoDir, args, call.input, final)
+    answer('miss', { mode: 'stream' })
+    return this.follow(production, res)
+  }
+
+  /** A complete, fresh, whole entry: its size and the progress text kept with it. */
+  private async finished(key: string, final: string): Promise<{ size: number; stderr: string } | undefined> {
+    const metaFile = final.replace(/\.pack$/, '.json')
+    try {
+      const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { size: number; stderr: string; createdAt: number }
+      const st = await stat(final)
+      if (Date.now() - meta.createdAt > this.opts.maxAgeMs) return undefined
+      if (st.size !== meta.size) {
+        // truncated or replaced by hand: never served
+        this.opts.log.warn({ key, size: st.size, expected: meta.size }, 'pack cache entry has the wrong size: removed')
+        await Promise.all([rm(final, { force: true }), rm(metaFile, { force: true })])
+        return undefined
+      }
+      return { size: meta.size, stderr: meta.stderr }
+    } catch {
+      return undefined
+    }
+  }
+
+  private async roomToWrite(): Promise<boolean> {
+    try {
+      const s = await statfs(this.opts.dir)
+      if (s.bavail * s.bsize < this.opts.diskFloorBytes) return false
+    } catch {
+      return false
+    }
+    return true
+  }
+
+  /** Starts the one pack-objects run of `key`; its output goes to a temp file that becomes the entry. */
+  private produce(key: string, repoDir: string, args: string[], input: Buffer, final: string): Production {
+    const p = new Production(`${final}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`, final)
+    this.producing.set(key, p)
+    const fail = async (why: string, err?: unknown): Promise<void> => {
+      if (p.done) return
+      p.failed = true
+      p.done = true
+      this.stats.failures++
+      this.producing.delete(key)
+      p.notify()
+      await rm(p.tmp, { force: true })
+      this.opts.log.warn({ key, err, why }, 'pack-objects for the cache failed: entry removed')
+    }
+    void (async () => {
+      let fh: FileHandle | undefined
+      try {
+        fh = await open(p.tmp, 'wx', 0o600)
+      } catch (err) {
+        this.degraded = `cache dir not writable: ${(err as Error).message}`
+        return fail('cannot write the cache', err)
+      }
+      const child = spawnChild(this.opts.gitBin, args, { env: this.opts.env, cwd: repoDir, killGraceMs: this.opts.killGraceMs, nice: this.opts.nice, viaHelper: this.opts.viaHelper })
+      child.proc.stdin.on('error', () => {})
+      child.proc.stdin.end(input)
+      child.proc.stderr.on('data', (c: Buffer) => { p.stderr.push(c); p.notify() })
+      let writing = Promise.resolve()
+      child.proc.stdout.on('data', (c: Buffer) => {
+        // appended in order; readers are told only once the bytes are in the file
+        writing = writing.then(async () => {
+          await fh!.write(c)
+          p.size += c.length
+          p.notify()
+        })
+      })
+      const status = await child.exited
+      try {
+        await writing
+        await fh.close()
+      } catch (err) {
+        return fail('writing the cache failed', err)
+      }
+      if (status.code !== 0) return fail(`pack-objects exited ${status.code ?? status.signal}`)
+      try {
+        await rename(p.tmp, final)
+        await writeFile(final.replace(/\.pack$/, '.json'), JSON.stringify({ size: p.size, stderr: Buffer.concat(p.stderr).toString('base64'), createdAt: Date.now() }))
+      } catch (err) {
+        return fail('storing the entry failed', err)
+      }
+      p.done = true
+      this.producing.delete(key)
+      p.notify()
+      this.sweep()
+    })()
+    return p
+  }
+
+  /** Streams a production to one reader as it is written; the reader leaving stops only its own copy. */
+  private async follow(p: Production, res: http.ServerResponse): Promise<void> {
+    let gone = false
+    res.on('close', () => { gone = true; p.notify() })
+    let fh: FileHandle | undefined
+    let offset = 0
+    let errSent = 0
+    const send = async (type: number, payload: Buffer): Promise<void> => {
+      const head = Buffer.alloc(5)
+      head[0] = type
+      head.writeUInt32BE(payload.length, 1)
+      if (!res.write(head) || !res.write(payload)) await new Promise<void>((resolve) => { res.once('drain', resolve); res.once('close', resolve) })
+    }
+    try {
+      for (;;) {
+        if (gone) return
+        if (errSent < p.stderr.length) {
+          await send(FRAME.err, p.stderr[errSent++]!)
+          continue
+        }
+        if (offset < p.size && !p.failed) {
+          fh ??= await open(p.tmp, 'r').catch(() => open(p.final, 'r'))
+          const buf = Buffer.alloc(Math.min(256 * 1024, p.size - offset))
+          const { bytesRead } = await fh.read(buf, 0, buf.length, offset)
+          if (bytesRead === 0) throw new Error('cache entry shorter than written')
+          offset += bytesRead
+          this.stats.bytesServed += bytesRead
+          await send(FRAME.out, buf.subarray(0, bytesRead))
+          continue
+        }
+        if (p.done) {
+          const code = Buffer.alloc(4)
+          code.writeUInt32BE(p.failed ? 128 : 0)
+          await send(FRAME.exit, code)
+          return
+        }
+        await p.changed()
+      }
+    } catch (err) {
+      this.opts.log.warn({ err }, 'following a pack-objects run failed')
+      res.destroy()
+    } finally {
+      await fh?.close().catch(() => {})
+      if (!gone) res.end()
+    }
+  }
+
+  /** Removes entries past their age, then the oldest while over the size cap; at most once a second. */
+  private sweep(): void {
+    if (Date.now() - this.sweptAt < 1000) return
+    this.sweptAt = Date.now()
+    try {
+      const entries = readdirSync(this.opts.dir).filter((n) => n.endsWith('.pack')).map((n) => {
+        const file = path.join(this.opts.dir, n)
+        const st = statSync(file, { throwIfNoEntry: false })
+        return { file, size: st?.size ?? 0, mtime: st?.mtimeMs ?? 0 }
+      }).sort((a, b) => a.mtime - b.mtime)
+      // temp files a killed worker left: a production in progress writes as its bytes come
+      for (const n of readdirSync(this.opts.dir)) {
+        const file = path.join(this.opts.dir, n)
+        if (n.includes('.pack.tmp-') && Date.now() - (statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? Date.now()) > this.opts.maxAgeMs) rmSync(file, { force: true })
+      }
+      let total = entries.reduce((s, e) => s + e.size, 0)
+      for (const e of entries) {
+        if (Date.now() - e.mtime <= this.opts.maxAgeMs && total <= this.opts.maxBytes) break
+        rmSync(e.file, { force: true })
+        rmSync(e.file.replace(/\.pack$/, '.json'), { force: true })
+        total -= e.size
+        this.stats.evictions++
+      }
+    } catch (err) {
+      this.opts.log.warn({ err }, 'pack cache sweep failed')
+    }
+  }
+}
+
+/** The hook's call: a JSON line (token, cwd, args), then pack-objects' stdin. */
+async function readCall(req: http.IncomingMessage, max: number): Promise<{ token: string; cwd: string; args: string[]; input: Buffer }> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const c of req) {
+    size += (c as Buffer).length
+    if (size > max + 64 * 1024) throw new Error('pack-objects input too large')
+    chunks.push(c as Buffer)
+  }
+  const body = Buffer.concat(chunks)
+  const nl = body.indexOf(10)
+  if (nl < 0) throw new Error('malformed call')
+  const head = JSON.parse(body.subarray(0, nl).toString('utf8')) as { token?: unknown; cwd?: unknown; args?: unknown }
+  if (typeof head.token !== 'string' || typeof head.cwd !== 'string' || !Array.isArray(head.args) || !head.args.every((a) => typeof a === 'string')) throw new Error('malformed call')
+  return { token: head.token, cwd: head.cwd, args: head.args as string[], input: body.subarray(nl + 1) }
+}
+
+/**
+ * The arguments to run pack-objects with, rebuilt from what upload-pack asked: `git
+ * [--shallow-file ""] pack-objects FLAGS...`, flags only; undefined for anything else.
+ */
+export function checkArgs(args: string[]): string[] | undefined {
+  if (args[0] !== 'git') return undefined
+  const rest = args.slice(1)
+  const out: string[] = []
+  let i = 0
+  if (rest[0] === '--shallow-file') {
+    if (rest[1] !== '') return undefined // upload-pack sends shallow lines on stdin, never a file
+    out.push('--shallow-file', '')
+    i = 2
+  }
+  if (rest[i] !== 'pack-objects') return undefined
+  out.push('pack-objects')
+  for (const a of rest.slice(i + 1)) {
+    if (!FLAGS.has(a) && !VALUED.test(a)) return undefined
+    out.push(a)
+  }
+  return out
+}

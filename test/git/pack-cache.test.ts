@@ -1,0 +1,106 @@
+import t from 'tap'
+import { readdir, truncate, writeFile } from 'node:fs/promises'
+import path from 'node:path'
+import { addBigRepo, gitClient, gitWrapper, metric, startWorker } from '../helpers/worker.js'
+import { checkArgs } from '../../src/git/pack-cache.js'
+
+const outcomes = (w: { logs(): Record<string, unknown>[] }, from = 0) =>
+  // requests that ran pack-objects (a v2 ls-refs does not)
+  w.logs().slice(from).filter((l) => l.msg === 'request' && l.route === 'git_upload_pack' && l.pack_cache !== undefined).map((l) => l.pack_cache)
+
+t.test('the arguments pack-objects runs with are rebuilt from what upload-pack sends, flags only', async (t) => {
+  t.same(checkArgs(['git', '--shallow-file', '', 'pack-objects', '--revs', '--thin', '--stdout', '--shallow', '--delta-base-offset', '--include-tag']),
+    ['--shallow-file', '', 'pack-objects', '--revs', '--thin', '--stdout', '--shallow', '--delta-base-offset', '--include-tag'])
+  t.same(checkArgs(['git', 'pack-objects', '--revs', '--filter=blob:none']), ['pack-objects', '--revs', '--filter=blob:none'])
+  for (const bad of [['sh', 'pack-objects'], ['git', 'upload-pack'], ['git', '--shallow-file', '/etc/passwd', 'pack-objects'], ['git', 'pack-objects', 'HEAD'], ['git', 'pack-objects', '--exec=sh'], ['git', 'pack-objects', '--x=a b']]) {
+    t.equal(checkArgs(bad), undefined, `refused: ${bad.join(' ')}`)
+  }
+})
+
+t.test('a pack asked for again is computed once: direct, then written, then served from disk; the same repo on every clone', async (t) => {
+  const w = await startWorker(t, { 'pack-cache': true })
+  const git = gitClient(w.dir)
+  const heads: string[] = []
+  for (const name of ['c1', 'c2', 'c3']) {
+    const r = await git(['clone', '-q', `${w.url}/demo.git`, name])
+    t.equal(r.code, 0, r.stderr)
+    heads.push((await git(['rev-parse', 'HEAD'], path.join(w.dir, name))).stdout.trim())
+    t.equal((await git(['fsck', '--strict'], path.join(w.dir, name))).code, 0)
+  }
+  t.same(outcomes(w), ['miss', 'miss', 'hit'], 'first seen: run directly; second: written; third: a hit')
+  t.equal(new Set(heads).size, 1)
+  const entries = (await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.endsWith('.pack'))
+  t.equal(entries.length, 1, 'one entry on disk')
+  const m = (await (await fetch(`${w.url}/metrics`)).text())
+  t.same([metric(m, 'vcs_pack_cache_hits_total'), metric(m, 'vcs_pack_cache_misses_total'), metric(m, 'vcs_pack_cache_entries')], [1, 2, 1], 'metrics: one hit, two misses, one entry')
+  t.ok(metric(m, 'vcs_pack_cache_served_bytes_total') > 0 && metric(m, 'vcs_pack_cache_bytes') > 0)
+
+  // an entry truncated by hand is never served: the clone is served directly and correctly
+  const file = path.join(w.config.dataDir, 'pack-cache', entries[0]!)
+  await truncate(file, 100)
+  const b2 = w.logs().length
+  const r5 = await git(['clone', '-q', `${w.url}/demo.git`, 'c5'])
+  t.equal(r5.code, 0, r5.stderr)
+  t.notSame(outcomes(w, b2), ['hit'], 'not a hit')
+  t.ok(w.logs().some((l) => l.msg === 'pack cache entry has the wrong size: removed'), 'the bad entry removed')
+
+  // a push between two clones: the next clone asks for other objects, and gets them
+  const work = path.join(w.dir, 'c1')
+  await writeFile(path.join(work, 'new.txt'), 'new\n')
+  await git(['add', '.'], work)
+  await git(['commit', '-qm', 'after the cache'], work)
+  await w.addUser('pia', 'pia-password', { 'demo.git': 'write' })
+  const pushed = await git(['push', '-q', `${w.urlAs('pia', 'pia-password')}/demo.git`, 'HEAD:refs/heads/main'], work)
+  t.equal(pushed.code, 0, pushed.stderr)
+  const r = await git(['clone', '-q', `${w.url}/demo.git`, 'c4'])
+  t.equal(r.code, 0, r.stderr)
+  t.match((await git(['log', '--format=%s', '-1'], path.join(w.dir, 'c4'))).stdout, 'after the cache', 'the new commit is there')
+  const before = w.logs().length
+  t.equal((await git(['fetch', '-q', 'origin'], path.join(w.dir, 'c2'))).code, 0)
+  t.match((await git(['log', '--format=%s', '-1', 'origin/main'], path.join(w.dir, 'c2'))).stdout, 'after the cache', 'and a fetch after the push too')
+  t.same(outcomes(w, before), ['miss'])
+
+})
+
+t.test('concurrent identical clones follow one pack-objects run', async (t) => {
+  const w = await startWorker(t, { 'pack-cache': true })
+  await addBigRepo(w.dir, w.reposDir, 8)
+  await w.store.setRepo('big.git', 'git', true)
+  const git = gitClient(w.dir)
+  t.equal((await git(['clone', '-q', `${w.url}/big.git`, 'first'])).code, 0, 'seen once')
+  const before = w.logs().length
+  const results = await Promise.all([1, 2, 3, 4, 5, 6].map((i) => git(['clone', '-q', `${w.url}/big.git`, `b${i}`])))
+  t.same(results.map((r) => r.code), [0, 0, 0, 0, 0, 0], results.map((r) => r.stderr).join(''))
+  const o = outcomes(w, before)
+  t.equal(o.filter((x) => x === 'miss').length, 1, `one run of pack-objects; the others followed it or hit its entry: ${o.join(' ')}`)
+  for (let i = 1; i <= 6; i++) t.equal((await git(['fsck'], path.join(w.dir, `b${i}`))).code, 0)
+})
+
+t.test('a cache dir that cannot be used: clones served directly, marked off', async (t) => {
+  const { dir } = await startWorker(t) // only for a temp dir
+  const notADir = path.join(dir, 'a-file')
+  await writeFile(notADir, 'x')
+  const w = await startWorker(t, { 'pack-cache': true, 'pack-cache-dir': path.join(notADir, 'cache') })
+  const git = gitClient(w.dir)
+  for (const name of ['d1', 'd2']) t.equal((await git(['clone', '-q', `${w.url}/demo.git`, name])).code, 0)
+  t.same(outcomes(w), ['off', 'off'])
+})
+
+t.test('the producing pack-objects killed mid-write: its clients fail cleanly, the entry is gone, the next request makes it again', async (t) => {
+  // pack-objects run for the cache (through gitBin) dies with SIGKILL after 100 KB, once
+  const wrapper = await gitWrapper(t, '#!/bin/sh\nfor a in "$@"; do if [ "$a" = pack-objects ] && [ ! -e @DIR@/killed ]; then touch @DIR@/killed; git "$@" | head -c 100000; kill -9 $$; fi; done\nexec git "$@"\n')
+  const w = await startWorker(t, { 'pack-cache': true, 'git-bin': wrapper })
+  await addBigRepo(w.dir, w.reposDir, 4)
+  await w.store.setRepo('big.git', 'git', true)
+  const git = gitClient(w.dir)
+  t.equal((await git(['clone', '-q', `${w.url}/big.git`, 'seen'])).code, 0, 'seen once (run by the hook itself, not through the wrapper)')
+  const cut = await git(['clone', '-q', `${w.url}/big.git`, 'cut'])
+  t.not(cut.code, 0, 'the client of the killed run fails')
+  t.match(cut.stderr, /fatal|error/, `and says so: ${cut.stderr.trim()}`)
+  t.ok(w.logs().some((l) => l.msg === 'pack-objects for the cache failed: entry removed'), 'logged')
+  t.same((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.includes('.pack')), [], 'nothing left in the cache, not even a temp file')
+  const again = await git(['clone', '-q', `${w.url}/big.git`, 'again'])
+  t.equal(again.code, 0, `the next clone is made again and succeeds: ${again.stderr}`)
+  t.equal((await git(['fsck'], path.join(w.dir, 'again'))).code, 0)
+  t.equal((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.endsWith('.pack')).length, 1, 'and cached')
+})
