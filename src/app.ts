@@ -145,6 +145,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
       maxBytes: config.packCacheMaxBytes,
       writeOnOccurrence: config.packCacheWriteOn,
       diskFloorBytes: config.diskFreeFloorBytes,
+      maxProductions: config.heavyLimit,
       maxInputBytes: config.maxNegotiationBytes,
       killGraceMs: config.killGraceMs,
       nice: config.childNice,
@@ -163,7 +164,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     app.addHook('onClose', () => pool.stop())
     repoRoutes.push(hgRoute({ config, pool, admission, recovery: new JournalRecovery(config, app.log), refused: () => metrics?.refused('no_hg_child', 'none') }))
   }
-  const health = new HealthChecker(config, git, app.hgPool, canary, admission, store)
+  const health = new HealthChecker(config, git, app.hgPool, canary, admission, store, packCache)
   await health.start()
   app.decorate('health', health)
   app.addHook('onClose', async () => health.stop())

@@ -38,6 +38,12 @@ export interface PackCacheOptions {
   writeOnOccurrence: number
   /** free bytes the cache never writes below */
   diskFloorBytes: number
+  /**
+   * pack-objects runs for the cache at once; past it, requests run their own (bound to their
+   * client and admission slot). A run outlives a client that leaves, so without this bound a
+   * client could start runs and go, outside admission.
+   */
+  maxProductions: number
   /** largest pack-objects stdin accepted from the hook */
   maxInputBytes: number
   killGraceMs: number
@@ -120,6 +126,24 @@ export class PackObjectsCache {
     this.server?.closeAllConnections()
   }
 
+  /**
+   * Tries the cache dir (create, write, remove a probe file): clears or sets `degraded`. The
+   * health checks call it, so a dir that comes back (space freed, permissions fixed) is used again.
+   */
+  async probe(): Promise<string> {
+    const file = path.join(this.opts.dir, `.probe-${process.pid}`)
+    try {
+      mkdirSync(this.opts.dir, { recursive: true, mode: 0o700 })
+      await writeFile(file, 'probe\n')
+      await rm(file, { force: true })
+      this.degraded = undefined
+    } catch (err) {
+      this.degraded = `cache dir not writable: ${(err as Error).message.split('\n')[0]}`
+    }
+    const { entries, bytes } = this.entryCount()
+    return this.degraded ? `degraded (clones served directly): ${this.degraded}` : `${entries} entries, ${Math.round(bytes / 1048576)} MiB`
+  }
+
   /** A session for one upload-pack: the environment and `-c` setting its child needs. */
   open(repoDir: string, hookCommand: string, onOutcome: (o: PackCacheOutcome) => void): { env: Record<string, string>; config: string[]; close: () => void } {
     const token = randomBytes(24).toString('base64url')
@@ -193,7 +217,7 @@ export class PackObjectsCache {
     this.stats.misses++
     const occurrence = (this.seen.get(key) ?? 0) + 1
     this.seen.set(key, occurrence)
-    if (occurrence < this.opts.writeOnOccurrence || !room) {
+    if (occurrence < this.opts.writeOnOccurrence || !room || this.producing.size >= this.opts.maxProductions) {
       answer('miss', { mode: 'direct' })
       return void res.end()
     }

@@ -12,8 +12,9 @@ import type { GitRunner } from '../git/spawn.js'
 import type { HgServePool } from '../hg/serve-pool.js'
 import type { Admission } from '../admission/admission.js'
 import type { AuthStore } from '../auth/store.js'
+import type { PackObjectsCache } from '../git/pack-cache.js'
 
-export type CheckName = 'repos_dir' | 'disk' | 'git_binary' | 'git_canary' | 'hg_children' | 'auth_store' | 'draining' | 'saturation'
+export type CheckName = 'repos_dir' | 'disk' | 'git_binary' | 'git_canary' | 'hg_children' | 'auth_store' | 'pack_cache' | 'draining' | 'saturation'
 
 export interface CheckResult {
   status: 'ok' | 'fail'
@@ -35,12 +36,13 @@ export const GIT_CHECKS: CheckName[] = ['repos_dir', 'disk', 'git_binary', 'git_
 export const HG_CHECKS: CheckName[] = ['repos_dir', 'disk', 'hg_children', 'draining', 'saturation']
 /**
  * What decides whether the worker can serve (the agent without a protocol uses these);
- * `/health/ready` adds the auth store. It is not in the git and hg sets: every worker of a pool
+ * `/health/ready` adds the auth store, and the pack-objects cache, which is never red: a cache
+ * that cannot be used is degraded (said in its message), clones are served without it. It is not in the git and hg sets: every worker of a pool
  * shares one store, so taking workers out of rotation when it fails would remove them all and
  * help no one; anonymous clones of public repos and cached credentials keep working.
  */
 export const SERVING_CHECKS: CheckName[] = [...new Set([...GIT_CHECKS, ...HG_CHECKS])]
-export const ALL_CHECKS: CheckName[] = [...SERVING_CHECKS, 'auth_store']
+export const ALL_CHECKS: CheckName[] = [...SERVING_CHECKS, 'auth_store', 'pack_cache']
 
 /**
  * Everything an answer to a probe needs, as plain data: the endpoints, the agent and the probe
@@ -122,7 +124,7 @@ export class HealthChecker {
   /** called when a result may have changed: after each round of checks and at a drain */
   onChange: (() => void) | undefined
 
-  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgServePool | undefined, canaryDir: string, private readonly admission: Admission, store: AuthStore) {
+  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgServePool | undefined, canaryDir: string, private readonly admission: Admission, store: AuthStore, packCache?: PackObjectsCache) {
     const add = (name: CheckName, run: () => Promise<string>): void => {
       this.checks.set(name, { run, ok: false, failures: 0, lastRun: 0, durationMs: 0, message: 'not run yet' })
     }
@@ -153,6 +155,7 @@ export class HealthChecker {
       if (ready === 0) throw new Error(`0 of ${pool.children.length} hg serve children ready`)
       return `${ready} of ${pool.children.length} hg serve children ready`
     })
+    add('pack_cache', async () => (packCache ? packCache.probe() : 'off (packCache false)'))
     add('auth_store', async () => {
       try {
         return await store.ping()

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { readdir, truncate, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { addBigRepo, gitClient, gitWrapper, metric, startWorker } from '../helpers/worker.js'
+import { addBigRepo, gitClient, gitWrapper, metric, startWorker, waitFor } from '../helpers/worker.js'
 import { checkArgs } from '../../src/git/pack-cache.js'
 
 const outcomes = (w: { logs(): Record<string, unknown>[] }, from = 0) =>
@@ -103,4 +103,35 @@ t.test('the producing pack-objects killed mid-write: its clients fail cleanly, t
   t.equal(again.code, 0, `the next clone is made again and succeeds: ${again.stderr}`)
   t.equal((await git(['fsck'], path.join(w.dir, 'again'))).code, 0)
   t.equal((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.endsWith('.pack')).length, 1, 'and cached')
+})
+
+t.test('the disk floor: a cache that would write below it steps aside; the health report says degraded, never red', async (t) => {
+  const w = await startWorker(t, { 'pack-cache': true, 'disk-free-floor-bytes': String(Number.MAX_SAFE_INTEGER), 'health-interval-ms': '200' })
+  const git = gitClient(w.dir)
+  for (const name of ['f1', 'f2', 'f3']) t.equal((await git(['clone', '-q', `${w.url}/demo.git`, name])).code, 0)
+  t.same(outcomes(w), ['miss', 'miss', 'miss'], 'every fetch ran its own pack-objects')
+  t.same((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.includes('.pack')), [], 'nothing written')
+
+  // an unusable dir is reported as degraded in /health/ready, which stays about the disk only
+  await writeFile(path.join(w.config.dataDir, 'pack-cache', 'f'), 'a file where the dir should be')
+  const w2 = await startWorker(t, { 'pack-cache': true, 'pack-cache-dir': path.join(w.config.dataDir, 'pack-cache', 'f'), 'health-interval-ms': '200' })
+  await waitFor(async () => /degraded/.test(JSON.stringify((await (await fetch(`${w2.url}/health/ready`)).json()).checks.pack_cache)), 10_000, 'the degraded report')
+  const ready = await (await fetch(`${w2.url}/health/ready`)).json() as { checks: Record<string, { status: string; message: string }> }
+  t.equal(ready.checks.pack_cache!.status, 'ok', 'degraded, not down')
+  t.match(ready.checks.pack_cache!.message, /^degraded \(clones served directly\): cache dir not writable/)
+  t.equal((await git(['clone', '-q', `${w2.url}/demo.git`, 'g1'])).code, 0, 'clones still served')
+})
+
+t.test('two workers with separate data dirs on one repos dir: each its own cache, both serving correct packs', async (t) => {
+  const a = await startWorker(t, { 'pack-cache': true })
+  const b = await startWorker(t, { 'pack-cache': true }, { reposDir: a.reposDir })
+  const git = gitClient(a.dir)
+  for (const [w, name] of [[a, 'a1'], [b, 'b1'], [a, 'a2'], [b, 'b2'], [a, 'a3'], [b, 'b3']] as const) {
+    const r = await git(['clone', '-q', `${w.url}/demo.git`, name])
+    t.equal(r.code, 0, r.stderr)
+    t.equal((await git(['fsck', '--strict'], path.join(a.dir, name))).code, 0)
+  }
+  t.same(outcomes(a), ['miss', 'miss', 'hit'])
+  t.same(outcomes(b), ['miss', 'miss', 'hit'], 'b keeps its own count and entries')
+  for (const w of [a, b]) t.equal((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.endsWith('.pack')).length, 1)
 })
