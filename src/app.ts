@@ -139,6 +139,8 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   if (config.packCache) {
     packCache = new PackObjectsCache({
       dir: config.packCacheDir || path.join(config.dataDir, 'pack-cache'),
+      hookPath: path.join(config.hooksDir, 'pack-objects'),
+      tmpDir: config.tmpDir,
       gitBin: config.gitBin,
       env: { PATH: config.envPath, HOME: config.homeDir, GIT_CONFIG_NOSYSTEM: '1', LC_ALL: 'C' },
       maxAgeMs: config.packCacheMaxAgeMs,

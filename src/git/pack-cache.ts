@@ -1,16 +1,17 @@
 /**
  * The pack-objects cache (issue #15): identical pack-objects runs computed once. git upload-pack
  * hands its pack-objects call to `uploadpack.packObjectsHook` (honoured from `-c`, never from
- * a repo's own config); our hook (hooks/pack-objects.ts) sends the call to this server on
- * loopback, with a per-request token only our upload-pack children carry, and is told what to do:
+ * a repo's own config); our hook, a few lines of sh and one curl (a Node hook cost more CPU to
+ * start than the pack it saved, bench:storm), posts the call to this server on loopback with a
+ * per-request token only our upload-pack children carry:
  *
- * - `direct`: run pack-objects itself (a key seen for the first time: most packs are asked for
+ * - 204: run pack-objects yourself (a key seen for the first time: most packs are asked for
  *   once, and are not worth the disk; the cache stepping aside);
- * - `hit`: read a finished entry from disk itself (the worker is not in the data path);
- * - `stream`: follow a production in progress, through this server: one pack-objects run per key
- *   at a time, its output written to the cache and to every reader as it comes. A reader that
- *   leaves does not stop it; a run that fails removes its entry and every reader gets a failure
- *   exit (upload-pack reports git's error), never a truncated pack presented as whole.
+ * - 200 and the pack: a finished entry from disk (`hit`), or a production in progress followed
+ *   as it is written (`miss` for the request that started it, `follow` for the others): one
+ *   pack-objects run per key at a time. A reader that leaves does not stop it; a run that fails
+ *   removes its entry and every reader's connection is cut, so curl fails and upload-pack reports
+ *   git's error: never a truncated pack presented as whole.
  *
  * The key covers what decides the bytes: the repository, pack-objects' arguments and the whole of
  * its stdin (wants, haves, shallow lines); nothing per user. Objects are immutable, so an entry
@@ -18,10 +19,9 @@
  */
 import http from 'node:http'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs'
+import { mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { open, readFile, rename, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { LRUCache } from 'lru-cache'
 import type { FastifyBaseLogger } from 'fastify'
 import { spawnChild } from '../process/child.js'
@@ -30,6 +30,10 @@ export type PackCacheOutcome = 'hit' | 'miss' | 'follow' | 'off'
 
 export interface PackCacheOptions {
   dir: string
+  /** where the hook script is written (the hooks dir) */
+  hookPath: string
+  /** temp files of the hook (its copy of pack-objects' stdin) */
+  tmpDir: string
   gitBin: string
   env: Record<string, string>
   maxAgeMs: number
@@ -53,11 +57,29 @@ export interface PackCacheOptions {
   log: FastifyBaseLogger
 }
 
-/** The hook command git runs (a shell command line: node and the compiled hook, quoted). */
-export const PACK_HOOK = `'${process.execPath}' '${fileURLToPath(new URL('./hooks/pack-objects.js', import.meta.url))}'`
-
-/** Frames of a `stream` answer: type byte, 32-bit length, payload. */
-export const FRAME = { out: 1, err: 2, exit: 3 } as const
+/** The hook git runs: the call goes to the worker; whatever keeps it from the cache, pack-objects runs here. */
+export const PACK_HOOK_SCRIPT = `#!/bin/sh
+# vcs-worker's uploadpack.packObjectsHook (src/git/pack-cache.ts): "$@" is git's pack-objects call
+in=$(mktemp "\${TMPDIR:-/tmp}/vcs-pack-in.XXXXXX") || exec "$@"
+trap 'rm -f "$in" "$in.h"' EXIT
+cat > "$in"
+curl -sS -f --no-buffer -o - -D "$in.h" -H 'Expect:' -H "X-VCS-Token: $VCS_WORKER_PACK_TOKEN" -H "X-VCS-Cwd: $(pwd -P)" -H "X-VCS-Args: $*" --data-binary @"$in" "$VCS_WORKER_PACK_URL"
+rc=$?
+case $rc in
+  0) if head -n 1 "$in.h" | grep -q ' 204'; then "$@" < "$in"; exit $?; fi
+     # a finished entry: read here, not through the worker; an entry evicted before cat opened
+     # it (cat fails before writing a byte) means running pack-objects after all
+     f=$(sed -n 's/^[Xx]-[Vv][Cc][Ss]-[Ff]ile: *//p' "$in.h" | tr -d '\\r')
+     if [ -n "$f" ]; then
+       cat "$f" && exit 0
+       [ -e "$f" ] && exit 1
+       "$@" < "$in"; exit $?
+     fi
+     exit 0 ;;
+  7|22|127) "$@" < "$in"; exit $? ;;
+  *) exit 1 ;;
+esac
+`
 
 /** The flags upload-pack passes to pack-objects (git 2.39, upload-pack.c); anything else is refused. */
 const FLAGS = new Set(['--revs', '--thin', '--stdout', '--progress', '--delta-base-offset', '--include-tag', '--shallow', '--keep-true-parents', '--no-reuse-delta'])
@@ -116,6 +138,9 @@ export class PackObjectsCache {
   }
 
   async start(): Promise<void> {
+    const tmp = `${this.opts.hookPath}.${process.pid}`
+    writeFileSync(tmp, PACK_HOOK_SCRIPT, { mode: 0o755 })
+    renameSync(tmp, this.opts.hookPath)
     this.server = http.createServer((req, res) => { void this.handle(req, res) })
     await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve))
     this.url = `http://127.0.0.1:${(this.server.address() as { port: number }).port}/pack-objects`
@@ -145,12 +170,12 @@ export class PackObjectsCache {
   }
 
   /** A session for one upload-pack: the environment and `-c` setting its child needs. */
-  open(repoDir: string, hookCommand: string, onOutcome: (o: PackCacheOutcome) => void): { env: Record<string, string>; config: string[]; close: () => void } {
+  open(repoDir: string, onOutcome: (o: PackCacheOutcome) => void): { env: Record<string, string>; config: string[]; close: () => void } {
     const token = randomBytes(24).toString('base64url')
     this.sessions.set(token, { repoDir, onOutcome })
     return {
-      env: { VCS_WORKER_PACK_URL: this.url, VCS_WORKER_PACK_TOKEN: token },
-      config: [`uploadpack.packObjectsHook=${hookCommand}`],
+      env: { VCS_WORKER_PACK_URL: this.url, VCS_WORKER_PACK_TOKEN: token, TMPDIR: this.opts.tmpDir },
+      config: [`uploadpack.packObjectsHook=${this.opts.hookPath}`],
       close: () => { this.sessions.delete(token) },
     }
   }
@@ -169,41 +194,44 @@ export class PackObjectsCache {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    let call: { token: string; cwd: string; args: string[]; input: Buffer }
+    let input: Buffer
     try {
-      call = await readCall(req, this.opts.maxInputBytes)
+      input = await readBody(req, this.opts.maxInputBytes)
     } catch (err) {
       res.writeHead(400).end(`${(err as Error).message}\n`)
       return
     }
-    const session = this.sessions.get(call.token)
-    if (!session || path.resolve(call.cwd) !== session.repoDir) {
+    const token = String(req.headers['x-vcs-token'] ?? '')
+    const session = this.sessions.get(token)
+    if (!session || path.resolve(String(req.headers['x-vcs-cwd'] ?? '')) !== session.repoDir) {
       res.writeHead(403).end('unknown pack-objects call\n')
       return
     }
-    const args = checkArgs(call.args)
+    // the hook sends "$*": git's arguments joined by spaces (flags have none; the one empty
+    // argument, after --shallow-file, shows as two spaces)
+    const args = checkArgs(String(req.headers['x-vcs-args'] ?? '').split(' '))
     if (!args) {
       res.writeHead(400).end('unexpected pack-objects arguments\n')
       return
     }
-    const answer = (outcome: PackCacheOutcome, head: object): void => {
+    const direct = (outcome: PackCacheOutcome): void => {
       session.onOutcome(outcome)
-      res.writeHead(200, { 'content-type': 'application/octet-stream' })
-      res.write(`${JSON.stringify(head)}\n`)
+      res.writeHead(204).end()
     }
-    if (this.degraded) {
-      answer('off', { mode: 'direct' })
-      return void res.end()
-    }
-    const key = createHash('sha256').update(JSON.stringify([session.repoDir, args])).update('\0').update(call.input).digest('hex')
+    if (this.degraded) return direct('off')
+    const key = createHash('sha256').update(JSON.stringify([session.repoDir, args])).update('\0').update(input).digest('hex')
     const final = path.join(this.opts.dir, `${key}.pack`)
 
     const hit = await this.finished(key, final)
     if (hit) {
-      this.stats.hits++
-      this.stats.bytesServed += hit.size
-      answer('hit', { mode: 'hit', file: final, stderr: hit.stderr })
-      return void res.end()
+      {
+        this.stats.hits++
+        this.stats.bytesServed += hit.size
+        session.onOutcome('hit')
+        // the hook reads the entry itself: the worker stays out of the data path
+        res.writeHead(200, { 'x-vcs-file': final, 'content-length': 0 }).end()
+        return
+      }
     }
     // the last await before the decision: from here to produce() nothing interleaves, so
     // concurrent identical requests find the one production and follow it
@@ -211,26 +239,23 @@ export class PackObjectsCache {
     let production = this.producing.get(key)
     if (production) {
       this.stats.follows++
-      answer('follow', { mode: 'stream' })
+      session.onOutcome('follow')
       return this.follow(production, res)
     }
     this.stats.misses++
     const occurrence = (this.seen.get(key) ?? 0) + 1
     this.seen.set(key, occurrence)
-    if (occurrence < this.opts.writeOnOccurrence || !room || this.producing.size >= this.opts.maxProductions) {
-      answer('miss', { mode: 'direct' })
-      return void res.end()
-    }
-    production = this.produce(key, session.repoDir, args, call.input, final)
-    answer('miss', { mode: 'stream' })
+    if (occurrence < this.opts.writeOnOccurrence || !room || this.producing.size >= this.opts.maxProductions) return direct('miss')
+    production = this.produce(key, session.repoDir, args, input, final)
+    session.onOutcome('miss')
     return this.follow(production, res)
   }
 
   /** A complete, fresh, whole entry: its size and the progress text kept with it. */
-  private async finished(key: string, final: string): Promise<{ size: number; stderr: string } | undefined> {
+  private async finished(key: string, final: string): Promise<{ size: number } | undefined> {
     const metaFile = final.replace(/\.pack$/, '.json')
     try {
-      const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { size: number; stderr: string; createdAt: number }
+      const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { size: number; createdAt: number }
       const st = await stat(final)
       if (Date.now() - meta.createdAt > this.opts.maxAgeMs) return undefined
       if (st.size !== meta.size) {
@@ -239,7 +264,7 @@ export class PackObjectsCache {
         await Promise.all([rm(final, { force: true }), rm(metaFile, { force: true })])
         return undefined
       }
-      return { size: meta.size, stderr: meta.stderr }
+      return { size: meta.size }
     } catch {
       return undefined
     }
@@ -300,7 +325,7 @@ export class PackObjectsCache {
       if (status.code !== 0) return fail(`pack-objects exited ${status.code ?? status.signal}`)
       try {
         await rename(p.tmp, final)
-        await writeFile(final.replace(/\.pack$/, '.json'), JSON.stringify({ size: p.size, stderr: Buffer.concat(p.stderr).toString('base64'), createdAt: Date.now() }))
+        await writeFile(final.replace(/\.pack$/, '.json'), JSON.stringify({ size: p.size, createdAt: Date.now() }))
       } catch (err) {
         return fail('storing the entry failed', err)
       }
@@ -316,46 +341,35 @@ export class PackObjectsCache {
   private async follow(p: Production, res: http.ServerResponse): Promise<void> {
     let gone = false
     res.on('close', () => { gone = true; p.notify() })
+    res.writeHead(200, { 'content-type': 'application/octet-stream' })
     let fh: FileHandle | undefined
     let offset = 0
-    let errSent = 0
-    const send = async (type: number, payload: Buffer): Promise<void> => {
-      const head = Buffer.alloc(5)
-      head[0] = type
-      head.writeUInt32BE(payload.length, 1)
-      if (!res.write(head) || !res.write(payload)) await new Promise<void>((resolve) => { res.once('drain', resolve); res.once('close', resolve) })
-    }
     try {
       for (;;) {
         if (gone) return
-        if (errSent < p.stderr.length) {
-          await send(FRAME.err, p.stderr[errSent++]!)
-          continue
-        }
-        if (offset < p.size && !p.failed) {
+        if (p.failed) throw new Error('the pack-objects run failed')
+        if (offset < p.size) {
           fh ??= await open(p.tmp, 'r').catch(() => open(p.final, 'r'))
           const buf = Buffer.alloc(Math.min(256 * 1024, p.size - offset))
           const { bytesRead } = await fh.read(buf, 0, buf.length, offset)
           if (bytesRead === 0) throw new Error('cache entry shorter than written')
           offset += bytesRead
           this.stats.bytesServed += bytesRead
-          await send(FRAME.out, buf.subarray(0, bytesRead))
+          if (!res.write(buf.subarray(0, bytesRead))) await drained(res)
           continue
         }
         if (p.done) {
-          const code = Buffer.alloc(4)
-          code.writeUInt32BE(p.failed ? 128 : 0)
-          await send(FRAME.exit, code)
+          res.end()
           return
         }
         await p.changed()
       }
     } catch (err) {
-      this.opts.log.warn({ err }, 'following a pack-objects run failed')
+      // cut, not ended: curl fails, the hook exits non-zero, upload-pack reports the error
+      if (!gone) this.opts.log.warn({ err }, 'following a pack-objects run failed')
       res.destroy()
     } finally {
       await fh?.close().catch(() => {})
-      if (!gone) res.end()
     }
   }
 
@@ -388,21 +402,29 @@ export class PackObjectsCache {
   }
 }
 
-/** The hook's call: a JSON line (token, cwd, args), then pack-objects' stdin. */
-async function readCall(req: http.IncomingMessage, max: number): Promise<{ token: string; cwd: string; args: string[]; input: Buffer }> {
+/** Resolves when `res` can take more, or is gone; leaves no listener behind. */
+function drained(res: http.ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done)
+      res.off('close', done)
+      resolve()
+    }
+    res.on('drain', done)
+    res.on('close', done)
+  })
+}
+
+/** The hook's call body: pack-objects' stdin, bounded. */
+async function readBody(req: http.IncomingMessage, max: number): Promise<Buffer> {
   const chunks: Buffer[] = []
   let size = 0
   for await (const c of req) {
     size += (c as Buffer).length
-    if (size > max + 64 * 1024) throw new Error('pack-objects input too large')
+    if (size > max) throw new Error('pack-objects input too large')
     chunks.push(c as Buffer)
   }
-  const body = Buffer.concat(chunks)
-  const nl = body.indexOf(10)
-  if (nl < 0) throw new Error('malformed call')
-  const head = JSON.parse(body.subarray(0, nl).toString('utf8')) as { token?: unknown; cwd?: unknown; args?: unknown }
-  if (typeof head.token !== 'string' || typeof head.cwd !== 'string' || !Array.isArray(head.args) || !head.args.every((a) => typeof a === 'string')) throw new Error('malformed call')
-  return { token: head.token, cwd: head.cwd, args: head.args as string[], input: body.subarray(nl + 1) }
+  return Buffer.concat(chunks)
 }
 
 /**

@@ -17,7 +17,7 @@ import { errPkt, FLUSH, pkt, PktLineChecker } from './pktline.js'
 import { streamChild } from './respond.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
 import { V2AdvertisementCache } from './advertise.js'
-import { PACK_HOOK, type PackObjectsCache } from './pack-cache.js'
+import type { PackObjectsCache } from './pack-cache.js'
 import { ReportRewriter } from './report-status.js'
 import type { RefHookServer } from './ref-hooks.js'
 import type { Action } from '../auth/plugin.js'
@@ -141,7 +141,7 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
       throw err
     }
     // with the pack-objects cache, git's pack-objects call goes through our hook (pack-cache.ts)
-    const cache = deps.packCache?.open(repo.dir, PACK_HOOK, (outcome) => { req.accessRecord.packCache = outcome })
+    const cache = deps.packCache?.open(repo.dir, (outcome) => { req.accessRecord.packCache = outcome })
     const child = git.serve('upload-pack', repo.dir, { gitProtocol, env: cache?.env, config: cache?.config })
     void child.exited.then(() => { release?.(); cache?.close(); return spill.dispose() })
     pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))

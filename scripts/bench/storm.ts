@@ -1,0 +1,152 @@
+/**
+ * `npm run bench:storm`: the CI storm, pack-objects cache on against off, in one run, rounds
+ * interleaved. A wide repo (20,000 files, 300 commits, as fast-import leaves it: one pack, no
+ * bitmap) and the fetch a CI runner makes (`--depth 1` of the tip), replayed by 16 concurrent
+ * curl processes so that client work does not dominate this 2-core machine; one real `git clone
+ * --depth 1` per round checks the answer. Measured per storm: wall time (throughput), the CPU of
+ * the worker and its children (the spawn helper and every git it started), the worker's RSS
+ * peak; and the disk one cache miss writes. Targets (issue #15 point 7): throughput with the
+ * cache >= 4x without; server CPU per fetch with the cache <= 20% of without; RSS < 150 MB.
+ * Not measured yet: full clones of a many-pack repo and of a bitmap-repacked one (point 7),
+ * hg clone bundles (point 8).
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { CLI, ROOT, median, rssOf, sh, startWorker, table, timeAsync, type Started } from './lib.js'
+
+const BENCH = path.join(ROOT, 'data', 'bench-storm')
+const REPOS = path.join(BENCH, 'repos')
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const CONCURRENT = 16
+const FILES = 20_000
+const COMMITS = 300
+
+/** A repo with a wide tree: the first commit adds FILES small files, the others change a few. */
+function makeWideRepo(dir: string): void {
+  if (existsSync(path.join(dir, 'HEAD'))) return
+  console.error('bench: generating the wide repo (once)...')
+  const tmp = `${dir}.tmp`
+  rmSync(tmp, { recursive: true, force: true })
+  sh('git', ['init', '-q', '--bare', tmp])
+  const parts: string[] = []
+  for (let c = 1; c <= COMMITS; c++) {
+    const msg = `commit ${c}\n`
+    parts.push(`commit refs/heads/main\ncommitter Bench <bench@example.invalid> ${1_700_000_000 + c * 60} +0000\ndata ${msg.length}\n${msg}`)
+    const files = c === 1 ? Array.from({ length: FILES }, (_, i) => i) : [c * 7 % FILES, c * 13 % FILES, c * 31 % FILES]
+    for (const i of files) {
+      const body = `file ${i} of the wide repo, revision ${c}\n${'x'.repeat(200 + (i % 50))}\n`
+      parts.push(`M 100644 inline src/d${i % 200}/f${i}.txt\ndata ${Buffer.byteLength(body)}\n${body}\n`)
+    }
+  }
+  sh('git', ['--git-dir', tmp, 'fast-import', '--quiet'], { input: Buffer.from(parts.join('')) })
+  sh('mv', [tmp, dir])
+}
+
+/** pkt-line framing of one line */
+const pkt = (s: string): string => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
+
+/** The protocol v2 fetch a CI runner sends for `git fetch --depth 1` of `oid` (no haves). */
+function shallowFetchBody(oid: string): string {
+  return pkt('command=fetch\n') + pkt('agent=git/2.39.5\n') + pkt('object-format=sha1\n') + '0001'
+    + pkt('thin-pack\n') + pkt('ofs-delta\n') + pkt('deepen 1\n') + pkt(`want ${oid}\n`) + pkt('done\n') + '0000'
+}
+
+/** CPU ticks of a process and every live descendant, with what they reaped (cutime, cstime). */
+function treeTicks(pid: number): number {
+  let total = 0
+  const walk = (p: number): void => {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      total += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
+    } catch { return }
+    for (const task of readdirSync(`/proc/${p}/task`)) {
+      let kids = ''
+      try { kids = readFileSync(`/proc/${p}/task/${task}/children`, 'utf8') } catch { /* gone */ }
+      for (const k of kids.split(' ').filter(Boolean)) walk(Number(k))
+    }
+  }
+  walk(pid)
+  return total
+}
+
+interface Storm { seconds: number; cpuMs: number; failed: number; rssPeak: number }
+
+async function storm(w: Started, bodyFile: string): Promise<Storm> {
+  const pid = w.proc.pid!
+  const before = treeTicks(pid)
+  let rssPeak = rssOf(pid)
+  const sampler = setInterval(() => { rssPeak = Math.max(rssPeak, rssOf(pid)) }, 50)
+  const t0 = performance.now()
+  const results = await Promise.all(Array.from({ length: CONCURRENT }, () => timeAsync('curl', ['-s', '-f', '-o', '/dev/null', '-H', 'Content-Type: application/x-git-upload-pack-request', '-H', 'Git-Protocol: version=2', '--data-binary', `@${bodyFile}`, `${w.url}/wide.git/git-upload-pack`])))
+  const seconds = (performance.now() - t0) / 1000
+  clearInterval(sampler)
+  // the children reaped last are counted once their parent has waited for them
+  await new Promise((r) => setTimeout(r, 200))
+  return { seconds, cpuMs: (treeTicks(pid) - before) * 10, failed: results.filter((r) => r.code !== 0).length, rssPeak }
+}
+
+async function main(): Promise<void> {
+  mkdirSync(REPOS, { recursive: true })
+  makeWideRepo(path.join(REPOS, 'wide.git'))
+  const data = (name: string) => path.join(BENCH, `data-${name}`)
+  for (const name of ['on', 'off']) {
+    rmSync(data(name), { recursive: true, force: true })
+    sh(process.execPath, [CLI, 'repo', 'visibility', 'wide', 'public', '--data', data(name), '--repos', REPOS])
+  }
+  const tip = sh('git', ['--git-dir', path.join(REPOS, 'wide.git'), 'rev-parse', 'main']).trim()
+  const bodyFile = path.join(BENCH, 'shallow-fetch.body')
+  writeFileSync(bodyFile, shallowFetchBody(tip))
+
+  const common = ['--repos', REPOS, '--hg-processes', '0', '--drain-grace-ms', '0', '--heavy-limit', '32', '--full-clone-limit', '32', '--client-heavy-limit', '32', '--repo-heavy-limit', '32']
+  const on = await startWorker([...common, '--data', data('on'), '--pack-cache', '--pack-cache-write-on', '2'])
+  const off = await startWorker([...common, '--data', data('off')])
+  try {
+    const r: Record<'on' | 'off', Storm[]> = { on: [], off: [] }
+    let cloneFailures = 0
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [name, w] of (round % 2 ? [['off', off], ['on', on]] : [['on', on], ['off', off]]) as [('on' | 'off'), Started][]) {
+        r[name].push(await storm(w, bodyFile))
+        const dir = path.join(BENCH, `check-${name}`)
+        rmSync(dir, { recursive: true, force: true })
+        const c = await timeAsync('git', ['clone', '-q', '--depth', '1', `${w.url}/wide.git`, dir])
+        if (c.code !== 0 || (await timeAsync('git', ['-C', dir, 'fsck', '--strict'])).code !== 0) cloneFailures++
+        rmSync(dir, { recursive: true, force: true })
+      }
+    }
+    const cacheDir = path.join(data('on'), 'pack-cache')
+    const entries = readdirSync(cacheDir).filter((n) => n.endsWith('.pack')).map((n) => statSync(path.join(cacheDir, n)).size)
+    const tput = (s: Storm[]) => median(s.map((x) => CONCURRENT / x.seconds))
+    const cpu = (s: Storm[]) => median(s.map((x) => x.cpuMs / CONCURRENT))
+    const results = {
+      fetches_per_s: { on: tput(r.on), off: tput(r.off) },
+      throughput_on_over_off: tput(r.on) / tput(r.off),
+      cpu_ms_per_fetch: { on: cpu(r.on), off: cpu(r.off) },
+      cpu_on_over_off: cpu(r.on) / cpu(r.off),
+      rss_peak_mb: { on: Math.max(...r.on.map((x) => x.rssPeak)) / 1048576, off: Math.max(...r.off.map((x) => x.rssPeak)) / 1048576 },
+      disk_written_per_miss_bytes: entries.length ? Math.max(...entries) : 0,
+      failed_fetches: [...r.on, ...r.off].reduce((s, x) => s + x.failed, 0),
+      failed_checks: cloneFailures,
+      rounds: ROUNDS,
+    }
+    const yes = (ok: boolean) => (ok ? 'yes' : 'NO')
+    console.log(table([
+      ['measure', 'cache on', 'cache off', 'ratio', 'target', 'met'],
+      [`shallow fetches/s (${CONCURRENT} at once, median of ${ROUNDS})`, results.fetches_per_s.on.toFixed(1), results.fetches_per_s.off.toFixed(1), results.throughput_on_over_off.toFixed(2), '>= 4', yes(results.throughput_on_over_off >= 4)],
+      ['server CPU per fetch, ms (worker and children)', results.cpu_ms_per_fetch.on.toFixed(0), results.cpu_ms_per_fetch.off.toFixed(0), results.cpu_on_over_off.toFixed(2), '<= 0.20', yes(results.cpu_on_over_off <= 0.2)],
+      ['worker RSS peak, MB', results.rss_peak_mb.on.toFixed(0), results.rss_peak_mb.off.toFixed(0), '', '< 150', yes(Math.max(results.rss_peak_mb.on, results.rss_peak_mb.off) < 150)],
+      ['disk written per cache miss, bytes', results.disk_written_per_miss_bytes, '', '', '', ''],
+      ['failed fetches; failed git clone --depth 1 checks', results.failed_fetches, results.failed_checks, '', '0', yes(results.failed_fetches + results.failed_checks === 0)],
+    ]))
+    console.log(JSON.stringify(results, null, 2))
+    writeFileSync(path.join(ROOT, 'data', 'bench-storm-results.json'), JSON.stringify(results, null, 2))
+  } finally {
+    await on.stop()
+    await off.stop()
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(`bench:storm failed: ${(err as Error).message}`)
+  process.exitCode = 1
+})
