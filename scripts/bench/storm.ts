@@ -114,7 +114,20 @@ async function main(): Promise<void> {
         rmSync(dir, { recursive: true, force: true })
       }
     }
+    // the floor beside it: git alone (no worker, no HTTP), CPU per fetch with a free pack
+    // (the hook just cats the cached entry) and without a cache
     const cacheDir = path.join(data('on'), 'pack-cache')
+    const entry = readdirSync(cacheDir).find((n) => n.endsWith('.pack'))
+    const gitCpu = (n: number, hook: string | undefined): number => {
+      const cfg = hook ? `-c uploadpack.packObjectsHook=${hook}` : ''
+      const out = sh('bash', ['-c', `TIMEFORMAT='%U %S'; { time (for i in $(seq ${n}); do GIT_PROTOCOL=version=2 git ${cfg} upload-pack --stateless-rpc '${path.join(REPOS, 'wide.git')}' < '${bodyFile}'; done > /dev/null 2>&1) ; } 2>&1`])
+      const [user, sys] = out.trim().split('\n').pop()!.split(' ').map(Number)
+      return ((user! + sys!) * 1000) / n
+    }
+    const catHook = path.join(BENCH, 'cat-hook.sh')
+    writeFileSync(catHook, `#!/bin/sh\ncat > /dev/null\nexec cat '${path.join(cacheDir, entry ?? 'none')}'\n`, { mode: 0o755 })
+    const floor = { cached: gitCpu(16, catHook), uncached: gitCpu(4, undefined) }
+
     const entries = readdirSync(cacheDir).filter((n) => n.endsWith('.pack')).map((n) => statSync(path.join(cacheDir, n)).size)
     const tput = (s: Storm[]) => median(s.map((x) => CONCURRENT / x.seconds))
     const cpu = (s: Storm[]) => median(s.map((x) => x.cpuMs / CONCURRENT))
@@ -127,6 +140,8 @@ async function main(): Promise<void> {
       disk_written_per_miss_bytes: entries.length ? Math.max(...entries) : 0,
       failed_fetches: [...r.on, ...r.off].reduce((s, x) => s + x.failed, 0),
       failed_checks: cloneFailures,
+      floor_git_cpu_ms_per_fetch: floor,
+      floor_ratio: floor.cached / floor.uncached,
       rounds: ROUNDS,
     }
     const yes = (ok: boolean) => (ok ? 'yes' : 'NO')
@@ -134,6 +149,7 @@ async function main(): Promise<void> {
       ['measure', 'cache on', 'cache off', 'ratio', 'target', 'met'],
       [`shallow fetches/s (${CONCURRENT} at once, median of ${ROUNDS})`, results.fetches_per_s.on.toFixed(1), results.fetches_per_s.off.toFixed(1), results.throughput_on_over_off.toFixed(2), '>= 4', yes(results.throughput_on_over_off >= 4)],
       ['server CPU per fetch, ms (worker and children)', results.cpu_ms_per_fetch.on.toFixed(0), results.cpu_ms_per_fetch.off.toFixed(0), results.cpu_on_over_off.toFixed(2), '<= 0.20', yes(results.cpu_on_over_off <= 0.2)],
+      ['floor: git upload-pack alone, CPU ms per fetch (free pack / none)', floor.cached.toFixed(0), floor.uncached.toFixed(0), (floor.cached / floor.uncached).toFixed(2), '', ''],
       ['worker RSS peak, MB', results.rss_peak_mb.on.toFixed(0), results.rss_peak_mb.off.toFixed(0), '', '< 150', yes(Math.max(results.rss_peak_mb.on, results.rss_peak_mb.off) < 150)],
       ['disk written per cache miss, bytes', results.disk_written_per_miss_bytes, '', '', '', ''],
       ['failed fetches; failed git clone --depth 1 checks', results.failed_fetches, results.failed_checks, '', '0', yes(results.failed_fetches + results.failed_checks === 0)],
