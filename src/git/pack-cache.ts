@@ -224,14 +224,12 @@ export class PackObjectsCache {
 
     const hit = await this.finished(key, final)
     if (hit) {
-      {
-        this.stats.hits++
-        this.stats.bytesServed += hit.size
-        session.onOutcome('hit')
-        // the hook reads the entry itself: the worker stays out of the data path
-        res.writeHead(200, { 'x-vcs-file': final, 'content-length': 0 }).end()
-        return
-      }
+      this.stats.hits++
+      this.stats.bytesServed += hit.size
+      session.onOutcome('hit')
+      // the hook reads the entry itself: the worker stays out of the data path
+      res.writeHead(200, { 'x-vcs-file': final, 'content-length': 0 }).end()
+      return
     }
     // the last await before the decision: from here to produce() nothing interleaves, so
     // concurrent identical requests find the one production and follow it
@@ -251,7 +249,7 @@ export class PackObjectsCache {
     return this.follow(production, res)
   }
 
-  /** A complete, fresh, whole entry: its size and the progress text kept with it. */
+  /** A complete, fresh, whole entry: its size. */
   private async finished(key: string, final: string): Promise<{ size: number } | undefined> {
     const metaFile = final.replace(/\.pack$/, '.json')
     try {
