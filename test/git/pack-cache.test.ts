@@ -135,3 +135,15 @@ t.test('two workers with separate data dirs on one repos dir: each its own cache
   t.same(outcomes(b), ['miss', 'miss', 'hit'], 'b keeps its own count and entries')
   for (const w of [a, b]) t.equal((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.endsWith('.pack')).length, 1)
 })
+
+t.test('the size cap: entries over it are evicted, oldest first, and counted', async (t) => {
+  const w = await startWorker(t, { 'pack-cache': true, 'pack-cache-max-bytes': String(1024 * 1024) })
+  await addBigRepo(w.dir, w.reposDir, 2)
+  await w.store.setRepo('big.git', 'git', true)
+  const git = gitClient(w.dir)
+  for (const name of ['s1', 's2']) t.equal((await git(['clone', '-q', `${w.url}/big.git`, name])).code, 0)
+  t.same(outcomes(w), ['miss', 'miss'])
+  await waitFor(async () => metric(await (await fetch(`${w.url}/metrics`)).text(), 'vcs_pack_cache_evictions_total') === 1, 5000, 'the eviction')
+  t.same((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.includes('.pack')), [], 'a 2 MB entry does not stay under a 1 MiB cap')
+  t.equal((await git(['clone', '-q', `${w.url}/big.git`, 's3'])).code, 0, 'and clones go on')
+})
