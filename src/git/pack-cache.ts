@@ -71,6 +71,8 @@ case $rc in
      # it (cat fails before writing a byte) means running pack-objects after all
      f=$(sed -n 's/^[Xx]-[Vv][Cc][Ss]-[Ff]ile: *//p' "$in.h" | tr -d '\\r')
      if [ -n "$f" ]; then
+       # the progress pack-objects showed when it made the entry, shown again
+       sed -n 's/^[Xx]-[Vv][Cc][Ss]-[Pp]rogress: *//p' "$in.h" | tr -d '\\r' | base64 -d >&2 2>/dev/null
        cat "$f" && exit 0
        [ -e "$f" ] && exit 1
        "$@" < "$in"; exit $?
@@ -80,6 +82,9 @@ case $rc in
   *) exit 1 ;;
 esac
 `
+
+/** progress text kept with an entry (its tail): it travels in a header */
+const MAX_PROGRESS = 6 * 1024
 
 /** The flags upload-pack passes to pack-objects (git 2.39, upload-pack.c); anything else is refused. */
 const FLAGS = new Set(['--revs', '--thin', '--stdout', '--progress', '--delta-base-offset', '--include-tag', '--shallow', '--keep-true-parents', '--no-reuse-delta'])
@@ -228,7 +233,7 @@ export class PackObjectsCache {
       this.stats.bytesServed += hit.size
       session.onOutcome('hit')
       // the hook reads the entry itself: the worker stays out of the data path
-      res.writeHead(200, { 'x-vcs-file': final, 'content-length': 0 }).end()
+      res.writeHead(200, { 'x-vcs-file': final, 'x-vcs-progress': hit.progress, 'content-length': 0 }).end()
       return
     }
     // the last await before the decision: from here to produce() nothing interleaves, so
@@ -249,11 +254,11 @@ export class PackObjectsCache {
     return this.follow(production, res)
   }
 
-  /** A complete, fresh, whole entry: its size. */
-  private async finished(key: string, final: string): Promise<{ size: number } | undefined> {
+  /** A complete, fresh, whole entry: its size and the progress text pack-objects wrote (base64). */
+  private async finished(key: string, final: string): Promise<{ size: number; progress: string } | undefined> {
     const metaFile = final.replace(/\.pack$/, '.json')
     try {
-      const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { size: number; createdAt: number }
+      const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { size: number; createdAt: number; progress?: string }
       const st = await stat(final)
       if (Date.now() - meta.createdAt > this.opts.maxAgeMs) return undefined
       if (st.size !== meta.size) {
@@ -262,7 +267,7 @@ export class PackObjectsCache {
         await Promise.all([rm(final, { force: true }), rm(metaFile, { force: true })])
         return undefined
       }
-      return { size: meta.size }
+      return { size: meta.size, progress: meta.progress ?? '' }
     } catch {
       return undefined
     }
@@ -303,7 +308,7 @@ export class PackObjectsCache {
       const child = spawnChild(this.opts.gitBin, args, { env: this.opts.env, cwd: repoDir, killGraceMs: this.opts.killGraceMs, nice: this.opts.nice, viaHelper: this.opts.viaHelper })
       child.proc.stdin.on('error', () => {})
       child.proc.stdin.end(input)
-      child.proc.stderr.on('data', (c: Buffer) => { p.stderr.push(c); p.notify() })
+      child.proc.stderr.on('data', (c: Buffer | string) => { p.stderr.push(Buffer.from(c)); p.notify() })
       let writing = Promise.resolve()
       child.proc.stdout.on('data', (c: Buffer) => {
         // appended in order; readers are told only once the bytes are in the file
@@ -323,8 +328,9 @@ export class PackObjectsCache {
       if (status.code !== 0) return fail(`pack-objects exited ${status.code ?? status.signal}`)
       try {
         await rename(p.tmp, final)
-        await writeFile(final.replace(/\.pack$/, '.json'), JSON.stringify({ size: p.size, createdAt: Date.now() }))
+        await writeFile(final.replace(/\.pack$/, '.json'), JSON.stringify({ size: p.size, createdAt: Date.now(), progress: Buffer.concat(p.stderr).subarray(-MAX_PROGRESS).toString('base64') }))
       } catch (err) {
+        await rm(final, { force: true }) // a pack without its record is never served, nor kept
         return fail('storing the entry failed', err)
       }
       p.done = true

@@ -147,3 +147,17 @@ t.test('the size cap: entries over it are evicted, oldest first, and counted', a
   t.same((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.includes('.pack')), [], 'a 2 MB entry does not stay under a 1 MiB cap')
   t.equal((await git(['clone', '-q', `${w.url}/big.git`, 's3'])).code, 0, 'and clones go on')
 })
+
+t.test('a pack served from the cache shows the progress pack-objects showed when it was made', async (t) => {
+  const w = await startWorker(t, { 'pack-cache': true })
+  const git = gitClient(w.dir)
+  const errs: string[] = []
+  for (const name of ['p1', 'p2', 'p3']) {
+    const r = await git(['clone', '--progress', `${w.url}/demo.git`, name])
+    t.equal(r.code, 0, r.stderr)
+    errs.push(r.stderr)
+  }
+  t.same(outcomes(w), ['miss', 'miss', 'hit'])
+  t.match(errs[0], /remote: Enumerating objects/, 'pack-objects run directly shows progress')
+  t.match(errs[2], /remote: (Enumerating|Counting|Total)/, `and so does the hit: ${errs[2]}`)
+})
