@@ -111,13 +111,13 @@ async function main(): Promise<void> {
     const propagation = await revocations(pgUrl, [warm.pg, second], 20)
     const hot = { sqlite: await hotQueries(openSqliteStore(path.join(data, 'auth.sqlite'))), pg: await hotQueries(await openPgStore({ url: pgUrl, readCache: false })) }
 
-    const ratio = (s: 'sqlite' | 'pg', a: Key, _b: Key) => median(roundRatios[`${s}:${a}`]!)
+    const ratio = (s: 'sqlite' | 'pg', key: Key) => median(roundRatios[`${s}:${key}`]!)
     const p99 = propagation[Math.ceil(propagation.length * 0.99) - 1]!
     const results = {
       rps: Object.fromEntries((['sqlite', 'pg'] as const).map((s) => [s, Object.fromEntries(Object.entries(r[s]).map(([k, xs]) => [k, Math.round(median(xs))]))])),
-      ratio_v2: { sqlite: ratio('sqlite', 'authV2', 'anonV2'), pg: ratio('pg', 'authV2', 'anonV2') },
-      ratio_v0: { sqlite: ratio('sqlite', 'authV0', 'anonV0'), pg: ratio('pg', 'authV0', 'anonV0') },
-      control_anonymous_over_anonymous_v2: { sqlite: ratio('sqlite', 'anonV2b', 'anonV2'), pg: ratio('pg', 'anonV2b', 'anonV2'), spread: spread(roundRatios['sqlite:anonV2b']!.concat(roundRatios['pg:anonV2b']!)) },
+      ratio_v2: { sqlite: ratio('sqlite', 'authV2'), pg: ratio('pg', 'authV2') },
+      ratio_v0: { sqlite: ratio('sqlite', 'authV0'), pg: ratio('pg', 'authV0') },
+      control_anonymous_over_anonymous_v2: { sqlite: ratio('sqlite', 'anonV2b'), pg: ratio('pg', 'anonV2b'), spread: spread(roundRatios['sqlite:anonV2b']!.concat(roundRatios['pg:anonV2b']!)) },
       cpu_anonymous_over_authenticated_v2: { sqlite: median(cpuRatios['sqlite:authV2']!), pg: median(cpuRatios['pg:authV2']!) },
       pg_vs_sqlite_authenticated_v2: median(r.pg.authV2) / median(r.sqlite.authV2),
       cache_miss_ms: missMs,

@@ -21,6 +21,9 @@ export function pgFailureCounter(query: Query, name: string, limit: number, wind
   const key = (k: string): string => `${name}\0${k}`.replace(/\0/g, '\u0001') // text cannot hold NUL
   return {
     async retryAfter(k, address) {
+      // this worker's own count is part of the pool's: when it already says wait, no query
+      const here = local.retryAfter(k, address)
+      if (here > 0) return here
       try {
         const rows = await query<{ at_ms: string; now_ms: string }>(
           `SELECT at_ms, ${NOW_MS} AS now_ms FROM login_failures WHERE key = $1 AND address = $2 AND at_ms > ${NOW_MS} - $3 ORDER BY at_ms DESC LIMIT $4`,

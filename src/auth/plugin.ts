@@ -166,9 +166,10 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     const creds = parseAuthorization(req.headers.authorization)
     if (creds === undefined) return (req.identity = ANONYMOUS)
     if (creds === 'malformed') {
+      // a pair already blocked records nothing more: a flood costs no store write per request
       const wait = await throttle.retryAfter(MALFORMED, req.ip)
-      await throttle.fail(MALFORMED, req.ip)
       if (wait > 0) throw throttled(wait)
+      await throttle.fail(MALFORMED, req.ip)
       throw challenge('malformed Authorization header')
     }
     if (store.changedSinceLastCheck()) cache.clear()
@@ -196,8 +197,8 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
       req.log.info({ ip: req.ip, scheme: creds.scheme }, 'authentication failed')
       if (isToken) {
         const wait = await throttle.retryAfter(TOKENS, req.ip)
-        await throttle.fail(TOKENS, req.ip)
         if (wait > 0) throw throttled(wait)
+        await throttle.fail(TOKENS, req.ip)
       } else {
         await Promise.all([throttle.fail(passwordKey((creds as { username: string }).username), req.ip), addressThrottle.fail('', req.ip)])
       }

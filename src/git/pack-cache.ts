@@ -199,24 +199,25 @@ export class PackObjectsCache {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    let input: Buffer
-    try {
-      input = await readBody(req, this.opts.maxInputBytes)
-    } catch (err) {
-      res.writeHead(400).end(`${(err as Error).message}\n`)
-      return
-    }
+    // the caller is judged on its headers before a byte of its body is read
     const token = String(req.headers['x-vcs-token'] ?? '')
     const session = this.sessions.get(token)
     if (!session || path.resolve(String(req.headers['x-vcs-cwd'] ?? '')) !== session.repoDir) {
-      res.writeHead(403).end('unknown pack-objects call\n')
+      res.writeHead(403, { connection: 'close' }).end('unknown pack-objects call\n')
       return
     }
     // the hook sends "$*": git's arguments joined by spaces (flags have none; the one empty
     // argument, after --shallow-file, shows as two spaces)
     const args = checkArgs(String(req.headers['x-vcs-args'] ?? '').split(' '))
     if (!args) {
-      res.writeHead(400).end('unexpected pack-objects arguments\n')
+      res.writeHead(400, { connection: 'close' }).end('unexpected pack-objects arguments\n')
+      return
+    }
+    let input: Buffer
+    try {
+      input = await readBody(req, this.opts.maxInputBytes)
+    } catch (err) {
+      res.writeHead(400, { connection: 'close' }).end(`${(err as Error).message}\n`)
       return
     }
     const direct = (outcome: PackCacheOutcome): void => {
