@@ -1,7 +1,9 @@
 /**
  * Verified credentials, remembered briefly. An hg pull sends a dozen requests, each with
- * credentials; the slow KDF should run once, not a dozen times. Entries are keyed by an HMAC
- * of the credentials under a per-process random key (the plain secret is never a map key), live
+ * credentials; the slow KDF should run once, not a dozen times. Entries are keyed by a SHA-256
+ * of the Authorization header as sent, prefixed with a per-process random salt (the plain secret
+ * is never a map key; nobody ever sees a key, so the prefix construction needs no HMAC, and one
+ * call of crypto.hash costs a seventh of parsing the header and an HMAC), live
  * for a short TTL (never past the credential's own expiry), and are all dropped when the store
  * reports any change (a password, token or user changed, by this process or the CLI). Full, the
  * least recently used entry makes room (lru-cache).
@@ -11,9 +13,8 @@
  * credential would otherwise expire under load and every concurrent request of its user wait on
  * one slow derivation (0.7 s at production cost).
  */
-import { createHmac, randomBytes } from 'node:crypto'
+import { hash, randomBytes } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
-import type { Credentials } from './credentials.js'
 
 export interface CachedIdentity {
   id: number
@@ -24,18 +25,15 @@ export interface CachedIdentity {
 }
 
 export class CredentialCache {
-  private readonly key = randomBytes(32)
+  private readonly salt = randomBytes(32).toString('base64')
   private readonly entries: LRUCache<string, CachedIdentity>
   constructor(private readonly ttlMs: number, maxEntries = 10_000) {
     this.entries = new LRUCache({ max: maxEntries, ttl: Math.max(ttlMs, 1) })
   }
 
-  keyFor(creds: Credentials): string {
-    const h = createHmac('sha256', this.key)
-    h.update(creds.scheme)
-    h.update('\0')
-    if (creds.scheme === 'basic') h.update(creds.username).update('\0')
-    return h.update(creds.secret).digest('base64')
+  /** The key of an Authorization header: a hit needs no parsing (only verified headers are ever set). */
+  keyFor(authorization: string): string {
+    return hash('sha256', this.salt + authorization, 'base64')
   }
 
   get(key: string): CachedIdentity | undefined {

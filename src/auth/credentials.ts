@@ -10,7 +10,7 @@ export type Credentials =
   | { scheme: 'bearer'; secret: string }
 
 /** Longest Authorization header considered (git and hg send well under 1 KiB). */
-const MAX_HEADER = 4096
+export const MAX_AUTHORIZATION = 4096
 const TOKEN68 = /^[A-Za-z0-9\-._~+/]+=*$/
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/
 // RFC 7617 section 2: user-id and password are *TEXT without CTLs.
@@ -20,7 +20,7 @@ const CONTROL = /[\x00-\x1f\x7f]/
 /** Parses the header; undefined when absent, 'malformed' when present but unusable. */
 export function parseAuthorization(header: string | undefined): Credentials | 'malformed' | undefined {
   if (header === undefined || header === '') return undefined
-  if (header.length > MAX_HEADER) return 'malformed'
+  if (header.length > MAX_AUTHORIZATION) return 'malformed'
   const space = header.indexOf(' ')
   if (space <= 0) return 'malformed'
   const scheme = header.slice(0, space).toLowerCase()

@@ -10,7 +10,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ForbiddenError, RepoNotFoundError, ServiceUnavailableError, ThrottledError, UnauthorizedError, type VcsError } from '../errors.js'
 import type { RepoRef } from '../repos/path.js'
-import { parseAuthorization, type Credentials } from './credentials.js'
+import { MAX_AUTHORIZATION, parseAuthorization, type Credentials } from './credentials.js'
 import { dummyPasswordHash, DEFAULT_SCRYPT, PasswordQueueFullError, PasswordVerifier } from './password.js'
 import { hashToken, looksLikeToken } from './tokens.js'
 import { CredentialCache, type CachedIdentity } from './cache.js'
@@ -163,7 +163,20 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
 
   async function authenticate(req: FastifyRequest): Promise<Identity> {
     if (req.identity) return req.identity
-    const creds = parseAuthorization(req.headers.authorization)
+    const header = req.headers.authorization
+    if (header === undefined || header === '') return (req.identity = ANONYMOUS)
+    if (store.changedSinceLastCheck()) cache.clear()
+    // the warm path: a header verified before is found without parsing it again
+    const key = header.length <= MAX_AUTHORIZATION ? cache.keyFor(header) : ''
+    const cached = key === '' ? undefined : cache.get(key)
+    if (cached) {
+      if (cache.dueForRefresh(key)) {
+        const again = parseAuthorization(header)
+        if (typeof again === 'object') refreshAhead(again, key)
+      }
+      return (req.identity = { kind: 'user', ...cached })
+    }
+    const creds = parseAuthorization(header)
     if (creds === undefined) return (req.identity = ANONYMOUS)
     if (creds === 'malformed') {
       // a pair already blocked records nothing more: a flood costs no store write per request
@@ -171,13 +184,6 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
       if (wait > 0) throw throttled(wait)
       await throttle.fail(MALFORMED, req.ip)
       throw challenge('malformed Authorization header')
-    }
-    if (store.changedSinceLastCheck()) cache.clear()
-    const key = cache.keyFor(creds)
-    const cached = cache.get(key)
-    if (cached) {
-      if (cache.dueForRefresh(key)) refreshAhead(creds, key)
-      return (req.identity = { kind: 'user', ...cached })
     }
     // A token is unguessable and cheap to check: a valid one always passes. A password is
     // throttled before the KDF runs: per user name and address, and per address across names.
