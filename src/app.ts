@@ -140,7 +140,6 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     packCache = new PackObjectsCache({
       dir: config.packCacheDir || path.join(config.dataDir, 'pack-cache'),
       hookPath: path.join(config.hooksDir, 'pack-objects'),
-      tmpDir: config.tmpDir,
       gitBin: config.gitBin,
       env: { PATH: config.envPath, HOME: config.homeDir, GIT_CONFIG_NOSYSTEM: '1', LC_ALL: 'C' },
       maxAgeMs: config.packCacheMaxAgeMs,

@@ -1,22 +1,29 @@
 /**
  * `npm run bench:storm`: the CI storm, pack-objects cache on against off, in one run, rounds
  * interleaved. A wide repo (20,000 files, 300 commits, as fast-import leaves it: one pack, no
- * bitmap) and the fetch a CI runner makes (`--depth 1` of the tip), replayed by 16 concurrent
- * curl processes so that client work does not dominate this 2-core machine; one real `git clone
- * --depth 1` per round checks the answer. Measured per storm: wall time (throughput), the CPU of
- * the worker and its children (the spawn helper and every git it started), the worker's RSS
- * peak; and the disk one cache miss writes. Targets (issue #15 point 7): throughput with the
- * cache >= 4x without; server CPU per fetch with the cache <= 20% of without; RSS < 150 MB.
+ * bitmap) and the fetch a CI runner makes (`--depth 1` of the tip), replayed 16 at once by
+ * this process over loopback HTTP (one connection each, no keep-alive): curl costs ~31 ms of
+ * CPU to start on these machines, more than a cached fetch costs the server, and 16 of them
+ * would measure curl. One real `git clone --depth 1` per round checks the answer.
+ *
+ * Both workers first serve two storms of another commit (not measured): a worker in production
+ * has its code compiled by V8 long since, and a cold JIT costs a fetch ~6 ms more. Then the
+ * first measured storm of the cache-on worker is a commit it has never seen (one run directly,
+ * one writing the entry, the others following it), reported apart; the later ones are what a
+ * storm costs once the entry exists. Measured per storm: wall time (throughput), the CPU of the
+ * worker and its children (the spawn helper and every git it started), the worker's RSS peak;
+ * and the disk one cache miss writes. Targets (issue #15 point 7): throughput with the cache >=
+ * 4x without; server CPU per fetch with the cache <= 20% of without; RSS < 150 MB.
  * Not measured yet: full clones of a many-pack repo and of a bitmap-repacked one (point 7),
- * hg clone bundles (point 8).
- */
+ * hg clone bundles (point 8). */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import http from 'node:http'
 import path from 'node:path'
 import { CLI, ROOT, median, rssOf, sh, startWorker, table, timeAsync, type Started } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench-storm')
 const REPOS = path.join(BENCH, 'repos')
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 4)
 const CONCURRENT = 16
 const FILES = 20_000
 const COMMITS = 300
@@ -72,18 +79,33 @@ function treeTicks(pid: number): number {
 
 interface Storm { seconds: number; cpuMs: number; failed: number; rssPeak: number }
 
-async function storm(w: Started, bodyFile: string): Promise<Storm> {
+/** One fetch over its own connection: resolves true when the whole answer arrived with 200. */
+function fetchOnce(url: URL, body: Buffer): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.request(url, { method: 'POST', agent: false, timeout: 120_000, headers: { 'content-type': 'application/x-git-upload-pack-request', 'git-protocol': 'version=2', 'content-length': body.length } }, (res) => {
+      res.on('data', () => {})
+      res.on('end', () => resolve(res.statusCode === 200 && res.complete))
+      res.on('error', () => resolve(false))
+    })
+    req.on('error', () => resolve(false))
+    req.on('timeout', () => req.destroy())
+    req.end(body)
+  })
+}
+
+async function storm(w: Started, body: Buffer): Promise<Storm> {
   const pid = w.proc.pid!
+  const url = new URL(`${w.url}/wide.git/git-upload-pack`)
   const before = treeTicks(pid)
   let rssPeak = rssOf(pid)
   const sampler = setInterval(() => { rssPeak = Math.max(rssPeak, rssOf(pid)) }, 50)
   const t0 = performance.now()
-  const results = await Promise.all(Array.from({ length: CONCURRENT }, () => timeAsync('curl', ['-s', '-f', '-o', '/dev/null', '-H', 'Content-Type: application/x-git-upload-pack-request', '-H', 'Git-Protocol: version=2', '--data-binary', `@${bodyFile}`, `${w.url}/wide.git/git-upload-pack`])))
+  const results = await Promise.all(Array.from({ length: CONCURRENT }, () => fetchOnce(url, body)))
   const seconds = (performance.now() - t0) / 1000
   clearInterval(sampler)
   // the children reaped last are counted once their parent has waited for them
   await new Promise((r) => setTimeout(r, 200))
-  return { seconds, cpuMs: (treeTicks(pid) - before) * 10, failed: results.filter((r) => r.code !== 0).length, rssPeak }
+  return { seconds, cpuMs: (treeTicks(pid) - before) * 10, failed: results.filter((ok) => !ok).length, rssPeak }
 }
 
 async function main(): Promise<void> {
@@ -97,16 +119,19 @@ async function main(): Promise<void> {
   const tip = sh('git', ['--git-dir', path.join(REPOS, 'wide.git'), 'rev-parse', 'main']).trim()
   const bodyFile = path.join(BENCH, 'shallow-fetch.body')
   writeFileSync(bodyFile, shallowFetchBody(tip))
+  const body = Buffer.from(shallowFetchBody(tip))
+  const warmBody = Buffer.from(shallowFetchBody(sh('git', ['--git-dir', path.join(REPOS, 'wide.git'), 'rev-parse', 'main~1']).trim()))
 
   const common = ['--repos', REPOS, '--hg-processes', '0', '--drain-grace-ms', '0', '--heavy-limit', '32', '--full-clone-limit', '32', '--client-heavy-limit', '32', '--repo-heavy-limit', '32']
   const on = await startWorker([...common, '--data', data('on'), '--pack-cache', '--pack-cache-write-on', '2'])
   const off = await startWorker([...common, '--data', data('off')])
   try {
+    for (const w of [on, off]) for (let i = 0; i < 2; i++) await storm(w, warmBody)
     const r: Record<'on' | 'off', Storm[]> = { on: [], off: [] }
     let cloneFailures = 0
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, w] of (round % 2 ? [['off', off], ['on', on]] : [['on', on], ['off', off]]) as [('on' | 'off'), Started][]) {
-        r[name].push(await storm(w, bodyFile))
+        r[name].push(await storm(w, body))
         const dir = path.join(BENCH, `check-${name}`)
         rmSync(dir, { recursive: true, force: true })
         const c = await timeAsync('git', ['clone', '-q', '--depth', '1', `${w.url}/wide.git`, dir])
@@ -131,11 +156,14 @@ async function main(): Promise<void> {
     const entries = readdirSync(cacheDir).filter((n) => n.endsWith('.pack')).map((n) => statSync(path.join(cacheDir, n)).size)
     const tput = (s: Storm[]) => median(s.map((x) => CONCURRENT / x.seconds))
     const cpu = (s: Storm[]) => median(s.map((x) => x.cpuMs / CONCURRENT))
+    // the first storm of the cache-on worker met a commit it had never seen: reported apart
+    const [first, ...later] = r.on
     const results = {
-      fetches_per_s: { on: tput(r.on), off: tput(r.off) },
-      throughput_on_over_off: tput(r.on) / tput(r.off),
-      cpu_ms_per_fetch: { on: cpu(r.on), off: cpu(r.off) },
-      cpu_on_over_off: cpu(r.on) / cpu(r.off),
+      fetches_per_s: { on: tput(later), off: tput(r.off) },
+      throughput_on_over_off: tput(later) / tput(r.off),
+      cpu_ms_per_fetch: { on: cpu(later), off: cpu(r.off) },
+      cpu_on_over_off: cpu(later) / cpu(r.off),
+      first_storm_new_commit: { fetches_per_s: CONCURRENT / first!.seconds, cpu_ms_per_fetch: first!.cpuMs / CONCURRENT, cpu_over_off: first!.cpuMs / CONCURRENT / cpu(r.off) },
       rss_peak_mb: { on: Math.max(...r.on.map((x) => x.rssPeak)) / 1048576, off: Math.max(...r.off.map((x) => x.rssPeak)) / 1048576 },
       disk_written_per_miss_bytes: entries.length ? Math.max(...entries) : 0,
       failed_fetches: [...r.on, ...r.off].reduce((s, x) => s + x.failed, 0),
@@ -147,8 +175,9 @@ async function main(): Promise<void> {
     const yes = (ok: boolean) => (ok ? 'yes' : 'NO')
     console.log(table([
       ['measure', 'cache on', 'cache off', 'ratio', 'target', 'met'],
-      [`shallow fetches/s (${CONCURRENT} at once, median of ${ROUNDS})`, results.fetches_per_s.on.toFixed(1), results.fetches_per_s.off.toFixed(1), results.throughput_on_over_off.toFixed(2), '>= 4', yes(results.throughput_on_over_off >= 4)],
+      [`shallow fetches/s (${CONCURRENT} at once; on: median of the ${ROUNDS - 1} storms after the first, off: of ${ROUNDS})`, results.fetches_per_s.on.toFixed(1), results.fetches_per_s.off.toFixed(1), results.throughput_on_over_off.toFixed(2), '>= 4', yes(results.throughput_on_over_off >= 4)],
       ['server CPU per fetch, ms (worker and children)', results.cpu_ms_per_fetch.on.toFixed(0), results.cpu_ms_per_fetch.off.toFixed(0), results.cpu_on_over_off.toFixed(2), '<= 0.20', yes(results.cpu_on_over_off <= 0.2)],
+      ['the first storm of a new commit: fetches/s, CPU ms per fetch (ratio to off)', results.first_storm_new_commit.fetches_per_s.toFixed(1), results.first_storm_new_commit.cpu_ms_per_fetch.toFixed(0), results.first_storm_new_commit.cpu_over_off.toFixed(2), '', ''],
       ['floor: git upload-pack alone, CPU ms per fetch (free pack / none)', floor.cached.toFixed(0), floor.uncached.toFixed(0), (floor.cached / floor.uncached).toFixed(2), '', ''],
       ['worker RSS peak, MB', results.rss_peak_mb.on.toFixed(0), results.rss_peak_mb.off.toFixed(0), '', '< 150', yes(Math.max(results.rss_peak_mb.on, results.rss_peak_mb.off) < 150)],
       ['disk written per cache miss, bytes', results.disk_written_per_miss_bytes, '', '', '', ''],

@@ -1,8 +1,8 @@
 /**
  * The pack-objects cache (issue #15): identical pack-objects runs computed once. git upload-pack
  * hands its pack-objects call to `uploadpack.packObjectsHook` (honoured from `-c`, never from
- * a repo's own config); our hook, a few lines of sh and one curl (a Node hook cost more CPU to
- * start than the pack it saved, bench:storm), posts the call to this server on loopback with a
+ * a repo's own config); our hook, one perl process (a Node hook cost more CPU to start than
+ * the pack it saved, bench:storm), posts the call to this server on loopback with a
  * per-request token only our upload-pack children carry:
  *
  * - 204: run pack-objects yourself (a key seen for the first time: most packs are asked for
@@ -10,7 +10,7 @@
  * - 200 and the pack: a finished entry from disk (`hit`), or a production in progress followed
  *   as it is written (`miss` for the request that started it, `follow` for the others): one
  *   pack-objects run per key at a time. A reader that leaves does not stop it; a run that fails
- *   removes its entry and every reader's connection is cut, so curl fails and upload-pack reports
+ *   removes its entry and every reader's connection is cut before the last chunk, so the hook fails and upload-pack reports
  *   git's error: never a truncated pack presented as whole.
  *
  * The key covers what decides the bytes: the repository, pack-objects' arguments and the whole of
@@ -19,9 +19,10 @@
  */
 import http from 'node:http'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { open, readFile, rename, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { LRUCache } from 'lru-cache'
 import type { FastifyBaseLogger } from 'fastify'
 import { spawnChild } from '../process/child.js'
@@ -32,8 +33,6 @@ export interface PackCacheOptions {
   dir: string
   /** where the hook script is written (the hooks dir) */
   hookPath: string
-  /** temp files of the hook (its copy of pack-objects' stdin) */
-  tmpDir: string
   gitBin: string
   env: Record<string, string>
   maxAgeMs: number
@@ -57,31 +56,13 @@ export interface PackCacheOptions {
   log: FastifyBaseLogger
 }
 
-/** The hook git runs: the call goes to the worker; whatever keeps it from the cache, pack-objects runs here. */
-export const PACK_HOOK_SCRIPT = `#!/bin/sh
-# vcs-worker's uploadpack.packObjectsHook (src/git/pack-cache.ts): "$@" is git's pack-objects call
-in=$(mktemp "\${TMPDIR:-/tmp}/vcs-pack-in.XXXXXX") || exec "$@"
-trap 'rm -f "$in" "$in.h"' EXIT
-cat > "$in"
-curl -sS -f --no-buffer -o - -D "$in.h" -H 'Expect:' -H "X-VCS-Token: $VCS_WORKER_PACK_TOKEN" -H "X-VCS-Cwd: $(pwd -P)" -H "X-VCS-Args: $*" --data-binary @"$in" "$VCS_WORKER_PACK_URL"
-rc=$?
-case $rc in
-  0) if head -n 1 "$in.h" | grep -q ' 204'; then "$@" < "$in"; exit $?; fi
-     # a finished entry: read here, not through the worker; an entry evicted before cat opened
-     # it (cat fails before writing a byte) means running pack-objects after all
-     f=$(sed -n 's/^[Xx]-[Vv][Cc][Ss]-[Ff]ile: *//p' "$in.h" | tr -d '\\r')
-     if [ -n "$f" ]; then
-       # the progress pack-objects showed when it made the entry, shown again
-       sed -n 's/^[Xx]-[Vv][Cc][Ss]-[Pp]rogress: *//p' "$in.h" | tr -d '\\r' | base64 -d >&2 2>/dev/null
-       cat "$f" && exit 0
-       [ -e "$f" ] && exit 1
-       "$@" < "$in"; exit $?
-     fi
-     exit 0 ;;
-  7|22|127) "$@" < "$in"; exit $? ;;
-  *) exit 1 ;;
-esac
-`
+/**
+ * The hook git runs (pack-objects-hook.pl): one perl process, no modules. Perl because Debian
+ * always has it (perl-base is essential, and git depends on perl); one process because here a
+ * process costs ~8 ms of CPU to start and curl ~31 ms: the first hook, sh with curl, head, sed,
+ * tr and base64, cost ~120 ms per fetch, more than git's own work on a hit.
+ */
+export const PACK_HOOK = fileURLToPath(new URL('../../../src/git/pack-objects-hook.pl', import.meta.url))
 
 /** progress text kept with an entry (its tail): it travels in a header */
 const MAX_PROGRESS = 6 * 1024
@@ -144,7 +125,7 @@ export class PackObjectsCache {
 
   async start(): Promise<void> {
     const tmp = `${this.opts.hookPath}.${process.pid}`
-    writeFileSync(tmp, PACK_HOOK_SCRIPT, { mode: 0o755 })
+    writeFileSync(tmp, readFileSync(PACK_HOOK), { mode: 0o755 })
     renameSync(tmp, this.opts.hookPath)
     this.server = http.createServer((req, res) => { void this.handle(req, res) })
     await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve))
@@ -179,7 +160,7 @@ export class PackObjectsCache {
     const token = randomBytes(24).toString('base64url')
     this.sessions.set(token, { repoDir, onOutcome })
     return {
-      env: { VCS_WORKER_PACK_URL: this.url, VCS_WORKER_PACK_TOKEN: token, TMPDIR: this.opts.tmpDir },
+      env: { VCS_WORKER_PACK_URL: this.url, VCS_WORKER_PACK_TOKEN: token },
       config: [`uploadpack.packObjectsHook=${this.opts.hookPath}`],
       close: () => { this.sessions.delete(token) },
     }
@@ -234,7 +215,7 @@ export class PackObjectsCache {
       this.stats.bytesServed += hit.size
       session.onOutcome('hit')
       // the hook reads the entry itself: the worker stays out of the data path
-      res.writeHead(200, { 'x-vcs-file': final, 'x-vcs-progress': hit.progress, 'content-length': 0 }).end()
+      res.writeHead(200, { 'x-vcs-file': final, 'x-vcs-progress': Buffer.from(hit.progress, 'base64').toString('hex'), 'content-length': 0 }).end()
       return
     }
     // the last await before the decision: from here to produce() nothing interleaves, so
@@ -370,7 +351,7 @@ export class PackObjectsCache {
         await p.changed()
       }
     } catch (err) {
-      // cut, not ended: curl fails, the hook exits non-zero, upload-pack reports the error
+      // cut, not ended: no last chunk, the hook exits non-zero, upload-pack reports the error
       if (!gone) this.opts.log.warn({ err }, 'following a pack-objects run failed')
       res.destroy()
     } finally {
