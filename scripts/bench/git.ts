@@ -8,8 +8,7 @@
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { CLI, ROOT, freePort, makeLargeRepo, median, rssOf, sh, startNginx, startWorker, stopProcess, table, timeAsync, wrk } from './lib.js'
+import { CLI, ROOT, freePort, makeLargeRepo, median, rssOf, sh, startFloor, startNginx, startWorker, stopProcess, table, timeAsync, wrk } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench')
 const REPOS = path.join(BENCH, 'repos')
@@ -56,16 +55,6 @@ async function startClassic(reposDir: string): Promise<{ url: string; stop(): Pr
       await stopProcess(fcgi)
     },
   }
-}
-
-/** The HTTP floor (http-floor.ts) on a free port. */
-async function startFloor(reposDir: string): Promise<{ url: string; stop(): Promise<void> }> {
-  const proc = spawn(process.execPath, [path.join(path.dirname(fileURLToPath(import.meta.url)), 'http-floor.js'), reposDir], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const port = await new Promise<string>((resolve, reject) => {
-    proc.stdout!.once('data', (c: Buffer) => resolve(c.toString().trim()))
-    proc.once('exit', () => reject(new Error('the HTTP floor server did not start')))
-  })
-  return { url: `http://127.0.0.1:${port}`, stop: () => stopProcess(proc) }
 }
 
 async function main(): Promise<void> {

@@ -23,7 +23,9 @@ const server = http.createServer((req, res) => {
   }
   const repo = path.join(REPOS, m[1]!)
   const protocol = req.headers['git-protocol']
-  const env = { PATH: process.env.PATH, ...(typeof protocol === 'string' ? { GIT_PROTOCOL: protocol } : {}) }
+  // git's config from the environment (GIT_CONFIG_COUNT...) passes through: bench:storm's pack hook
+  const config = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('GIT_CONFIG_')))
+  const env = { PATH: process.env.PATH, ...config, ...(typeof protocol === 'string' ? { GIT_PROTOCOL: protocol } : {}) }
   if (m[2] === 'info/refs') {
     const git = spawn('git', ['upload-pack', '--stateless-rpc', '--advertise-refs', repo], { env, stdio: ['ignore', 'pipe', 'inherit'] })
     res.writeHead(200, { 'content-type': 'application/x-git-upload-pack-advertisement', 'cache-control': 'no-cache' })

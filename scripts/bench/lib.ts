@@ -252,3 +252,17 @@ http {
   }
   return { url, stop: () => stopProcess(nginx) }
 }
+
+/**
+ * The HTTP floor (http-floor.ts) on a free port; with `packHook`, its git runs pack-objects
+ * through that hook (protected config from the environment, as `-c` would give).
+ */
+export async function startFloor(reposDir: string, packHook?: string): Promise<Started> {
+  const env = packHook ? { ...process.env, GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'uploadpack.packObjectsHook', GIT_CONFIG_VALUE_0: packHook } : process.env
+  const proc = spawn(process.execPath, [path.join(path.dirname(fileURLToPath(import.meta.url)), 'http-floor.js'), reposDir], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+  const port = await new Promise<string>((resolve, reject) => {
+    proc.stdout!.once('data', (c: Buffer) => resolve(c.toString().trim()))
+    proc.once('exit', () => reject(new Error('the HTTP floor server did not start')))
+  })
+  return { url: `http://127.0.0.1:${port}`, proc, output: () => '', stop: () => stopProcess(proc) }
+}

@@ -10,16 +10,20 @@
  * has its code compiled by V8 long since, and a cold JIT costs a fetch ~6 ms more. Then the
  * first measured storm of the cache-on worker is a commit it has never seen (one run directly,
  * one writing the entry, the others following it), reported apart; the later ones are what a
- * storm costs once the entry exists. Measured per storm: wall time (throughput), the CPU of the
+ * storm costs once the entry exists. Each round also has a storm of 16 commits asked for once
+ * each, none repeated: what the cache costs the packs nobody asks for twice. Measured per storm: wall time (throughput), the CPU of the
  * worker and its children (the spawn helper and every git it started), the worker's RSS peak;
  * and the disk one cache miss writes. Targets (issue #15 point 7): throughput with the cache >=
  * 4x without; server CPU per fetch with the cache <= 20% of without; RSS < 150 MB.
+ * Beside them, the floors: git upload-pack alone (CPU per fetch with a pack that costs nothing,
+ * a hook that cats the entry, and without a cache), and the same storms against the HTTP floor
+ * (http-floor.ts) with and without that free pack.
  * Not measured yet: full clones of a many-pack repo and of a bitmap-repacked one (point 7),
  * hg clone bundles (point 8). */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import path from 'node:path'
-import { CLI, ROOT, median, rssOf, sh, startWorker, table, timeAsync, type Started } from './lib.js'
+import { CLI, ROOT, median, rssOf, sh, startFloor, startWorker, table, timeAsync, type Started } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench-storm')
 const REPOS = path.join(BENCH, 'repos')
@@ -93,14 +97,14 @@ function fetchOnce(url: URL, body: Buffer): Promise<boolean> {
   })
 }
 
-async function storm(w: Started, body: Buffer): Promise<Storm> {
+async function storm(w: Started, body: Buffer | Buffer[]): Promise<Storm> {
   const pid = w.proc.pid!
   const url = new URL(`${w.url}/wide.git/git-upload-pack`)
   const before = treeTicks(pid)
   let rssPeak = rssOf(pid)
   const sampler = setInterval(() => { rssPeak = Math.max(rssPeak, rssOf(pid)) }, 50)
   const t0 = performance.now()
-  const results = await Promise.all(Array.from({ length: CONCURRENT }, () => fetchOnce(url, body)))
+  const results = await Promise.all(Array.from({ length: CONCURRENT }, (_, i) => fetchOnce(url, Array.isArray(body) ? body[i]! : body)))
   const seconds = (performance.now() - t0) / 1000
   clearInterval(sampler)
   // the children reaped last are counted once their parent has waited for them
@@ -120,6 +124,10 @@ async function main(): Promise<void> {
   const bodyFile = path.join(BENCH, 'shallow-fetch.body')
   writeFileSync(bodyFile, shallowFetchBody(tip))
   const body = Buffer.from(shallowFetchBody(tip))
+  // fetches asked for once each: 16 other commits per round, never repeated (what the cache costs
+  // the ~75% of packs nobody asks for twice: the hook's round trip, then pack-objects as before)
+  const commits = sh('git', ['--git-dir', path.join(REPOS, 'wide.git'), 'rev-list', '--skip=2', `--max-count=${CONCURRENT * ROUNDS * 2}`, 'main']).trim().split('\n')
+  const uniqueBodies = (round: number, side: number) => commits.slice((round * 2 + side) * CONCURRENT, (round * 2 + side + 1) * CONCURRENT).map((c) => Buffer.from(shallowFetchBody(c)))
   const warmBody = Buffer.from(shallowFetchBody(sh('git', ['--git-dir', path.join(REPOS, 'wide.git'), 'rev-parse', 'main~1']).trim()))
 
   const common = ['--repos', REPOS, '--hg-processes', '0', '--drain-grace-ms', '0', '--heavy-limit', '32', '--full-clone-limit', '32', '--client-heavy-limit', '32', '--repo-heavy-limit', '32']
@@ -128,10 +136,12 @@ async function main(): Promise<void> {
   try {
     for (const w of [on, off]) for (let i = 0; i < 2; i++) await storm(w, warmBody)
     const r: Record<'on' | 'off', Storm[]> = { on: [], off: [] }
+    const unique: Record<'on' | 'off', Storm[]> = { on: [], off: [] }
     let cloneFailures = 0
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, w] of (round % 2 ? [['off', off], ['on', on]] : [['on', on], ['off', off]]) as [('on' | 'off'), Started][]) {
         r[name].push(await storm(w, body))
+        unique[name].push(await storm(w, uniqueBodies(round, name === 'on' ? 0 : 1)))
         const dir = path.join(BENCH, `check-${name}`)
         rmSync(dir, { recursive: true, force: true })
         const c = await timeAsync('git', ['clone', '-q', '--depth', '1', `${w.url}/wide.git`, dir])
@@ -152,6 +162,19 @@ async function main(): Promise<void> {
     const catHook = path.join(BENCH, 'cat-hook.sh')
     writeFileSync(catHook, `#!/bin/sh\ncat > /dev/null\nexec cat '${path.join(cacheDir, entry ?? 'none')}'\n`, { mode: 0o755 })
     const floor = { cached: gitCpu(16, catHook), uncached: gitCpu(4, undefined) }
+    // and the same storms against the HTTP floor (http-floor.ts: no auth, no checks, git's
+    // pack written straight into the client socket), with that free pack and without a cache:
+    // what a fetch costs when the server in front costs nearly nothing
+    const fronts = { cached: await startFloor(REPOS, catHook), uncached: await startFloor(REPOS) }
+    const fr: Record<'cached' | 'uncached', Storm[]> = { cached: [], uncached: [] }
+    try {
+      for (const w of Object.values(fronts)) await storm(w, warmBody)
+      for (let round = 0; round < ROUNDS; round++) {
+        for (const name of (round % 2 ? ['uncached', 'cached'] : ['cached', 'uncached']) as ('cached' | 'uncached')[]) fr[name].push(await storm(fronts[name], body))
+      }
+    } finally {
+      for (const w of Object.values(fronts)) await w.stop()
+    }
 
     const entries = readdirSync(cacheDir).filter((n) => n.endsWith('.pack')).map((n) => statSync(path.join(cacheDir, n)).size)
     const tput = (s: Storm[]) => median(s.map((x) => CONCURRENT / x.seconds))
@@ -164,12 +187,14 @@ async function main(): Promise<void> {
       cpu_ms_per_fetch: { on: cpu(later), off: cpu(r.off) },
       cpu_on_over_off: cpu(later) / cpu(r.off),
       first_storm_new_commit: { fetches_per_s: CONCURRENT / first!.seconds, cpu_ms_per_fetch: first!.cpuMs / CONCURRENT, cpu_over_off: first!.cpuMs / CONCURRENT / cpu(r.off) },
+      unique_fetches: { cpu_ms_per_fetch: { on: cpu(unique.on), off: cpu(unique.off) }, cpu_on_over_off: cpu(unique.on) / cpu(unique.off), fetches_per_s: { on: tput(unique.on), off: tput(unique.off) } },
       rss_peak_mb: { on: Math.max(...r.on.map((x) => x.rssPeak)) / 1048576, off: Math.max(...r.off.map((x) => x.rssPeak)) / 1048576 },
       disk_written_per_miss_bytes: entries.length ? Math.max(...entries) : 0,
-      failed_fetches: [...r.on, ...r.off].reduce((s, x) => s + x.failed, 0),
+      failed_fetches: [...r.on, ...r.off, ...unique.on, ...unique.off].reduce((s, x) => s + x.failed, 0),
       failed_checks: cloneFailures,
       floor_git_cpu_ms_per_fetch: floor,
       floor_ratio: floor.cached / floor.uncached,
+      http_floor: { fetches_per_s: { cached: tput(fr.cached), uncached: tput(fr.uncached) }, cpu_ms_per_fetch: { cached: cpu(fr.cached), uncached: cpu(fr.uncached) } },
       rounds: ROUNDS,
     }
     const yes = (ok: boolean) => (ok ? 'yes' : 'NO')
@@ -178,7 +203,10 @@ async function main(): Promise<void> {
       [`shallow fetches/s (${CONCURRENT} at once; on: median of the ${ROUNDS - 1} storms after the first, off: of ${ROUNDS})`, results.fetches_per_s.on.toFixed(1), results.fetches_per_s.off.toFixed(1), results.throughput_on_over_off.toFixed(2), '>= 4', yes(results.throughput_on_over_off >= 4)],
       ['server CPU per fetch, ms (worker and children)', results.cpu_ms_per_fetch.on.toFixed(0), results.cpu_ms_per_fetch.off.toFixed(0), results.cpu_on_over_off.toFixed(2), '<= 0.20', yes(results.cpu_on_over_off <= 0.2)],
       ['the first storm of a new commit: fetches/s, CPU ms per fetch (ratio to off)', results.first_storm_new_commit.fetches_per_s.toFixed(1), results.first_storm_new_commit.cpu_ms_per_fetch.toFixed(0), results.first_storm_new_commit.cpu_over_off.toFixed(2), '', ''],
+      ['fetches asked for once (16 commits at once, none repeated): CPU ms per fetch', results.unique_fetches.cpu_ms_per_fetch.on.toFixed(0), results.unique_fetches.cpu_ms_per_fetch.off.toFixed(0), results.unique_fetches.cpu_on_over_off.toFixed(2), '', ''],
       ['floor: git upload-pack alone, CPU ms per fetch (free pack / none)', floor.cached.toFixed(0), floor.uncached.toFixed(0), (floor.cached / floor.uncached).toFixed(2), '', ''],
+      ['floor: HTTP floor (no auth, pack straight into the socket), fetches/s (free pack / none)', results.http_floor.fetches_per_s.cached.toFixed(1), results.http_floor.fetches_per_s.uncached.toFixed(1), (results.http_floor.fetches_per_s.cached / results.http_floor.fetches_per_s.uncached).toFixed(2), '', ''],
+      ['floor: HTTP floor, CPU ms per fetch (free pack / none)', results.http_floor.cpu_ms_per_fetch.cached.toFixed(0), results.http_floor.cpu_ms_per_fetch.uncached.toFixed(0), (results.http_floor.cpu_ms_per_fetch.cached / results.http_floor.cpu_ms_per_fetch.uncached).toFixed(2), '', ''],
       ['worker RSS peak, MB', results.rss_peak_mb.on.toFixed(0), results.rss_peak_mb.off.toFixed(0), '', '< 150', yes(Math.max(results.rss_peak_mb.on, results.rss_peak_mb.off) < 150)],
       ['disk written per cache miss, bytes', results.disk_written_per_miss_bytes, '', '', '', ''],
       ['failed fetches; failed git clone --depth 1 checks', results.failed_fetches, results.failed_checks, '', '0', yes(results.failed_fetches + results.failed_checks === 0)],
