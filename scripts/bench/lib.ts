@@ -95,7 +95,6 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
 }
 
-/** Resident set size of a pid in bytes (0 when it is gone). */
 /** A process's CPU time so far (user + system), in clock ticks (100 Hz). */
 export function cpuTicks(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
@@ -103,6 +102,7 @@ export function cpuTicks(pid: number): number {
   return Number(f[11]) + Number(f[12])
 }
 
+/** Resident set size of a pid in bytes (0 when it is gone). */
 export function rssOf(pid: number): number {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))

@@ -1,8 +1,11 @@
 import t from 'tap'
-import { readdir, truncate, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import os from 'node:os'
 import path from 'node:path'
+import { pino } from 'pino'
 import { addBigRepo, gitClient, gitWrapper, metric, startWorker, waitFor } from '../helpers/worker.js'
-import { checkArgs } from '../../src/git/pack-cache.js'
+import { checkArgs, PackObjectsCache } from '../../src/git/pack-cache.js'
 
 const outcomes = (w: { logs(): Record<string, unknown>[] }, from = 0) =>
   // requests that ran pack-objects (a v2 ls-refs does not)
@@ -160,4 +163,86 @@ t.test('a pack served from the cache shows the progress pack-objects showed when
   t.same(outcomes(w), ['miss', 'miss', 'hit'])
   t.match(errs[0], /remote: Enumerating objects/, 'pack-objects run directly shows progress')
   t.match(errs[2], /remote: (Enumerating|Counting|Total)/, `and so does the hit: ${errs[2]}`)
+})
+
+t.test('the endpoint answers only the upload-pack it was opened for: no token, a closed session, another dir, other arguments, a body too large', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vcs-pack-endpoint-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const repoDir = path.join(dir, 'r.git')
+  await mkdir(repoDir)
+  const cache = new PackObjectsCache({
+    dir: path.join(dir, 'cache'), hookPath: path.join(dir, 'hook'), gitBin: 'git', env: { PATH: process.env.PATH! },
+    maxAgeMs: 60_000, maxBytes: 1 << 30, writeOnOccurrence: 2, diskFloorBytes: 0, maxProductions: 1,
+    maxInputBytes: 1024, killGraceMs: 1000, nice: 0, viaHelper: false, log: pino({ level: 'silent' }),
+  })
+  await cache.start()
+  t.teardown(() => cache.stop())
+  const seen: string[] = []
+  const session = cache.open(repoDir, (o) => seen.push(o))
+  const url = session.env.VCS_WORKER_PACK_URL!
+  const call = async (headers: Record<string, string>, body = 'want\n') => {
+    const res = await fetch(url, { method: 'POST', headers, body })
+    return { status: res.status, text: await res.text() }
+  }
+  const good = { 'x-vcs-token': session.env.VCS_WORKER_PACK_TOKEN!, 'x-vcs-cwd': repoDir, 'x-vcs-args': 'git pack-objects --revs --stdout' }
+  t.same(await call({ 'x-vcs-cwd': repoDir, 'x-vcs-args': good['x-vcs-args'] }), { status: 403, text: 'unknown pack-objects call\n' }, 'no token')
+  t.same(await call({ ...good, 'x-vcs-token': 'guessed' }), { status: 403, text: 'unknown pack-objects call\n' }, 'a token never issued')
+  t.same(await call({ ...good, 'x-vcs-cwd': dir }), { status: 403, text: 'unknown pack-objects call\n' }, 'another directory')
+  t.same(await call({ ...good, 'x-vcs-args': 'git pack-objects --stdout --exec=sh' }), { status: 400, text: 'unexpected pack-objects arguments\n' }, 'an argument upload-pack never passes')
+  t.same(await call(good, 'x'.repeat(2048)), { status: 400, text: 'pack-objects input too large\n' }, 'a body over maxInputBytes')
+  t.same(seen, [], 'none of them counted as a cache outcome')
+  t.equal((await call(good)).status, 204, 'the session it was opened for: first seen, run it yourself')
+  t.same(seen, ['miss'])
+  session.close()
+  t.equal((await call(good)).status, 403, 'a closed session answers nothing')
+  t.same(await readdir(path.join(dir, 'cache')), [], 'nothing written by any of them')
+})
+
+t.test('100 distinct fetches at once: git runs stay within the admission limit; each client gets a pack or "server busy"', async (t) => {
+  // git as the worker starts it, counting the upload-pack (and pack-objects) runs alive as each starts
+  const wrapper = await gitWrapper(t, `#!/bin/sh
+for a in "$@"; do [ "$a" = --advertise-refs ] && exec git "$@"; done
+case " $* " in *" upload-pack "*|*" pack-objects "*) ;; *) exec git "$@" ;; esac
+touch @DIR@/running.$$
+ls @DIR@ | grep -c '^running' >> @DIR@/counts
+git "$@"; rc=$?
+rm -f @DIR@/running.$$
+exit $rc
+`)
+  // 4 heavy slots; one repo and one client may hold half of them (repoHeavyLimit, clientHeavyLimit)
+  const w = await startWorker(t, { 'pack-cache': true, 'heavy-limit': '4', 'queue-limit': '40', 'git-bin': wrapper })
+  const repo = path.join(w.reposDir, 'many.git')
+  const git = gitClient(w.dir)
+  t.equal((await git(['init', '-q', '--bare', repo])).code, 0)
+  // 100 commits, each a distinct depth-1 fetch: 100 keys, none repeated
+  const parts: string[] = []
+  for (let c = 1; c <= 100; c++) {
+    const msg = `commit ${c}\n`
+    const file = `file ${c}\n${randomBytes(20_480).toString('hex')}\n`
+    parts.push(`commit refs/heads/main\ncommitter T <t@example.invalid> ${1_700_000_000 + c} +0000\ndata ${msg.length}\n${msg}M 100644 inline f${c}.txt\ndata ${file.length}\n${file}\n`)
+  }
+  t.equal((await git(['--git-dir', repo, 'fast-import', '--quiet'], w.dir, { input: parts.join('') })).code, 0)
+  await w.store.setRepo('many.git', 'git', true)
+  const commits = (await git(['--git-dir', repo, 'rev-list', 'main'])).stdout.trim().split('\n')
+  t.equal(commits.length, 100)
+  const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
+  const body = (oid: string) => `${pkt('command=fetch\n')}${pkt('object-format=sha1\n')}0001${pkt('ofs-delta\n')}${pkt('deepen 1\n')}${pkt(`want ${oid}\n`)}${pkt('done\n')}0000`
+
+  const answers = await Promise.all(commits.map(async (oid) => {
+    const res = await fetch(`${w.url}/many.git/git-upload-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-upload-pack-request', 'git-protocol': 'version=2' }, body: body(oid) })
+    const bytes = Buffer.from(await res.arrayBuffer())
+    // refused, upload-pack answers as git does: an ERR packet the client prints as "remote error"
+    return { status: res.status, pack: bytes.includes('PACK'), busy: bytes.subarray(0, 40).toString().startsWith('0058ERR server busy') }
+  }))
+  const served = answers.filter((a) => a.status === 200 && a.pack)
+  const refused = answers.filter((a) => a.status === 200 && a.busy)
+  t.equal(served.length + refused.length, 100, `only packs and "server busy": ${JSON.stringify(answers.filter((a) => !a.pack && !a.busy))}`)
+  t.ok(served.length >= 40 && refused.length >= 1, `those running and the 40 waiting are served (${served.length}); the rest are told the server is busy (${refused.length})`)
+  const counts = (await readFile(path.join(path.dirname(wrapper), 'counts'), 'utf8')).trim().split('\n').map(Number)
+  t.equal(counts.length, served.length, 'one git run per pack served (each key seen once: run inside its own upload-pack)')
+  t.ok(Math.max(...counts) >= 1 && Math.max(...counts) <= 2, `at most 2 at once: one repo's and one client's half of heavyLimit (peak ${Math.max(...counts)})`)
+  const outcomes100 = outcomes(w)
+  t.equal(outcomes100.filter((o) => o === 'hit' || o === 'follow').length, 0, 'distinct keys: nothing shared')
+  t.equal((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.includes('.pack')).length, 0, 'and nothing written: each key seen once')
+  t.equal((await fetch(`${w.url}/health/live`)).status, 200, 'the worker is fine')
 })
