@@ -27,7 +27,8 @@ import { PackObjectsCache } from './git/pack-cache.js'
 import type { AuthStore } from './auth/store.js'
 import { registerDumbRoute, registerRepoRoutes, urlClassifier, type RepoRoute } from './http/routes.js'
 import { HgServePool } from './hg/serve-pool.js'
-import { hgRoute } from './hg/routes.js'
+import { hgCloneBundleRoute, hgRoute } from './hg/routes.js'
+import { CloneBundles } from './hg/clone-bundles.js'
 import { JournalRecovery } from './hg/recover.js'
 
 declare module 'fastify' {
@@ -163,7 +164,14 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     app.decorate('hgPool', pool)
     // onClose runs after in-flight requests finished: only then stop the children.
     app.addHook('onClose', () => pool.stop())
-    repoRoutes.push(hgRoute({ config, pool, admission, recovery: new JournalRecovery(config, app.log), refused: () => metrics?.refused('no_hg_child', 'none') }))
+    const hgDeps = { config, pool, admission, recovery: new JournalRecovery(config, app.log), refused: () => metrics?.refused('no_hg_child', 'none') }
+    if (config.hgCloneBundles) {
+      const cloneBundles = new CloneBundles(config, app.log)
+      app.addHook('onClose', () => cloneBundles.stop())
+      repoRoutes.push(hgRoute({ ...hgDeps, cloneBundles }), hgCloneBundleRoute({ ...hgDeps, cloneBundles }))
+    } else {
+      repoRoutes.push(hgRoute(hgDeps))
+    }
   }
   const health = new HealthChecker(config, git, app.hgPool, canary, admission, store, packCache)
   await health.start()

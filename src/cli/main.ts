@@ -90,11 +90,11 @@ async function serve(config: Config, explicitRepos: boolean): Promise<void> {
   const port = (app.server.address() as { port: number }).port
   logger.info({ address, git: version, repos: config.reposDir }, 'vcs-worker listening')
   const host = config.host.includes(':') ? `[${config.host}]` : config.host
-  process.stdout.write(`vcs-worker listening on http://${host}:${port}/ (repos in ${config.reposDir})\n`)
-  process.stdout.write(`try: git clone http://${host}:${port}/demo.git\n`)
-  // the agent line last: `npm run pool` waits for it
-  if (app.probes?.healthPort !== undefined) process.stdout.write(`health checks on http://${host}:${app.probes.healthPort}/health/ready\n`)
-  if (app.probes?.agentPort !== undefined) process.stdout.write(`haproxy agent-check on ${host}:${app.probes.agentPort}\n`)
+  // one write: whoever waits for the first line finds the others with it (the agent line last: `npm run pool` waits for it)
+  const lines = [`vcs-worker listening on http://${host}:${port}/ (repos in ${config.reposDir})`, `try: git clone http://${host}:${port}/demo.git`]
+  if (app.probes?.healthPort !== undefined) lines.push(`health checks on http://${host}:${app.probes.healthPort}/health/ready`)
+  if (app.probes?.agentPort !== undefined) lines.push(`haproxy agent-check on ${host}:${app.probes.agentPort}`)
+  process.stdout.write(`${lines.join('\n')}\n`)
   let stopping = false
   const stop = (signal: string): void => {
     if (stopping) {

@@ -68,11 +68,13 @@ export const SETTINGS = Type.Object({
   }),
   authStorePasswordFile: text('', 'a file whose first line is the PostgreSQL password (keeps it off the command line and out of the config file)'),
   authStorePoolSize: int(10, 'PostgreSQL connections each worker keeps at most (plus one that listens for changes)', { minimum: 1, maximum: 1000 }),
-  packCache: bool(false, 'the pack-objects cache: identical clone and fetch packs computed once, kept on disk for packCacheMaxAgeMs (issue #15; off until bench:storm shows it pays)'),
+  packCache: bool(false, 'the pack-objects cache: identical clone and fetch packs computed once, kept on disk for packCacheMaxAgeMs; pays in storms of identical fetches (CI), costs ~7% CPU on a fetch asked for once (bench:storm)'),
   packCacheDir: text('', 'where the pack-objects cache keeps its entries, per host (empty: DATA/pack-cache)'),
   packCacheMaxAgeMs: int(300_000, 'how long a cached pack is served (bounds the disk; a pack is correct forever)', { minimum: 1000 }),
   packCacheMaxBytes: int(10 * 1024 ** 3, 'disk the pack-objects cache may use; the oldest entries go first', { minimum: 1024 * 1024 }),
   packCacheWriteOn: int(2, 'a pack is written to the cache on this occurrence of its key (most packs are asked for once)', { minimum: 1, maximum: 100 }),
+  hgCloneBundles: bool(true, 'keep clone bundles of each hg repo (a stream bundle and a zstd bundle, in REPO/.hg/clonebundles/, so every worker on the shared storage serves them) and advertise them: a clone downloads one and pulls only what was pushed since'),
+  hgCloneBundleDelayMs: int(30_000, 'how long after a push (or a clone of a repo that has none) its clone bundles are made again; pushes meanwhile make one generation', { minimum: 0 }),
   metricsRepoLabel: bool(false, 'label request metrics with the repo (unbounded with many repos)'),
 }, { additionalProperties: false })
 

@@ -58,7 +58,7 @@ export function takesBody(cmd: string | undefined): boolean {
   return cmd !== undefined && Object.hasOwn(HG_COMMANDS, cmd) && HG_COMMANDS[cmd]!.body === true
 }
 
-/** The metrics label of a command: its name when the table knows it, `hgweb` for pages, else `other`. */
+/** The metrics label of a command: its name when the table knows it, `hgweb` for pages, `clonebundle` for a clone bundle's download, else `other`. */
 export function commandLabel(service: string): string {
-  return service === 'hgweb' || Object.hasOwn(HG_COMMANDS, service) ? service : 'other'
+  return service === 'hgweb' || service === 'clonebundle' || Object.hasOwn(HG_COMMANDS, service) ? service : 'other'
 }

@@ -13,7 +13,7 @@ import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Config } from '../config/load.js'
-import { HgTimeoutError, HgUpstreamError, ServiceUnavailableError } from '../errors.js'
+import { HgTimeoutError, HgUpstreamError, RepoNotFoundError, ServiceUnavailableError } from '../errors.js'
 import type { Action, Identity } from '../auth/plugin.js'
 import { decodeBody, spillRequestBody, type SpillBuffer } from '../http/body.js'
 import type { RepoRoute } from '../http/routes.js'
@@ -23,6 +23,8 @@ import type { Admission, Release } from '../admission/admission.js'
 import type { HgChild, HgServePool } from './serve-pool.js'
 import type { JournalRecovery } from './recover.js'
 import { handoffHead, type HandoffLine } from './handoff.js'
+import { isBundleName, type CloneBundles } from './clone-bundles.js'
+import { sendFile } from '../http/send-file.js'
 
 
 export interface HgDeps {
@@ -32,7 +34,12 @@ export interface HgDeps {
   admission: Admission
   /** told when a request finds no ready child (metrics) */
   refused?: () => void
+  /** the repos' clone bundles, when hgCloneBundles is on */
+  cloneBundles?: CloneBundles
 }
+
+/** A Host header fit to build a URL from (name or IPv4 or [IPv6], optional port). */
+const SANE_HOST = /^([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:\d{1,5})?$/
 
 
 const SILENT_CHILD = 'the hg server process did not answer in time; try again'
@@ -53,6 +60,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     const judged = judgedOf.get(req)!
     // a session starts with `capabilities`: refused here when a drain or a full queue would refuse its work
     if (judged.cmd === 'capabilities') deps.admission.refuseIfBusy()
+    if (deps.cloneBundles && (judged.cmd === 'clonebundles' || judged.cmd === 'clonebundles_manifest')) return manifest(req, reply, deps.cloneBundles)
     await deps.recovery.ensure(req.repo.dir)
     const release = judged.workClass ? await deps.admission.admit(req, reply, judged.workClass) : () => {}
     try {
@@ -123,6 +131,11 @@ export function hgRoute(deps: HgDeps): RepoRoute {
       throw new HgUpstreamError('the hg server process failed; try again')
     }
     res.once('close', done)
+    // a push (or a phase change) makes the repo's clone bundles again, later and off this path
+    if (deps.cloneBundles && judged.action === 'write' && res.statusCode === 200) {
+      const bundles = deps.cloneBundles
+      res.once('close', () => bundles.schedule(req.repo.dir))
+    }
     reply.code(res.statusCode ?? 502)
     if ((res.statusCode ?? 502) >= 500) req.log.error({ hg_child: child.id, child_pid: child.pid, status: res.statusCode, reason: res.statusMessage }, 'hg serve answered with an error')
     for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) reply.header(k, v)
@@ -160,4 +173,36 @@ export function hgRoute(deps: HgDeps): RepoRoute {
   // hg sends a push as one POST with the whole bundle and reads nothing before it is sent: a
   // refusal (the 401 that makes it retry with credentials, a 503) waits until the bundle is read.
   return { id: 'hg_proxy', methods: ['GET', 'POST'], kind: 'hg', access, discardLimit: deps.config.maxPushBytes, handler: hg }
+}
+
+/**
+ * The clonebundles command, answered by the worker: the repo's bundles at URLs under the repo's
+ * URL as this client reached it (its Host; the scheme from a trusted proxy's X-Forwarded-Proto),
+ * so the download comes back through the same balancer with the same credentials (hg offers the
+ * clone URL's credentials to URLs under it). No usable Host: no bundles, a plain clone.
+ */
+async function manifest(req: FastifyRequest, reply: FastifyReply, bundles: CloneBundles): Promise<FastifyReply> {
+  const host = req.host
+  const text = SANE_HOST.test(host) ? await bundles.manifest(req.repo.dir, `${req.protocol}://${host}/${req.repo.name}`) : ''
+  req.accessRecord.bytesOut = Buffer.byteLength(text)
+  return reply.type('application/mercurial-0.1').header('cache-control', 'no-cache').send(text)
+}
+
+/** `GET /{repo}/.hg/clonebundles/{file}`: a clone bundle, with the repo's read permission; Range for resumed downloads. */
+export function hgCloneBundleRoute(deps: HgDeps & { cloneBundles: CloneBundles }): RepoRoute {
+  return {
+    id: 'hg_clonebundle',
+    methods: ['GET'],
+    kind: 'hg',
+    exact: true,
+    access: 'read',
+    handler: async (req, reply) => {
+      const name = decodeURIComponent(req.originalUrl.split('?')[0]!.split('/').pop()!)
+      req.accessRecord.service = 'clonebundle'
+      if (!isBundleName(name)) throw new RepoNotFoundError()
+      const release = await deps.admission.admit(req, reply, 'full')
+      reply.raw.once('close', release)
+      return sendFile(req, reply, deps.cloneBundles.file(req.repo.dir, name), 'application/mercurial-bundle')
+    },
+  }
 }

@@ -155,6 +155,8 @@ export class HgServePool {
       env: hgEnv(this.config, {
         VCS_WORKER_CHILD_SECRET: c.secret,
         VCS_WORKER_PID: String(process.pid),
+        // the clonebundles capability (vcsworker_ext.py); the worker answers the command (clone-bundles.ts)
+        ...(this.config.hgCloneBundles ? { VCS_WORKER_CLONEBUNDLES: '1' } : {}),
         // hg's lazy imports race between the threads of `hg serve` (hg 6.3: concurrent first
         // requests fail with "module 'mercurial.branchmap' has no attribute 'BranchMapCache'").
         HGDEMANDIMPORT: 'disable',

@@ -14,6 +14,9 @@
 # (what hg clients print) says what went wrong where that is safe to say (out of disk space);
 # the traceback goes to the error log, which the worker logs.
 #
+# With clone bundles on (VCS_WORKER_CLONEBUNDLES=1), every repo advertises the clonebundles
+# capability; the worker answers that command itself.
+#
 # It also takes connections handed over by the worker (see src/hg/handoff.ts and
 # vcsworker_handoff.py): a client's socket arrives over Node's IPC channel with the request head
 # the worker already read and vetted; the child serves that one request on it itself and closes
@@ -27,7 +30,7 @@ import threading
 import time
 import traceback
 
-from mercurial import extensions, registrar
+from mercurial import extensions, registrar, wireprotov1server
 from mercurial import pathutil
 from mercurial.hgweb import common, hgwebdir_mod, server as hgserver
 
@@ -36,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vcsworker_handoff import HANDOFF as _handoff, Handed as _Handed  # noqa: E402
 
 _SECRET = os.environ.get('VCS_WORKER_CHILD_SECRET', '').encode('latin-1')
+_CLONEBUNDLES = os.environ.get('VCS_WORKER_CLONEBUNDLES') == '1'
 _PARENT = int(os.environ.get('VCS_WORKER_PID', '0') or '0')
 
 
@@ -146,8 +150,20 @@ def debugvcsworkerhandoff(ui, **opts):
     return 0 if _handoff.selftest.wait(15) else 1
 
 
+def _capabilities(orig, repo, proto):
+    # clone bundles: the worker answers the clonebundles command itself (src/hg/clone-bundles.ts)
+    # with the bundles it keeps, so every repo advertises it (hg's own clonebundles extension
+    # advertises it only where a .hg/clonebundles.manifest file exists)
+    caps = orig(repo, proto)
+    if b'clonebundles' not in caps:
+        caps.append(b'clonebundles')
+    return caps
+
+
 def uisetup(ui):
     extensions.wrapfunction(hgwebdir_mod.hgwebdir, '__call__', _guarded)
+    if _CLONEBUNDLES:
+        extensions.wrapfunction(wireprotov1server, '_capabilities', _capabilities)
     extensions.wrapfunction(hgwebdir_mod.hgwebdir, '_runwsgi', _fresh_index)
     common.permhooks.append(_authorized)
     if _PARENT:

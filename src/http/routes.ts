@@ -16,7 +16,7 @@ import { resolveGitRepo, resolveHgRepo, type RepoKind, type RepoRef } from '../r
 import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
 
 export type RouteId =
-  | 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'git_dumb' | 'hg_proxy'
+  | 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'git_dumb' | 'hg_proxy' | 'hg_clonebundle'
   | 'health_live' | 'health_ready' | 'health_git' | 'health_hg' | 'metrics' | 'root' | 'other'
 
 declare module 'fastify' {
@@ -45,6 +45,7 @@ export const REPO_URLS = {
   git_receive_pack: '/.vcs/git/receive-pack',
   git_dumb: '/.vcs/git/dumb',
   hg_proxy: '/.vcs/hg',
+  hg_clonebundle: '/.vcs/hg/clonebundle',
 } as const
 
 const GIT_SUFFIXES: [string, keyof typeof REPO_URLS][] = [
@@ -54,6 +55,8 @@ const GIT_SUFFIXES: [string, keyof typeof REPO_URLS][] = [
 ]
 /** files a dumb-HTTP client asks for (http-protocol.txt, "Dumb Clients") */
 const DUMB = /\/(HEAD|objects\/(info\/(packs|alternates|http-alternates)|pack\/pack-[0-9a-f]+\.(pack|idx)|[0-9a-f]{2}\/[0-9a-f]{38,62}))$/
+/** an hg repo's clone bundle, `/{repo}/.hg/clonebundles/{file}`: no repo segment and no file hg tracks is named `.hg` */
+const HG_BUNDLE = /^(\/.+?)\/\.hg\/clonebundles\/[^/]+$/
 /** DESIGN.md's reserved URLs: never a repository */
 const RESERVED = /^\/(health\/|metrics$|$)/
 
@@ -82,6 +85,11 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
     const dumb = DUMB.exec(rawPath)
     if (dumb) return REPO_URLS.git_dumb
     if (!hg || RESERVED.test(rawPath)) return url
+    const bundle = HG_BUNDLE.exec(rawPath)
+    if (bundle) {
+      repoPaths.set(req, bundle[1]!)
+      return REPO_URLS.hg_clonebundle
+    }
     repoPaths.set(req, rawPath)
     return REPO_URLS.hg_proxy + query
   }
@@ -89,7 +97,9 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
 
 /** A repository route, declared once in the route table. */
 export interface RepoRoute {
-  id: 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'hg_proxy'
+  id: 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'hg_proxy' | 'hg_clonebundle'
+  /** the URL names the repo exactly: a path under it (hgweb's pages) is not this route's */
+  exact?: true
   methods: ('GET' | 'POST')[]
   kind: RepoKind
   /** the action the request needs, told from the request before the repo is looked up (may refuse it: 400) */
@@ -121,6 +131,7 @@ function registerRepoRoute(app: FastifyInstance, route: RepoRoute, deps: { auth:
         const repoPath = repoPaths.get(req.raw)
         if (repoPath === undefined) throw new RepoNotFoundError() // not classified: cannot happen through the classifier
         const found = await resolve(deps.reposRoot, repoPath)
+        if (route.exact && repoPath.replace(/^\//, '') !== found.name) throw new RepoNotFoundError()
         req.accessRecord.repo = found.name
         return found
       }, action)

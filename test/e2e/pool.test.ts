@@ -57,7 +57,7 @@ t.test('haproxy-config: a valid HAProxy config for the default pool and for a po
 })
 
 t.test('through HAProxy: git and hg reach the workers, web pages reach the web stand-in and never a worker', async (t) => {
-  const p = await startTestPool(t)
+  const p = await startTestPool(t, { workerArgs: ['--hg-clone-bundle-delay-ms', '0'] })
   const git = gitClient(p.dir)
   t.equal((await git(['clone', '-q', `${p.alice}/demo.git`, 'g'])).code, 0)
   t.ok(await pushBranch(git, path.join(p.dir, 'g'), 'through-haproxy'), 'git push through HAProxy')
@@ -68,6 +68,13 @@ t.test('through HAProxy: git and hg reach the workers, web pages reach the web s
   t.equal((await p.hg(['commit', '-Am', 'through haproxy'], hgWork)).code, 0)
   const hgPush = await p.hg(['push', '-q'], hgWork)
   t.equal(hgPush.code, 0, hgPush.stderr)
+  // the clone bundles that push had made: a clone fetches one through HAProxy, from any worker
+  await waitFor(async () => (await rawRequest(portOf(p), 'GET', '/demo-hg?cmd=clonebundles')).body.toString().includes('stream-v2.hg'), 20_000, 'clone bundles')
+  const viaBundle = await p.hg(['clone', '-U', `${p.url}/demo-hg`, path.join(p.dir, 'hb')])
+  t.equal(viaBundle.code, 0, viaBundle.stderr)
+  t.match(viaBundle.stdout, `applying clone bundle from ${p.url}/demo-hg/.hg/clonebundles/stream-v2.hg`)
+  t.match(viaBundle.stdout, 'finished applying clone bundle')
+  t.equal((await p.hg(['log', '-R', path.join(p.dir, 'hb'), '-r', 'tip', '-T', '{desc}'])).stdout, 'through haproxy', 'with the pushed changeset')
 
   // a big hg discovery: 8 X-HgArg headers of 16 KiB pass HAProxy's buffers
   const nodes = Array.from({ length: 3000 }, (_, i) => i.toString(16).padStart(40, 'a')).join('+')

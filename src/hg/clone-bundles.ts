@@ -1,0 +1,202 @@
+/**
+ * Clone bundles for hg (issue #15 point 5): each repo keeps a stream bundle (store files as they
+ * are: the fastest clone, for clients that support the repo's requirements) and a zstd bundle2
+ * (for the rest), in REPO/.hg/clonebundles/, beside the repo on the shared storage, so every
+ * worker of a pool lists and serves the same files. The children run Mercurial's clonebundles
+ * extension, which advertises the capability; the worker answers the manifest itself (the
+ * bundles that exist, at URLs under the repo's own URL as the client reached it), and serves the
+ * files through its route table with the repo's own authorization (routes.ts). A clone applies
+ * the bundle and pulls only what was pushed since.
+ *
+ * Made again after pushes: debounced (`hgCloneBundleDelayMs`), off the request path, at the
+ * children's lower priority, at most one generation per repo at a time (in this process, and
+ * across hosts through a lock file naming host and pid: one whose process is gone from this
+ * host, or older than an hour, was left by a killed worker), skipped when the changelog and phases did not change. Each
+ * file is written beside its final name and renamed over it: a download in progress keeps
+ * reading the file it opened, and a listed file never disappears.
+ */
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
+import path from 'node:path'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Config } from '../config/load.js'
+import { describeExit, runToCompletion, spawnChild, type Child } from '../process/child.js'
+import { hgEnv } from './spawn.js'
+
+/** The files a repo's clone bundles may have: what the file route serves, and nothing else. */
+export const BUNDLE_NAMES = ['stream-v2.hg', 'zstd-v2.hg'] as const
+export type BundleName = (typeof BUNDLE_NAMES)[number]
+export const isBundleName = (name: string): name is BundleName => (BUNDLE_NAMES as readonly string[]).includes(name)
+
+const DIR = path.join('.hg', 'clonebundles')
+const META = 'meta.json'
+const LOCK = '.generating'
+/** a generation lock older than this was left by a killed worker */
+const LOCK_STALE_MS = 60 * 60_000
+
+interface Meta {
+  /** what the repo looked like when the bundles were made: changelog size, phase roots' size and mtime */
+  state: string
+  bundles: { name: BundleName; spec: string; size: number }[]
+  generatedAt: number
+}
+
+export interface CloneBundleStats {
+  generations: number
+  skipped: number
+  failures: number
+}
+
+export class CloneBundles {
+  private readonly timers = new Map<string, NodeJS.Timeout>()
+  private readonly running = new Map<string, Promise<void>>()
+  private readonly again = new Set<string>()
+  private stopped = false
+  /** the hg processes of the generations running, killed on stop (a partial bundle is never renamed into place) */
+  private readonly children = new Set<Child>()
+  readonly stats: CloneBundleStats = { generations: 0, skipped: 0, failures: 0 }
+
+  constructor(private readonly config: Config, private readonly log: FastifyBaseLogger) {}
+
+  /** The bundles a repo has now, for its manifest (none yet: a generation is scheduled). */
+  async list(repoDir: string): Promise<Meta['bundles']> {
+    try {
+      const meta = JSON.parse(await readFile(path.join(repoDir, DIR, META), 'utf8')) as Meta
+      return meta.bundles.filter((b) => isBundleName(b.name))
+    } catch {
+      this.schedule(repoDir)
+      return []
+    }
+  }
+
+  /** The manifest Mercurial's clonebundles command answers: one line per bundle, `URL BUNDLESPEC=...`. */
+  async manifest(repoDir: string, repoUrl: string): Promise<string> {
+    return (await this.list(repoDir)).map((b) => `${repoUrl}/.hg/clonebundles/${b.name} BUNDLESPEC=${b.spec}\n`).join('')
+  }
+
+  /** The file of a bundle (the name checked against BUNDLE_NAMES by the caller). */
+  file(repoDir: string, name: BundleName): string {
+    return path.join(repoDir, DIR, name)
+  }
+
+  /** Makes the repo's bundles again after `hgCloneBundleDelayMs`; calls meanwhile are the same generation. */
+  schedule(repoDir: string): void {
+    if (this.stopped || this.timers.has(repoDir)) return
+    if (this.running.has(repoDir)) {
+      this.again.add(repoDir) // a push during a generation: once more after it
+      return
+    }
+    const timer = setTimeout(() => {
+      this.timers.delete(repoDir)
+      const run = this.generate(repoDir).catch((err: unknown) => {
+        if (this.stopped) return // killed by stop()
+        this.stats.failures++
+        this.log.warn({ err, repo_dir: repoDir }, 'hg clone bundles: generation failed')
+      }).finally(() => {
+        this.running.delete(repoDir)
+        if (this.again.delete(repoDir)) this.schedule(repoDir)
+      })
+      this.running.set(repoDir, run)
+    }, this.config.hgCloneBundleDelayMs)
+    timer.unref()
+    this.timers.set(repoDir, timer)
+  }
+
+  /** Drops what is scheduled and stops what is running (its temp files removed). */
+  async stop(): Promise<void> {
+    this.stopped = true
+    for (const t of this.timers.values()) clearTimeout(t)
+    this.timers.clear()
+    for (const c of this.children) c.kill()
+    await Promise.all(this.running.values())
+  }
+
+  private async generate(repoDir: string): Promise<void> {
+    const dir = path.join(repoDir, DIR)
+    await mkdir(dir, { recursive: true })
+    const state = await repoState(repoDir)
+    const previous = await readFile(path.join(dir, META), 'utf8').then((t) => JSON.parse(t) as Meta, () => undefined)
+    if (previous?.state === state) {
+      this.stats.skipped++
+      return
+    }
+    const lock = path.join(dir, LOCK)
+    if (!(await takeLock(lock))) {
+      this.log.info({ repo_dir: repoDir }, 'hg clone bundles: another worker is making them')
+      return
+    }
+    const tmp = (name: string) => path.join(dir, `${name}.tmp-${process.pid}`)
+    try {
+      // what a generation killed midway left (the lock is ours: nobody else writes here now)
+      for (const n of await readdir(dir)) if (n.includes('.tmp-')) await rm(path.join(dir, n), { force: true })
+      const t0 = performance.now()
+      const bundles: Meta['bundles'] = []
+      // a stream bundle carries the store as it is, secret changesets too: only without any
+      const secret = (await this.hg(repoDir, ['log', '-r', 'secret()', '-T', 'x']) ?? '').trim() !== ''
+      for (const [name, type] of [['stream-v2.hg', 'none-v2;stream=v2'], ['zstd-v2.hg', 'zstd-v2']] as [BundleName, string][]) {
+        if (name === 'stream-v2.hg' && secret) continue
+        const out = tmp(name)
+        const made = await this.hg(repoDir, ['bundle', '--all', '--type', type, out], { allowNoChanges: true })
+        if (made === undefined) return // an empty repo: nothing to bundle
+        const spec = (await this.hg(repoDir, ['debugbundle', '--spec', out]) ?? '').trim()
+        bundles.push({ name, spec, size: (await stat(out)).size })
+      }
+      for (const b of bundles) await rename(tmp(b.name), path.join(dir, b.name))
+      const meta: Meta = { state, bundles, generatedAt: Date.now() }
+      await writeFile(tmp(META), JSON.stringify(meta))
+      await rename(tmp(META), path.join(dir, META))
+      this.stats.generations++
+      this.log.info({ repo_dir: repoDir, bundles: bundles.map((b) => `${b.name} ${b.size}`), ms: Math.round(performance.now() - t0) }, 'hg clone bundles made')
+    } finally {
+      await Promise.all([...BUNDLE_NAMES, META].map((n) => rm(tmp(n), { force: true })))
+      await rm(lock, { force: true })
+    }
+  }
+
+  /** Runs hg on the repo at the children's priority; its stdout. `allowNoChanges`: undefined when hg found nothing to bundle. */
+  private async hg(repoDir: string, args: string[], opts: { allowNoChanges?: boolean } = {}): Promise<string | undefined> {
+    if (this.stopped) throw new Error('stopping')
+    const child = spawnChild(this.config.hgBin, ['-R', repoDir, ...args], { env: hgEnv(this.config), killGraceMs: this.config.killGraceMs, nice: this.config.childNice, viaHelper: this.config.spawnHelper })
+    this.children.add(child)
+    const { status, stdout } = await runToCompletion(child, { maxOutput: 64 * 1024 }).finally(() => this.children.delete(child))
+    if (opts.allowNoChanges && status.code === 1 && /no changes found/.test(child.stderr() + stdout.toString())) return undefined
+    if (status.error || status.code !== 0) throw new Error(`hg ${args[0]} failed (${describeExit(status)}): ${child.stderr()}`)
+    return stdout.toString('utf8')
+  }
+}
+
+/** What decides the bundles' content, read without running hg: the changelog's size and the phase roots. */
+async function repoState(repoDir: string): Promise<string> {
+  const size = async (p: string) => stat(path.join(repoDir, '.hg', p)).then((s) => `${s.size}:${s.mtimeMs}`, () => '-')
+  return `${await size('store/00changelog.i')} ${await size('store/00changelog.d')} ${await size('store/phaseroots')}`
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/** Creates the lock file, or takes over one older than LOCK_STALE_MS; false when another generation holds it. */
+async function takeLock(lock: string): Promise<boolean> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await open(lock, 'wx')
+      await fh.writeFile(`${hostname()} ${process.pid} ${new Date().toISOString()}\n`)
+      await fh.close()
+      return true
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      const [st, text] = await Promise.all([stat(lock).catch(() => undefined), readFile(lock, 'utf8').catch(() => '')])
+      const [host, pid] = text.split(' ')
+      // held by a process of this host that is gone, or by anyone for too long: left by a killed worker
+      const deadHere = host === hostname() && pid !== undefined && !alive(Number(pid))
+      if (st && !deadHere && Date.now() - st.mtimeMs < LOCK_STALE_MS) return false
+      await rm(lock, { force: true })
+    }
+  }
+  return false
+}

@@ -1,0 +1,171 @@
+import t from 'tap'
+import path from 'node:path'
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
+import { spawnSync } from 'node:child_process'
+import { clientEnv, rawRequest, run, startWorker, waitFor, type Worker } from '../helpers/worker.js'
+
+/** An hg client with its own hgrc (identity only: credentials, when any, go in the URL). */
+async function hgClient(w: Worker) {
+  const rc = path.join(w.dir, 'hgrc-client')
+  await writeFile(rc, '[ui]\nusername = Test User <test@example.invalid>\ninteractive = false\n')
+  const env = clientEnv(path.join(w.dir, 'client-home'), { HGRCPATH: rc })
+  return (args: string[], cwd = w.dir) => run('hg', args, { cwd, env })
+}
+
+const bundleDir = (w: Worker) => path.join(w.reposDir, 'demo-hg', '.hg', 'clonebundles')
+const meta = async (w: Worker) => JSON.parse(await readFile(path.join(bundleDir(w), 'meta.json'), 'utf8')) as { state: string; generatedAt: number; bundles: { name: string; spec: string }[] }
+const bundlesMade = (w: Worker) => waitFor(async () => (await meta(w).catch(() => undefined)) !== undefined, 20_000, 'clone bundles to be made')
+const serverLog = (w: Worker) => run('hg', ['-R', path.join(w.reposDir, 'demo-hg'), 'log', '-T', '{node}\n'], { env: clientEnv(w.dir, { HGRCPATH: '' }) })
+
+t.test('a clone applies the repo\'s clone bundle, then pulls only what was pushed since; a push makes them again', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '1500' })
+  await w.addUser('hana', 'hana-password', { 'demo-hg': 'write' })
+  const hg = await hgClient(w)
+
+  // no bundles yet: a plain clone, and the manifest request has them made
+  let r = await hg(['clone', '-U', `${w.url}/demo-hg`, 'c1'])
+  t.equal(r.code, 0, r.stderr)
+  t.notMatch(r.stdout, 'applying clone bundle', 'nothing to apply yet')
+  await bundlesMade(w)
+  const made = await meta(w)
+  t.same(made.bundles.map((b) => b.name), ['stream-v2.hg', 'zstd-v2.hg'], 'a stream bundle and a zstd bundle')
+  t.match(made.bundles[0]!.spec, /^none-v2;stream=v2;requirements%3D/)
+  t.equal(made.bundles[1]!.spec, 'zstd-v2')
+
+  r = await hg(['clone', '-U', `${w.url}/demo-hg`, 'c2'])
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, new RegExp(`applying clone bundle from ${w.url}/demo-hg/\\.hg/clonebundles/(stream|zstd)-v2\\.hg`), r.stdout)
+  t.match(r.stdout, 'finished applying clone bundle')
+  t.equal((await hg(['log', '-R', 'c2', '-T', '{node}\n'])).stdout, (await serverLog(w)).stdout, 'the same history as the server')
+  t.equal((await hg(['verify', '-q', '-R', 'c2'])).code, 0)
+  const served = w.logs().filter((l) => l.msg === 'request' && l.route === 'hg_clonebundle')
+  t.equal(served.length, 1, 'the bundle came from the worker')
+  t.equal(served[0]!.status, 200)
+  t.equal(served[0]!.url, '/demo-hg/.hg/clonebundles/stream-v2.hg', 'this client takes the stream bundle (listed first; it has the repo\'s requirements)')
+  t.match(r.stdout, /files to transfer[\s\S]*finished applying clone bundle/, 'streamed: store files, no changegroup to apply')
+
+  // a push: the bundles are now stale; a clone applies them and pulls the rest
+  const work = path.join(w.dir, 'c2')
+  await hg(['update', '-R', work, 'default'])
+  await writeFile(path.join(work, 'after.txt'), 'after the bundle\n')
+  await hg(['add', '-R', work, path.join(work, 'after.txt')])
+  await hg(['commit', '-R', work, '-m', 'after the bundle'])
+  r = await hg(['push', '-R', work, `http://hana:hana-password@${w.url.slice('http://'.length)}/demo-hg`])
+  t.equal(r.code, 0, r.stderr + r.stdout)
+  r = await hg(['clone', '-U', `${w.url}/demo-hg`, 'c3'])
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, 'applying clone bundle')
+  t.match(r.stdout, /searching for changes[\s\S]*added 1 changesets/, 'and pulled what the bundle lacks')
+  t.equal((await hg(['log', '-R', 'c3', '-r', 'tip', '-T', '{desc}'])).stdout, 'after the bundle')
+
+  // made again once the push settled: the new bundle holds the new changeset
+  await waitFor(async () => (await meta(w)).generatedAt > made.generatedAt, 20_000, 'the bundles made again')
+  r = await hg(['clone', '-U', `${w.url}/demo-hg`, 'c4'])
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, 'applying clone bundle')
+  t.notMatch(r.stdout, 'added 1 changesets', 'nothing left to pull')
+  t.equal((await hg(['log', '-R', 'c4', '-T', '{node}\n'])).stdout, (await serverLog(w)).stdout)
+})
+
+t.test('a private repo\'s bundles need its read permission: the clone URL\'s credentials are offered to them', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0' }, { private: true })
+  await w.addUser('pia', 'pia-password', { 'demo-hg': 'read' })
+  await w.addUser('olaf', 'olaf-password')
+  const hg = await hgClient(w)
+  const as = (user: string) => `http://${user}:${user}-password@${w.url.slice('http://'.length)}/demo-hg`
+  t.equal((await hg(['clone', '-U', as('pia'), 'p1'])).code, 0)
+  await bundlesMade(w)
+  const r = await hg(['clone', '-U', as('pia'), 'p2'])
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, 'applying clone bundle', r.stdout)
+  t.match(r.stdout, 'finished applying clone bundle')
+  t.equal((await hg(['log', '-R', 'p2', '-T', '{node}\n'])).stdout, (await serverLog(w)).stdout)
+  const anon = await hg(['clone', '-U', `${w.url}/demo-hg`, 'p3'])
+  t.not(anon.code, 0, 'anonymous: no clone')
+
+  const file = `/demo-hg/.hg/clonebundles/${(await meta(w)).bundles[0]!.name}`
+  const onDisk = await readFile(path.join(w.reposDir, file.slice(1)))
+  const get = (user?: string, headers: Record<string, string> = {}) => fetch(`${w.url}${file}`, { headers: { ...headers, ...(user ? { authorization: `Basic ${Buffer.from(`${user}:${user}-password`).toString('base64')}` } : {}) } })
+  t.equal((await get()).status, 401, 'anonymous: 401 with a challenge, as for the repo')
+  t.equal((await get('olaf')).status, 404, 'a user who may not read the repo: 404, as for the repo')
+  const whole = await get('pia')
+  t.equal(whole.status, 200)
+  t.equal(whole.headers.get('accept-ranges'), 'bytes')
+  t.same(Buffer.from(await whole.arrayBuffer()), onDisk, 'the bundle, byte for byte')
+  // a download that broke off resumes where it stopped
+  const part = await get('pia', { range: 'bytes=10-19' })
+  t.equal(part.status, 206)
+  t.equal(part.headers.get('content-range'), `bytes 10-19/${onDisk.length}`)
+  t.same(Buffer.from(await part.arrayBuffer()), onDisk.subarray(10, 20))
+  const rest = await get('pia', { range: `bytes=${onDisk.length - 5}-` })
+  t.same(Buffer.from(await rest.arrayBuffer()), onDisk.subarray(-5))
+  t.equal((await get('pia', { range: `bytes=${onDisk.length + 10}-` })).status, 416, 'a range past the end: 416')
+})
+
+t.test('bad bundle URLs: only the bundle files, only under the repo itself, GET only; a bad Host gets no bundles', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0' })
+  const hg = await hgClient(w)
+  t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 'b1'])).code, 0)
+  await bundlesMade(w)
+  const status = async (p: string, method = 'GET') => (await fetch(`${w.url}${p}`, { method })).status
+  t.equal(await status('/demo-hg/.hg/clonebundles/zstd-v2.hg'), 200)
+  t.equal(await status('/demo-hg/.hg/clonebundles/zstd-v2.hg', 'HEAD'), 200)
+  for (const p of ['/demo-hg/.hg/clonebundles/meta.json', '/demo-hg/.hg/clonebundles/.generating', '/demo-hg/.hg/clonebundles/..%2F..%2Fhgrc', '/demo-hg/.hg/clonebundles/zstd-v2.hg.tmp-1']) {
+    t.equal(await status(p), 404, `not a bundle: ${p}`)
+  }
+  t.equal(await status('/demo-hg/file/.hg/clonebundles/zstd-v2.hg'), 401, 'a path under the repo is no repo: to an anonymous caller, as a private one')
+  t.equal(await status('/demo-hg/.hg/clonebundles/zstd-v2.hg', 'POST'), 405)
+  t.equal(await status('/no-such-repo/.hg/clonebundles/zstd-v2.hg'), 401, 'a repo that does not exist answers as a private one does')
+  t.equal(await status('/.hg/clonebundles/zstd-v2.hg'), 400, 'no repo path at all')
+  t.equal(await status('/demo-hg/.hg/hgrc'), 400, 'the rest of .hg is no URL at all')
+  const m = await rawRequest(Number(new URL(w.url).port), 'GET', '/demo-hg?cmd=clonebundles', { host: 'evil host' })
+  t.equal(m.status, 200)
+  t.equal(m.body.toString(), '', 'no URL built from a Host that is not one')
+  const good = await (await fetch(`${w.url}/demo-hg?cmd=clonebundles`)).text()
+  t.match(good, `${w.url}/demo-hg/.hg/clonebundles/zstd-v2.hg BUNDLESPEC=zstd-v2\n`)
+  t.equal((await stat(bundleDir(w))).isDirectory(), true)
+})
+
+t.test('an empty repo gets no bundles and clones as before; a secret changeset keeps the stream bundle away', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0' })
+  const hg = await hgClient(w)
+  const server = (args: string[]) => run('hg', args, { env: clientEnv(w.dir, { HGRCPATH: '' }) })
+  await server(['init', path.join(w.reposDir, 'empty-hg')])
+  await w.store.setRepo('empty-hg', 'hg', true)
+  t.equal((await hg(['clone', `${w.url}/empty-hg`, 'e1'])).code, 0)
+  await waitFor(async () => w.logs().some((l) => l.msg === 'request' && l.url === '/empty-hg?cmd=clonebundles'), 5000, 'the manifest asked for')
+  await new Promise((r) => setTimeout(r, 1500))
+  t.equal((await fetch(`${w.url}/empty-hg?cmd=clonebundles`).then((r) => r.text())), '', 'no bundles for nothing')
+  t.notOk(w.logs().some((l) => l.msg === 'hg clone bundles: generation failed'), 'and no failure')
+  t.equal((await hg(['clone', `${w.url}/empty-hg`, 'e2'])).code, 0)
+
+  const repo = path.join(w.reposDir, 'demo-hg')
+  await server(['-R', repo, 'phase', '--force', '--secret', '-r', 'tip'])
+  t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 's1'])).code, 0)
+  await bundlesMade(w)
+  t.same((await meta(w)).bundles.map((b) => b.name), ['zstd-v2.hg'], 'only the zstd bundle: a stream bundle would carry the secret changeset')
+  const r = await hg(['clone', '-U', `${w.url}/demo-hg`, 's2'])
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, 'applying clone bundle')
+  t.equal((await hg(['log', '-R', 's2', '-r', 'secret()', '-T', 'x'])).stdout, '', 'no secret changeset reached the client')
+})
+
+t.test('a generation lock held by a live process is respected; one left by a killed worker, and its temp files, are cleared', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0' })
+  const hg = await hgClient(w)
+  await mkdir(bundleDir(w), { recursive: true })
+  const lock = path.join(bundleDir(w), '.generating')
+  await writeFile(lock, `${hostname()} ${process.ppid} now\n`) // a live process of this host
+  t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 'l1'])).code, 0)
+  await waitFor(async () => w.logs().some((l) => l.msg === 'hg clone bundles: another worker is making them'), 10_000, 'the lock respected')
+  t.equal(await readFile(path.join(bundleDir(w), 'meta.json'), 'utf8').catch(() => 'none'), 'none', 'nothing made')
+
+  // a worker killed mid-generation: its lock names a pid that is gone, its temp file stays
+  const dead = spawnSync('true').pid!
+  await writeFile(lock, `${hostname()} ${dead} then\n`)
+  await writeFile(path.join(bundleDir(w), `zstd-v2.hg.tmp-${dead}`), 'half a bundle')
+  t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 'l2'])).code, 0)
+  await bundlesMade(w)
+  t.same((await readdir(bundleDir(w))).sort(), ['meta.json', 'stream-v2.hg', 'zstd-v2.hg'], 'made; the lock and the temp file gone')
+})
