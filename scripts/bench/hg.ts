@@ -5,12 +5,15 @@
  * then 4 concurrent server-side bundle streams (curl sends `hg clone`'s own getbundle request and
  * throws the bytes away, so the servers' work is what is measured) with N=1 vs N=2 children, and
  * one vs two bare `hg serve`; the same for the legacy zlib request; and the worker's own CPU per
- * MB of clone. The repo is generated once under data/bench-hg/.
+ * MB of clone. Clone bundles (issue #15 point 8): `hg clone` through a worker that has them
+ * (the stream bundle, made before the rounds) against one without, wall time and the CPU of
+ * each worker and all its children. Every other worker here runs without clone bundles, so
+ * the figures above measure what they always did. The repo is generated once under data/bench-hg/.
  */
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { cpuTicks, CLI, ROOT, freePort, median, sh, startWorker, stopProcess, table, timeAsync, waitHttp, type Started } from './lib.js'
+import { cpuTicks, CLI, ROOT, freePort, median, sh, startWorker, stopProcess, table, timeAsync, treeTicks, waitHttp, type Started } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench-hg')
 const REPOS = path.join(BENCH, 'repos')
@@ -76,17 +79,18 @@ async function main(): Promise<void> {
   makeLargeRepo(path.join(REPOS, 'large-hg'))
   const tip = sh('hg', ['-R', path.join(REPOS, 'large-hg'), 'log', '-r', 'tip', '-T', '{node}'], { env: HGENV })
   const sizeMb = Number(sh('du', ['-sm', path.join(REPOS, 'large-hg', '.hg')]).split('\t')[0])
-  const worker = async (name: string, flags: string[]) => {
+  // bools go through the environment: clone bundles off but where measured
+  const worker = async (name: string, flags: string[], env: Record<string, string> = { VCS_WORKER_HG_CLONE_BUNDLES: 'false' }) => {
     const data = path.join(BENCH, name)
     sh(process.execPath, [CLI, 'repo', 'visibility', 'large-hg', 'public', '--repos', REPOS, '--data', data])
-    return startWorker(['--repos', REPOS, '--data', data, ...flags])
+    return startWorker(['--repos', REPOS, '--data', data, ...flags], env)
   }
   const w2 = await worker('worker-data', ['--hg-processes', '2'])
   const w1 = await worker('worker-data-1', ['--hg-processes', '1'])
-  // the same worker with bundles proxied through it (hgHandoff off: a bool, so through the environment)
-  const data = path.join(BENCH, 'worker-data-proxied')
-  sh(process.execPath, [CLI, 'repo', 'visibility', 'large-hg', 'public', '--repos', REPOS, '--data', data])
-  const wp = await startWorker(['--repos', REPOS, '--data', data, '--hg-processes', '2'], { VCS_WORKER_HG_HANDOFF: 'false' })
+  // the same worker with bundles proxied through it (hgHandoff off)
+  const wp = await worker('worker-data-proxied', ['--hg-processes', '2'], { VCS_WORKER_HG_HANDOFF: 'false', VCS_WORKER_HG_CLONE_BUNDLES: 'false' })
+  // and with clone bundles: made before the rounds (the manifest asked for once)
+  const wb = await worker('worker-data-bundles', ['--hg-processes', '2', '--hg-clone-bundle-delay-ms', '0'], {})
   const b1 = await bareServe()
   const b2 = await bareServe()
   const dest = path.join(BENCH, 'clone')
@@ -103,7 +107,19 @@ async function main(): Promise<void> {
     return ms
   }
   const streams = { client: cloneRequest(tip), legacy: legacyRequest(tip) }
+  const treeCloned = async (w: Started, ticks: number[]): Promise<number> => {
+    const before = treeTicks(w.proc.pid!)
+    const ms = await clone(`${w.url}/large-hg`)
+    ticks.push(treeTicks(w.proc.pid!) - before)
+    return ms
+  }
   try {
+    const bundlesReady = Date.now() + 120_000
+    while (!(await (await fetch(`${wb.url}/large-hg?cmd=clonebundles`)).text()).includes('stream-v2.hg')) {
+      if (Date.now() > bundlesReady) throw new Error('the clone bundles were not made within 2 minutes')
+      await new Promise((r) => setTimeout(r, 500))
+    }
+    const bundleTicks = { with: [] as number[], without: [] as number[] }
     const t: Record<string, number[]> = {}
     const add = (k: string, v: number): void => { (t[k] ??= []).push(v) }
     const ticks = { handoff: [] as number[], proxied: [] as number[] }
@@ -116,6 +132,8 @@ async function main(): Promise<void> {
         ['bare', () => clone(`${b1.url}/large-hg`)],
         ['limit', () => clone(path.join(REPOS, 'large-hg'), ['--pull'])],
         ['proxied', () => cloned(wp, `${wp.url}/large-hg`, ticks.proxied)],
+        ['bundles', () => treeCloned(wb, bundleTicks.with)],
+        ['no bundles', () => treeCloned(w2, bundleTicks.without)],
       ]
       if (round % 2) clones.reverse()
       for (const [name, run] of clones) add(name, await run())
@@ -148,7 +166,14 @@ async function main(): Promise<void> {
       clone_ms: { worker: m.worker, bare: m.bare, limit: m.limit, worker_proxied: m.proxied },
       bundle_streams_ms: Object.fromEntries(Object.entries(m).filter(([k]) => k.includes(' '))),
       worker_cpu_ms_per_mb: { handoff: perMb(ticks.handoff), proxied: perMb(ticks.proxied) },
+      clone_bundles: {
+        clone_ms: { with: m.bundles, without: m['no bundles'] },
+        wall_with_over_without: r('bundles', 'no bundles'),
+        cpu_ms: { with: median(bundleTicks.with) * 10, without: median(bundleTicks.without) * 10 },
+        cpu_with_over_without: median(bundleTicks.with.map((x, i) => x / Math.max(1, bundleTicks.without[i]!))),
+      },
     }
+    const cb = results.clone_bundles
     console.log(table([
       ['measure', 'value', 'target', 'met'],
       ['clone worker/bare hg serve', r('worker', 'bare').toFixed(2), '<= 1.05', r('worker', 'bare') <= 1.05 ? 'yes' : 'NO'],
@@ -160,12 +185,14 @@ async function main(): Promise<void> {
       ['4 legacy zlib streams, two bare hg serve over one', r('legacy bare1', 'legacy bare2').toFixed(2), '(reference)', ''],
       ['worker CPU per MB of clone (ms), handed over', results.worker_cpu_ms_per_mb.handoff.toFixed(1), '', ''],
       ['worker CPU per MB of clone (ms), proxied', results.worker_cpu_ms_per_mb.proxied.toFixed(1), '', ''],
+      [`hg clone with clone bundles / without, wall (${Math.round(cb.clone_ms.with!)} / ${Math.round(cb.clone_ms.without!)} ms)`, cb.wall_with_over_without.toFixed(2), '<= 0.5', cb.wall_with_over_without <= 0.5 ? 'yes' : 'NO'],
+      [`hg clone with / without, worker and children CPU (${cb.cpu_ms.with} / ${cb.cpu_ms.without} ms)`, cb.cpu_with_over_without.toFixed(2), '<= 0.20', cb.cpu_with_over_without <= 0.2 ? 'yes' : 'NO'],
     ]))
     console.log(JSON.stringify(results, null, 2))
     writeFileSync(path.join(ROOT, 'data', 'bench-hg-results.json'), JSON.stringify(results, null, 2))
   } finally {
     rmSync(dest, { recursive: true, force: true })
-    for (const s of [w2, w1, wp]) await s.stop()
+    for (const s of [w2, w1, wp, wb]) await s.stop()
     await b1.stop()
     await b2.stop()
   }

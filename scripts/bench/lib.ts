@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import http from 'node:http'
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -265,4 +265,23 @@ export async function startFloor(reposDir: string, packHook?: string): Promise<S
     proc.once('exit', () => reject(new Error('the HTTP floor server did not start')))
   })
   return { url: `http://127.0.0.1:${port}`, proc, output: () => '', stop: () => stopProcess(proc) }
+}
+
+/** CPU ticks of a process and every live descendant, with what they reaped (cutime, cstime). */
+export function treeTicks(pid: number): number {
+  let total = 0
+  const walk = (p: number): void => {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      total += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
+    } catch { return }
+    for (const task of readdirSync(`/proc/${p}/task`)) {
+      let kids = ''
+      try { kids = readFileSync(`/proc/${p}/task/${task}/children`, 'utf8') } catch { /* gone */ }
+      for (const k of kids.split(' ').filter(Boolean)) walk(Number(k))
+    }
+  }
+  walk(pid)
+  return total
 }

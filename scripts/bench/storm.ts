@@ -20,10 +20,10 @@
  * (http-floor.ts) with and without that free pack.
  * Not measured yet: full clones of a many-pack repo and of a bitmap-repacked one (point 7),
  * hg clone bundles (point 8). */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import path from 'node:path'
-import { CLI, ROOT, median, rssOf, sh, startFloor, startWorker, table, timeAsync, type Started } from './lib.js'
+import { CLI, ROOT, median, rssOf, sh, startFloor, startWorker, table, timeAsync, treeTicks, type Started } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench-storm')
 const REPOS = path.join(BENCH, 'repos')
@@ -60,25 +60,6 @@ const pkt = (s: string): string => `${(s.length + 4).toString(16).padStart(4, '0
 function shallowFetchBody(oid: string): string {
   return pkt('command=fetch\n') + pkt('agent=git/2.39.5\n') + pkt('object-format=sha1\n') + '0001'
     + pkt('thin-pack\n') + pkt('ofs-delta\n') + pkt('deepen 1\n') + pkt(`want ${oid}\n`) + pkt('done\n') + '0000'
-}
-
-/** CPU ticks of a process and every live descendant, with what they reaped (cutime, cstime). */
-function treeTicks(pid: number): number {
-  let total = 0
-  const walk = (p: number): void => {
-    try {
-      const stat = readFileSync(`/proc/${p}/stat`, 'utf8')
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      total += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
-    } catch { return }
-    for (const task of readdirSync(`/proc/${p}/task`)) {
-      let kids = ''
-      try { kids = readFileSync(`/proc/${p}/task/${task}/children`, 'utf8') } catch { /* gone */ }
-      for (const k of kids.split(' ').filter(Boolean)) walk(Number(k))
-    }
-  }
-  walk(pid)
-  return total
 }
 
 interface Storm { seconds: number; cpuMs: number; failed: number; rssPeak: number }
