@@ -58,15 +58,27 @@ export class CloneBundles {
 
   constructor(private readonly config: Config, private readonly log: FastifyBaseLogger) {}
 
-  /** The bundles a repo has now, for its manifest (none yet: a generation is scheduled). */
+  /**
+   * The bundles a repo has now, for its manifest: only files that are there whole (one removed
+   * or cut by hand would make hg abort the clone, not fall back). None yet, or one missing: a
+   * generation is scheduled.
+   */
   async list(repoDir: string): Promise<Meta['bundles']> {
+    const dir = path.join(repoDir, DIR)
+    let meta: Meta
     try {
-      const meta = JSON.parse(await readFile(path.join(repoDir, DIR, META), 'utf8')) as Meta
-      return meta.bundles.filter((b) => isBundleName(b.name))
+      meta = JSON.parse(await readFile(path.join(dir, META), 'utf8')) as Meta
     } catch {
       this.schedule(repoDir)
       return []
     }
+    const whole = await Promise.all(meta.bundles.map(async (b) => isBundleName(b.name) && (await stat(path.join(dir, b.name)).catch(() => undefined))?.size === b.size))
+    if (whole.includes(false)) {
+      this.log.warn({ repo_dir: repoDir }, 'hg clone bundles: a listed bundle is missing or has the wrong size; made again')
+      await rm(path.join(dir, META), { force: true }) // so the next generation does not skip an unchanged repo
+      this.schedule(repoDir)
+    }
+    return meta.bundles.filter((_, i) => whole[i])
   }
 
   /** The manifest Mercurial's clonebundles command answers: one line per bundle, `URL BUNDLESPEC=...`. */

@@ -1,6 +1,6 @@
 import t from 'tap'
 import path from 'node:path'
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { spawnSync } from 'node:child_process'
 import { clientEnv, rawRequest, run, startWorker, waitFor, type Worker } from '../helpers/worker.js'
@@ -168,4 +168,27 @@ t.test('a generation lock held by a live process is respected; one left by a kil
   t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 'l2'])).code, 0)
   await bundlesMade(w)
   t.same((await readdir(bundleDir(w))).sort(), ['meta.json', 'stream-v2.hg', 'zstd-v2.hg'], 'made; the lock and the temp file gone')
+})
+
+t.test('a bundle removed or cut by hand is never listed: the clone takes the other, and both are made again', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '300' })
+  const hg = await hgClient(w)
+  t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 'm1'])).code, 0)
+  await bundlesMade(w)
+  const first = await meta(w)
+  await rm(path.join(bundleDir(w), 'stream-v2.hg'))
+  let r = await hg(['clone', '-U', `${w.url}/demo-hg`, 'm2'])
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, 'clonebundles/zstd-v2.hg', 'the zstd bundle, the one still there')
+  await waitFor(async () => (await meta(w).catch(() => first)).generatedAt > first.generatedAt, 20_000, 'made again')
+  t.same((await readdir(bundleDir(w))).sort(), ['meta.json', 'stream-v2.hg', 'zstd-v2.hg'])
+
+  const second = await meta(w)
+  await truncate(path.join(bundleDir(w), 'zstd-v2.hg'), 10)
+  await truncate(path.join(bundleDir(w), 'stream-v2.hg'), 10)
+  r = await hg(['clone', '-U', `${w.url}/demo-hg`, 'm3'])
+  t.equal(r.code, 0, r.stderr)
+  t.notMatch(r.stdout, 'applying clone bundle', 'neither cut bundle listed: a plain clone')
+  t.equal((await hg(['log', '-R', 'm3', '-T', '{node}\n'])).stdout, (await serverLog(w)).stdout)
+  await waitFor(async () => (await meta(w).catch(() => second)).generatedAt > second.generatedAt, 20_000, 'made again')
 })
