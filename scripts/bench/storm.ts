@@ -18,8 +18,10 @@
  * Beside them, the floors: git upload-pack alone (CPU per fetch with a pack that costs nothing,
  * a hook that cats the entry, and without a cache), and the same storms against the HTTP floor
  * (http-floor.ts) with and without that free pack.
- * Not measured yet: full clones of a many-pack repo and of a bitmap-repacked one (point 7),
- * hg clone bundles (point 8). */
+ * Full clones, 16 at once, of the same repo as pushes leave it (its history pushed in six
+ * steps: several packs, never repacked) and of a copy repacked with bitmaps (git reuses its
+ * pack nearly for free there: the reference), cache on against off.
+ * hg clone bundles are measured by bench:hg. */
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import path from 'node:path'
@@ -53,6 +55,35 @@ function makeWideRepo(dir: string): void {
   sh('mv', [tmp, dir])
 }
 
+/**
+ * The wide repo as pushes leave it: its history pushed in six steps (git's receive-pack keeps
+ * each push's objects as a pack of its own), never repacked; and a copy of that repacked with
+ * bitmaps (`repack -adb`), the case where git reuses its pack nearly for free.
+ */
+function makePushedRepos(wide: string): void {
+  const pushed = path.join(REPOS, 'wide-pushed.git')
+  if (!existsSync(path.join(pushed, 'HEAD'))) {
+    console.error('bench: pushing the wide repo in six steps (once)...')
+    rmSync(`${pushed}.tmp`, { recursive: true, force: true })
+    sh('git', ['init', '-q', '--bare', `${pushed}.tmp`])
+    for (const back of [250, 200, 150, 100, 50, 0]) sh('git', ['--git-dir', wide, 'push', '-q', `${pushed}.tmp`, `main~${back}:refs/heads/main`])
+    sh('mv', [`${pushed}.tmp`, pushed])
+  }
+  const bitmap = path.join(REPOS, 'wide-bitmap.git')
+  if (!existsSync(path.join(bitmap, 'HEAD'))) {
+    rmSync(`${bitmap}.tmp`, { recursive: true, force: true })
+    sh('git', ['clone', '-q', '--bare', '--no-local', pushed, `${bitmap}.tmp`])
+    sh('git', ['--git-dir', `${bitmap}.tmp`, 'repack', '-q', '-adb'])
+    sh('mv', [`${bitmap}.tmp`, bitmap])
+  }
+}
+
+/** The protocol v2 fetch of a full clone of `oid` (no haves). */
+function cloneBody(oid: string): string {
+  return pkt('command=fetch\n') + pkt('agent=git/2.39.5\n') + pkt('object-format=sha1\n') + '0001'
+    + pkt('ofs-delta\n') + pkt(`want ${oid}\n`) + pkt('done\n') + '0000'
+}
+
 /** pkt-line framing of one line */
 const pkt = (s: string): string => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
 
@@ -78,9 +109,9 @@ function fetchOnce(url: URL, body: Buffer): Promise<boolean> {
   })
 }
 
-async function storm(w: Started, body: Buffer | Buffer[]): Promise<Storm> {
+async function storm(w: Started, body: Buffer | Buffer[], repo = 'wide.git'): Promise<Storm> {
   const pid = w.proc.pid!
-  const url = new URL(`${w.url}/wide.git/git-upload-pack`)
+  const url = new URL(`${w.url}/${repo}/git-upload-pack`)
   const before = treeTicks(pid)
   let rssPeak = rssOf(pid)
   const sampler = setInterval(() => { rssPeak = Math.max(rssPeak, rssOf(pid)) }, 50)
@@ -96,11 +127,13 @@ async function storm(w: Started, body: Buffer | Buffer[]): Promise<Storm> {
 async function main(): Promise<void> {
   mkdirSync(REPOS, { recursive: true })
   makeWideRepo(path.join(REPOS, 'wide.git'))
+  makePushedRepos(path.join(REPOS, 'wide.git'))
   const data = (name: string) => path.join(BENCH, `data-${name}`)
   for (const name of ['on', 'off']) {
     rmSync(data(name), { recursive: true, force: true })
-    sh(process.execPath, [CLI, 'repo', 'visibility', 'wide', 'public', '--data', data(name), '--repos', REPOS])
+    for (const repo of ['wide', 'wide-pushed', 'wide-bitmap']) sh(process.execPath, [CLI, 'repo', 'visibility', repo, 'public', '--data', data(name), '--repos', REPOS])
   }
+  const packs = (repo: string) => readdirSync(path.join(REPOS, repo, 'objects', 'pack')).filter((n) => n.endsWith('.pack')).length
   const tip = sh('git', ['--git-dir', path.join(REPOS, 'wide.git'), 'rev-parse', 'main']).trim()
   const bodyFile = path.join(BENCH, 'shallow-fetch.body')
   writeFileSync(bodyFile, shallowFetchBody(tip))
@@ -116,13 +149,23 @@ async function main(): Promise<void> {
   const off = await startWorker([...common, '--data', data('off')])
   try {
     for (const w of [on, off]) for (let i = 0; i < 2; i++) await storm(w, warmBody)
+    const cacheDir = path.join(data('on'), 'pack-cache')
+    const cached = () => readdirSync(cacheDir).filter((n) => n.endsWith('.pack'))
+    const warmEntries = new Set(cached())
+    let shallowEntry: string | undefined // the tip's shallow pack, for the floor's free-pack hook
     const r: Record<'on' | 'off', Storm[]> = { on: [], off: [] }
     const unique: Record<'on' | 'off', Storm[]> = { on: [], off: [] }
+    // full clones of the repo as pushes left it, and of its bitmap-repacked copy; the first
+    // round of each (the one that writes the entry) is left out of the medians like the shallow one's
+    const fullBody = Buffer.from(cloneBody(tip))
+    const full: Record<'pushed' | 'bitmap', Record<'on' | 'off', Storm[]>> = { pushed: { on: [], off: [] }, bitmap: { on: [], off: [] } }
     let cloneFailures = 0
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, w] of (round % 2 ? [['off', off], ['on', on]] : [['on', on], ['off', off]]) as [('on' | 'off'), Started][]) {
         r[name].push(await storm(w, body))
+        if (name === 'on') shallowEntry ??= cached().find((n) => !warmEntries.has(n))
         unique[name].push(await storm(w, uniqueBodies(round, name === 'on' ? 0 : 1)))
+        for (const kind of ['pushed', 'bitmap'] as const) full[kind][name].push(await storm(w, fullBody, `wide-${kind}.git`))
         const dir = path.join(BENCH, `check-${name}`)
         rmSync(dir, { recursive: true, force: true })
         const c = await timeAsync('git', ['clone', '-q', '--depth', '1', `${w.url}/wide.git`, dir])
@@ -132,8 +175,7 @@ async function main(): Promise<void> {
     }
     // the floor beside it: git alone (no worker, no HTTP), CPU per fetch with a free pack
     // (the hook just cats the cached entry) and without a cache
-    const cacheDir = path.join(data('on'), 'pack-cache')
-    const entry = readdirSync(cacheDir).find((n) => n.endsWith('.pack'))
+    const entry = shallowEntry
     const gitCpu = (n: number, hook: string | undefined): number => {
       const cfg = hook ? `-c uploadpack.packObjectsHook=${hook}` : ''
       const out = sh('bash', ['-c', `TIMEFORMAT='%U %S'; { time (for i in $(seq ${n}); do GIT_PROTOCOL=version=2 git ${cfg} upload-pack --stateless-rpc '${path.join(REPOS, 'wide.git')}' < '${bodyFile}'; done > /dev/null 2>&1) ; } 2>&1`])
@@ -157,7 +199,6 @@ async function main(): Promise<void> {
       for (const w of Object.values(fronts)) await w.stop()
     }
 
-    const entries = readdirSync(cacheDir).filter((n) => n.endsWith('.pack')).map((n) => statSync(path.join(cacheDir, n)).size)
     const tput = (s: Storm[]) => median(s.map((x) => CONCURRENT / x.seconds))
     const cpu = (s: Storm[]) => median(s.map((x) => x.cpuMs / CONCURRENT))
     // the first storm of the cache-on worker met a commit it had never seen: reported apart
@@ -170,8 +211,12 @@ async function main(): Promise<void> {
       first_storm_new_commit: { fetches_per_s: CONCURRENT / first!.seconds, cpu_ms_per_fetch: first!.cpuMs / CONCURRENT, cpu_over_off: first!.cpuMs / CONCURRENT / cpu(r.off) },
       unique_fetches: { cpu_ms_per_fetch: { on: cpu(unique.on), off: cpu(unique.off) }, cpu_on_over_off: cpu(unique.on) / cpu(unique.off), fetches_per_s: { on: tput(unique.on), off: tput(unique.off) } },
       rss_peak_mb: { on: Math.max(...r.on.map((x) => x.rssPeak)) / 1048576, off: Math.max(...r.off.map((x) => x.rssPeak)) / 1048576 },
-      disk_written_per_miss_bytes: entries.length ? Math.max(...entries) : 0,
-      failed_fetches: [...r.on, ...r.off, ...unique.on, ...unique.off].reduce((s, x) => s + x.failed, 0),
+      disk_written_per_miss_bytes: entry ? statSync(path.join(cacheDir, entry)).size : 0,
+      full_clones: Object.fromEntries((['pushed', 'bitmap'] as const).map((kind) => {
+        const on = full[kind].on.slice(1)
+        return [kind, { packs: packs(`wide-${kind}.git`), fetches_per_s: { on: tput(on), off: tput(full[kind].off) }, throughput_on_over_off: tput(on) / tput(full[kind].off), cpu_ms_per_fetch: { on: cpu(on), off: cpu(full[kind].off) }, cpu_on_over_off: cpu(on) / cpu(full[kind].off) }]
+      })) as Record<'pushed' | 'bitmap', { packs: number; fetches_per_s: { on: number; off: number }; throughput_on_over_off: number; cpu_ms_per_fetch: { on: number; off: number }; cpu_on_over_off: number }>,
+      failed_fetches: [...r.on, ...r.off, ...unique.on, ...unique.off, ...Object.values(full).flatMap((x) => [...x.on, ...x.off])].reduce((s, x) => s + x.failed, 0),
       failed_checks: cloneFailures,
       floor_git_cpu_ms_per_fetch: floor,
       floor_ratio: floor.cached / floor.uncached,
@@ -185,6 +230,14 @@ async function main(): Promise<void> {
       ['server CPU per fetch, ms (worker and children)', results.cpu_ms_per_fetch.on.toFixed(0), results.cpu_ms_per_fetch.off.toFixed(0), results.cpu_on_over_off.toFixed(2), '<= 0.20', yes(results.cpu_on_over_off <= 0.2)],
       ['the first storm of a new commit: fetches/s, CPU ms per fetch (ratio to off)', results.first_storm_new_commit.fetches_per_s.toFixed(1), results.first_storm_new_commit.cpu_ms_per_fetch.toFixed(0), results.first_storm_new_commit.cpu_over_off.toFixed(2), '', ''],
       ['fetches asked for once (16 commits at once, none repeated): CPU ms per fetch', results.unique_fetches.cpu_ms_per_fetch.on.toFixed(0), results.unique_fetches.cpu_ms_per_fetch.off.toFixed(0), results.unique_fetches.cpu_on_over_off.toFixed(2), '', ''],
+      ...(['pushed', 'bitmap'] as const).flatMap((kind) => {
+        const f = results.full_clones[kind]
+        const what = kind === 'pushed' ? `as pushes left it, ${f.packs} packs` : 'repacked with bitmaps'
+        return [
+          [`full clones, 16 at once, repo ${what}: fetches/s`, f.fetches_per_s.on.toFixed(1), f.fetches_per_s.off.toFixed(1), f.throughput_on_over_off.toFixed(2), '', ''],
+          [`full clones, repo ${what}: CPU ms per fetch`, f.cpu_ms_per_fetch.on.toFixed(0), f.cpu_ms_per_fetch.off.toFixed(0), f.cpu_on_over_off.toFixed(2), '', ''],
+        ]
+      }),
       ['floor: git upload-pack alone, CPU ms per fetch (free pack / none)', floor.cached.toFixed(0), floor.uncached.toFixed(0), (floor.cached / floor.uncached).toFixed(2), '', ''],
       ['floor: HTTP floor (no auth, pack straight into the socket), fetches/s (free pack / none)', results.http_floor.fetches_per_s.cached.toFixed(1), results.http_floor.fetches_per_s.uncached.toFixed(1), (results.http_floor.fetches_per_s.cached / results.http_floor.fetches_per_s.uncached).toFixed(2), '', ''],
       ['floor: HTTP floor, CPU ms per fetch (free pack / none)', results.http_floor.cpu_ms_per_fetch.cached.toFixed(0), results.http_floor.cpu_ms_per_fetch.uncached.toFixed(0), (results.http_floor.cpu_ms_per_fetch.cached / results.http_floor.cpu_ms_per_fetch.uncached).toFixed(2), '', ''],

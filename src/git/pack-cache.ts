@@ -327,7 +327,9 @@ export class PackObjectsCache {
   private async follow(p: Production, res: http.ServerResponse): Promise<void> {
     let gone = false
     res.on('close', () => { gone = true; p.notify() })
-    res.writeHead(200, { 'content-type': 'application/octet-stream' })
+    // progress: what pack-objects showed so far now, the rest in a trailer after the last chunk
+    const shown = Buffer.concat(p.stderr)
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'x-vcs-progress': shown.subarray(-MAX_PROGRESS).toString('hex'), trailer: 'x-vcs-progress-rest' })
     let fh: FileHandle | undefined
     let offset = 0
     try {
@@ -345,6 +347,7 @@ export class PackObjectsCache {
           continue
         }
         if (p.done) {
+          res.addTrailers({ 'x-vcs-progress-rest': Buffer.concat(p.stderr).subarray(shown.length).subarray(-MAX_PROGRESS).toString('hex') })
           res.end()
           return
         }

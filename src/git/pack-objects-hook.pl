@@ -49,14 +49,21 @@ if (defined(my $file = $h{'x-vcs-file'})) {
   while (1) { my $n = sysread($f, $d, 262144); defined $n or exit 1; last if !$n; out($d) }
   exit 0;
 }
-# a production followed as it is written, chunked: only the last chunk says it is whole
+# a production followed as it is written, chunked: only the last chunk says it is whole; the
+# progress pack-objects showed so far comes first, the rest in a trailer
 exit 1 unless lc($h{'transfer-encoding'} // '') eq 'chunked';
+syswrite(STDERR, pack('H*', $h{'x-vcs-progress'} // ''));
 while (1) {
   my $nl;
   while (($nl = index($buf, "\r\n")) < 0) { $fill->() or exit 1 }
   my $size = hex(substr($buf, 0, $nl));
   substr($buf, 0, $nl + 2, '');
-  exit 0 if $size == 0;
+  if ($size == 0) {
+    my $t;
+    while (($t = index($buf, "\r\n\r\n")) < 0 && substr($buf, 0, 2) ne "\r\n") { length($buf) < 65536 && $fill->() or exit 0 }
+    syswrite(STDERR, pack('H*', $1)) if substr($buf, 0, $t < 0 ? 0 : $t) =~ /^x-vcs-progress-rest:\s*([0-9a-f]*)/mi;
+    exit 0;
+  }
   while (length($buf) < $size + 2) { $fill->() or exit 1 }
   out(substr($buf, 0, $size, ''));
   substr($buf, 0, 2, '');

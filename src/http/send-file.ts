@@ -9,9 +9,16 @@ import send from '@fastify/send'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { RepoNotFoundError } from '../errors.js'
 
+/**
+ * Read in chunks of READ_CHUNK: with fs's default 64 KiB, a 31 MB bundle cost the worker ~145 ms
+ * of CPU in syscalls on these machines. One chunk per download in flight, and downloads are
+ * admitted: the memory is bounded by heavyLimit.
+ */
+const READ_CHUNK = 1024 * 1024
+
 export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: string, contentType: string): Promise<FastifyReply> {
   // root and name apart: send checks the name (no dot files, no `..`); the root may hold `.hg`
-  const { statusCode, headers, stream, type } = await send(req.raw, `/${path.basename(file)}`, { root: path.dirname(file), cacheControl: false, index: false })
+  const { statusCode, headers, stream, type } = await send(req.raw, `/${path.basename(file)}`, { root: path.dirname(file), cacheControl: false, index: false, highWaterMark: READ_CHUNK })
   if (type === 'error' && statusCode === 404) throw new RepoNotFoundError()
   reply.code(statusCode).headers(headers)
   if (type === 'file') reply.type(contentType)

@@ -151,7 +151,7 @@ t.test('the size cap: entries over it are evicted, oldest first, and counted', a
   t.equal((await git(['clone', '-q', `${w.url}/big.git`, 's3'])).code, 0, 'and clones go on')
 })
 
-t.test('a pack served from the cache shows the progress pack-objects showed when it was made', async (t) => {
+t.test('a pack served from the cache, or followed as it is made, shows the progress pack-objects showed', async (t) => {
   const w = await startWorker(t, { 'pack-cache': true })
   const git = gitClient(w.dir)
   const errs: string[] = []
@@ -162,6 +162,7 @@ t.test('a pack served from the cache shows the progress pack-objects showed when
   }
   t.same(outcomes(w), ['miss', 'miss', 'hit'])
   t.match(errs[0], /remote: Enumerating objects/, 'pack-objects run directly shows progress')
+  t.match(errs[1], /remote: (Enumerating|Counting)[\s\S]*remote: Total/, `so does the clone that follows the run making the entry (what was shown when it joined, the rest at the end): ${errs[1]}`)
   t.match(errs[2], /remote: (Enumerating|Counting|Total)/, `and so does the hit: ${errs[2]}`)
 })
 
