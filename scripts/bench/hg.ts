@@ -107,11 +107,15 @@ async function main(): Promise<void> {
     return ms
   }
   const streams = { client: cloneRequest(tip), legacy: legacyRequest(tip) }
+  let appliedBundles = 0
   const treeCloned = async (w: Started, ticks: number[]): Promise<number> => {
+    rmSync(dest, { recursive: true, force: true })
     const before = treeTicks(w.proc.pid!)
-    const ms = await clone(`${w.url}/large-hg`)
+    const r = await timeAsync('hg', ['clone', '-U', `${w.url}/large-hg`, dest], { env: HGENV, stdout: true })
     ticks.push(treeTicks(w.proc.pid!) - before)
-    return ms
+    if (r.code !== 0) throw new Error(`hg clone ${w.url} failed: ${r.stderr}`)
+    if (/finished applying clone bundle/.test(r.stdout ?? '')) appliedBundles++
+    return r.ms
   }
   try {
     const bundlesReady = Date.now() + 120_000
@@ -120,6 +124,16 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 500))
     }
     const bundleTicks = { with: [] as number[], without: [] as number[] }
+    const bundleMs = { with: [] as number[], without: [] as number[] }
+    // what each worker and its children spend idle (health checks, probes of the hg children):
+    // measured over 10 s before the rounds and taken off each clone's CPU for its duration
+    for (let i = 0; i < 2; i++) await treeCloned(wb, [])
+    const idleRate = async (w: Started): Promise<number> => {
+      const before = treeTicks(w.proc.pid!)
+      await new Promise((r) => setTimeout(r, 10_000))
+      return (treeTicks(w.proc.pid!) - before) / 10_000 // ticks per ms
+    }
+    const idle = { with: await idleRate(wb), without: await idleRate(w2) }
     const t: Record<string, number[]> = {}
     const add = (k: string, v: number): void => { (t[k] ??= []).push(v) }
     const ticks = { handoff: [] as number[], proxied: [] as number[] }
@@ -132,8 +146,8 @@ async function main(): Promise<void> {
         ['bare', () => clone(`${b1.url}/large-hg`)],
         ['limit', () => clone(path.join(REPOS, 'large-hg'), ['--pull'])],
         ['proxied', () => cloned(wp, `${wp.url}/large-hg`, ticks.proxied)],
-        ['bundles', () => treeCloned(wb, bundleTicks.with)],
-        ['no bundles', () => treeCloned(w2, bundleTicks.without)],
+        ['bundles', async () => { const ms = await treeCloned(wb, bundleTicks.with); bundleMs.with.push(ms); return ms }],
+        ['no bundles', async () => { const ms = await treeCloned(w2, bundleTicks.without); bundleMs.without.push(ms); return ms }],
       ]
       if (round % 2) clones.reverse()
       for (const [name, run] of clones) add(name, await run())
@@ -151,6 +165,8 @@ async function main(): Promise<void> {
     // times are in the JSON as well).
     const r = (a: string, b: string): number => median(t[a]!.map((x, i) => x / t[b]![i]!))
     const perMb = (xs: number[]): number => (median(xs) * 10) / Math.max(bundleMb, 1) // ticks are 10 ms
+    // a clone's own CPU: what the worker tree spent during it, less what it spends idle in that time
+    const net = { with: bundleTicks.with.map((x, i) => Math.max(0, x - idle.with * bundleMs.with[i]!)), without: bundleTicks.without.map((x, i) => Math.max(0, x - idle.without * bundleMs.without[i]!)) }
     const results = {
       repo_mb: sizeMb,
       rounds: ROUNDS,
@@ -169,9 +185,12 @@ async function main(): Promise<void> {
       clone_bundles: {
         clone_ms: { with: m.bundles, without: m['no bundles'] },
         wall_with_over_without: r('bundles', 'no bundles'),
-        cpu_ms: { with: median(bundleTicks.with) * 10, without: median(bundleTicks.without) * 10 },
-        cpu_with_over_without: median(bundleTicks.with.map((x, i) => x / Math.max(1, bundleTicks.without[i]!))),
+        cpu_ms: { with: median(net.with) * 10, without: median(net.without) * 10 },
+        cpu_with_over_without: median(net.with.map((x, i) => x / Math.max(1, net.without[i]!))),
         cpu_ms_rounds: { with: bundleTicks.with.map((x) => x * 10), without: bundleTicks.without.map((x) => x * 10) },
+        idle_cpu_ms_per_s: { with: idle.with * 10_000, without: idle.without * 10_000 },
+        clones_that_applied_a_bundle: `${appliedBundles} of ${ROUNDS}`,
+        worker_warnings: wb.output().split('\n').filter((l) => l.includes('clone bundles')).slice(0, 5),
       },
     }
     const cb = results.clone_bundles
@@ -187,7 +206,7 @@ async function main(): Promise<void> {
       ['worker CPU per MB of clone (ms), handed over', results.worker_cpu_ms_per_mb.handoff.toFixed(1), '', ''],
       ['worker CPU per MB of clone (ms), proxied', results.worker_cpu_ms_per_mb.proxied.toFixed(1), '', ''],
       [`hg clone with clone bundles / without, wall (${Math.round(cb.clone_ms.with!)} / ${Math.round(cb.clone_ms.without!)} ms)`, cb.wall_with_over_without.toFixed(2), '<= 0.5', cb.wall_with_over_without <= 0.5 ? 'yes' : 'NO'],
-      [`hg clone with / without, worker and children CPU (${cb.cpu_ms.with} / ${cb.cpu_ms.without} ms)`, cb.cpu_with_over_without.toFixed(2), '<= 0.20', cb.cpu_with_over_without <= 0.2 ? 'yes' : 'NO'],
+      [`hg clone with / without, worker and children CPU less idle (${Math.round(cb.cpu_ms.with)} / ${Math.round(cb.cpu_ms.without)} ms)`, cb.cpu_with_over_without.toFixed(2), '<= 0.20', cb.cpu_with_over_without <= 0.2 ? 'yes' : 'NO'],
     ]))
     console.log(JSON.stringify(results, null, 2))
     writeFileSync(path.join(ROOT, 'data', 'bench-hg-results.json'), JSON.stringify(results, null, 2))

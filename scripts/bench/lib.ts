@@ -78,14 +78,16 @@ export function timeIt(cmd: string, args: string[], opts: { cwd?: string; env?: 
   return Number(process.hrtime.bigint() - t0) / 1e6
 }
 
-/** Async wall time of a spawned command. */
-export function timeAsync(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ ms: number; code: number | null; stderr: string }> {
+/** Async wall time of a spawned command; with `stdout`, its last 4000 bytes of stdout too. */
+export function timeAsync(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; stdout?: boolean } = {}): Promise<{ ms: number; code: number | null; stderr: string; stdout?: string }> {
   return new Promise((resolve) => {
     const t0 = process.hrtime.bigint()
-    const p = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'ignore', 'pipe'] })
+    const p = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', opts.stdout ? 'pipe' : 'ignore', 'pipe'] })
     let stderr = ''
+    let stdout = ''
     p.stderr!.on('data', (c) => { stderr = (stderr + c).slice(-4000) })
-    p.on('close', (code) => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, code, stderr }))
+    p.stdout?.on('data', (c) => { stdout = (stdout + c).slice(-4000) })
+    p.on('close', (code) => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, code, stderr, ...(opts.stdout ? { stdout } : {}) }))
   })
 }
 
