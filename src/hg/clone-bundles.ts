@@ -20,7 +20,7 @@ import { hostname } from 'node:os'
 import path from 'node:path'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config/load.js'
-import { describeExit, runToCompletion, spawnChild, type Child } from '../process/child.js'
+import { describeExit, processAlive, runToCompletion, spawnChild, type Child } from '../process/child.js'
 import { hgEnv } from './spawn.js'
 
 /** The files a repo's clone bundles may have: what the file route serves, and nothing else. */
@@ -183,15 +183,6 @@ async function repoState(repoDir: string): Promise<string> {
   return `${await size('store/00changelog.i')} ${await size('store/00changelog.d')} ${await size('store/phaseroots')}`
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
 /** Creates the lock file, or takes over one older than LOCK_STALE_MS; false when another generation holds it. */
 async function takeLock(lock: string): Promise<boolean> {
   for (let attempt = 0; attempt < 2; attempt++) {
@@ -205,7 +196,7 @@ async function takeLock(lock: string): Promise<boolean> {
       const [st, text] = await Promise.all([stat(lock).catch(() => undefined), readFile(lock, 'utf8').catch(() => '')])
       const [host, pid] = text.split(' ')
       // held by a process of this host that is gone, or by anyone for too long: left by a killed worker
-      const deadHere = host === hostname() && pid !== undefined && !alive(Number(pid))
+      const deadHere = host === hostname() && pid !== undefined && !processAlive(Number(pid))
       if (st && !deadHere && Date.now() - st.mtimeMs < LOCK_STALE_MS) return false
       await rm(lock, { force: true })
     }

@@ -19,15 +19,7 @@ import path from 'node:path'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config/load.js'
 import { hgRecover } from './spawn.js'
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
+import { processAlive } from '../process/child.js'
 
 let prefix: Promise<string> | undefined
 /** hg's lock prefix for processes of this host and pid namespace (mercurial/lock.py, _getlockprefix) */
@@ -45,7 +37,7 @@ export async function lockHeld(storeDir: string): Promise<boolean> {
   const colon = target.lastIndexOf(':')
   if (target.slice(0, colon) !== (await lockPrefix())) return true // another host or namespace: cannot tell, so live
   const pid = Number(target.slice(colon + 1))
-  return Number.isInteger(pid) && pid > 0 ? alive(pid) : true
+  return Number.isInteger(pid) && pid > 0 ? processAlive(pid) : true
 }
 
 export class JournalRecovery {

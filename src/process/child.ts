@@ -213,3 +213,13 @@ export function stdinSink(child: Child): Writable {
     },
   })
 }
+
+/** True while a process of this pid exists on this host (EPERM: it exists, someone else's). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
