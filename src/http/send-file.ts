@@ -5,8 +5,8 @@
  * by the URL.
  */
 import path from 'node:path'
-import send from '@fastify/send'
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import type SendFn from '@fastify/send'
 import { RepoNotFoundError } from '../errors.js'
 
 /**
@@ -16,8 +16,12 @@ import { RepoNotFoundError } from '../errors.js'
  */
 const READ_CHUNK = 1024 * 1024
 
+/** loaded on the first download: a worker that never serves one (git only) never loads it and its MIME table */
+let sendModule: Promise<{ default: typeof SendFn }> | undefined
+
 export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: string, contentType: string): Promise<FastifyReply> {
   // root and name apart: send checks the name (no dot files, no `..`); the root may hold `.hg`
+  const send = (await (sendModule ??= import('@fastify/send') as Promise<{ default: typeof SendFn }>)).default
   const { statusCode, headers, stream, type } = await send(req.raw, `/${path.basename(file)}`, { root: path.dirname(file), cacheControl: false, index: false, highWaterMark: READ_CHUNK })
   if (type === 'error' && statusCode === 404) throw new RepoNotFoundError()
   reply.code(statusCode).headers(headers)
