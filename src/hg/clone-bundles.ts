@@ -9,13 +9,14 @@
  * the bundle and pulls only what was pushed since.
  *
  * Made again after pushes: debounced (`hgCloneBundleDelayMs`), off the request path, at the
- * children's lower priority, at most one generation per repo at a time (in this process, and
+ * children's lower priority, one generation at a time in this worker, never below the disk
+ * floor, at most one generation per repo at a time (in this process, and
  * across hosts through a lock file naming host and pid: one whose process is gone from this
  * host, or older than an hour, was left by a killed worker), skipped when the changelog and phases did not change. Each
  * file is written beside its final name and renamed over it: a download in progress keeps
  * reading the file it opened, and a listed file never disappears.
  */
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import path from 'node:path'
 import type { FastifyBaseLogger } from 'fastify'
@@ -50,6 +51,8 @@ export interface CloneBundleStats {
 export class CloneBundles {
   private readonly timers = new Map<string, NodeJS.Timeout>()
   private readonly running = new Map<string, Promise<void>>()
+  /** repos whose delay is over, waiting for the one generation this worker runs at a time */
+  private readonly queue: string[] = []
   private readonly again = new Set<string>()
   private stopped = false
   /** the hg processes of the generations running, killed on stop (a partial bundle is never renamed into place) */
@@ -93,25 +96,39 @@ export class CloneBundles {
 
   /** Makes the repo's bundles again after `hgCloneBundleDelayMs`; calls meanwhile are the same generation. */
   schedule(repoDir: string): void {
-    if (this.stopped || this.timers.has(repoDir)) return
+    if (this.stopped || this.timers.has(repoDir) || this.queue.includes(repoDir)) return
     if (this.running.has(repoDir)) {
       this.again.add(repoDir) // a push during a generation: once more after it
       return
     }
     const timer = setTimeout(() => {
       this.timers.delete(repoDir)
-      const run = this.generate(repoDir).catch((err: unknown) => {
-        if (this.stopped) return // killed by stop()
-        this.stats.failures++
-        this.log.warn({ err, repo_dir: repoDir }, 'hg clone bundles: generation failed')
-      }).finally(() => {
-        this.running.delete(repoDir)
-        if (this.again.delete(repoDir)) this.schedule(repoDir)
-      })
-      this.running.set(repoDir, run)
+      this.queue.push(repoDir)
+      this.pump()
     }, this.config.hgCloneBundleDelayMs)
     timer.unref()
     this.timers.set(repoDir, timer)
+  }
+
+  /**
+   * Runs the queue one generation at a time: bundling costs a repo's size in CPU and disk, and
+   * however many repos ask (a clone of each of a thousand repos schedules a thousand), this
+   * worker makes one set of bundles at a time. Each repo is in the timers or the queue at most once.
+   */
+  private pump(): void {
+    if (this.stopped || this.running.size > 0) return
+    const repoDir = this.queue.shift()
+    if (repoDir === undefined) return
+    const run = this.generate(repoDir).catch((err: unknown) => {
+      if (this.stopped) return // killed by stop()
+      this.stats.failures++
+      this.log.warn({ err, repo_dir: repoDir }, 'hg clone bundles: generation failed')
+    }).finally(() => {
+      this.running.delete(repoDir)
+      if (this.again.delete(repoDir)) this.schedule(repoDir)
+      this.pump()
+    })
+    this.running.set(repoDir, run)
   }
 
   /** Drops what is scheduled and stops what is running (its temp files removed). */
@@ -119,6 +136,7 @@ export class CloneBundles {
     this.stopped = true
     for (const t of this.timers.values()) clearTimeout(t)
     this.timers.clear()
+    this.queue.length = 0
     for (const c of this.children) c.kill()
     await Promise.all(this.running.values())
   }
@@ -130,6 +148,13 @@ export class CloneBundles {
     const previous = await readFile(path.join(dir, META), 'utf8').then((t) => JSON.parse(t) as Meta, () => undefined)
     if (previous?.state === state) {
       this.stats.skipped++
+      return
+    }
+    // bundles take about twice the repo's size: never below the disk floor the health checks keep
+    const fs = await statfs(dir)
+    if (fs.bavail * fs.bsize < this.config.diskFreeFloorBytes) {
+      this.stats.skipped++
+      this.log.warn({ repo_dir: repoDir, free_bytes: fs.bavail * fs.bsize }, 'hg clone bundles: not made, free disk space is under diskFreeFloorBytes')
       return
     }
     const lock = path.join(dir, LOCK)

@@ -3,7 +3,7 @@ import path from 'node:path'
 import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { spawnSync } from 'node:child_process'
-import { clientEnv, rawRequest, run, startWorker, waitFor, type Worker } from '../helpers/worker.js'
+import { clientEnv, gitWrapper, rawRequest, run, startWorker, waitFor, type Worker } from '../helpers/worker.js'
 
 /** An hg client with its own hgrc (identity only: credentials, when any, go in the URL). */
 async function hgClient(w: Worker) {
@@ -191,4 +191,40 @@ t.test('a bundle removed or cut by hand is never listed: the clone takes the oth
   t.notMatch(r.stdout, 'applying clone bundle', 'neither cut bundle listed: a plain clone')
   t.equal((await hg(['log', '-R', 'm3', '-T', '{node}\n'])).stdout, (await serverLog(w)).stdout)
   await waitFor(async () => (await meta(w).catch(() => second)).generatedAt > second.generatedAt, 20_000, 'made again')
+})
+
+t.test('one generation at a time however many repos ask; none below the disk floor', async (t) => {
+  // hg as the worker starts it: each `hg bundle` counts the bundle runs alive as it starts
+  const wrapper = await gitWrapper(t, `#!/bin/sh
+for a in "$@"; do
+  if [ "$a" = bundle ]; then
+    touch @DIR@/running.$$
+    ls @DIR@ | grep -c '^running' >> @DIR@/counts
+    sleep 0.3
+    hg "$@"; rc=$?
+    rm -f @DIR@/running.$$
+    exit $rc
+  fi
+done
+exec hg "$@"
+`)
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0', 'hg-bin': wrapper })
+  const repos = ['demo-hg', 'r1', 'r2', 'r3']
+  for (const name of repos.slice(1)) {
+    await run('hg', ['clone', '-U', '-q', path.join(w.reposDir, 'demo-hg'), path.join(w.reposDir, name)], { env: clientEnv(w.dir, { HGRCPATH: '' }) })
+    await w.store.setRepo(name, 'hg', true)
+  }
+  // four manifests asked for at once: four generations due together
+  await Promise.all(repos.map((r) => fetch(`${w.url}/${r}?cmd=clonebundles`).then((res) => res.text())))
+  await waitFor(async () => (await Promise.all(repos.map((r) => stat(path.join(w.reposDir, r, '.hg', 'clonebundles', 'meta.json')).then(() => true, () => false)))).every(Boolean), 60_000, 'bundles for the four repos')
+  const counts = (await readFile(path.join(path.dirname(wrapper), 'counts'), 'utf8')).trim().split('\n').map(Number)
+  t.equal(counts.length, 8, 'two bundles for each of four repos')
+  t.equal(Math.max(...counts), 1, 'never two hg bundle runs at once')
+
+  const low = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0', 'disk-free-floor-bytes': String(Number.MAX_SAFE_INTEGER) })
+  const hg = await hgClient(low)
+  t.equal((await hg(['clone', '-U', `${low.url}/demo-hg`, 'f1'])).code, 0)
+  await waitFor(async () => low.logs().some((l) => l.msg === 'hg clone bundles: not made, free disk space is under diskFreeFloorBytes'), 10_000, 'the floor respected')
+  t.equal(await readFile(path.join(low.reposDir, 'demo-hg', '.hg', 'clonebundles', 'meta.json'), 'utf8').catch(() => 'none'), 'none', 'no bundles')
+  t.equal((await hg(['clone', '-U', `${low.url}/demo-hg`, 'f2'])).code, 0, 'clones as before')
 })
