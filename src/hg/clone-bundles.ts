@@ -174,7 +174,7 @@ export class CloneBundles {
         if (name === 'stream-v2.hg' && secret) continue
         const out = tmp(name)
         const made = await this.hg(repoDir, ['bundle', '--all', '--type', type, out], { allowNoChanges: true })
-        if (made === undefined) return // an empty repo: nothing to bundle
+        if (made === undefined) break // an empty repo: nothing to bundle, and noted so (until a push)
         const spec = (await this.hg(repoDir, ['debugbundle', '--spec', out]) ?? '').trim()
         bundles.push({ name, spec, size: (await stat(out)).size })
       }

@@ -139,6 +139,10 @@ t.test('an empty repo gets no bundles and clones as before; a secret changeset k
   t.equal((await fetch(`${w.url}/empty-hg?cmd=clonebundles`).then((r) => r.text())), '', 'no bundles for nothing')
   t.notOk(w.logs().some((l) => l.msg === 'hg clone bundles: generation failed'), 'and no failure')
   t.equal((await hg(['clone', `${w.url}/empty-hg`, 'e2'])).code, 0)
+  await new Promise((r) => setTimeout(r, 1000))
+  const made = w.logs().filter((l) => l.msg === 'hg clone bundles made' && String(l.repo_dir).endsWith('empty-hg'))
+  t.equal(made.length, 1, 'an empty repo is noted as such once; later clones do not make it again')
+  t.same(made[0]!.bundles, [])
 
   const repo = path.join(w.reposDir, 'demo-hg')
   await server(['-R', repo, 'phase', '--force', '--secret', '-r', 'tip'])
