@@ -14,7 +14,7 @@ import { stdinSink } from '../process/child.js'
 import { decodeBody, spillRequestBody, toClientError } from '../http/body.js'
 import { DUMB_HTTP, type RepoRoute } from '../http/routes.js'
 import { errPkt, FLUSH, pkt, PktLineChecker } from './pktline.js'
-import { streamChild } from './respond.js'
+import { sendChildChunks, streamChild } from './respond.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
 import { V2AdvertisementCache } from './advertise.js'
 import type { PackObjectsCache } from './pack-cache.js'
@@ -142,9 +142,10 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
     }
     // with the pack-objects cache, git's pack-objects call goes through our hook (pack-cache.ts)
     const cache = deps.packCache?.open(repo.dir, (outcome) => { req.accessRecord.packCache = outcome })
-    const child = git.serve('upload-pack', repo.dir, { gitProtocol, env: cache?.env, config: cache?.config })
+    const child = git.serve('upload-pack', repo.dir, { gitProtocol, env: cache?.env, config: cache?.config, pooledStdout: true })
     void child.exited.then(() => { release?.(); cache?.close(); return spill.dispose() })
     pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))
+    if (child.stdoutChunks) return sendChildChunks(req, reply, child, child.stdoutChunks, 'git upload-pack')
     return reply.send(streamChild(req, reply, child, { what: 'git upload-pack', inBand: true }))
   }
 

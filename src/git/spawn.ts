@@ -5,6 +5,7 @@
  */
 import type { Config } from '../config/load.js'
 import { spawnChild, describeExit, runToCompletion, type Child } from '../process/child.js'
+import { READ_POOL } from '../process/pooled-read.js'
 
 export type GitService = 'upload-pack' | 'receive-pack'
 
@@ -46,6 +47,8 @@ export interface RunOptions {
   env?: Record<string, string>
   /** extra `-c key=value` settings (core.hooksPath for pushes) */
   config?: string[]
+  /** stdout as pooled chunks (`Child.stdoutChunks`) when git starts through the spawn helper */
+  pooledStdout?: boolean
 }
 
 export interface GitRunner {
@@ -80,7 +83,8 @@ export function createGitRunner(config: Config): GitRunner {
       const args = [...cfgArgs, ...(opts.config ?? []).flatMap((c) => ['-c', c]), service, '--stateless-rpc']
       if (opts.advertise) args.push('--advertise-refs')
       args.push('--', repoDir)
-      return spawnChild(config.gitBin, args, { env: childEnv(opts.env, opts.gitProtocol), killGraceMs: config.killGraceMs, nice: config.childNice, viaHelper: config.spawnHelper })
+      const pooledStdout = opts.pooledStdout && config.spawnHelper ? READ_POOL : undefined
+      return spawnChild(config.gitBin, args, { env: childEnv(opts.env, opts.gitProtocol), killGraceMs: config.killGraceMs, nice: config.childNice, viaHelper: config.spawnHelper, pooledStdout })
     },
     async exec(args, opts = {}) {
       if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')

@@ -2,19 +2,18 @@
  * A file as the response, with what a download that resumes needs: `Range` (206, 416),
  * `ETag`/`Last-Modified` and their conditional requests, through @fastify/send (fastify's own
  * implementation of them, the one @fastify/static uses). The file is named by the caller, never
- * by the URL.
+ * by the URL. send decides the status, the headers and the byte range; the bytes themselves are
+ * read into pooled buffers (pooled-read.ts) and written straight to the client: a 31 MB clone
+ * bundle through send's stream cost the worker 140-180 ms of CPU between other work, most of it
+ * major GCs that its fresh buffers set off.
  */
+import { open } from 'node:fs/promises'
+import type { Stats } from 'node:fs'
 import path from 'node:path'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type SendFn from '@fastify/send'
-import { RepoNotFoundError } from '../errors.js'
-
-/**
- * Read in chunks of READ_CHUNK: with fs's default 64 KiB, a 31 MB bundle cost the worker ~145 ms
- * of CPU in syscalls on these machines. One chunk per download in flight, and downloads are
- * admitted: the memory is bounded by heavyLimit.
- */
-const READ_CHUNK = 1024 * 1024
+import { RepoNotFoundError, ServiceUnavailableError } from '../errors.js'
+import { pooledFile, READ_POOL, type ChunkSource } from '../process/pooled-read.js'
 
 /** loaded on the first download: a worker that never serves one (git only) never loads it and its MIME table */
 let sendModule: Promise<{ default: typeof SendFn }> | undefined
@@ -22,11 +21,53 @@ let sendModule: Promise<{ default: typeof SendFn }> | undefined
 export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: string, contentType: string): Promise<FastifyReply> {
   // root and name apart: send checks the name (no dot files, no `..`); the root may hold `.hg`
   const send = (await (sendModule ??= import('@fastify/send') as Promise<{ default: typeof SendFn }>)).default
-  const { statusCode, headers, stream, type } = await send(req.raw, `/${path.basename(file)}`, { root: path.dirname(file), cacheControl: false, index: false, highWaterMark: READ_CHUNK })
-  if (type === 'error' && statusCode === 404) throw new RepoNotFoundError()
-  reply.code(statusCode).headers(headers)
-  if (type === 'file') reply.type(contentType)
-  const length = Number(headers['content-length'] ?? 0)
-  if (statusCode < 300 && req.method === 'GET') req.accessRecord.bytesOut = length
-  return reply.send(stream)
+  // the file can be replaced (renamed over) between send's stat and our open: then once more
+  for (let attempt = 0; ; attempt++) {
+    const { statusCode, headers, stream, type, metadata } = await send(req.raw, `/${path.basename(file)}`, { root: path.dirname(file), cacheControl: false, index: false })
+    if (type === 'error' && statusCode === 404) throw new RepoNotFoundError()
+    reply.code(statusCode).headers(headers)
+    if (type !== 'file' || statusCode >= 300 || req.method !== 'GET') return reply.send(stream) // 304, 412, 416 and errors: no body of ours
+    const start = (stream as unknown as { start?: number }).start ?? 0
+    const length = Number(headers['Content-Length'] ?? 0)
+    stream.destroy()
+    const fh = await open(file, 'r')
+    const st = await fh.stat()
+    const seen = (metadata as { stat: Stats }).stat
+    if (st.ino !== seen.ino || st.size !== seen.size || st.mtimeMs !== seen.mtimeMs) {
+      await fh.close()
+      if (attempt) throw new ServiceUnavailableError('the file is being replaced; try again', 1)
+      continue
+    }
+    reply.type(contentType)
+    req.accessRecord.bytesOut = length
+    const source = pooledFile(fh, start, length, READ_POOL)
+    return sendChunks(reply, source).finally(() => fh.close())
+  }
+}
+
+/** Hijacks the reply, writes its status and headers, then `source`'s chunks, each buffer given back once written. */
+function sendChunks(reply: FastifyReply, source: ChunkSource): Promise<FastifyReply> {
+  const res = reply.raw
+  reply.hijack()
+  for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) res.setHeader(k, v)
+  res.writeHead(reply.statusCode)
+  return new Promise((resolve) => {
+    res.once('close', () => { source.destroy(); resolve(reply) })
+    res.on('drain', () => source.resume())
+    source.start({
+      data(chunk, release) {
+        if (res.destroyed) {
+          release()
+          return false
+        }
+        return res.write(chunk, () => release())
+      },
+      end(err) {
+        if (err) {
+          reply.log.error({ err }, 'file download failed')
+          res.destroy()
+        } else res.end()
+      },
+    })
+  })
 }

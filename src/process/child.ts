@@ -7,6 +7,7 @@ import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'n
 import { setPriority } from 'node:os'
 import { Writable, type Readable } from 'node:stream'
 import { spawnViaHelper } from './helper-client.js'
+import type { BufferPool, ChunkSource } from './pooled-read.js'
 
 export interface ExitStatus {
   code: number | null
@@ -30,6 +31,8 @@ export interface Child {
   readonly pid: number | undefined
   /** resolves once the process exited and its stdio closed; never rejects */
   readonly exited: Promise<ExitStatus>
+  /** with `pooledStdout` through the helper: stdout as pooled chunks (`proc.stdout` is then empty) */
+  readonly stdoutChunks?: ChunkSource
   /** the last bytes the process wrote to stderr */
   stderr(): string
   /** SIGTERM the whole group, SIGKILL it after the grace period if it is still there */
@@ -52,6 +55,8 @@ export interface SpawnOptions {
   viaHelper?: boolean
   /** open Node's IPC channel to the child as its fd 3 (direct spawns only) */
   ipc?: boolean
+  /** read stdout into this pool's buffers (helper spawns only; a direct spawn has a plain stdout) */
+  pooledStdout?: BufferPool
 }
 
 /**
@@ -67,9 +72,11 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
   let killTimer: NodeJS.Timeout | undefined
   let pid: number | undefined
   let proc: ChildStreams
+  let stdoutChunks: ChunkSource | undefined
   let exited: Promise<ExitStatus>
   if (opts.viaHelper) {
-    const remote = spawnViaHelper(bin, args, { env: opts.env, cwd: opts.cwd, nice: opts.nice })
+    const remote = spawnViaHelper(bin, args, { env: opts.env, cwd: opts.cwd, nice: opts.nice, pooledStdout: opts.pooledStdout })
+    stdoutChunks = remote.stdoutChunks
     proc = remote
     void remote.started.then((p) => {
       pid = p
@@ -112,6 +119,7 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
   const child: Child = {
     proc,
     channel: opts.ipc && !opts.viaHelper ? proc as ChildProcess : undefined,
+    stdoutChunks,
     get pid() { return pid },
     exited,
     stderr: () => tail.trim(),

@@ -9,6 +9,7 @@ import { fork, type ChildProcess } from 'node:child_process'
 import net from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { PassThrough, type Readable, type Writable } from 'node:stream'
+import { pooledSocket, type BufferPool, type ChunkSink, type ChunkSource } from './pooled-read.js'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -29,6 +30,32 @@ export interface RemoteProcess {
   started: Promise<number | undefined>
   /** resolves once the process exited and its stdout and stderr closed */
   exited: Promise<RawExit>
+  /** with `pooledStdout`: stdout as pooled chunks (`stdout` is then empty) */
+  stdoutChunks?: ChunkSource
+}
+
+/** A ChunkSource for a socket that exists only once the helper is up. */
+class LaterSource implements ChunkSource {
+  private real: ChunkSource | undefined
+  private sink: ChunkSink | undefined
+  private gone = false
+  set(real: ChunkSource): void {
+    this.real = real
+    if (this.gone) real.destroy()
+    else if (this.sink) real.start(this.sink)
+  }
+  start(sink: ChunkSink): void {
+    this.sink = sink
+    if (this.real) this.real.start(sink)
+    else if (this.gone) sink.end()
+  }
+  resume(): void { this.real?.resume() }
+  destroy(): void {
+    if (this.gone) return
+    this.gone = true
+    if (this.real) this.real.destroy()
+    else this.sink?.end()
+  }
 }
 
 interface Pending {
@@ -42,12 +69,15 @@ let nextId = 0
 let helper: ChildProcess | undefined
 let server: net.Server | undefined
 let ready: Promise<void> | undefined
+/** the helper's socket for stdout connections the worker opens (helper-main.ts) */
+let stdoutAddress = ''
 
 /** The spawn socket and the helper, started once. */
 function start(): Promise<void> {
   if (ready) return ready
   const name = `vcs-worker-spawn-${process.pid}-${randomBytes(6).toString('hex')}`
   const address = `\0${name}` // Linux abstract namespace: no file, no path-length limit
+  stdoutAddress = `${address}-stdout`
   const srv = net.createServer((socket) => route(socket))
   srv.unref()
   server = srv
@@ -55,7 +85,17 @@ function start(): Promise<void> {
     srv.once('error', reject)
     srv.listen(address, () => {
       const h = fork(HELPER, [name], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json' })
-      h.on('message', (m: { id: number; pid?: number; code?: number | null; signal?: NodeJS.Signals | null; error?: string }) => {
+      h.on('message', (m: { id: number; pid?: number; code?: number | null; signal?: NodeJS.Signals | null; error?: string; listening?: boolean }) => {
+        if (m.listening !== undefined) {
+          // its stdout socket is up (or could not be): only now can spawns be asked for
+          if (pending.size === 0) h.channel?.unref()
+          if (m.listening) resolve()
+          else {
+            reject(new Error(`spawn helper: ${m.error ?? 'no stdout socket'}`))
+            h.kill()
+          }
+          return
+        }
         const p = pending.get(m.id)
         if (!p) return
         if (m.error !== undefined) p.exit({ code: null, signal: null, error: new Error(m.error) })
@@ -67,12 +107,11 @@ function start(): Promise<void> {
         helper = undefined
         ready = undefined
         server?.close()
+        reject(new Error('spawn helper exited')) // before it listened: nothing waits forever
         for (const p of pending.values()) p.exit({ code: null, signal: null, error: new Error('spawn helper exited') })
       })
       h.unref()
-      h.channel?.unref()
       helper = h
-      resolve()
     })
   })
   return ready
@@ -107,7 +146,7 @@ function settle(id: number): void {
 }
 
 /** Spawns `bin args` through the helper; see RemoteProcess. */
-export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<string, string>; cwd?: string; nice?: number }): RemoteProcess {
+export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<string, string>; cwd?: string; nice?: number; pooledStdout?: BufferPool }): RemoteProcess {
   const id = ++nextId
   const stdin = new PassThrough()
   const stdout = new PassThrough()
@@ -118,6 +157,9 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
   const exited = new Promise<RawExit>((r) => { resolveExit = r })
   let status: RawExit | undefined
   let open = 2 // stdout and stderr still to close
+  const pool = opts.pooledStdout
+  const chunks = pool ? new LaterSource() : undefined
+  if (chunks) stdout.end() // git's output comes as chunks; this stand-in stays empty
   const maybeDone = (): void => {
     if (status && open <= 0) {
       settle(id)
@@ -155,6 +197,7 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
         // it never started: no more connections will come
         resolvePid(undefined)
         open = 0
+        chunks?.destroy()
         stdin.destroy()
         stdout.end()
         stderr.end()
@@ -164,7 +207,13 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
   })
   start().then(() => {
     helper!.channel?.ref()
-    helper!.send({ id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice })
+    if (chunks && pool) {
+      chunks.set(pooledSocket(stdoutAddress, pool, {
+        onConnect: (s) => s.write(`${id}\n`),
+        onClose: () => { open--; maybeDone() },
+      }))
+    }
+    helper!.send({ id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice, stdoutFromWorker: chunks !== undefined })
   }, (err: unknown) => pending.get(id)?.exit({ code: null, signal: null, error: err as Error }))
-  return { stdin, stdout, stderr, started, exited }
+  return { stdin, stdout, stderr, started, exited, stdoutChunks: chunks }
 }

@@ -4,6 +4,9 @@
  * event loop in a worker of 100 MB (bench:health). Here that cost falls on this process. git's
  * stdin, stdout and stderr are unix sockets connected to the worker's spawn socket (each first
  * tagged with the spawn's id and stream number), so no byte of git's passes through here.
+ * A spawn with `stdoutFromWorker` gets as stdout a connection the worker opened to this
+ * process's own socket instead (tagged with the id): a socket the worker connected can read
+ * into pooled buffers (pooled-read.ts), one it accepted cannot.
  */
 import { spawn } from 'node:child_process'
 import net from 'node:net'
@@ -16,6 +19,8 @@ interface SpawnRequest {
   env: Record<string, string>
   cwd?: string
   nice?: number
+  /** stdout is the worker's connection to STDOUT_SOCKET tagged with this id */
+  stdoutFromWorker?: boolean
 }
 
 /** the worker's spawn socket, in Linux's abstract namespace (the worker passes the name without its NUL) */
@@ -36,6 +41,62 @@ function connect(id: number, n: number): Promise<net.Socket> {
   })
 }
 
+/** where the worker connects stdout for spawns that ask (`<name>-stdout`) */
+const STDOUT_SOCKET = `${SOCKET}-stdout`
+/** a worker's connection waits this long for its spawn request, and a request this long for the connection */
+const MATCH_MS = 10_000
+
+/** stdout connections by spawn id: the connection and the request can come in either order */
+const stdoutWaits = new Map<number, { socket?: net.Socket; take?: (s: net.Socket) => void; timer: NodeJS.Timeout }>()
+
+function stdoutEntry(id: number, onTimeout: () => void): { socket?: net.Socket; take?: (s: net.Socket) => void; timer: NodeJS.Timeout } {
+  let e = stdoutWaits.get(id)
+  if (!e) {
+    e = { timer: setTimeout(() => { stdoutWaits.delete(id); onTimeout() }, MATCH_MS) }
+    stdoutWaits.set(id, e)
+  }
+  return e
+}
+
+/** The connection the worker opened for spawn `id`'s stdout. */
+function workerStdout(id: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const e = stdoutEntry(id, () => reject(new Error('the worker never connected stdout')))
+    if (e.socket) {
+      clearTimeout(e.timer)
+      stdoutWaits.delete(id)
+      resolve(e.socket)
+    } else e.take = resolve
+  })
+}
+
+// The worker writes only its tag on these connections (git's output flows the other way), so
+// reading up to the newline takes nothing that belongs to git.
+const stdoutServer = net.createServer({ pauseOnConnect: true }, (s) => {
+  s.on('error', () => {})
+  let head = ''
+  const onData = (chunk: Buffer): void => {
+    head += chunk.toString('latin1')
+    const nl = head.indexOf('\n')
+    if (nl < 0) {
+      if (head.length > 24) s.destroy()
+      return
+    }
+    s.off('data', onData)
+    s.pause()
+    const id = Number(head.slice(0, nl))
+    if (!Number.isSafeInteger(id) || nl !== head.length - 1) return void s.destroy()
+    const e = stdoutEntry(id, () => s.destroy())
+    if (e.take) {
+      clearTimeout(e.timer)
+      stdoutWaits.delete(id)
+      e.take(s)
+    } else e.socket = s
+  }
+  s.on('data', onData)
+  s.resume()
+})
+
 /** pids of the children still running (each leads its own process group) */
 const running = new Set<number>()
 
@@ -43,7 +104,10 @@ process.on('message', (m: SpawnRequest) => {
   void (async () => {
     let sockets: net.Socket[] = []
     try {
-      sockets = await Promise.all([0, 1, 2].map((n) => connect(m.id, n)))
+      const got = await Promise.allSettled([0, 1, 2].map((n) => (n === 1 && m.stdoutFromWorker ? workerStdout(m.id) : connect(m.id, n))))
+      sockets = got.flatMap((g) => (g.status === 'fulfilled' ? [g.value] : []))
+      const failed = got.find((g) => g.status === 'rejected')
+      if (failed) throw failed.reason
       const child = spawn(m.bin, m.args, { env: m.env, cwd: m.cwd, detached: true, stdio: sockets })
       for (const s of sockets) s.destroy() // git has them now; this process keeps no copy
       if (child.pid === undefined) {
@@ -65,6 +129,9 @@ process.on('message', (m: SpawnRequest) => {
     }
   })()
 })
+
+stdoutServer.listen(STDOUT_SOCKET, () => send({ listening: true }))
+stdoutServer.once('error', (err) => send({ listening: false, error: err.message }))
 
 // The worker is gone (exit or kill -9): children lose their reader and writer with it and end
 // on EOF or EPIPE, but one that waits on something else (a receive-pack whose repository hook

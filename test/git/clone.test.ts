@@ -1,8 +1,10 @@
 import t from 'tap'
 import path from 'node:path'
 import { readFile } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import http from 'node:http'
 import { gzipSync } from 'node:zlib'
-import { startWorker, gitClient, processesMatching, rawRequest, waitFor } from '../helpers/worker.js'
+import { addBigRepo, startWorker, gitClient, processesMatching, rawRequest, waitFor } from '../helpers/worker.js'
 import { FLUSH, pkt } from '../../src/git/pktline.js'
 
 const MAIN = '5ac674cbf899a6fbcdfc314785e2e58c31ca95a2'
@@ -136,4 +138,64 @@ t.test('object-info is neither advertised nor served: one request can no longer 
   // the commands clients use still work
   const clone = await git(['-c', 'protocol.version=2', 'clone', '-q', `${w.url}/demo.git`, 'v2'])
   t.equal(clone.code, 0, clone.stderr)
+})
+
+/** An upload-pack answer read `slowly` (a pause after every chunk, as a slow client's socket does) or at once. */
+function fetchPack(port: number, oid: string, slowly: boolean): Promise<{ status: number; body: Buffer }> {
+  const body = Buffer.concat([pkt(`want ${oid} ofs-delta side-band-64k no-progress\n`), FLUSH, pkt('done\n')])
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/big.git/git-upload-pack', headers: { 'content-type': 'application/x-git-upload-pack-request', 'content-length': body.length } }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => {
+        chunks.push(c)
+        if (slowly) {
+          res.pause()
+          setTimeout(() => res.resume(), 2)
+        }
+      })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+t.test('git output crosses the worker in reused buffers: slow and fast readers at once all get the whole pack, byte for byte', async (t) => {
+  const w = await startWorker(t, { 'heavy-limit': '16' })
+  const oid = await addBigRepo(w.dir, w.reposDir, 6)
+  await w.store.setRepo('big.git', 'git', true)
+  const reference = await fetchPack(w.port, oid, false)
+  t.equal(reference.status, 200)
+  t.ok(reference.body.length > 6 * 1024 * 1024, `a pack of ${reference.body.length} bytes`)
+  // git frames its side-band packets as its reads fall, so the answers differ in framing; the
+  // pack inside is the same every time, and ends with the SHA-1 of itself
+  const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+  const packOf = (b: Buffer): Buffer => {
+    const out: Buffer[] = []
+    for (let i = 8; i < b.length;) { // past "0008NAK\n"
+      const n = parseInt(b.subarray(i, i + 4).toString(), 16)
+      if (n === 0) { i += 4; continue }
+      if (b[i + 4] === 1) out.push(b.subarray(i + 5, i + n))
+      i += n
+    }
+    return Buffer.concat(out)
+  }
+  const whole = (pack: Buffer): boolean => pack.length > 20 && createHash('sha1').update(pack.subarray(0, -20)).digest().equals(pack.subarray(-20))
+  const expected = packOf(reference.body)
+  t.ok(whole(expected), 'the reference pack checks out')
+  // slow readers keep buffers in flight while fast ones take and give back others
+  const runs = await Promise.all([true, false, true, false, true, false].map((slow) => fetchPack(w.port, oid, slow)))
+  for (const [i, r] of runs.entries()) {
+    const pack = packOf(r.body)
+    t.same([r.status, whole(pack), sha(pack)], [200, true, sha(expected)], `reader ${i} (${i % 2 ? 'fast' : 'slow'}) got the same pack, whole`)
+  }
+  // and a real client takes such a pack whole
+  const git = gitClient(w.dir)
+  const clone = await git(['clone', '-q', '--bare', `${w.url}/big.git`, 'big-clone'])
+  t.equal(clone.code, 0, clone.stderr)
+  t.equal((await git(['fsck', '--strict'], path.join(w.dir, 'big-clone'))).code, 0)
+  const lines = w.logs().filter((l) => l.msg === 'request' && l.route === 'git_upload_pack' && l.status === 200)
+  const sent = [reference, ...runs].map((r) => r.body.length).sort()
+  t.same(lines.slice(0, 7).map((l) => l.bytes_out).sort(), sent, 'the access log counts every byte sent')
 })
