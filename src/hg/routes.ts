@@ -25,6 +25,7 @@ import type { JournalRecovery } from './recover.js'
 import { handoffHead, type HandoffLine } from './handoff.js'
 import { isBundleName, type CloneBundles } from './clone-bundles.js'
 import { sendFile } from '../http/send-file.js'
+import { CapabilitiesCache, MAX_KEPT, type CachedAnswer } from './capabilities-cache.js'
 
 
 export interface HgDeps {
@@ -36,6 +37,8 @@ export interface HgDeps {
   refused?: () => void
   /** the repos' clone bundles, when hgCloneBundles is on */
   cloneBundles?: CloneBundles
+  /** capabilities answers kept per repo (one is made when not given) */
+  capabilities?: CapabilitiesCache
 }
 
 /** A Host header fit to build a URL from (name or IPv4 or [IPv6], optional port). */
@@ -47,6 +50,7 @@ const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 /** The hg route of the route table: every wire-protocol command and hgweb page. */
 export function hgRoute(deps: HgDeps): RepoRoute {
   const judgedOf = new WeakMap<FastifyRequest, HgRequest>()
+  const capabilities = deps.capabilities ?? new CapabilitiesCache()
 
   /** Judged before the repo is looked up: the action is the command's (request.ts). */
   function access(req: FastifyRequest): Action {
@@ -62,9 +66,21 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     if (judged.cmd === 'capabilities') deps.admission.refuseIfBusy()
     if (deps.cloneBundles && (judged.cmd === 'clonebundles' || judged.cmd === 'clonebundles_manifest')) return manifest(req, reply, deps.cloneBundles)
     await deps.recovery.ensure(req.repo.dir)
+    let keep: ((answer: CachedAnswer) => void) | undefined
+    if (judged.cmd === 'capabilities' && req.method === 'GET' && !judged.hasBody) {
+      const dir = req.repo.dir
+      const fingerprint = await capabilities.fingerprint(dir)
+      const hit = capabilities.get(dir, fingerprint)
+      if (hit) {
+        req.accessRecord.bytesOut = hit.body.length
+        reply.raw.statusMessage = hit.statusMessage
+        return reply.headers(hit.headers).send(hit.body)
+      }
+      keep = (answer) => capabilities.set(dir, fingerprint, answer)
+    }
     const release = judged.workClass ? await deps.admission.admit(req, reply, judged.workClass) : () => {}
     try {
-      return await forward(req, reply, judged, req.principal, release)
+      return await forward(req, reply, judged, req.principal, release, keep)
     } catch (err) {
       release()
       throw err
@@ -72,7 +88,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
   }
 
   /** Streams the request to a ready child and its answer back; `release` runs once the answer ended. */
-  async function forward(req: FastifyRequest, reply: FastifyReply, judged: HgRequest, principal: Identity, release: Release): Promise<FastifyReply> {
+  async function forward(req: FastifyRequest, reply: FastifyReply, judged: HgRequest, principal: Identity, release: Release, keep?: (answer: CachedAnswer) => void): Promise<FastifyReply> {
     const child = deps.pool.pick()
     if (!child?.url) {
       deps.refused?.()
@@ -138,14 +154,26 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     }
     reply.code(res.statusCode ?? 502)
     if ((res.statusCode ?? 502) >= 500) req.log.error({ hg_child: child.id, child_pid: child.pid, status: res.statusCode, reason: res.statusMessage }, 'hg serve answered with an error')
-    for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) reply.header(k, v)
+    const passed: Record<string, string> = {}
+    for (const [k, v] of Object.entries(res.headers)) {
+      if (v === undefined || HOP_BY_HOP.has(k)) continue
+      reply.header(k, v)
+      if (typeof v === 'string') passed[k] = v
+    }
     if (res.statusMessage) reply.raw.statusMessage = res.statusMessage // hg clients print the reason phrase
     // Counted by a stage in the pipe, never by a 'data' listener: that would start the stream
     // flowing before Fastify attaches its pipe, and the first chunks would be lost.
+    // an answer to keep (capabilities) is collected on the way, up to what could be one
+    let kept: Buffer[] | undefined = keep && res.statusCode === 200 ? [] : undefined
     const counted = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         req.accessRecord.bytesOut += chunk.length
+        if (kept) kept = req.accessRecord.bytesOut <= MAX_KEPT ? [...kept, chunk] : undefined
         cb(null, chunk)
+      },
+      flush(cb) {
+        if (kept && keep && res.complete) keep({ headers: passed, statusMessage: res.statusMessage ?? '', body: Buffer.concat(kept) })
+        cb()
       },
     })
     pipeline(res, counted).catch(() => { /* the reply sees the error through `counted` */ })
