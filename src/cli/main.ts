@@ -47,7 +47,7 @@ function parse(argv: string[]) {
     from: { type: 'string' as const }, to: { type: 'string' as const },
   }
   try {
-    return parseArgs({ args: argv, options, allowPositionals: true, strict: true })
+    return parseArgs({ args: argv, options, allowPositionals: true, strict: true, allowNegative: true }) // --no-<flag> turns a boolean off
   } catch (err) {
     throw new UsageError((err as Error).message)
   }

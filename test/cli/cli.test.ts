@@ -20,6 +20,27 @@ t.test('config precedence: defaults < file < env < flags', async (t) => {
   t.ok(Object.isFrozen(c))
 })
 
+t.test('a boolean setting on by default is turned off with --no-<flag> (and the env)', async (t) => {
+  const { dir, reposDir, dataDir } = await fixtureDir(t)
+  const common = ['--repos', reposDir, '--data', dataDir, '--hg-processes', '0']
+  t.equal((await cli(['repo', 'visibility', 'demo', 'public', '--repos', reposDir, '--data', dataDir])).code, 0)
+  const git = gitClient(dir)
+  const packCacheOf = async (args: string[], env: NodeJS.ProcessEnv, name: string): Promise<unknown> => {
+    const w = await spawnWorker(t, [...common, ...args], env)
+    const clone = await git(['clone', '-q', `${w.url}/demo.git`, name])
+    t.equal(clone.code, 0, clone.stderr)
+    const line = w.output().split('\n').filter((l) => l.includes('"route":"git_upload_pack"')).map((l) => JSON.parse(l) as Record<string, unknown>).pop()
+    w.proc.kill('SIGTERM')
+    return line?.pack_cache
+  }
+  t.equal(await packCacheOf([], {}, 'c-default'), 'miss', 'the cache is on by default: a first fetch is a miss')
+  t.equal(await packCacheOf(['--no-pack-cache'], {}, 'c-flag'), undefined, '--no-pack-cache: no cache at all')
+  t.equal(await packCacheOf([], { VCS_WORKER_PACK_CACHE: 'false' }, 'c-env'), undefined, 'VCS_WORKER_PACK_CACHE=false the same')
+  const both = await cli(['serve', '--pack-cache=false', ...common])
+  t.equal(both.code, 2)
+  t.match(both.stderr, /does not take an argument/, 'a value on a boolean flag is refused, not read as true')
+})
+
 t.test('bad configuration: every problem reported, each naming its key', async (t) => {
   const dir = t.testdir({ 'bad.json': JSON.stringify({ port: 'eighty', colour: 'blue' }), 'broken.json': '{ not json' })
   try {
