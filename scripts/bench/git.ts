@@ -76,9 +76,11 @@ async function main(): Promise<void> {
   }
   let worker, worker0, classic, floor
   try {
-    worker = await start(startWorker(['--repos', REPOS, '--data', data]))
+    // the cold path (issue #15 point 10): every clone computed, as the references do; the
+    // pack cache (on by default) is bench:storm's subject
+    worker = await start(startWorker(['--repos', REPOS, '--data', data, '--no-pack-cache']))
     // the same worker with its git children at the priority the references' servers run at
-    worker0 = await start(startWorker(['--repos', REPOS, '--data', data, '--child-nice', '0']))
+    worker0 = await start(startWorker(['--repos', REPOS, '--data', data, '--child-nice', '0', '--no-pack-cache']))
     classic = await start(startClassic(REPOS))
     floor = await start(startFloor(REPOS))
   } catch (err) {

@@ -62,7 +62,7 @@ interface Target { name: string; url: string }
 
 /** One worker, with or without the spawn helper: the idle and busy runs of each target, and their table. */
 async function measure(data: string, helper: boolean, floorUrl?: string): Promise<void> {
-  const worker = await startWorker(['--repos', REPOS, '--data', data, '--hg-processes', '0', '--health-port', '0'], { VCS_WORKER_SPAWN_HELPER: String(helper) })
+  const worker = await startWorker(['--repos', REPOS, '--data', data, '--hg-processes', '0', '--health-port', '0', '--no-pack-cache'], { VCS_WORKER_SPAWN_HELPER: String(helper) })
   console.log(`\n${helper ? 'git started through the spawn helper (default)' : 'git spawned by the worker itself (VCS_WORKER_SPAWN_HELPER=false)'}:`)
   const env = { ...process.env, HOME: path.join(BENCH, 'home'), GIT_CONFIG_NOSYSTEM: '1', GIT_TERMINAL_PROMPT: '0' }
   mkdirSync(env.HOME, { recursive: true })

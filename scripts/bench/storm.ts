@@ -146,7 +146,7 @@ async function main(): Promise<void> {
 
   const common = ['--repos', REPOS, '--hg-processes', '0', '--drain-grace-ms', '0', '--heavy-limit', '32', '--full-clone-limit', '32', '--client-heavy-limit', '32', '--repo-heavy-limit', '32']
   const on = await startWorker([...common, '--data', data('on'), '--pack-cache', '--pack-cache-write-on', '2'])
-  const off = await startWorker([...common, '--data', data('off')])
+  const off = await startWorker([...common, '--data', data('off'), '--no-pack-cache'])
   try {
     for (const w of [on, off]) for (let i = 0; i < 2; i++) await storm(w, warmBody)
     const cacheDir = path.join(data('on'), 'pack-cache')
