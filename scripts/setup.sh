@@ -9,7 +9,6 @@ need_pkgs=()
 command -v git >/dev/null || need_pkgs+=(git)
 command -v hg >/dev/null || need_pkgs+=(mercurial)
 command -v haproxy >/dev/null || need_pkgs+=(haproxy)
-command -v curl >/dev/null || need_pkgs+=(curl) # the pack-objects cache hook
 for p in "$@"; do # extra packages a caller needs, e.g. the benchmarks' nginx and fcgiwrap
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
