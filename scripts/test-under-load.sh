@@ -4,7 +4,7 @@
 # Usage: npm run test:load [-- extra tap arguments, e.g. a file]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh stress-ng python3-dulwich python3-pygit2 postgresql
+bash scripts/setup.sh stress-ng python3-dulwich python3-pygit2 postgresql git-lfs
 workers="${LOAD_WORKERS:-$(nproc)}"
 # bounded: the load ends on its own after an hour even if this script is killed with -9
 stress-ng --cpu "$workers" --timeout 3600 --quiet &

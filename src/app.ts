@@ -30,6 +30,8 @@ import { HgServePool } from './hg/serve-pool.js'
 import { hgCloneBundleRoute, hgRoute } from './hg/routes.js'
 import { CloneBundles } from './hg/clone-bundles.js'
 import { JournalRecovery } from './hg/recover.js'
+import { lfsRoutes } from './lfs/routes.js'
+import { FsLfsStore } from './lfs/store.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -158,6 +160,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     app.addHook('onClose', () => packCache!.stop())
   }
   const repoRoutes: RepoRoute[] = gitRoutes({ config, git, admission, refHooks, log: app.log, packCache })
+  repoRoutes.push(...lfsRoutes({ config, store: new FsLfsStore(), auth: app.vcsAuth, admission }))
   if (config.hgProcesses > 0) {
     const pool = new HgServePool(config, app.log)
     await pool.start()

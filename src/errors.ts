@@ -93,6 +93,17 @@ export function oneLine(text: string, max = 300): string {
 }
 
 /** Sends an error as one line of text; only for use before any byte of the body went out. */
+/**
+ * A Git LFS refusal (git-lfs docs/api/batch.md, "Response Errors"): `{"message": ...}` as
+ * application/vnd.git-lfs+json; a 401's challenge is also sent as LFS-Authenticate.
+ */
+function sendLfsError(reply: FastifyReply, status: number, message: string, headers: Record<string, string> = {}): FastifyReply {
+  const extra = headers['www-authenticate'] ? { 'lfs-authenticate': headers['www-authenticate'] } : {}
+  return reply.code(status).headers({ ...headers, ...extra }).type('application/vnd.git-lfs+json').send(JSON.stringify({ message: oneLine(message) }))
+}
+
+const sendTextError = (reply: FastifyReply, status: number, message: string, headers: Record<string, string> = {}): FastifyReply => sendError(reply, status, message, headers)
+
 export function sendError(reply: FastifyReply, status: number, message: string, headers: Record<string, string> = {}): FastifyReply {
   // hg shows only the reason phrase ("abort: HTTP Error 403: <phrase>"), so it carries the line too.
   reply.raw.statusMessage = oneLine(message, 200)
@@ -109,6 +120,12 @@ export function installErrorHandlers(app: FastifyInstance): void {
       return
     }
     settleUnreadBody(req, reply, req.routeOptions.config?.discardLimit)
+    // Git LFS speaks JSON: every refusal on its routes is the API's error object
+    const sendError = req.routeOptions.config?.routeId?.startsWith('lfs_') ? sendLfsError : sendTextError
+    if (err.name === 'LfsError') {
+      req.log.info({ status: (err as { statusCode: number }).statusCode }, err.message)
+      return sendError(reply, (err as { statusCode: number }).statusCode, err.message)
+    }
     if (err instanceof VcsError) {
       const level = err.statusCode >= 500 ? 'error' : 'info'
       req.log[level]({ code: err.code, status: err.statusCode, err: err.statusCode >= 500 ? err : undefined }, err.message)

@@ -99,7 +99,7 @@ export function safeUrl(url: string | undefined): string | undefined {
 export type Backend = 'git' | 'hg' | 'health' | 'metrics' | 'other'
 
 export function backendOf(route: string): Backend {
-  if (route.startsWith('git_')) return 'git'
+  if (route.startsWith('git_') || route.startsWith('lfs_')) return 'git' // LFS is a git repo's, served by servers-git
   if (route.startsWith('hg_')) return 'hg'
   if (route.startsWith('health_')) return 'health'
   if (route === 'metrics') return 'metrics'

@@ -17,6 +17,7 @@ import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
 
 export type RouteId =
   | 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'git_dumb' | 'hg_proxy' | 'hg_clonebundle'
+  | 'lfs_batch' | 'lfs_object' | 'lfs_verify'
   | 'health_live' | 'health_ready' | 'health_git' | 'health_hg' | 'metrics' | 'root' | 'other'
 
 declare module 'fastify' {
@@ -46,7 +47,17 @@ export const REPO_URLS = {
   git_dumb: '/.vcs/git/dumb',
   hg_proxy: '/.vcs/hg',
   hg_clonebundle: '/.vcs/hg/clonebundle',
+  lfs_batch: '/.vcs/lfs/batch',
+  lfs_object: '/.vcs/lfs/object',
+  lfs_verify: '/.vcs/lfs/verify',
 } as const
+
+/** Git LFS (git-lfs's docs/api): `/{repo}[.git]/info/lfs/...`, a git repo's */
+const LFS: [RegExp, keyof typeof REPO_URLS][] = [
+  [/^\/(.+?)\/info\/lfs\/objects\/batch$/, 'lfs_batch'],
+  [/^\/(.+?)\/info\/lfs\/objects\/[0-9a-f]{64}$/, 'lfs_object'],
+  [/^\/(.+?)\/info\/lfs\/verify$/, 'lfs_verify'],
+]
 
 const GIT_SUFFIXES: [string, keyof typeof REPO_URLS][] = [
   ['/info/refs', 'git_info_refs'],
@@ -82,6 +93,13 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
         return REPO_URLS[id] + query
       }
     }
+    for (const [pattern, id] of LFS) {
+      const m = pattern.exec(rawPath)
+      if (m) {
+        repoPaths.set(req, m[1]!)
+        return REPO_URLS[id]
+      }
+    }
     const dumb = DUMB.exec(rawPath)
     if (dumb) return REPO_URLS.git_dumb
     if (!hg || RESERVED.test(rawPath)) return url
@@ -97,10 +115,10 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
 
 /** A repository route, declared once in the route table. */
 export interface RepoRoute {
-  id: 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'hg_proxy' | 'hg_clonebundle'
+  id: 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'hg_proxy' | 'hg_clonebundle' | 'lfs_batch' | 'lfs_object' | 'lfs_verify'
   /** the URL names the repo exactly: a path under it (hgweb's pages) is not this route's */
   exact?: true
-  methods: ('GET' | 'POST')[]
+  methods: ('GET' | 'POST' | 'PUT')[]
   kind: RepoKind
   /** the action the request needs, told from the request before the repo is looked up (may refuse it: 400) */
   access: Action | ((req: FastifyRequest) => Action)

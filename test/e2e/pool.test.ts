@@ -1,8 +1,9 @@
 import t from 'tap'
 import path from 'node:path'
-import { writeFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
-import { fixtureDir, gitClient, metric, processesMatching, rawRequest, run, CLI, waitFor } from '../helpers/worker.js'
+import { clientEnv, fixtureDir, gitClient, metric, processesMatching, rawRequest, run, CLI, waitFor } from '../helpers/worker.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
 import { startTestPool, workerMetrics, type TestPool } from '../helpers/pool.js'
 
@@ -111,6 +112,35 @@ t.test('through HAProxy: git and hg reach the workers, web pages reach the web s
   const gitTotal = await backendTotal(p, 'servers-git')
   t.match(stats.stdout, `totals since HAProxy started: servers-git ${gitTotal}, servers-hg ${await backendTotal(p, 'servers-hg')}, servers-web`)
   t.match(stats.stdout, `workers' metrics (vcs_requests_total, since each worker started): git ${gitTotal}, hg`)
+})
+
+t.test('git lfs through HAProxy with two workers: pushed through the pool, cloned back through it byte for byte', async (t) => {
+  const p = await startTestPool(t)
+  const home = path.join(p.dir, 'lfs-home')
+  await mkdir(home, { recursive: true })
+  const env = clientEnv(home)
+  const git = (args: string[], cwd = p.dir) => run('git', args, { cwd, env })
+  t.equal((await git(['lfs', 'install', '--skip-repo'])).code, 0)
+  const work = path.join(p.dir, 'lfs-work')
+  t.equal((await git(['clone', '-q', `${p.alice}/demo.git`, work])).code, 0)
+  await git(['lfs', 'track', '*.bin'], work)
+  const data = randomBytes(3 * 1024 * 1024)
+  await writeFile(path.join(work, 'asset.bin'), data)
+  await git(['add', '.gitattributes', 'asset.bin'], work)
+  await git(['commit', '-q', '-m', 'an asset'], work)
+  const before = await backendTotal(p, 'servers-git')
+  const push = await git(['push', 'origin', 'HEAD:refs/heads/lfs'], work)
+  t.equal(push.code, 0, push.stderr)
+  const clone = await git(['clone', '-q', '-b', 'lfs', `${p.url}/demo.git`, 'lfs-clone'])
+  t.equal(clone.code, 0, clone.stderr)
+  t.ok((await readFile(path.join(p.dir, 'lfs-clone', 'asset.bin'))).equals(data), 'the object came back whole, not its pointer')
+  const lfsServed = async (i: number) => {
+    const text = await workerMetrics(p, i)
+    return ['lfs-batch', 'lfs-download', 'lfs-upload', 'lfs-verify'].reduce((sum, service) => sum + metric(text, 'vcs_requests_total', { backend: 'git', service }), 0)
+  }
+  const served = (await lfsServed(0)) + (await lfsServed(1))
+  t.ok(served >= 4, `the workers answered the LFS requests (${served}: batches, the upload, the verify, the download)`)
+  t.ok((await backendTotal(p, 'servers-git')) - before >= served, 'all of them through servers-git')
 })
 
 t.test('the web application stopped: clones and pushes keep working', async (t) => {

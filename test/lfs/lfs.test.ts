@@ -1,0 +1,130 @@
+import t from 'tap'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import path from 'node:path'
+import { startWorker, run, clientEnv, type Worker } from '../helpers/worker.js'
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+
+/** A git user with git-lfs installed in their own HOME (filters and hooks, as `git lfs install` sets them). */
+async function lfsUser(w: Worker, name: string) {
+  const home = path.join(w.dir, `home-${name}`)
+  await mkdir(home, { recursive: true })
+  const env = clientEnv(home)
+  const git = (args: string[], cwd = w.dir) => run('git', args, { cwd, env, timeoutMs: 120_000 })
+  const r = await git(['lfs', 'install', '--skip-repo'])
+  if (r.code !== 0) throw new Error(`git lfs install: ${r.stderr}`)
+  return git
+}
+
+const lfsRequests = (w: Worker, from: number, route: string) => w.logs().slice(from).filter((l) => l.msg === 'request' && l.route === route)
+
+t.test('git lfs: push three objects (one 30 MB), clone them back byte for byte, nothing sent twice, a reader cannot upload', async (t) => {
+  const w = await startWorker(t)
+  await w.addUser('lena', 'lena-password', { 'demo.git': 'write' })
+  await w.addUser('rita', 'rita-password', { 'demo.git': 'read' })
+  const lena = await lfsUser(w, 'lena')
+  const work = path.join(w.dir, 'work')
+  let r = await lena(['clone', '-q', `${w.urlAs('lena', 'lena-password')}/demo.git`, work])
+  t.equal(r.code, 0, r.stderr)
+  t.equal((await lena(['lfs', 'track', '*.bin'], work)).code, 0)
+  const files: Record<string, Buffer> = { 'big.bin': randomBytes(30 * 1024 * 1024), 'small.bin': randomBytes(1000), 'mid.bin': randomBytes(100_000) }
+  for (const [name, data] of Object.entries(files)) await writeFile(path.join(work, name), data)
+  await lena(['add', '.gitattributes', ...Object.keys(files)], work)
+  t.equal((await lena(['commit', '-q', '-m', 'assets'], work)).code, 0)
+  r = await lena(['push', 'origin', 'HEAD:refs/heads/assets'], work)
+  t.equal(r.code, 0, r.stderr)
+  for (const [name, data] of Object.entries(files)) {
+    const stored = path.join(w.reposDir, 'demo.git', 'lfs', 'objects', sha(data).slice(0, 2), sha(data).slice(2, 4), sha(data))
+    t.ok((await readFile(stored)).equals(data), `${name} is stored in the repo, whole`)
+  }
+  const uploads = lfsRequests(w, 0, 'lfs_object').filter((l) => l.method === 'PUT')
+  t.equal(uploads.length, 3, 'three uploads')
+
+  // a second push of the same objects sends none of them
+  const mark = w.logs().length
+  r = await lena(['lfs', 'push', '--all', 'origin'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.equal(lfsRequests(w, mark, 'lfs_object').length, 0, 'no transfer: the server has them')
+  t.ok(lfsRequests(w, mark, 'lfs_batch').length >= 1, 'only a batch request')
+
+  // an anonymous clone of the public repo gets the files, not pointers
+  const anon = await lfsUser(w, 'anon')
+  r = await anon(['clone', '-q', '-b', 'assets', `${w.url}/demo.git`, 'anon-clone'])
+  t.equal(r.code, 0, r.stderr)
+  for (const [name, data] of Object.entries(files)) t.ok((await readFile(path.join(w.dir, 'anon-clone', name))).equals(data), `${name} smudged byte for byte`)
+
+  // a reader's upload is refused, and nothing is stored
+  const rita = await lfsUser(w, 'rita')
+  const ritaWork = path.join(w.dir, 'rita-work')
+  t.equal((await rita(['clone', '-q', '-b', 'assets', `${w.urlAs('rita', 'rita-password')}/demo.git`, ritaWork])).code, 0)
+  const hers = randomBytes(5000)
+  await writeFile(path.join(ritaWork, 'hers.bin'), hers)
+  await rita(['add', 'hers.bin'], ritaWork)
+  await rita(['commit', '-q', '-m', 'mine'], ritaWork)
+  r = await rita(['push', 'origin', 'HEAD:refs/heads/rita'], ritaWork)
+  t.not(r.code, 0, 'the push fails')
+  t.match(r.stderr, /rita may read demo\.git but not push to it/, 'with the reason')
+  t.equal((await readFile(path.join(w.reposDir, 'demo.git', 'lfs', 'objects', sha(hers).slice(0, 2), sha(hers).slice(2, 4), sha(hers))).catch(() => undefined)), undefined, 'her object is not stored')
+})
+
+t.test('the LFS API refuses bad input with its JSON error, stores nothing, and resumes a download with Range', async (t) => {
+  const w = await startWorker(t, {}, { private: true })
+  await w.addUser('lena', 'lena-password', { 'demo.git': 'write' })
+  const auth = `Basic ${Buffer.from('lena:lena-password').toString('base64')}`
+  const lfs = 'application/vnd.git-lfs+json'
+  const batch = (body: unknown, headers: Record<string, string> = {}) => fetch(`${w.url}/demo.git/info/lfs/objects/batch`, { method: 'POST', headers: { accept: lfs, 'content-type': lfs, authorization: auth, ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) })
+  const error = async (res: Response) => [res.status, res.headers.get('content-type'), ((await res.json()) as { message: string }).message]
+
+  const anon = await fetch(`${w.url}/demo.git/info/lfs/objects/batch`, { method: 'POST', headers: { accept: lfs }, body: '{}' })
+  t.equal(anon.status, 401, 'a private repo asks for credentials')
+  t.match(anon.headers.get('lfs-authenticate'), /^Basic /, 'with LFS-Authenticate')
+  t.match(await error(anon), [401, lfs, /authentication required/])
+  t.match(await error(await batch('{"operation": "download", "objects": [', {})), [422, lfs, /not JSON/])
+  t.match(await error(await batch({ operation: 'download', objects: [] }, { accept: 'application/json' })), [406, lfs, /Accept must include/])
+  t.match(await error(await batch({ operation: 'delete', objects: [] })), [422, lfs, /operation must be/])
+  t.match(await error(await batch({ operation: 'download', objects: [], hash_algo: 'sha512' })), [409, lfs, /only the sha256/])
+  t.match(await error(await batch({ operation: 'download', objects: Array.from({ length: 1001 }, () => ({ oid: 'a'.repeat(64), size: 1 })) })), [413, lfs, /at most 1000 objects/])
+  t.match(await error(await batch(' '.repeat(2 * 1024 * 1024))), [413, lfs, /larger than 1048576 bytes/])
+
+  const data = randomBytes(200_000)
+  const oid = sha(data)
+  const res = await batch({ operation: 'upload', objects: [{ oid, size: data.length }, { oid: '../../etc/passwd', size: 1 }, { oid: 'b'.repeat(64), size: -1 }, { oid: 'c'.repeat(64), size: 6 * 1024 ** 3 }] })
+  t.equal(res.status, 200)
+  const objects = ((await res.json()) as { objects: { oid: string; error?: { code: number; message: string }; actions?: Record<string, { href: string; header: Record<string, string> }> }[] }).objects
+  t.match(objects[1]!.error, { code: 422, message: /64 lowercase hex/ }, 'a path as an oid: that object refused')
+  t.match(objects[2]!.error, { code: 422, message: /whole number/ }, 'a negative size')
+  t.match(objects[3]!.error, { code: 422, message: /larger than this server accepts/ }, 'past lfsMaxObjectBytes')
+  const upload = objects[0]!.actions!.upload!
+  t.equal(upload.href, `${w.url}/demo.git/info/lfs/objects/${oid}`, 'the href is the URL the client came in on')
+  const put = (body: Buffer) => fetch(upload.href, { method: 'PUT', headers: upload.header, body: new Uint8Array(body) })
+  t.match(await error(await put(randomBytes(200_000))), [422, lfs, /does not hash to its oid/])
+  // a PUT's size is its Content-Length: one byte short is another object, whose bytes are not this oid
+  t.match(await error(await put(data.subarray(1))), [422, lfs, /does not hash to its oid/], 'a body of another size')
+  const stored = path.join(w.reposDir, 'demo.git', 'lfs', 'objects', oid.slice(0, 2), oid.slice(2, 4), oid)
+  t.equal(await readFile(stored).catch(() => undefined), undefined, 'nothing stored for either')
+  t.equal((await put(data)).status, 200)
+  const verify = await fetch(objects[0]!.actions!.verify!.href, { method: 'POST', headers: { accept: lfs, 'content-type': lfs, authorization: auth }, body: JSON.stringify({ oid, size: data.length }) })
+  t.equal(verify.status, 200, 'verify confirms it')
+
+  // a download cut off resumes where it stopped
+  const part = await fetch(upload.href, { headers: { authorization: auth, range: 'bytes=150000-' } })
+  t.equal(part.status, 206)
+  t.ok(Buffer.from(await part.arrayBuffer()).equals(data.subarray(150_000)))
+  t.match(await error(await fetch(`${w.url}/demo.git/info/lfs/objects/${'d'.repeat(64)}`, { headers: { authorization: auth } })), [404, lfs, /object not found/])
+})
+
+t.test('under the disk floor an upload is refused with 507 and nothing is written; downloads go on', async (t) => {
+  const w = await startWorker(t, { 'disk-free-floor-bytes': String(Number.MAX_SAFE_INTEGER) })
+  await w.addUser('lena', 'lena-password', { 'demo.git': 'write' })
+  const headers = { accept: 'application/vnd.git-lfs+json', 'content-type': 'application/vnd.git-lfs+json', authorization: `Basic ${Buffer.from('lena:lena-password').toString('base64')}` }
+  const data = randomBytes(1000)
+  const res = await fetch(`${w.url}/demo.git/info/lfs/objects/batch`, { method: 'POST', headers, body: JSON.stringify({ operation: 'upload', objects: [{ oid: sha(data), size: 1000 }] }) })
+  t.equal(res.status, 507)
+  t.match(((await res.json()) as { message: string }).message, /no room/)
+  const put = await fetch(`${w.url}/demo.git/info/lfs/objects/${sha(data)}`, { method: 'PUT', headers: { authorization: headers.authorization }, body: new Uint8Array(data) })
+  t.equal(put.status, 507)
+  const down = await fetch(`${w.url}/demo.git/info/lfs/objects/batch`, { method: 'POST', headers, body: JSON.stringify({ operation: 'download', objects: [{ oid: sha(data), size: 1000 }] }) })
+  t.equal(down.status, 200, 'a download batch is still answered')
+  t.same(await readFile(path.join(w.reposDir, 'demo.git', 'lfs', 'objects', sha(data).slice(0, 2), sha(data).slice(2, 4), sha(data))).catch(() => 'absent'), 'absent')
+})
