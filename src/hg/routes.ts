@@ -17,7 +17,7 @@ import { HgTimeoutError, HgUpstreamError, RepoNotFoundError, ServiceUnavailableE
 import type { Action, Identity } from '../auth/plugin.js'
 import { decodeBody, spillRequestBody, type SpillBuffer } from '../http/body.js'
 import type { RepoRoute } from '../http/routes.js'
-import { HOP_BY_HOP } from '../http/headers.js'
+import { HOP_BY_HOP, SANE_HOST } from '../http/headers.js'
 import { judgeHgRequest, type HgRequest } from './request.js'
 import type { Admission, Release } from '../admission/admission.js'
 import type { HgChild, HgServePool } from './serve-pool.js'
@@ -41,8 +41,6 @@ export interface HgDeps {
   capabilities?: CapabilitiesCache
 }
 
-/** A Host header fit to build a URL from (name or IPv4 or [IPv6], optional port). */
-const SANE_HOST = /^([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:\d{1,5})?$/
 
 
 const SILENT_CHILD = 'the hg server process did not answer in time; try again'

@@ -15,6 +15,7 @@ import type { VcsAuth } from '../auth/plugin.js'
 import type { Admission } from '../admission/admission.js'
 import type { RepoRoute } from '../http/routes.js'
 import { sendFile } from '../http/send-file.js'
+import { SANE_HOST } from '../http/headers.js'
 import { isOid, LfsObjectError, type FsLfsStore } from './store.js'
 
 export const LFS_TYPE = 'application/vnd.git-lfs+json'
@@ -65,6 +66,7 @@ function wantsLfsJson(req: FastifyRequest): void {
 
 /** The base URL of this repo's LFS endpoint as the client reached it. */
 function lfsBase(req: FastifyRequest): string {
+  if (!SANE_HOST.test(req.host)) throw new LfsError(400, 'the Host header cannot name this server')
   return `${req.protocol}://${req.host}/${req.repo.name}/info/lfs`
 }
 

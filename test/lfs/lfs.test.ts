@@ -2,7 +2,7 @@ import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { startWorker, run, clientEnv, type Worker } from '../helpers/worker.js'
+import { startWorker, run, clientEnv, rawRequest, type Worker } from '../helpers/worker.js'
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
@@ -127,4 +127,12 @@ t.test('under the disk floor an upload is refused with 507 and nothing is writte
   const down = await fetch(`${w.url}/demo.git/info/lfs/objects/batch`, { method: 'POST', headers, body: JSON.stringify({ operation: 'download', objects: [{ oid: sha(data), size: 1000 }] }) })
   t.equal(down.status, 200, 'a download batch is still answered')
   t.same(await readFile(path.join(w.reposDir, 'demo.git', 'lfs', 'objects', sha(data).slice(0, 2), sha(data).slice(2, 4), sha(data))).catch(() => 'absent'), 'absent')
+})
+
+t.test('a Host header that cannot name a server gets no hrefs built from it', async (t) => {
+  const w = await startWorker(t)
+  const body = JSON.stringify({ operation: 'download', objects: [] })
+  const res = await rawRequest(w.port, 'POST', '/demo.git/info/lfs/objects/batch', { host: 'evil.example/"x', accept: 'application/vnd.git-lfs+json', 'content-length': String(body.length) }, body)
+  t.equal(res.status, 400)
+  t.match(JSON.parse(res.body.toString()), { message: /Host header/ })
 })
