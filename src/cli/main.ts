@@ -12,6 +12,7 @@ import { createLogger } from '../log.js'
 import { createGitRunner } from '../git/spawn.js'
 import { openStore } from '../auth/open.js'
 import { storeCopy } from './store-copy.js'
+import { lfsCommand, LfsUsageError } from './lfs.js'
 import { runAdmin, UsageError, type AdminContext } from './admin.js'
 import { checkPoolSpec, defaultPool, haproxyConfig, loadPoolSpec } from '../../tools/pool/haproxy-config.js'
 
@@ -34,6 +35,7 @@ const USAGE = `usage:
   vcs-worker protect PATH REF-PATTERN [--users a,b]
   vcs-worker unprotect PATH REF-PATTERN
   vcs-worker store copy --from FILE|URL --to URL|FILE   (SQLite to PostgreSQL or back, into an empty store)
+  vcs-worker lfs fsck PATH                 (re-hash a repo's Git LFS objects; names bad ones, deletes nothing)
 every command takes --data DIR and --repos DIR (or --config FILE) to find the store and repos,
 and --auth-store sqlite|postgres://... for the accounts (default: DATA/auth.sqlite)`
 
@@ -137,6 +139,13 @@ async function main(argv: string[]): Promise<number> {
       if (args.length) throw new UsageError(`serve takes no arguments, got ${args.join(' ')}`)
       await serve(config, (values as Record<string, unknown>).repos !== undefined || process.env.VCS_WORKER_REPOS !== undefined)
       return -1 // keeps running
+    case 'lfs':
+      try {
+        return await lfsCommand(args, config, (line) => process.stdout.write(`${line}\n`))
+      } catch (err) {
+        if (err instanceof LfsUsageError) throw new UsageError(err.message)
+        throw err
+      }
     case 'store':
       await storeCopy(args, values as { from?: string; to?: string }, config, (line) => process.stdout.write(`${line}\n`))
       return 0

@@ -2,7 +2,9 @@ import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { startWorker, run, clientEnv, rawRequest, type Worker } from '../helpers/worker.js'
+import { startWorker, run, clientEnv, rawRequest, fixtureDir, CLI, type Worker } from '../helpers/worker.js'
+import { FsLfsStore } from '../../src/lfs/store.js'
+import { Readable } from 'node:stream'
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
@@ -135,4 +137,31 @@ t.test('a Host header that cannot name a server gets no hrefs built from it', as
   const res = await rawRequest(w.port, 'POST', '/demo.git/info/lfs/objects/batch', { host: 'evil.example/"x', accept: 'application/vnd.git-lfs+json', 'content-length': String(body.length) }, body)
   t.equal(res.status, 400)
   t.match(JSON.parse(res.body.toString()), { message: /Host header/ })
+})
+
+t.test('vcs-worker lfs fsck names the objects whose bytes are not their oid, deletes nothing', async (t) => {
+  const { reposDir, dataDir } = await fixtureDir(t)
+  const store = new FsLfsStore()
+  const repo = path.join(reposDir, 'demo.git')
+  const good = randomBytes(5000)
+  const rotten = randomBytes(7000)
+  for (const data of [good, rotten]) await store.put(repo, sha(data), data.length, Readable.from([data]))
+  const cli = (args: string[]) => run(process.execPath, [CLI, 'lfs', ...args, '--repos', reposDir, '--data', dataDir], { env: { PATH: process.env.PATH } })
+  let r = await cli(['fsck', 'demo'])
+  t.same([r.code, r.stdout], [0, 'demo.git: 2 LFS objects checked, 0 bad\n'])
+  await writeFile(store.pathOf(repo, sha(rotten)), randomBytes(7000))
+  r = await cli(['fsck', 'demo.git'])
+  t.equal(r.code, 1)
+  t.equal(r.stdout, `bad ${sha(rotten)} (7000 bytes): its content does not hash to its name\ndemo.git: 2 LFS objects checked, 1 bad (nothing was deleted)\n`)
+  t.equal(await store.size(repo, sha(rotten)), 7000, 'still there')
+  r = await cli(['fsck', 'empty'])
+  t.same([r.code, r.stdout], [0, 'empty.git: 0 LFS objects checked, 0 bad\n'], 'a repo without objects')
+  r = await cli(['fsck', 'no-such-repo'])
+  t.equal(r.code, 1)
+  t.match(r.stderr, /^vcs-worker: .*not found/)
+  for (const bad of [['fsck'], ['check', 'demo'], ['fsck', 'demo', 'extra']]) {
+    r = await cli(bad)
+    t.equal(r.code, 2, bad.join(' '))
+    t.match(r.stderr, /usage: vcs-worker lfs fsck PATH/)
+  }
 })
