@@ -29,6 +29,8 @@ export interface AccessInfo {
   refused?: string
   /** what the pack-objects cache did for this fetch: hit, miss, follow, off */
   packCache?: string
+  /** the Git LFS object a transfer moved */
+  oid?: string
   /** a git process was started (or tried) for this request */
   spawned?: boolean
   /** reads the byte count of the request body lazily, at log time */
@@ -184,6 +186,7 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
         refused: a.refused,
         handed_over: a.handedOver,
         pack_cache: a.packCache,
+        oid: a.oid,
         duration_ms: record.durationMs,
       }, 'request')
       observer.finished?.(record)

@@ -124,6 +124,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
   function oidOf(req: FastifyRequest): string {
     const oid = req.originalUrl.split('?')[0]!.split('/').pop()
     if (!isOid(oid)) throw new LfsError(422, 'oid must be 64 lowercase hex digits (a SHA-256)')
+    req.accessRecord.oid = oid
     return oid
   }
 
@@ -176,7 +177,8 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
 
   return [
     { id: 'lfs_batch', methods: ['POST'], kind: 'git', access: 'read', handler: batch },
-    { id: 'lfs_object', methods: ['GET', 'PUT'], kind: 'git', access: (req) => (req.method === 'PUT' ? 'write' : 'read'), handler: (req, reply) => (req.method === 'PUT' ? upload(req, reply) : download(req, reply)) },
+    { id: 'lfs_download', methods: ['GET'], kind: 'git', access: 'read', handler: download },
+    { id: 'lfs_upload', methods: ['PUT'], kind: 'git', access: 'write', handler: upload },
     { id: 'lfs_verify', methods: ['POST'], kind: 'git', access: 'write', handler: verify },
   ]
 }

@@ -40,14 +40,15 @@ t.test('git lfs: push three objects (one 30 MB), clone them back byte for byte, 
     const stored = path.join(w.reposDir, 'demo.git', 'lfs', 'objects', sha(data).slice(0, 2), sha(data).slice(2, 4), sha(data))
     t.ok((await readFile(stored)).equals(data), `${name} is stored in the repo, whole`)
   }
-  const uploads = lfsRequests(w, 0, 'lfs_object').filter((l) => l.method === 'PUT')
+  const uploads = lfsRequests(w, 0, 'lfs_upload')
   t.equal(uploads.length, 3, 'three uploads')
+  t.same(uploads.map((l) => [l.method, l.status, l.oid]).sort(), Object.values(files).map((d) => ['PUT', 200, sha(d)]).sort(), 'each logged with its oid')
 
   // a second push of the same objects sends none of them
   const mark = w.logs().length
   r = await lena(['lfs', 'push', '--all', 'origin'], work)
   t.equal(r.code, 0, r.stderr)
-  t.equal(lfsRequests(w, mark, 'lfs_object').length, 0, 'no transfer: the server has them')
+  t.equal(lfsRequests(w, mark, 'lfs_upload').length + lfsRequests(w, mark, 'lfs_download').length, 0, 'no transfer: the server has them')
   t.ok(lfsRequests(w, mark, 'lfs_batch').length >= 1, 'only a batch request')
 
   // an anonymous clone of the public repo gets the files, not pointers
@@ -55,6 +56,9 @@ t.test('git lfs: push three objects (one 30 MB), clone them back byte for byte, 
   r = await anon(['clone', '-q', '-b', 'assets', `${w.url}/demo.git`, 'anon-clone'])
   t.equal(r.code, 0, r.stderr)
   for (const [name, data] of Object.entries(files)) t.ok((await readFile(path.join(w.dir, 'anon-clone', name))).equals(data), `${name} smudged byte for byte`)
+  const downloads = lfsRequests(w, mark, 'lfs_download')
+  t.equal(downloads.length, 3, 'three downloads logged')
+  t.ok(downloads.some((l) => l.oid === sha(files['big.bin']!) && l.bytes_out === 30 * 1024 * 1024), 'with the oid and the bytes sent')
 
   // a reader's upload is refused, and nothing is stored
   const rita = await lfsUser(w, 'rita')
