@@ -1,8 +1,9 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import http from 'node:http'
 import path from 'node:path'
-import { startWorker, run, clientEnv, rawRequest, fixtureDir, CLI, type Worker } from '../helpers/worker.js'
+import { startWorker, run, clientEnv, rawRequest, fixtureDir, waitFor, CLI, type Worker } from '../helpers/worker.js'
 import { FsLfsStore } from '../../src/lfs/store.js'
 import { Readable } from 'node:stream'
 
@@ -168,4 +169,36 @@ t.test('vcs-worker lfs fsck names the objects whose bytes are not their oid, del
     t.equal(r.code, 2, bad.join(' '))
     t.match(r.stderr, /usage: vcs-worker lfs fsck PATH/)
   }
+})
+
+t.test('bad input of every size: 10,000 objects, a 50 MB body, an upload cut off mid-way; nothing stored, nothing left', async (t) => {
+  const w = await startWorker(t)
+  await w.addUser('lena', 'lena-password', { 'demo.git': 'write' })
+  const auth = `Basic ${Buffer.from('lena:lena-password').toString('base64')}`
+  const lfs = 'application/vnd.git-lfs+json'
+  const batch = (body: BodyInit) => fetch(`${w.url}/demo.git/info/lfs/objects/batch`, { method: 'POST', headers: { accept: lfs, 'content-type': lfs, authorization: auth }, body })
+  const many = JSON.stringify({ operation: 'upload', objects: Array.from({ length: 10_000 }, (_, i) => ({ oid: sha(Buffer.from(String(i))), size: 1 })) })
+  let res = await batch(many)
+  t.equal(res.status, 413, '10,000 objects: 413 (not paged)')
+  t.match(((await res.json()) as { message: string }).message, /larger than 1048576 bytes|at most 1000 objects/)
+  res = await batch(new Uint8Array(50 * 1024 * 1024).fill(0x20))
+  t.equal(res.status, 413, 'a 50 MB body')
+  t.match(((await res.json()) as { message: string }).message, /larger than 1048576 bytes/)
+
+  // an upload whose client goes away after 100 KB of 1 MB
+  const data = randomBytes(1024 * 1024)
+  const oid = sha(data)
+  await new Promise<void>((resolve) => {
+    const req = http.request({ host: '127.0.0.1', port: w.port, method: 'PUT', path: `/demo.git/info/lfs/objects/${oid}`, headers: { authorization: auth, 'content-length': data.length } })
+    req.on('error', () => resolve())
+    req.on('response', () => resolve())
+    req.write(data.subarray(0, 100_000), () => setTimeout(() => { req.destroy(); resolve() }, 100))
+  })
+  const tmp = path.join(w.reposDir, 'demo.git', 'lfs', 'tmp')
+  await waitFor(async () => (await readdir(tmp).catch(() => [])).length === 0, 5000, 'the temp file to go')
+  t.equal(await readFile(path.join(w.reposDir, 'demo.git', 'lfs', 'objects', oid.slice(0, 2), oid.slice(2, 4), oid)).catch(() => 'absent'), 'absent', 'nothing stored')
+  // the same upload whole, afterwards: stored
+  const put = await fetch(`${w.url}/demo.git/info/lfs/objects/${oid}`, { method: 'PUT', headers: { authorization: auth }, body: new Uint8Array(data) })
+  t.equal(put.status, 200)
+  t.equal((await fetch(`${w.url}/health/live`)).status, 200, 'the worker is alive after all of it')
 })
