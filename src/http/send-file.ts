@@ -13,7 +13,7 @@ import path from 'node:path'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type SendFn from '@fastify/send'
 import { RepoNotFoundError, ServiceUnavailableError } from '../errors.js'
-import { pooledFile, READ_POOL, type ChunkSource } from '../process/pooled-read.js'
+import { pooledFile, FILE_POOL, type ChunkSource } from '../process/pooled-read.js'
 
 /** loaded on the first download: a worker that never serves one (git only) never loads it and its MIME table */
 let sendModule: Promise<{ default: typeof SendFn }> | undefined
@@ -40,7 +40,7 @@ export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: s
     }
     reply.type(contentType)
     req.accessRecord.bytesOut = length
-    const source = pooledFile(fh, start, length, READ_POOL)
+    const source = pooledFile(fh, start, length, FILE_POOL)
     return sendChunks(reply, source).finally(() => fh.close())
   }
 }
