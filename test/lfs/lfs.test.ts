@@ -202,3 +202,35 @@ t.test('bad input of every size: 10,000 objects, a 50 MB body, an upload cut off
   t.equal(put.status, 200)
   t.equal((await fetch(`${w.url}/health/live`)).status, 200, 'the worker is alive after all of it')
 })
+
+t.test('throttled logins get 429 as the API\'s JSON; a silent upload is cut at idleTimeoutMs and leaves nothing', async (t) => {
+  const w = await startWorker(t, { 'login-failure-limit': '2', 'idle-timeout-ms': '1000' }, { private: true })
+  await w.addUser('lena', 'lena-password', { 'demo.git': 'write' })
+  const lfs = 'application/vnd.git-lfs+json'
+  const tryWith = (password: string) => fetch(`${w.url}/demo.git/info/lfs/objects/batch`, { method: 'POST', headers: { accept: lfs, 'content-type': lfs, authorization: `Basic ${Buffer.from(`lena:${password}`).toString('base64')}` }, body: JSON.stringify({ operation: 'download', objects: [] }) })
+  const statuses: number[] = []
+  for (let i = 0; i < 3; i++) statuses.push((await tryWith('wrong')).status)
+  t.same(statuses, [401, 401, 429], 'two failures, then throttled')
+  const throttled = await tryWith('lena-password')
+  t.equal(throttled.status, 429, 'even the right password, for now')
+  t.ok(throttled.headers.get('retry-after'), 'with Retry-After')
+  t.equal(throttled.headers.get('content-type')?.split(';')[0], lfs)
+  t.match(((await throttled.json()) as { message: string }).message, /too many/i)
+
+  // an upload that sends 10 KB of 1 MB and then nothing
+  const w2 = await startWorker(t, { 'idle-timeout-ms': '1000' })
+  await w2.addUser('lena', 'lena-password', { 'demo.git': 'write' })
+  const data = randomBytes(1024 * 1024)
+  const oid = sha(data)
+  const started = Date.now()
+  const ended = await new Promise<string>((resolve) => {
+    const req = http.request({ host: '127.0.0.1', port: w2.port, method: 'PUT', path: `/demo.git/info/lfs/objects/${oid}`, headers: { authorization: `Basic ${Buffer.from('lena:lena-password').toString('base64')}`, 'content-length': data.length } })
+    req.on('error', (err) => resolve(`error: ${err.message}`))
+    req.on('response', (res) => resolve(`status ${res.statusCode}`))
+    req.write(data.subarray(0, 10_000)) // and then silence
+  })
+  t.ok(Date.now() - started >= 900, `cut after the idle time, not before (${Date.now() - started} ms; ${ended})`)
+  const tmp = path.join(w2.reposDir, 'demo.git', 'lfs', 'tmp')
+  await waitFor(async () => (await readdir(tmp).catch(() => [])).length === 0, 5000, 'the temp file to go')
+  t.equal(await readFile(path.join(w2.reposDir, 'demo.git', 'lfs', 'objects', oid.slice(0, 2), oid.slice(2, 4), oid)).catch(() => 'absent'), 'absent', 'nothing stored')
+})
