@@ -124,6 +124,8 @@ async function main(): Promise<void> {
       cache_miss_pg_over_sqlite: missMs.pg / missMs.sqlite,
       revocation_ms: { p50: propagation[Math.floor(propagation.length / 2)], p99, max: propagation.at(-1) },
       hot_queries_per_s: hot,
+      // every round's own ratios, in order: to see whether a pair's order or its neighbour moves them
+      round_ratios: Object.fromEntries(Object.entries(roundRatios).map(([k, xs]) => [k, xs.map((x) => Math.round(x * 1000) / 1000)])),
       errors,
     }
     const f2 = (x: number) => x.toFixed(2)
