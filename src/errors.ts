@@ -102,7 +102,13 @@ function sendLfsError(reply: FastifyReply, status: number, message: string, head
   return reply.code(status).headers({ ...headers, ...extra }).type('application/vnd.git-lfs+json').send(JSON.stringify({ message: oneLine(message) }))
 }
 
-const sendTextError = (reply: FastifyReply, status: number, message: string, headers: Record<string, string> = {}): FastifyReply => sendError(reply, status, message, headers)
+/** A Git LFS refusal: rendered as the API's JSON error with this status (sendLfsError). */
+export class LfsError extends Error {
+  constructor(readonly statusCode: number, message: string) {
+    super(message)
+    this.name = 'LfsError'
+  }
+}
 
 export function sendError(reply: FastifyReply, status: number, message: string, headers: Record<string, string> = {}): FastifyReply {
   // hg shows only the reason phrase ("abort: HTTP Error 403: <phrase>"), so it carries the line too.
@@ -121,23 +127,23 @@ export function installErrorHandlers(app: FastifyInstance): void {
     }
     settleUnreadBody(req, reply, req.routeOptions.config?.discardLimit)
     // Git LFS speaks JSON: every refusal on its routes is the API's error object
-    const sendError = req.routeOptions.config?.routeId?.startsWith('lfs_') ? sendLfsError : sendTextError
-    if (err.name === 'LfsError') {
-      req.log.info({ status: (err as { statusCode: number }).statusCode }, err.message)
-      return sendError(reply, (err as { statusCode: number }).statusCode, err.message)
+    const send = req.routeOptions.config?.routeId?.startsWith('lfs_') ? sendLfsError : sendError
+    if (err instanceof LfsError) {
+      req.log.info({ status: err.statusCode }, err.message)
+      return send(reply, err.statusCode, err.message)
     }
     if (err instanceof VcsError) {
       const level = err.statusCode >= 500 ? 'error' : 'info'
       req.log[level]({ code: err.code, status: err.statusCode, err: err.statusCode >= 500 ? err : undefined }, err.message)
-      return sendError(reply, err.statusCode, err.message, err.headers ?? {})
+      return send(reply, err.statusCode, err.message, err.headers ?? {})
     }
     const status = typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500
     if (status >= 500) {
       req.log.error({ err }, 'unhandled error')
-      return sendError(reply, status, 'internal server error')
+      return send(reply, status, 'internal server error')
     }
     req.log.info({ code: err.code, status }, err.message)
-    return sendError(reply, status, err.message)
+    return send(reply, status, err.message)
   })
   app.setNotFoundHandler((req, reply) => {
     settleUnreadBody(req, reply)

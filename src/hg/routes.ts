@@ -166,7 +166,8 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     const counted = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         req.accessRecord.bytesOut += chunk.length
-        if (kept) kept = req.accessRecord.bytesOut <= MAX_KEPT ? [...kept, chunk] : undefined
+        if (req.accessRecord.bytesOut > MAX_KEPT) kept = undefined
+        kept?.push(chunk)
         cb(null, chunk)
       },
       flush(cb) {

@@ -13,7 +13,7 @@ import path from 'node:path'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type SendFn from '@fastify/send'
 import { RepoNotFoundError, ServiceUnavailableError } from '../errors.js'
-import { pooledFile, FILE_POOL, type ChunkSource } from '../process/pooled-read.js'
+import { feedResponse, pooledFile, FILE_POOL, type ChunkSource } from '../process/pooled-read.js'
 
 /** loaded on the first download: a worker that never serves one (git only) never loads it and its MIME table */
 let sendModule: Promise<{ default: typeof SendFn }> | undefined
@@ -52,16 +52,10 @@ function sendChunks(reply: FastifyReply, source: ChunkSource): Promise<FastifyRe
   for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) res.setHeader(k, v)
   res.writeHead(reply.statusCode)
   return new Promise((resolve) => {
-    res.once('close', () => { source.destroy(); resolve(reply) })
-    res.on('drain', () => source.resume())
+    res.once('close', () => resolve(reply))
+    const write = feedResponse(res, source)
     source.start({
-      data(chunk, release) {
-        if (res.destroyed) {
-          release()
-          return false
-        }
-        return res.write(chunk, () => release())
-      },
+      data: write,
       end(err) {
         if (err) {
           reply.log.error({ err }, 'file download failed')

@@ -15,6 +15,9 @@ import type { VcsAuth } from '../auth/plugin.js'
 import type { Admission } from '../admission/admission.js'
 import type { RepoRoute } from '../http/routes.js'
 import { sendFile } from '../http/send-file.js'
+import { decodeBody, toClientError, type DecodedBody } from '../http/body.js'
+import { DISCARD_LIMIT } from '../http/unread-body.js'
+import { LfsError, PayloadTooLargeError } from '../errors.js'
 import { SANE_HOST } from '../http/headers.js'
 import { isOid, LfsObjectError, type FsLfsStore } from './store.js'
 
@@ -24,13 +27,6 @@ export const MAX_BATCH_OBJECTS = 1000
 /** a batch request body at most (1000 objects are ~150 KB) */
 export const MAX_BATCH_BYTES = 1024 * 1024
 
-/** An LFS refusal: the API's JSON error with this status (errors.ts renders it). */
-export class LfsError extends Error {
-  constructor(readonly statusCode: number, message: string) {
-    super(message)
-    this.name = 'LfsError'
-  }
-}
 
 export interface LfsDeps {
   config: Config
@@ -41,16 +37,24 @@ export interface LfsDeps {
 
 interface BatchObject { oid: string; size: number }
 
-/** Reads a JSON request body of at most `limit` bytes. */
+/**
+ * Reads a JSON request body of at most `limit` bytes, through the body reader git's routes use
+ * (decodeBody: gzip decoded, a client that closes early a 400, not a failure of ours).
+ */
 async function readJson(req: FastifyRequest, limit: number): Promise<unknown> {
-  const declared = Number(req.headers['content-length'] ?? 0)
-  if (declared > limit) throw new LfsError(413, `the request body is larger than ${limit} bytes`)
+  const tooLarge = (err: unknown): Error => (err instanceof PayloadTooLargeError ? new LfsError(413, `the request body is larger than ${limit} bytes`) : toClientError(err))
+  let body: DecodedBody
+  try {
+    body = decodeBody(req.raw, limit)
+  } catch (err) {
+    throw tooLarge(err)
+  }
   const parts: Buffer[] = []
-  let size = 0
-  for await (const chunk of req.raw) {
-    size += (chunk as Buffer).length
-    if (size > limit) throw new LfsError(413, `the request body is larger than ${limit} bytes`)
-    parts.push(chunk as Buffer)
+  try {
+    for await (const chunk of body.stream) parts.push(chunk as Buffer)
+  } catch (err) {
+    body.abandon(DISCARD_LIMIT)
+    throw tooLarge(err)
   }
   try {
     return JSON.parse(Buffer.concat(parts).toString('utf8'))
@@ -157,7 +161,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
       return await reply.code(200).send()
     } catch (err) {
       if (err instanceof LfsObjectError) throw new LfsError(422, err.message)
-      throw err
+      throw toClientError(err) // the client went away or stopped sending: theirs, not a failure of ours
     } finally {
       release()
     }

@@ -10,6 +10,7 @@
  */
 import net from 'node:net'
 import type { FileHandle } from 'node:fs/promises'
+import type { Writable } from 'node:stream'
 
 /** Reusable read buffers of one size. A buffer that is never given back is simply collected. */
 export class BufferPool {
@@ -151,5 +152,23 @@ export function pooledFile(fh: FileHandle, position: number, length: number, poo
       stopped = true
       this.resume()
     },
+  }
+}
+
+/**
+ * Ties a source to the response it feeds: reads resume when the response drains, and stop for
+ * good when it closes (the client left). Returns what the sink's `data` does with each chunk:
+ * written, its buffer given back once written; false while the response is full (the reads
+ * pause; measured, that costs less than letting chunks queue in it) or gone.
+ */
+export function feedResponse(res: Writable, source: ChunkSource): (chunk: Buffer, release: () => void) => boolean {
+  res.once('close', () => source.destroy())
+  res.on('drain', () => source.resume())
+  return (chunk, release) => {
+    if (res.destroyed) {
+      release()
+      return false
+    }
+    return res.write(chunk, () => release())
   }
 }
