@@ -32,6 +32,7 @@ import { CloneBundles } from './hg/clone-bundles.js'
 import { JournalRecovery } from './hg/recover.js'
 import { lfsRoutes } from './lfs/routes.js'
 import { FsLfsStore } from './lfs/store.js'
+import { lockHook, lockRoute } from './lfs/locks.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -160,7 +161,8 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     app.addHook('onClose', () => packCache!.stop())
   }
   const repoRoutes: RepoRoute[] = gitRoutes({ config, git, admission, refHooks, log: app.log, packCache })
-  repoRoutes.push(...lfsRoutes({ config, store: new FsLfsStore(), auth: app.vcsAuth, admission }))
+  repoRoutes.push(...lfsRoutes({ config, store: new FsLfsStore(), auth: app.vcsAuth, admission }), lockRoute(store))
+  app.vcsAuth.addRefHook(lockHook(store, git))
   if (config.hgProcesses > 0) {
     const pool = new HgServePool(config, app.log)
     await pool.start()

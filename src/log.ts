@@ -31,6 +31,8 @@ export interface AccessInfo {
   packCache?: string
   /** the Git LFS object a transfer moved */
   oid?: string
+  /** the Git LFS lock a locks request took, removed or was refused */
+  lockId?: string
   /** a git process was started (or tried) for this request */
   spawned?: boolean
   /** reads the byte count of the request body lazily, at log time */
@@ -187,6 +189,7 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
         handed_over: a.handedOver,
         pack_cache: a.packCache,
         oid: a.oid,
+        lock_id: a.lockId,
         duration_ms: record.durationMs,
       }, 'request')
       observer.finished?.(record)

@@ -14,7 +14,7 @@ import pg from 'pg'
 import { parseIntoClientConfig } from 'pg-connection-string'
 import { readFileSync } from 'node:fs'
 import { LRUCache } from 'lru-cache'
-import type { AuthStore, GrantRecord, Level, Protection, RepoRecord, StoreDump, TokenRecord, UserRecord } from './store.js'
+import type { AuthStore, GrantRecord, Level, LockFilter, LockRecord, Protection, RepoRecord, StoreDump, TokenRecord, UserRecord } from './store.js'
 import { StoreConflictError, StoreNotFoundError, StoreUnavailableError } from './store.js'
 import { CHANNEL, migrate } from './pg-schema.js'
 import { pgFailureCounter } from './pg-throttle.js'
@@ -59,6 +59,9 @@ export function isUnavailable(err: unknown): boolean {
 function unavailable(err: unknown): StoreUnavailableError {
   return new StoreUnavailableError((err as Error).message.split('\n')[0]!)
 }
+
+interface LockRow { id: string | number; repo: string; path: string; user_id: number; locked_at: string | number; owner: string }
+const lockRecord = (r: LockRow): LockRecord => ({ id: Number(r.id), repo: r.repo, path: r.path, ownerId: r.user_id, owner: r.owner, lockedAt: Number(r.locked_at) })
 
 /** Connects, migrates (once across the pool) and starts listening. Throws if the server cannot be reached. */
 export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
@@ -176,6 +179,15 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
   const hasNul = (text: string): boolean => text.includes('\0')
   const num = (v: string | number | null): number | null => (v === null ? null : Number(v))
 
+  const listLocks = async (repo: string, f: LockFilter): Promise<LockRecord[]> => {
+    if (hasNul(repo) || (f.path !== undefined && hasNul(f.path))) return []
+    const rows = await query<LockRow>(
+      `SELECT l.id, l.repo, l.path, l.user_id, l.locked_at, u.name AS owner FROM lfs_locks l JOIN users u ON u.id = l.user_id
+       WHERE l.repo = $1 AND ($2::text IS NULL OR l.path = $2) AND ($3::bigint IS NULL OR l.id = $3) AND l.id > $4 ORDER BY l.id LIMIT $5`,
+      [repo, f.path ?? null, f.id ?? null, f.afterId ?? 0, f.limit])
+    return rows.map(lockRecord)
+  }
+
   return {
     async findUser(name): Promise<UserRecord | undefined> {
       if (hasNul(name)) return undefined
@@ -269,6 +281,24 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
         throw new StoreNotFoundError(`${repo} has no protection ${pattern}`)
       }
     },
+    async createLock(repo, path, user, maxPerRepo) {
+      if (hasNul(repo) || hasNul(path)) throw new StoreNotFoundError('a lock path cannot hold a NUL byte')
+      // one statement: the count and the insert see the same snapshot; two workers racing for the
+      // last places may pass the limit by one each, never more
+      const [row] = await query<LockRow>(
+        `WITH ins AS (INSERT INTO lfs_locks (repo, path, user_id, locked_at) SELECT $1, $2, $3, $4 WHERE (SELECT COUNT(*) FROM lfs_locks WHERE repo = $1) < $5
+           ON CONFLICT (repo, path) DO NOTHING RETURNING *)
+         SELECT ins.id, ins.repo, ins.path, ins.user_id, ins.locked_at, u.name AS owner FROM ins JOIN users u ON u.id = ins.user_id`,
+        [repo, path, user, Date.now(), maxPerRepo])
+      if (row) return { created: lockRecord(row) }
+      const [existing] = await listLocks(repo, { path, limit: 1 })
+      return existing ? { existing } : { full: true }
+    },
+    listLocks,
+    async removeLock(repo, id) {
+      if (hasNul(repo)) return false
+      return (await query('DELETE FROM lfs_locks WHERE repo = $1 AND id = $2 RETURNING id', [repo, id])).length > 0
+    },
     async touchToken(id) {
       const t = now()
       await query('UPDATE tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)', [t, id, t - TOUCH_EVERY_S])
@@ -295,17 +325,19 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
       return query<RepoRecord>('SELECT name, kind, public FROM repos ORDER BY name COLLATE "C"')
     },
     async dump(): Promise<StoreDump> {
-      const [users, tokens, repos, grants, protections] = await Promise.all([
+      const [users, tokens, repos, grants, protections, locks] = await Promise.all([
         query<{ id: number; name: string; password: string; created_at: string }>('SELECT id, name, password, created_at FROM users ORDER BY id'),
         query<{ id: number; user_id: number; hash: Buffer; expires_at: string | null; revoked_at: string | null; created_at: string; last_used_at: string | null }>('SELECT * FROM tokens ORDER BY id'),
         query<{ name: string; kind: 'git' | 'hg'; public: boolean }>('SELECT name, kind, public FROM repos ORDER BY name'),
         query<{ user_id: number; repo: string; level: Level }>('SELECT user_id, repo, level FROM grants ORDER BY user_id, repo'),
         query<{ repo: string; pattern: string; users: string }>('SELECT repo, pattern, users FROM protections ORDER BY repo, pattern'),
+        query<Omit<LockRow, 'owner'>>('SELECT id, repo, path, user_id, locked_at FROM lfs_locks ORDER BY id'),
       ])
       return {
         users: users.map((u) => ({ id: u.id, name: u.name, password: u.password, createdAt: Number(u.created_at) })),
         tokens: tokens.map((t) => ({ id: t.id, userId: t.user_id, hash: t.hash, expiresAt: num(t.expires_at), revokedAt: num(t.revoked_at), createdAt: Number(t.created_at), lastUsedAt: num(t.last_used_at) })),
         repos, grants: grants.map((g) => ({ userId: g.user_id, repo: g.repo, level: g.level })), protections,
+        locks: locks.map((l) => ({ id: Number(l.id), repo: l.repo, path: l.path, userId: l.user_id, lockedAt: Number(l.locked_at) })),
       }
     },
     async restore(dump) {
@@ -313,8 +345,8 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
       try {
         await client.query('BEGIN')
         // one restore at a time, and only into an empty store (checked inside the transaction)
-        await client.query('LOCK TABLE users, tokens, repos, grants, protections IN EXCLUSIVE MODE')
-        const counts = await client.query<{ n: string }>('SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM tokens) + (SELECT COUNT(*) FROM repos) + (SELECT COUNT(*) FROM grants) + (SELECT COUNT(*) FROM protections) AS n')
+        await client.query('LOCK TABLE users, tokens, repos, grants, protections, lfs_locks IN EXCLUSIVE MODE')
+        const counts = await client.query<{ n: string }>('SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM tokens) + (SELECT COUNT(*) FROM repos) + (SELECT COUNT(*) FROM grants) + (SELECT COUNT(*) FROM protections) + (SELECT COUNT(*) FROM lfs_locks) AS n')
         if (Number(counts.rows[0]!.n) > 0) throw new StoreConflictError('the target store is not empty')
         for (const u of dump.users) await client.query('INSERT INTO users (id, name, password, created_at) VALUES ($1, $2, $3, $4)', [u.id, u.name, u.password, u.createdAt])
         for (const t of dump.tokens) {
@@ -324,8 +356,9 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
         for (const r of dump.repos) await client.query('INSERT INTO repos (name, kind, public) VALUES ($1, $2, $3)', [r.name, r.kind, r.public])
         for (const g of dump.grants) await client.query('INSERT INTO grants (user_id, repo, level) VALUES ($1, $2, $3)', [g.userId, g.repo, g.level])
         for (const p of dump.protections) await client.query('INSERT INTO protections (repo, pattern, users) VALUES ($1, $2, $3)', [p.repo, p.pattern, p.users])
+        for (const l of dump.locks) await client.query('INSERT INTO lfs_locks (id, repo, path, user_id, locked_at) VALUES ($1, $2, $3, $4, $5)', [l.id, l.repo, l.path, l.userId, l.lockedAt])
         // identities continue after the copied ids
-        for (const table of ['users', 'tokens']) {
+        for (const table of ['users', 'tokens', 'lfs_locks']) {
           await client.query(`SELECT setval(pg_get_serial_sequence('${table}', 'id'), GREATEST((SELECT MAX(id) FROM ${table}), 0) + 1, false)`)
         }
         await client.query('COMMIT')

@@ -49,6 +49,12 @@ export interface RefContext {
   principal: Identity
   repo: RepoRef
   updates: RefUpdate[]
+  /**
+   * Where the push's new objects wait until the hooks accept it (git's quarantine): a hook that
+   * reads the new commits points git there (GIT_OBJECT_DIRECTORY, with the repo's own objects as
+   * the alternate). Checked to lie inside the repo's objects directory.
+   */
+  quarantine?: { objects: string; alternate: string }
 }
 /** Returns the updates it refuses, each with a one-line reason the git user will see. */
 export type RefHook = (ctx: RefContext) => Promise<RefRejection[]>

@@ -5,14 +5,14 @@
  * another connection commits (sqlite.org/pragma.html#pragma_data_version).
  */
 import Database from 'better-sqlite3'
-import type { AuthStore, GrantRecord, Level, Protection, RepoRecord, StoreDump, TokenRecord, UserRecord } from './store.js'
+import type { AuthStore, GrantRecord, Level, LockRecord, Protection, RepoRecord, StoreDump, TokenRecord, UserRecord } from './store.js'
 import { SchemaTooNewError, StoreConflictError, StoreNotFoundError } from './store.js'
 
 /** How stale a cached credential may be after another process changed the store. */
 export const CHANGE_CHECK_MS = 50
 
 /** Each entry moves the schema one version up; never edit a released one, append. */
-const MIGRATIONS = [
+export const SQLITE_MIGRATIONS = [
   `CREATE TABLE users (
      id INTEGER PRIMARY KEY,
      name TEXT NOT NULL UNIQUE,
@@ -46,6 +46,15 @@ const MIGRATIONS = [
    );`,
   // 2: when a token last authenticated a request (token list)
   'ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;',
+  // 3: Git LFS file locks; AUTOINCREMENT so an unlocked id is never given to another lock
+  `CREATE TABLE lfs_locks (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     repo TEXT NOT NULL,
+     path TEXT NOT NULL,
+     user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+     locked_at INTEGER NOT NULL,
+     UNIQUE (repo, path)
+   );`,
 ]
 
 /** A token's last use is written at most this often (seconds): the request path stays read-mostly. */
@@ -66,6 +75,12 @@ export function openSqliteStore(file: string): AuthStore {
     repo: db.prepare<[string], { name: string; kind: 'git' | 'hg'; public: number }>('SELECT name, kind, public FROM repos WHERE name = ?'),
     grant: db.prepare<[number, string], { level: Level }>('SELECT level FROM grants WHERE user_id = ? AND repo = ?'),
     protections: db.prepare<[string], { pattern: string; users: string }>('SELECT pattern, users FROM protections WHERE repo = ? ORDER BY pattern'),
+    lockInsert: db.prepare<[string, string, number, number, string, number], LockRow>(
+      `INSERT INTO lfs_locks (repo, path, user_id, locked_at) SELECT ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM lfs_locks WHERE repo = ?) < ?
+       ON CONFLICT (repo, path) DO NOTHING RETURNING id, repo, path, user_id, locked_at, (SELECT name FROM users WHERE id = user_id) AS owner`),
+    locks: db.prepare<{ repo: string; path: string | null; id: number | null; after: number; limit: number }, LockRow>(
+      `SELECT l.id, l.repo, l.path, l.user_id, l.locked_at, u.name AS owner FROM lfs_locks l JOIN users u ON u.id = l.user_id
+       WHERE l.repo = @repo AND (@path IS NULL OR l.path = @path) AND (@id IS NULL OR l.id = @id) AND l.id > @after ORDER BY l.id LIMIT @limit`),
   }
   const userId = (name: string): number => {
     const row = q.user.get(name)
@@ -168,6 +183,19 @@ export function openSqliteStore(file: string): AuthStore {
         throw new StoreNotFoundError(`${repo} has no protection ${pattern}`)
       }
     },
+    async createLock(repo, path, user, maxPerRepo) {
+      const t = Date.now()
+      const row = q.lockInsert.get(repo, path, user, t, repo, maxPerRepo)
+      if (row) return { created: lockRecord(row) }
+      const [existing] = q.locks.all({ repo, path, id: null, after: 0, limit: 1 })
+      return existing ? { existing: lockRecord(existing) } : { full: true }
+    },
+    async listLocks(repo, f) {
+      return q.locks.all({ repo, path: f.path ?? null, id: f.id ?? null, after: f.afterId ?? 0, limit: f.limit }).map(lockRecord)
+    },
+    async removeLock(repo, id) {
+      return db.prepare('DELETE FROM lfs_locks WHERE repo = ? AND id = ?').run(repo, id).changes > 0
+    },
     async touchToken(id) {
       const t = now()
       db.prepare('UPDATE tokens SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)').run(t, id, t - TOUCH_EVERY_S)
@@ -205,12 +233,13 @@ export function openSqliteStore(file: string): AuthStore {
         repos: all('SELECT name, kind, public FROM repos ORDER BY name').map((r) => ({ ...r, public: r.public === 1 })) as StoreDump['repos'],
         grants: all('SELECT user_id AS userId, repo, level FROM grants ORDER BY user_id, repo') as StoreDump['grants'],
         protections: all('SELECT repo, pattern, users FROM protections ORDER BY repo, pattern') as StoreDump['protections'],
+        locks: all('SELECT id, repo, path, user_id AS userId, locked_at AS lockedAt FROM lfs_locks ORDER BY id') as StoreDump['locks'],
       }
     },
     async restore(dump) {
       wroteHere = true
       db.transaction(() => {
-        const n = db.prepare('SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM tokens) + (SELECT COUNT(*) FROM repos) + (SELECT COUNT(*) FROM grants) + (SELECT COUNT(*) FROM protections)').pluck().get() as number
+        const n = db.prepare('SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM tokens) + (SELECT COUNT(*) FROM repos) + (SELECT COUNT(*) FROM grants) + (SELECT COUNT(*) FROM protections) + (SELECT COUNT(*) FROM lfs_locks)').pluck().get() as number
         if (n > 0) throw new StoreConflictError('the target store is not empty')
         const ins = (sql: string) => db.prepare(sql)
         const user = ins('INSERT INTO users (id, name, password, created_at) VALUES (@id, @name, @password, @createdAt)')
@@ -218,11 +247,13 @@ export function openSqliteStore(file: string): AuthStore {
         const repo = ins('INSERT INTO repos (name, kind, public) VALUES (@name, @kind, @public)')
         const grant = ins('INSERT INTO grants (user_id, repo, level) VALUES (@userId, @repo, @level)')
         const protection = ins('INSERT INTO protections (repo, pattern, users) VALUES (@repo, @pattern, @users)')
+        const lock = ins('INSERT INTO lfs_locks (id, repo, path, user_id, locked_at) VALUES (@id, @repo, @path, @userId, @lockedAt)')
         for (const u of dump.users) user.run(u)
         for (const t of dump.tokens) token.run(t)
         for (const r of dump.repos) repo.run({ ...r, public: r.public ? 1 : 0 })
         for (const g of dump.grants) grant.run(g)
         for (const p of dump.protections) protection.run(p)
+        for (const l of dump.locks) lock.run(l)
       }).immediate()
     },
     close() {
@@ -231,12 +262,15 @@ export function openSqliteStore(file: string): AuthStore {
   }
 }
 
+interface LockRow { id: number; repo: string; path: string; user_id: number; locked_at: number; owner: string }
+const lockRecord = (r: LockRow): LockRecord => ({ id: r.id, repo: r.repo, path: r.path, ownerId: r.user_id, owner: r.owner, lockedAt: r.locked_at })
+
 function migrate(db: Database.Database): void {
   const current = db.pragma('user_version', { simple: true }) as number
-  if (current > MIGRATIONS.length) throw new SchemaTooNewError(current, MIGRATIONS.length)
-  for (let v = current; v < MIGRATIONS.length; v++) {
+  if (current > SQLITE_MIGRATIONS.length) throw new SchemaTooNewError(current, SQLITE_MIGRATIONS.length)
+  for (let v = current; v < SQLITE_MIGRATIONS.length; v++) {
     db.transaction(() => {
-      db.exec(MIGRATIONS[v]!)
+      db.exec(SQLITE_MIGRATIONS[v]!)
       db.pragma(`user_version = ${v + 1}`)
     }).immediate()
   }

@@ -60,6 +60,29 @@ export interface Protection {
   users: string[]
 }
 
+/** A Git LFS file lock (git-lfs docs/api/locking.md): at most one per path of a repo. */
+export interface LockRecord {
+  id: number
+  repo: string
+  /** the locked file, relative to the repository's root, `/`-separated */
+  path: string
+  ownerId: number
+  owner: string
+  /** ms since the epoch */
+  lockedAt: number
+}
+
+/** What `createLock` did: made the lock, found one on the path, or found the repo at its limit. */
+export type LockOutcome = { created: LockRecord } | { existing: LockRecord } | { full: true }
+
+export interface LockFilter {
+  path?: string
+  id?: number
+  /** only locks with a greater id (the page cursor) */
+  afterId?: number
+  limit: number
+}
+
 export interface AuthStore {
   findUser(name: string): Promise<UserRecord | undefined>
   findToken(hash: Buffer): Promise<TokenRecord | undefined>
@@ -95,6 +118,15 @@ export interface AuthStore {
   listRepos(): Promise<RepoRecord[]>
   /** failed-login counts shared by every worker using this store; absent: each worker counts alone */
   failureCounter?(name: string, limit: number, windowMs: number): FailureCounter
+  /**
+   * Locks `path` of `repo` for the user, unless it is locked already or the repo holds `maxPerRepo`
+   * locks. Locks are never cached: every worker of a pool sees a lock as soon as it is taken.
+   */
+  createLock(repo: string, path: string, userId: number, maxPerRepo: number): Promise<LockOutcome>
+  /** a repo's locks by id, ascending */
+  listLocks(repo: string, filter: LockFilter): Promise<LockRecord[]>
+  /** removes a lock; false when there was none with that id on that repo */
+  removeLock(repo: string, id: number): Promise<boolean>
   /** a cheap round trip for the health check; what it found, or throws */
   ping(): Promise<string>
   /** everything, ids and hashes included (store copy) */
@@ -111,6 +143,7 @@ export interface StoreDump {
   repos: RepoRecord[]
   grants: { userId: number; repo: string; level: Level }[]
   protections: { repo: string; pattern: string; users: string }[]
+  locks: { id: number; repo: string; path: string; userId: number; lockedAt: number }[]
 }
 
 /**

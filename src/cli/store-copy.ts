@@ -41,7 +41,7 @@ export async function storeCopy(args: string[], flags: { from?: string; to?: str
         if (err instanceof StoreConflictError) throw new Error(`${label(flags.to)} is not empty: store copy writes only into an empty store; nothing was copied`)
         throw err
       }
-      out(`copied ${dump.users.length} users, ${dump.tokens.length} tokens, ${dump.grants.length} grants, ${dump.repos.length} repos, ${dump.protections.length} protections to ${label(flags.to)}`)
+      out(`copied ${dump.users.length} users, ${dump.tokens.length} tokens, ${dump.grants.length} grants, ${dump.repos.length} repos, ${dump.protections.length} protections, ${dump.locks.length} locks to ${label(flags.to)}`)
     } finally {
       await to.close()
     }

@@ -10,7 +10,7 @@ import http from 'node:http'
 import { VcsError } from '../errors.js'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs'
-import { rm } from 'node:fs/promises'
+import { realpath, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { RefContext, RefRejection, RefUpdate } from '../auth/plugin.js'
@@ -116,12 +116,14 @@ export class RefHookServer {
         if (size > MAX_BODY) return reply(413, { error: 'too large' })
         chunks.push(c as Buffer)
       }
-      const { token, updates } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { token?: unknown; updates?: unknown }
+      const { token, updates, objects } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { token?: unknown; updates?: unknown; objects?: unknown }
       const session = typeof token === 'string' ? this.sessions.get(token) : undefined
       if (!session || !Array.isArray(updates)) return reply(403, { error: 'unknown push' })
       const checked = updates.filter(isRefUpdate)
       if (checked.length !== updates.length) return reply(400, { error: 'bad updates' })
-      const rejections = await this.check({ ...session.ctx, updates: checked })
+      const quarantine = await quarantineOf(session.ctx.repo.dir, objects)
+      if (quarantine === null) return reply(400, { error: 'bad quarantine' })
+      const rejections = await this.check({ ...session.ctx, updates: checked, quarantine })
       for (const r of rejections) session.reasons.set(r.ref, r.reason)
       reply(200, { rejections })
     } catch (err) {
@@ -131,6 +133,21 @@ export class RefHookServer {
     }
   }
 }
+
+/**
+ * The push's quarantine as the hook reported it (its GIT_OBJECT_DIRECTORY), rebuilt from the repo's
+ * own objects directory once it is seen to be a quarantine inside it; undefined when the push
+ * brought no objects (only deletions), null when it names anything else.
+ */
+async function quarantineOf(repoDir: string, objects: unknown): Promise<RefContext['quarantine'] | null> {
+  if (objects === undefined || objects === null) return undefined
+  if (typeof objects !== 'string' || !QUARANTINE.test(path.basename(objects))) return null
+  const own = await realpath(path.join(repoDir, 'objects')).catch(() => undefined)
+  const parent = await realpath(path.dirname(objects)).catch(() => undefined)
+  if (!own || own !== parent) return null
+  return { objects: path.join(own, path.basename(objects)), alternate: own }
+}
+const QUARANTINE = /^tmp_objdir-incoming-[A-Za-z0-9]+$/
 
 function isRefUpdate(u: unknown): u is RefUpdate {
   const x = u as RefUpdate

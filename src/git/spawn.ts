@@ -55,7 +55,7 @@ export interface GitRunner {
   /** Starts `git <service> --stateless-rpc [--advertise-refs] -- <dir>`. */
   serve(service: GitService, repoDir: string, opts?: RunOptions): Child
   /** Runs a short administrative git command to completion and returns its stdout. */
-  exec(args: string[], opts?: { cwd?: string; maxOutput?: number; input?: string }): Promise<string>
+  exec(args: string[], opts?: { cwd?: string; maxOutput?: number; input?: string; env?: Record<string, string> }): Promise<string>
   /** True when at least one of `oids` names an object in the repository (one `cat-file --batch-check`). */
   anyObjectExists(repoDir: string, oids: string[]): Promise<boolean>
 }
@@ -88,7 +88,7 @@ export function createGitRunner(config: Config): GitRunner {
     },
     async exec(args, opts = {}) {
       if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')
-      const child = spawnChild(config.gitBin, args, { env: childEnv(), cwd: opts.cwd, killGraceMs: config.killGraceMs, viaHelper: config.spawnHelper })
+      const child = spawnChild(config.gitBin, args, { env: childEnv(opts.env), cwd: opts.cwd, killGraceMs: config.killGraceMs, viaHelper: config.spawnHelper })
       const { status, stdout } = await runToCompletion(child, { input: opts.input, maxOutput: opts.maxOutput })
       if (status.error || status.code !== 0) {
         throw new Error(`git ${args[0]} failed (${describeExit(status)}): ${child.stderr().split('\n').pop() ?? ''}`)

@@ -17,7 +17,7 @@ import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
 
 export type RouteId =
   | 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'git_dumb' | 'hg_proxy' | 'hg_clonebundle'
-  | 'lfs_batch' | 'lfs_download' | 'lfs_upload' | 'lfs_verify'
+  | 'lfs_batch' | 'lfs_download' | 'lfs_upload' | 'lfs_verify' | 'lfs_locks'
   | 'health_live' | 'health_ready' | 'health_git' | 'health_hg' | 'metrics' | 'root' | 'other'
 
 declare module 'fastify' {
@@ -51,6 +51,7 @@ export const REPO_URLS = {
   lfs_download: '/.vcs/lfs/download',
   lfs_upload: '/.vcs/lfs/upload',
   lfs_verify: '/.vcs/lfs/verify',
+  lfs_locks: '/.vcs/lfs/locks',
 } as const
 
 /** Git LFS (git-lfs's docs/api): `/{repo}[.git]/info/lfs/...`, a git repo's */
@@ -58,6 +59,7 @@ const LFS: [RegExp, keyof typeof REPO_URLS][] = [
   [/^\/(.+?)\/info\/lfs\/objects\/batch$/, 'lfs_batch'],
   [/^\/(.+?)\/info\/lfs\/objects\/[0-9a-f]{64}$/, 'lfs_download'], // a PUT to it: lfs_upload
   [/^\/(.+?)\/info\/lfs\/verify$/, 'lfs_verify'],
+  [/^\/(.+?)\/info\/lfs\/locks(\/verify|\/[^/]+\/unlock)?$/, 'lfs_locks'], // the handler tells them apart
 ]
 
 const GIT_SUFFIXES: [string, keyof typeof REPO_URLS][] = [
@@ -98,6 +100,7 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
       const m = pattern.exec(rawPath)
       if (m) {
         repoPaths.set(req, m[1]!)
+        if (id === 'lfs_locks') return REPO_URLS.lfs_locks + query
         return REPO_URLS[id === 'lfs_download' && req.method === 'PUT' ? 'lfs_upload' : id]
       }
     }
@@ -116,7 +119,7 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
 
 /** A repository route, declared once in the route table. */
 export interface RepoRoute {
-  id: 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'hg_proxy' | 'hg_clonebundle' | 'lfs_batch' | 'lfs_download' | 'lfs_upload' | 'lfs_verify'
+  id: 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'hg_proxy' | 'hg_clonebundle' | 'lfs_batch' | 'lfs_download' | 'lfs_upload' | 'lfs_verify' | 'lfs_locks'
   /** the URL names the repo exactly: a path under it (hgweb's pages) is not this route's */
   exact?: true
   methods: ('GET' | 'POST' | 'PUT')[]

@@ -41,7 +41,7 @@ interface BatchObject { oid: string; size: number }
  * Reads a JSON request body of at most `limit` bytes, through the body reader git's routes use
  * (decodeBody: gzip decoded, a client that closes early a 400, not a failure of ours).
  */
-async function readJson(req: FastifyRequest, limit: number): Promise<unknown> {
+export async function readJson(req: FastifyRequest, limit: number): Promise<unknown> {
   const tooLarge = (err: unknown): Error => (err instanceof PayloadTooLargeError ? new LfsError(413, `the request body is larger than ${limit} bytes`) : toClientError(err))
   let body: DecodedBody
   try {
@@ -63,7 +63,7 @@ async function readJson(req: FastifyRequest, limit: number): Promise<unknown> {
   }
 }
 
-function wantsLfsJson(req: FastifyRequest): void {
+export function wantsLfsJson(req: FastifyRequest): void {
   const accept = String(req.headers.accept ?? '')
   if (!accept.split(',').some((a) => a.split(';')[0]!.trim() === LFS_TYPE)) throw new LfsError(406, `Accept must include ${LFS_TYPE}`)
 }

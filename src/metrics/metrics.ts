@@ -14,7 +14,7 @@ import type { HgServePool } from '../hg/serve-pool.js'
 import { backendOf, type AccessRecord, type Backend } from '../log.js'
 import { commandLabel } from '../hg/commands.js'
 
-const GIT_SERVICES = new Set(['upload-pack', 'receive-pack', 'lfs-batch', 'lfs-download', 'lfs-upload', 'lfs-verify'])
+const GIT_SERVICES = new Set(['upload-pack', 'receive-pack', 'lfs-batch', 'lfs-download', 'lfs-upload', 'lfs-verify', 'lfs-locks'])
 const DURATION_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800]
 
 function serviceLabel(backend: Backend, service: string | undefined): string {

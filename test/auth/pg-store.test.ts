@@ -3,7 +3,8 @@ import type * as Tap from 'tap'
 import pg from 'pg'
 import { openPgStore, redactUrl } from '../../src/auth/pg-store.js'
 import { PG_MIGRATIONS } from '../../src/auth/pg-schema.js'
-import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import Database from 'better-sqlite3'
+import { openSqliteStore, SQLITE_MIGRATIONS } from '../../src/auth/sqlite-store.js'
 import type { AuthStore } from '../../src/auth/store.js'
 import { StoreConflictError, StoreNotFoundError, StoreUnavailableError } from '../../src/auth/store.js'
 import { startPostgres, PG_PASSWORD } from '../helpers/postgres.js'
@@ -25,7 +26,7 @@ t.test('four workers starting at once on an empty database: one migration, four 
   t.same(rows, [{ version: PG_MIGRATIONS.length }], 'one schema row at the latest version')
   await stores[0]!.addUser('ana', 'hash-a')
   t.same((await stores[3]!.findUser('ana'))?.name, 'ana', 'all four use the same tables')
-  t.match(await stores[1]!.ping(), /PostgreSQL reachable, schema version 1, listening/)
+  t.match(await stores[1]!.ping(), `PostgreSQL reachable, schema version ${PG_MIGRATIONS.length}, listening`)
 })
 
 t.test('a database whose schema is newer than the worker: refused, naming both versions', async (t) => {
@@ -85,6 +86,70 @@ t.test('the same answers as SQLite, names with quotes, backslashes, %, unicode a
   t.type(await (pgStore.addUser('o\'brien', 'h')).catch((e: unknown) => e), StoreConflictError)
   t.type(await (pgStore.removeGrant('ünï', 'nothing')).catch((e: unknown) => e), StoreNotFoundError)
   t.type(await (pgStore.revokeToken('nobody', 1)).catch((e: unknown) => e), StoreNotFoundError)
+})
+
+t.test('Git LFS locks: the same on both stores; one per path, paged by id, a limit per repo, gone with their owner, never an id twice', async (t) => {
+  const sqlite = openSqliteStore(path.join(t.testdir(), 'auth.sqlite'))
+  t.teardown(() => sqlite.close())
+  const pgStore = await store(t)
+  const seen: unknown[] = []
+  const ODD = "ünï co\\de's 100%.bin"
+  for (const s of [sqlite, pgStore]) {
+    await s.addUser('ana', 'h')
+    await s.addUser('bo', 'h')
+    const ana = (await s.findUser('ana'))!.id
+    const bo = (await s.findUser('bo'))!.id
+    const made = await s.createLock('r.git', 'art/logo.psd', ana, 3)
+    t.match(made, { created: { path: 'art/logo.psd', owner: 'ana', ownerId: ana, repo: 'r.git' } })
+    t.match(await s.createLock('r.git', 'art/logo.psd', bo, 3), { existing: { owner: 'ana' } }, 'a locked path: the lock that is there')
+    t.match(await s.createLock('other.git', 'art/logo.psd', bo, 3), { created: { owner: 'bo' } }, 'locks are per repo')
+    await s.createLock('r.git', ODD, bo, 3)
+    await s.createLock('r.git', 'c', bo, 3)
+    t.same(await s.createLock('r.git', 'd', bo, 3), { full: true }, 'a repo at its limit takes no more')
+    const all = await s.listLocks('r.git', { limit: 10 })
+    t.same(all.map((l) => l.path), ['art/logo.psd', ODD, 'c'], 'by id')
+    t.same((await s.listLocks('r.git', { afterId: all[0]!.id, limit: 1 })).map((l) => l.path), [ODD], 'a page after a cursor')
+    t.same((await s.listLocks('r.git', { path: 'c', limit: 10 })).map((l) => l.owner), ['bo'])
+    t.same((await s.listLocks('r.git', { id: all[1]!.id, limit: 10 })).map((l) => l.path), [ODD])
+    t.same(await s.listLocks('r.git', { path: 'a\0b', limit: 10 }), [])
+    t.equal(await s.removeLock('other.git', all[2]!.id), false, 'an id of another repo removes nothing')
+    t.equal(await s.removeLock('r.git', all[2]!.id), true)
+    t.equal(await s.removeLock('r.git', all[2]!.id), false, 'once')
+    const again = await s.createLock('r.git', 'c', bo, 3)
+    t.ok('created' in again && again.created.id > all[2]!.id, 'a new lock never gets a removed one\'s id')
+    await s.removeUser('bo')
+    t.same((await s.listLocks('r.git', { limit: 10 })).map((l) => l.owner), ['ana'], 'a removed user\'s locks go with them')
+    const dump = await s.dump()
+    seen.push(dump.locks.map(({ repo, path, userId }) => ({ repo, path, userId }))) // ids differ: PostgreSQL spends one on a conflicting insert
+  }
+  t.same(seen[1], seen[0], 'both dump the same locks')
+})
+
+t.test('a store of the version before locks gains them at open, its accounts kept (SQLite and PostgreSQL)', async (t) => {
+  const file = path.join(t.testdir(), 'old.sqlite')
+  const old = new Database(file)
+  for (const [i, sql] of SQLITE_MIGRATIONS.slice(0, 2).entries()) {
+    old.exec(sql)
+    old.pragma(`user_version = ${i + 1}`)
+  }
+  old.prepare('INSERT INTO users (name, password, created_at) VALUES (?, ?, ?)').run('ana', 'h', 1)
+  old.close()
+  const db = await server.database()
+  await server.sql(db, 'CREATE TABLE vcs_worker_schema (version integer NOT NULL)')
+  await server.sql(db, 'INSERT INTO vcs_worker_schema VALUES (1)')
+  const client = new pg.Client({ connectionString: server.url(db) })
+  await client.connect()
+  await client.query(PG_MIGRATIONS[0]!)
+  await client.query('INSERT INTO users (name, password, created_at) VALUES ($1, $2, $3)', ['ana', 'h', 1])
+  await client.end()
+  const sqlite = openSqliteStore(file)
+  t.teardown(() => sqlite.close())
+  for (const s of [sqlite, await store(t, server.url(db))]) {
+    t.match(await s.ping(), new RegExp(`schema version ${SQLITE_MIGRATIONS.length}|schema version ${PG_MIGRATIONS.length}`))
+    const ana = (await s.findUser('ana'))!
+    t.equal(ana.passwordHash, 'h', 'the account is kept')
+    t.match(await s.createLock('r.git', 'f', ana.id, 10), { created: { owner: 'ana' } }, 'and locks can be taken')
+  }
 })
 
 t.test('a wrong password, a missing database, a malformed URL: one line each, the password never in it', async (t) => {

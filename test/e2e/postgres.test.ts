@@ -177,7 +177,7 @@ t.test('store copy moves a SQLite store whole: the same passwords, tokens, grant
   const url = server.url(await server.database())
   let r = await run0(['store', 'copy', '--from', sqliteFile, '--to', url])
   t.equal(r.code, 0, r.stderr)
-  t.equal(r.stdout, `copied 2 users, 2 tokens, 1 grants, 0 repos, 1 protections to ${url.replace(`:${PG_PASSWORD}@`, ':***@')}\n`.replace('0 repos', `${(await openSqliteStore(sqliteFile).listRepos()).length} repos`))
+  t.equal(r.stdout, `copied 2 users, 2 tokens, 1 grants, 0 repos, 1 protections, 0 locks to ${url.replace(`:${PG_PASSWORD}@`, ':***@')}\n`.replace('0 repos', `${(await openSqliteStore(sqliteFile).listRepos()).length} repos`))
   t.notMatch(r.stdout + r.stderr, PG_PASSWORD, 'the password is never printed')
 
   const sqlite = openSqliteStore(sqliteFile)

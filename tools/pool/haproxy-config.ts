@@ -166,7 +166,7 @@ export function haproxyConfig(spec: PoolSpec): string {
     '  acl hg_type req.hdr(content-type) -m beg application/mercurial-',
     '  acl hg_bundle path_reg /[.]hg/clonebundles/[^/]+$',
     '  # Git LFS under a git repo (the batch API, its transfers and verify): the git servers answer it',
-    '  acl lfs_path path_reg /info/lfs/(objects/batch|objects/[0-9a-f]{64}|verify)$',
+    '  acl lfs_path path_reg /info/lfs/(objects/batch|objects/[0-9a-f]{64}|verify|locks|locks/verify|locks/[^/]+/unlock)$',
     '  # the repo path, for repo-hash balancing: /team/project.git/info/refs -> /team/project/',
     '  http-request set-var(txn.repo) path,regsub(/info/lfs/.*$,/),regsub(/info/refs$,/),regsub(/git-upload-pack$,/),regsub(/git-receive-pack$,/),regsub([.]git/$,/)',
     '  use_backend servers-git if git_path || git_service || git_type || git_proto || lfs_path',

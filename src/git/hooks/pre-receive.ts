@@ -33,7 +33,7 @@ async function main(): Promise<number> {
     const [oldId, newId, ref] = line.split(' ') as [string, string, string]
     return { ref, oldId, newId, kind: kindOf(oldId, newId) }
   })
-  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token, updates }), signal: AbortSignal.timeout(30_000) })
+  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token, updates, objects: process.env.GIT_OBJECT_DIRECTORY }), signal: AbortSignal.timeout(30_000) })
   if (!res.ok) {
     // the worker's one-line reason when it has one (the account store unreachable), else the status
     const reason = ((await res.json().catch(() => ({}))) as { reason?: string }).reason
