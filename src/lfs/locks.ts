@@ -17,7 +17,7 @@ import type { RefHook, RefRejection, RefUpdate } from '../auth/plugin.js'
 import type { RepoRoute } from '../http/routes.js'
 import type { GitRunner } from '../git/spawn.js'
 import { LfsError } from '../errors.js'
-import { LFS_TYPE, readJson, wantsLfsJson } from './routes.js'
+import { readJson, sendLfs, wantsLfsJson } from './routes.js'
 
 /** locks one repo may hold; past it a new lock is refused (the push check reads them all) */
 export const MAX_LOCKS_PER_REPO = 10_000
@@ -78,10 +78,10 @@ export function lockRoute(store: AuthStore): RepoRoute {
     if ('full' in outcome) throw new LfsError(422, `${req.repo.name} holds ${MAX_LOCKS_PER_REPO} locks, the most it may; unlock some first`)
     if ('existing' in outcome) {
       req.accessRecord.lockId = String(outcome.existing.id)
-      return reply.code(409).type(LFS_TYPE).send({ lock: lockJson(outcome.existing), message: `already locked by ${outcome.existing.owner}` })
+      return sendLfs(reply, 409, { lock: lockJson(outcome.existing), message: `already locked by ${outcome.existing.owner}` })
     }
     req.accessRecord.lockId = String(outcome.created.id)
-    return reply.code(201).type(LFS_TYPE).send({ lock: lockJson(outcome.created) })
+    return sendLfs(reply, 201, { lock: lockJson(outcome.created) })
   }
 
   async function list(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
@@ -90,16 +90,16 @@ export function lockRoute(store: AuthStore): RepoRoute {
     const path = query.get('path') ?? undefined
     const id = query.get('id') ?? undefined
     // a path or id that cannot name a lock names none
-    if ((path !== undefined && lockPathProblem(path)) || (id !== undefined && !LOCK_ID.test(id))) return reply.code(200).type(LFS_TYPE).send({ locks: [] })
+    if ((path !== undefined && lockPathProblem(path)) || (id !== undefined && !LOCK_ID.test(id))) return sendLfs(reply, 200, { locks: [] })
     const { locks, next } = await page(req.repo.name, { path, id: id === undefined ? undefined : Number(id), cursor: query.get('cursor') ?? undefined, limit: query.get('limit') ?? undefined })
-    return reply.code(200).type(LFS_TYPE).send({ locks: locks.map(lockJson), ...(next ? { next_cursor: next } : {}) })
+    return sendLfs(reply, 200, { locks: locks.map(lockJson), ...(next ? { next_cursor: next } : {}) })
   }
 
   async function verify(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const body = await jsonObject(req)
     const me = userOf(req)
     const { locks, next } = await page(req.repo.name, { cursor: body.cursor, limit: body.limit })
-    return reply.code(200).type(LFS_TYPE).send({
+    return sendLfs(reply, 200, {
       ours: locks.filter((l) => l.ownerId === me.id).map(lockJson),
       theirs: locks.filter((l) => l.ownerId !== me.id).map(lockJson),
       ...(next ? { next_cursor: next } : {}),
@@ -119,7 +119,7 @@ export function lockRoute(store: AuthStore): RepoRoute {
       req.log.info({ lock_id: id, owner: lock.owner }, 'lock forced open')
     }
     if (!(await store.removeLock(req.repo.name, lock.id))) throw new LfsError(404, 'lock not found')
-    return reply.code(200).type(LFS_TYPE).send({ lock: lockJson(lock) })
+    return sendLfs(reply, 200, { lock: lockJson(lock) })
   }
 
   async function jsonObject(req: FastifyRequest): Promise<Record<string, unknown>> {

@@ -63,6 +63,11 @@ export async function readJson(req: FastifyRequest, limit: number): Promise<unkn
   }
 }
 
+/** An API answer: the media type exactly as the API names it (no charset parameter), the body as JSON. */
+export function sendLfs(reply: FastifyReply, status: number, body: unknown): FastifyReply {
+  return reply.code(status).type(LFS_TYPE).send(Buffer.from(JSON.stringify(body))) // a Buffer: fastify appends no charset
+}
+
 export function wantsLfsJson(req: FastifyRequest): void {
   const accept = String(req.headers.accept ?? '')
   if (!accept.split(',').some((a) => a.split(';')[0]!.trim() === LFS_TYPE)) throw new LfsError(406, `Accept must include ${LFS_TYPE}`)
@@ -122,7 +127,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
       if (stored === size) return { oid, size, authenticated: true } // already here: nothing to send
       return { oid, size, authenticated: true, actions: { upload: { href, header }, verify: { href: `${base}/verify`, header } } }
     }))
-    return reply.code(200).type(LFS_TYPE).send({ transfer: 'basic', objects, hash_algo: 'sha256' })
+    return sendLfs(reply, 200, { transfer: 'basic', objects, hash_algo: 'sha256' })
   }
 
   function oidOf(req: FastifyRequest): string {
@@ -176,7 +181,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
     const stored = await store.size(req.repo.dir, oid)
     if (stored === undefined) throw new LfsError(404, 'object not found')
     if (stored !== body?.size) throw new LfsError(422, `the object is ${stored} bytes, not ${String(body?.size)}`)
-    return reply.code(200).type(LFS_TYPE).send({})
+    return sendLfs(reply, 200, {})
   }
 
   return [

@@ -141,6 +141,17 @@ t.test('git lfs through HAProxy with two workers: pushed through the pool, clone
   const served = (await lfsServed(0)) + (await lfsServed(1))
   t.ok(served >= 4, `the workers answered the LFS requests (${served}: batches, the upload, the verify, the download)`)
   t.ok((await backendTotal(p, 'servers-git')) - before >= served, 'all of them through servers-git')
+
+  // locks through the pool: taken, listed and removed, whichever worker answers each request
+  let r = await git(['lfs', 'lock', 'asset.bin'], work)
+  t.equal(r.code, 0, r.stderr)
+  r = await git(['lfs', 'locks'], work)
+  t.match(r.stdout, /asset\.bin\s+alice\s+ID:\d+/, 'listed through the pool')
+  r = await git(['lfs', 'unlock', 'asset.bin'], work)
+  t.equal(r.code, 0, r.stderr)
+  let locks = 0
+  for (const i of [0, 1]) locks += metric(await workerMetrics(p, i), 'vcs_requests_total', { backend: 'git', service: 'lfs-locks' })
+  t.ok(locks >= 3, `the workers answered the locks requests (${locks}), routed by the lfs_path ACL`)
 })
 
 t.test('the web application stopped: clones and pushes keep working', async (t) => {

@@ -160,7 +160,7 @@ t.test('PostgreSQL down: no 401 and no 404 because of it, 503 with Retry-After f
   t.match(heads, pushed.at(-1)!, 'the last acknowledged push is the branch head')
 })
 
-t.test('store copy moves a SQLite store whole: the same passwords, tokens, grants, repos and protections work on PostgreSQL', async (t) => {
+t.test('store copy moves a SQLite store whole: the same passwords, tokens, grants, repos, protections and LFS locks work on PostgreSQL', async (t) => {
   const { dir, reposDir, dataDir } = await fixtureDir(t)
   const here = { config: { dataDir }, reposDir }
   const sqliteFile = path.join(dataDir, 'auth.sqlite')
@@ -174,10 +174,14 @@ t.test('store copy moves a SQLite store whole: the same passwords, tokens, grant
   const token = /vcsw_\S+/.exec(made.stdout)![0]
   t.equal((await run0(['token', 'revoke', 'zoë', (/id (\d+)/.exec((await run0(['token', 'create', 'zoë'])).stdout) ?? [])[1] ?? '2'])).code, 0)
 
+  const seed = openSqliteStore(sqliteFile)
+  await seed.createLock('demo.git', 'art/logo.psd', (await seed.findUser('o\'neil'))!.id, 10)
+  seed.close()
+
   const url = server.url(await server.database())
   let r = await run0(['store', 'copy', '--from', sqliteFile, '--to', url])
   t.equal(r.code, 0, r.stderr)
-  t.equal(r.stdout, `copied 2 users, 2 tokens, 1 grants, 0 repos, 1 protections, 0 locks to ${url.replace(`:${PG_PASSWORD}@`, ':***@')}\n`.replace('0 repos', `${(await openSqliteStore(sqliteFile).listRepos()).length} repos`))
+  t.equal(r.stdout, `copied 2 users, 2 tokens, 1 grants, 0 repos, 1 protections, 1 locks to ${url.replace(`:${PG_PASSWORD}@`, ':***@')}\n`.replace('0 repos', `${(await openSqliteStore(sqliteFile).listRepos()).length} repos`))
   t.notMatch(r.stdout + r.stderr, PG_PASSWORD, 'the password is never printed')
 
   const sqlite = openSqliteStore(sqliteFile)
@@ -199,6 +203,11 @@ t.test('store copy moves a SQLite store whole: the same passwords, tokens, grant
   t.equal(await infoRefs(w, basic('o\'neil', 'oneil-password')), 200, 'the copied password')
   t.equal(await infoRefs(w, basic('o\'neil', token)), 200, 'the copied token')
   t.equal((await cli(here, url, ['token', 'list', 'zoë'])).stdout.includes('revoked'), true, 'the revoked token stays revoked')
+  // the copied lock is there, and a new one takes the next id
+  const oneil = (await pgStore.findUser('o\'neil'))!.id
+  t.match(await pgStore.createLock('demo.git', 'art/logo.psd', oneil, 10), { existing: { id: 1, owner: 'o\'neil' } }, 'the copied lock holds')
+  const next = await pgStore.createLock('demo.git', 'art/other.psd', oneil, 10)
+  t.ok('created' in next && next.created.id > 1, 'ids continue after the copied ones (no clash with id 1)')
 })
 
 t.test('bad input: a malformed URL, a wrong password, a missing database, an unreachable server, odd names', async (t) => {

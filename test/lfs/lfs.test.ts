@@ -1,26 +1,16 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
 import http from 'node:http'
 import path from 'node:path'
-import { startWorker, run, clientEnv, rawRequest, fixtureDir, waitFor, CLI, type Worker } from '../helpers/worker.js'
+import { startWorker, run, rawRequest, fixtureDir, waitFor, CLI } from '../helpers/worker.js'
+import { lfsUser, routeRequests } from '../helpers/lfs.js'
 import { FsLfsStore } from '../../src/lfs/store.js'
 import { Readable } from 'node:stream'
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
-/** A git user with git-lfs installed in their own HOME (filters and hooks, as `git lfs install` sets them). */
-async function lfsUser(w: Worker, name: string) {
-  const home = path.join(w.dir, `home-${name}`)
-  await mkdir(home, { recursive: true })
-  const env = clientEnv(home)
-  const git = (args: string[], cwd = w.dir) => run('git', args, { cwd, env, timeoutMs: 120_000 })
-  const r = await git(['lfs', 'install', '--skip-repo'])
-  if (r.code !== 0) throw new Error(`git lfs install: ${r.stderr}`)
-  return git
-}
-
-const lfsRequests = (w: Worker, from: number, route: string) => w.logs().slice(from).filter((l) => l.msg === 'request' && l.route === route)
+const lfsRequests = routeRequests
 
 t.test('git lfs: push three objects (one 30 MB), clone them back byte for byte, nothing sent twice, a reader cannot upload', async (t) => {
   const w = await startWorker(t)

@@ -1,0 +1,17 @@
+import { mkdir } from 'node:fs/promises'
+import path from 'node:path'
+import { clientEnv, run, type Worker } from './worker.js'
+
+/** A git user with git-lfs installed in their own HOME (filters and hooks, as `git lfs install` sets them). */
+export async function lfsUser(w: Worker, name: string) {
+  const home = path.join(w.dir, `home-${name}`)
+  await mkdir(home, { recursive: true })
+  const env = clientEnv(home)
+  const git = (args: string[], cwd = w.dir) => run('git', args, { cwd, env, timeoutMs: 120_000 })
+  const r = await git(['lfs', 'install', '--skip-repo'])
+  if (r.code !== 0) throw new Error(`git lfs install: ${r.stderr}`)
+  return git
+}
+
+/** The worker's access-log lines of one route, from log line `from` on. */
+export const routeRequests = (w: Worker, from: number, route: string) => w.logs().slice(from).filter((l) => l.msg === 'request' && l.route === route)
