@@ -5,12 +5,17 @@
  * (a PUT streamed from disk by this process) against `cp` of the file plus `sha256sum` of the
  * copy on the same disk (target <= 1.3x the time); the worker's RSS during 8 concurrent 200 MB
  * downloads and then 8 concurrent uploads (target <= 150 MB). 127.0.0.1 only; 5 rounds each.
+ * Beside them, in the same run, the Node floor (lfs-floor.ts): the least a Node.js server does to
+ * serve and receive the file, under the same load, so what Node itself costs (no sendfile, a
+ * fresh buffer per request-body chunk) is told apart from what the worker adds.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream, createWriteStream, cpSync, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import path from 'node:path'
-import { CLI, ROOT, freePort, median, rssOf, sh, startNginx, startWorker, table, timeAsync, type Started } from './lib.js'
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { CLI, ROOT, cpuTicks, freePort, median, rssOf, sh, startNginx, startWorker, stopProcess, table, timeAsync, type Started } from './lib.js'
 
 const BENCH = path.join(ROOT, 'data', 'bench-lfs')
 const MB = 200
@@ -48,14 +53,39 @@ async function curlMs(url: string, auth?: string): Promise<number> {
   return r.ms
 }
 
+/** The Node floor (lfs-floor.ts) on a free port, serving `file`, receiving into `dir`. */
+async function startLfsFloor(file: string, dir: string): Promise<Started> {
+  const proc = spawn(process.execPath, [path.join(path.dirname(fileURLToPath(import.meta.url)), 'lfs-floor.js'), file, dir], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const port = await new Promise<string>((resolve, reject) => {
+    proc.stdout!.once('data', (c: Buffer) => resolve(c.toString().trim()))
+    proc.once('exit', () => reject(new Error('the Node floor server did not start')))
+  })
+  return { url: `http://127.0.0.1:${port}`, proc, output: () => '', stop: () => stopProcess(proc) }
+}
+
+/** Peak RSS of `pid` while `work` runs (sampled every 50 ms). */
+async function peakRss(pid: number, work: () => Promise<unknown>): Promise<number> {
+  let peak = rssOf(pid)
+  const sampler = setInterval(() => { peak = Math.max(peak, rssOf(pid)) }, 50)
+  try {
+    await work()
+  } finally {
+    clearInterval(sampler)
+  }
+  return Math.max(peak, rssOf(pid))
+}
+
+const mb = (bytes: number): number => Math.round(bytes / 1048576)
+
 async function main(): Promise<void> {
   mkdirSync(BENCH, { recursive: true })
   const file = path.join(BENCH, 'object.bin')
   const oid = await object(file)
   const repos = path.join(BENCH, 'repos')
   const data = path.join(BENCH, 'data')
-  rmSync(repos, { recursive: true, force: true })
-  rmSync(data, { recursive: true, force: true })
+  const floorDir = path.join(BENCH, 'floor')
+  for (const dir of [repos, data, floorDir]) rmSync(dir, { recursive: true, force: true })
+  mkdirSync(floorDir, { recursive: true })
   cpSync(path.join(ROOT, 'repos-fixture'), repos, { recursive: true })
   const admin = (args: string[], input?: string) => sh(process.execPath, [CLI, ...args, '--data', data, '--repos', repos], { input })
   admin(['user', 'add', 'bench'], 'bench-password\n')
@@ -70,61 +100,94 @@ async function main(): Promise<void> {
   cpSync(file, path.join(web, 'root', 'object.bin'))
   const nginx = await startNginx(web, await freePort(), 2, `location / { root ${path.join(web, 'root')}; }`)
   let worker: Started | undefined
+  let floor: Started | undefined
   try {
     worker = await startWorker(['--repos', repos, '--data', data, '--hg-processes', '0', '--heavy-limit', '32', '--full-clone-limit', '32', '--client-heavy-limit', '32', '--repo-heavy-limit', '32'])
+    floor = await startLfsFloor(file, floorDir)
     const objectUrl = `${worker.url}/demo.git/info/lfs/objects/${oid}`
-    const t = { upload: [] as number[], cpSha: [] as number[], download: [] as number[], nginx: [] as number[] }
+    const floorUrl = `${floor.url}/`
+    const workerPid = worker.proc.pid!
+    const floorPid = floor.proc.pid!
+    const t = { upload: [] as number[], floorUpload: [] as number[], cpSha: [] as number[], download: [] as number[], floorDownload: [] as number[], nginx: [] as number[] }
+    const cpu = { download: 0, floorDownload: 0 }
     for (let round = 0; round < ROUNDS; round++) {
       rmSync(stored, { force: true })
-      const t0 = performance.now()
-      const status = await put(objectUrl, file, auth)
-      if (status !== 200) throw new Error(`upload answered ${status}`)
-      t.upload.push(performance.now() - t0)
-      rmSync(copy, { force: true })
-      const t1 = performance.now()
-      sh('cp', [file, copy])
-      sh('sha256sum', [copy])
-      t.cpSha.push(performance.now() - t1)
-      const order = round % 2 ? [['download', objectUrl, auth], ['nginx', `${nginx.url}/object.bin`, undefined]] as const : [['nginx', `${nginx.url}/object.bin`, undefined], ['download', objectUrl, auth]] as const
-      for (const [key, url, a] of order) t[key].push(await curlMs(url, a))
+      const uploads = [
+        ['upload', async () => { if ((await put(objectUrl, file, auth)) !== 200) throw new Error('upload failed') }],
+        ['floorUpload', async () => { if ((await put(floorUrl, file, auth)) !== 200) throw new Error('floor upload failed') }],
+        ['cpSha', async () => { sh('cp', [file, copy]); sh('sha256sum', [copy]); rmSync(copy, { force: true }) }],
+      ] as const
+      for (let i = 0; i < uploads.length; i++) {
+        const [key, work] = uploads[(i + round) % uploads.length]!
+        const t0 = performance.now()
+        await work()
+        t[key].push(performance.now() - t0)
+      }
+      const downloads = [['download', objectUrl, auth, workerPid], ['floorDownload', floorUrl, undefined, floorPid], ['nginx', `${nginx.url}/object.bin`, undefined, 0]] as const
+      for (let i = 0; i < downloads.length; i++) {
+        const [key, url, a, pid] = downloads[(i + round) % downloads.length]!
+        const c0 = pid ? cpuTicks(pid) : 0
+        t[key].push(await curlMs(url, a))
+        if (key !== 'nginx') cpu[key] += (cpuTicks(pid) - c0) * 10 / ROUNDS
+      }
     }
-    rmSync(copy, { force: true })
 
-    // RSS: 8 downloads at once, then 8 uploads of the object at once (one file stays)
-    const pid = worker.proc.pid!
-    let peak = rssOf(pid)
-    const idle = peak
-    const sampler = setInterval(() => { peak = Math.max(peak, rssOf(pid)) }, 50)
-    await Promise.all(Array.from({ length: CONCURRENT }, () => curlMs(objectUrl, auth)))
+    // RSS: 8 downloads at once, then 8 uploads at once; the worker, then the floor under the same load
+    const idle = { worker: rssOf(workerPid), floor: rssOf(floorPid) }
+    const peakDownloads = {
+      worker: await peakRss(workerPid, () => Promise.all(Array.from({ length: CONCURRENT }, () => curlMs(objectUrl, auth)))),
+      floor: await peakRss(floorPid, () => Promise.all(Array.from({ length: CONCURRENT }, () => curlMs(floorUrl)))),
+    }
     rmSync(stored, { force: true })
-    const statuses = await Promise.all(Array.from({ length: CONCURRENT }, () => put(objectUrl, file, auth)))
-    clearInterval(sampler)
+    let statuses: number[] = []
+    const peakUploads = {
+      worker: await peakRss(workerPid, async () => { statuses = await Promise.all(Array.from({ length: CONCURRENT }, () => put(objectUrl, file, auth))) }),
+      floor: await peakRss(floorPid, () => Promise.all(Array.from({ length: CONCURRENT }, () => put(floorUrl, file, auth)))),
+    }
     const failed = statuses.filter((s) => s !== 200).length
+    const peak = { worker: Math.max(peakDownloads.worker, peakUploads.worker), floor: Math.max(peakDownloads.floor, peakUploads.floor) }
 
-    const m = { upload: median(t.upload), cpSha: median(t.cpSha), download: median(t.download), nginx: median(t.nginx) }
+    const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)])) as Record<keyof typeof t, number>
     const downloadRatio = m.nginx / m.download // throughput worker / nginx
+    const floorRatio = m.nginx / m.floorDownload
     const uploadRatio = m.upload / m.cpSha
+    const r2 = (x: number): string => x.toFixed(2)
     const results = {
       object_mb: MB,
       rounds: ROUNDS,
       ms: Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v.map(Math.round)])),
       download_throughput_worker_over_nginx: downloadRatio,
+      download_throughput_node_floor_over_nginx: floorRatio,
+      download_throughput_worker_over_node_floor: m.floorDownload / m.download,
+      download_cpu_ms: { worker: Math.round(cpu.download), node_floor: Math.round(cpu.floorDownload) },
       upload_time_over_cp_sha256sum: uploadRatio,
-      worker_rss_mb: { idle: Math.round(idle / 1048576), peak_8_transfers: Math.round(peak / 1048576) },
+      upload_time_node_floor_over_cp_sha256sum: m.floorUpload / m.cpSha,
+      rss_mb: {
+        worker: { idle: mb(idle.worker), peak_8_downloads: mb(peakDownloads.worker), peak_8_uploads: mb(peakUploads.worker) },
+        node_floor: { idle: mb(idle.floor), peak_8_downloads: mb(peakDownloads.floor), peak_8_uploads: mb(peakUploads.floor) },
+      },
       failed_concurrent_uploads: failed,
     }
     console.log(table([
       ['measure', 'value', 'target', 'met'],
-      [`download ${MB} MB, worker / nginx static file, throughput (${Math.round(m.download)} / ${Math.round(m.nginx)} ms)`, downloadRatio.toFixed(2), '>= 0.9', yes(downloadRatio >= 0.9)],
-      [`upload ${MB} MB through the worker / cp + sha256sum (${Math.round(m.upload)} / ${Math.round(m.cpSha)} ms)`, uploadRatio.toFixed(2), '<= 1.3', yes(uploadRatio <= 1.3)],
-      [`worker RSS peak, ${CONCURRENT} downloads then ${CONCURRENT} uploads at once (MB)`, results.worker_rss_mb.peak_8_transfers, '<= 150', yes(results.worker_rss_mb.peak_8_transfers <= 150)],
+      [`download ${MB} MB, worker / nginx static file, throughput (${Math.round(m.download)} / ${Math.round(m.nginx)} ms)`, r2(downloadRatio), '>= 0.9', yes(downloadRatio >= 0.9)],
+      [`  Node floor / nginx (${Math.round(m.floorDownload)} ms): what Node can do without sendfile`, r2(floorRatio), '', ''],
+      ['  worker / Node floor', r2(m.floorDownload / m.download), '(the worker\'s own cost)', ''],
+      [`  CPU per download: worker ${Math.round(cpu.download)} ms, Node floor ${Math.round(cpu.floorDownload)} ms`, '', '', ''],
+      [`upload ${MB} MB through the worker / cp + sha256sum (${Math.round(m.upload)} / ${Math.round(m.cpSha)} ms)`, r2(uploadRatio), '<= 1.3', yes(uploadRatio <= 1.3)],
+      [`  Node floor / cp + sha256sum (${Math.round(m.floorUpload)} ms)`, r2(m.floorUpload / m.cpSha), '', ''],
+      [`worker RSS peak, ${CONCURRENT} downloads then ${CONCURRENT} uploads at once (MB; idle ${mb(idle.worker)}, downloads ${mb(peakDownloads.worker)}, uploads ${mb(peakUploads.worker)})`, mb(peak.worker), '<= 150', yes(mb(peak.worker) <= 150)],
+      [`  Node floor RSS peak (idle ${mb(idle.floor)}, downloads ${mb(peakDownloads.floor)}, uploads ${mb(peakUploads.floor)})`, mb(peak.floor), '', ''],
+      ['  growth over idle under the same load, worker / Node floor (MB)', `${mb(peak.worker - idle.worker)} / ${mb(peak.floor - idle.floor)}`, '', ''],
       ['failed concurrent uploads', failed, '0', yes(failed === 0)],
     ]))
     console.log(JSON.stringify(results, null, 2))
     writeFileSync(path.join(ROOT, 'data', 'bench-lfs-results.json'), JSON.stringify(results, null, 2))
   } finally {
     await worker?.stop()
+    await floor?.stop()
     await nginx.stop()
+    rmSync(floorDir, { recursive: true, force: true })
   }
 }
 

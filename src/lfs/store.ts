@@ -11,12 +11,12 @@
  * The worker talks to `LfsStore`, so an object store (S3 and the like) can be added later
  * behind the same few calls.
  */
-import { createHash, randomBytes } from 'node:crypto'
-import { createReadStream, createWriteStream, type ReadStream } from 'node:fs'
-import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises'
+import { createHash, randomBytes, type Hash } from 'node:crypto'
+import { createReadStream, type ReadStream } from 'node:fs'
+import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
-import { Transform, type Readable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
+import type { Readable } from 'node:stream'
+import { WRITE_POOL } from '../process/pooled-read.js'
 
 /** An LFS object id: SHA-256, 64 lowercase hex digits, nothing else (no `../`, no uppercase). */
 export const OID = /^[0-9a-f]{64}$/
@@ -45,16 +45,71 @@ export interface LfsStore {
   put(repoDir: string, oid: string, size: number, body: Readable): Promise<void>
 }
 
-/** Counts and hashes what passes; fails as soon as more than `limit` bytes came. */
-class Measure extends Transform {
-  readonly hash = createHash('sha256')
-  bytes = 0
-  constructor(private readonly limit: number) { super() }
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
-    this.bytes += chunk.length
-    if (this.bytes > this.limit) return cb(new LfsObjectError(`the body is longer than the ${this.limit} bytes announced`, 'size'))
-    this.hash.update(chunk)
-    cb(null, chunk)
+/** Bytes written between two early `fdatasync`s of an upload: the disk works while the body arrives. */
+const SYNC_EVERY = 32 * 1024 * 1024
+/** buffers of an upload being written at once; past that, reading the body waits */
+const WRITES_IN_FLIGHT = 1
+
+/**
+ * Receives `body` into `fh`: hashed as it arrives, gathered into 256 KiB pooled buffers written
+ * at their offsets (a quarter of the writes of one per 64 KiB chunk), at most WRITES_IN_FLIGHT
+ * of them at once (reading waits: backpressure), an early `fdatasync` every SYNC_EVERY bytes
+ * so the last one has little left. Fails as soon as more than `limit` bytes came. Resolves with
+ * the byte count once everything is written and synced.
+ */
+async function receive(body: Readable, fh: FileHandle, limit: number, hash: Hash): Promise<number> {
+  let received = 0
+  let buf: Buffer | undefined
+  let fill = 0
+  let offset = 0
+  let unsynced = 0
+  const pending: Promise<void>[] = []
+  const syncs: Promise<void>[] = []
+  const write = (b: Buffer, len: number, at: number): Promise<void> => (async () => {
+    try {
+      for (let done = 0; done < len;) done += (await fh.write(b, done, len - done, at + done)).bytesWritten
+    } finally {
+      WRITE_POOL.give(b)
+    }
+  })()
+  const flush = async (): Promise<void> => {
+    if (!buf || fill === 0) return
+    const p = write(buf, fill, offset)
+    p.catch(() => {}) // awaited below; never unhandled
+    pending.push(p)
+    offset += fill
+    unsynced += fill
+    buf = undefined
+    fill = 0
+    if (unsynced >= SYNC_EVERY) {
+      unsynced = 0
+      const s = p.then(() => fh.datasync())
+      s.catch(() => {})
+      syncs.push(s)
+    }
+    while (pending.length >= WRITES_IN_FLIGHT) await pending.shift()
+  }
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      received += chunk.length
+      if (received > limit) throw new LfsObjectError(`the body is longer than the ${limit} bytes announced`, 'size')
+      hash.update(chunk)
+      for (let at = 0; at < chunk.length;) {
+        buf ??= WRITE_POOL.take()
+        const n = chunk.copy(buf, fill, at)
+        fill += n
+        at += n
+        if (fill === buf.length) await flush()
+      }
+    }
+    await flush()
+    await Promise.all(pending)
+    await Promise.all(syncs)
+    await fh.datasync()
+    return received
+  } finally {
+    if (buf) WRITE_POOL.give(buf)
+    await Promise.allSettled([...pending, ...syncs])
   }
 }
 
@@ -83,14 +138,18 @@ export class FsLfsStore implements LfsStore {
     const tmpDir = path.join(repoDir, 'lfs', 'tmp')
     await mkdir(tmpDir, { recursive: true })
     const tmp = path.join(tmpDir, `${oid}.${process.pid}.${randomBytes(6).toString('hex')}`)
-    const measure = new Measure(size)
+    const hash = createHash('sha256')
     try {
-      await pipeline(body, measure, createWriteStream(tmp, { flags: 'wx' }))
-      if (measure.bytes !== size) throw new LfsObjectError(`the body is ${measure.bytes} bytes, not the ${size} announced`, 'size')
-      if (measure.hash.digest('hex') !== oid) throw new LfsObjectError('the body does not hash to its oid', 'hash')
-      // on disk before it is named: a crash after the rename must not leave a hole under the name
-      const fh = await open(tmp, 'r')
-      try { await fh.sync() } finally { await fh.close() }
+      const fh = await open(tmp, 'wx')
+      let received: number
+      try {
+        received = await receive(body, fh, size, hash)
+      } finally {
+        await fh.close()
+      }
+      if (received !== size) throw new LfsObjectError(`the body is ${received} bytes, not the ${size} announced`, 'size')
+      if (hash.digest('hex') !== oid) throw new LfsObjectError('the body does not hash to its oid', 'hash')
+      // on disk (receive synced it) before it is named: a crash after the rename leaves no hole under the name
       await mkdir(path.dirname(final), { recursive: true })
       await rename(tmp, final)
     } catch (err) {

@@ -49,6 +49,13 @@ export const READ_POOL = new BufferPool(256 * 1024, 16)
  */
 export const FILE_POOL = new BufferPool(1024 * 1024, 8)
 
+/**
+ * Uploads gathered for writing (Git LFS objects): 256 KiB takes four of a request body's 64 KiB
+ * chunks per write; an upload holds at most two (one being written, one filling), so 16 kept cover 8 uploads at once without
+ * a fresh buffer each time (4 MiB resident at most).
+ */
+export const WRITE_POOL = new BufferPool(256 * 1024, 16)
+
 /** Where pooled chunks go. */
 export interface ChunkSink {
   /** a chunk; `release()` once it is written (or dropped); false pauses the reads until `resume()` */
