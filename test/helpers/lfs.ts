@@ -15,3 +15,11 @@ export async function lfsUser(w: Worker, name: string) {
 
 /** The worker's access-log lines of one route, from log line `from` on. */
 export const routeRequests = (w: Worker, from: number, route: string) => w.logs().slice(from).filter((l) => l.msg === 'request' && l.route === route)
+
+/** Clones `repo` of worker `w` as `user` into `w.dir/<name>`, with `args` (`-b main`...); throws with git's words if it fails. */
+export async function cloneAs(w: Worker, git: Awaited<ReturnType<typeof lfsUser>>, user: string, password: string, name: string, args: string[] = [], repo = 'demo.git'): Promise<string> {
+  const dir = path.join(w.dir, name)
+  const r = await git(['clone', '-q', ...args, `${w.urlAs(user, password)}/${repo}`, dir])
+  if (r.code !== 0) throw new Error(`git clone as ${user}: ${r.stderr}`)
+  return dir
+}

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { chmod, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { startWorker } from '../helpers/worker.js'
-import { lfsUser, routeRequests } from '../helpers/lfs.js'
+import { cloneAs, lfsUser, routeRequests } from '../helpers/lfs.js'
 
 t.test('git lfs lock, locks and unlock; a push that changes a file another user locked is refused naming the owner', async (t) => {
   const w = await startWorker(t)
@@ -15,17 +15,11 @@ t.test('git lfs lock, locks and unlock; a push that changes a file another user 
   const bob = await lfsUser(w, 'bob')
   const carol = await lfsUser(w, 'carol')
   const dora = await lfsUser(w, 'dora')
-  const clone = async (git: typeof alice, who: string, pw: string) => {
-    const dir = path.join(w.dir, `${who}-work`)
-    const r = await git(['clone', '-q', '-b', 'main', `${w.urlAs(who, pw)}/demo.git`, dir])
-    t.equal(r.code, 0, r.stderr)
-    return dir
-  }
+  const clone = (git: typeof alice, who: string, pw: string) => cloneAs(w, git, who, pw, `${who}-work`, ['-b', 'main'])
 
   // alice adds a lockable design file to main
-  const aliceWork = path.join(w.dir, 'alice-work')
-  let r = await alice(['clone', '-q', `${w.urlAs('alice', 'alice-pw')}/demo.git`, aliceWork])
-  t.equal(r.code, 0, r.stderr)
+  const aliceWork = await cloneAs(w, alice, 'alice', 'alice-pw', 'alice-work')
+  let r
   await alice(['checkout', '-q', '-B', 'main'], aliceWork)
   t.equal((await alice(['lfs', 'track', '--lockable', '*.psd'], aliceWork)).code, 0)
   await writeFile(path.join(aliceWork, 'design.psd'), randomBytes(20_000))
@@ -201,9 +195,8 @@ t.test('the push check: renames and deletions of a locked file count, merges by 
   await w.addUser('alice', 'alice-pw', { 'demo.git': 'write' })
   await w.addUser('bob', 'bob-pw', { 'demo.git': 'write' })
   const bob = await lfsUser(w, 'bob')
-  const work = path.join(w.dir, 'bob-work')
-  let r = await bob(['clone', '-q', `${w.urlAs('bob', 'bob-pw')}/demo.git`, work])
-  t.equal(r.code, 0, r.stderr)
+  const work = await cloneAs(w, bob, 'bob', 'bob-pw', 'bob-work')
+  let r
   await bob(['checkout', '-q', '-B', 'main'], work)
   await writeFile(path.join(work, 'locked.bin'), 'v1\n')
   await writeFile(path.join(work, 'free.txt'), 'v1\n')
@@ -254,8 +247,7 @@ t.test('the push check: renames and deletions of a locked file count, merges by 
 
   // the owner's own change is hers to push
   const alice = await lfsUser(w, 'alice')
-  const aw = path.join(w.dir, 'alice-work')
-  t.equal((await alice(['clone', '-q', '-b', 'main', `${w.urlAs('alice', 'alice-pw')}/demo.git`, aw])).code, 0)
+  const aw = await cloneAs(w, alice, 'alice', 'alice-pw', 'alice-work', ['-b', 'main'])
   await writeFile(path.join(aw, 'locked.bin'), 'hers\n')
   await alice(['commit', '-q', '-am', 'hers'], aw)
   t.equal((r = await alice(['push', '--no-verify', 'origin', 'main'], aw)).code, 0, r.stderr)
