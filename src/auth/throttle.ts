@@ -29,7 +29,9 @@ export function localFailureCounter(limit: number, windowMs: number): FailureCou
 export class LoginThrottle {
   private readonly failures: LRUCache<string, number[]>
   constructor(private readonly limit: number, private readonly windowMs: number, maxKeys = 100_000) {
-    this.failures = new LRUCache({ max: maxKeys, ttl: windowMs })
+    // bounded by count through maxSize, not `max`: `max` preallocates arrays for every slot
+    // (1.6 MB resident for 100,000, which only an attack would ever fill)
+    this.failures = new LRUCache({ maxSize: maxKeys, sizeCalculation: () => 1, ttl: windowMs })
   }
 
   private key(user: string, address: string): string {

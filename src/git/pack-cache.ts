@@ -115,7 +115,8 @@ export class PackObjectsCache {
   private sweptAt = 0
 
   constructor(private readonly opts: PackCacheOptions) {
-    this.seen = new LRUCache({ max: 100_000, ttl: opts.maxAgeMs })
+    // 100,000 at most, counted through maxSize: `max` would preallocate every slot (throttle.ts)
+    this.seen = new LRUCache({ maxSize: 100_000, sizeCalculation: () => 1, ttl: opts.maxAgeMs })
     try {
       mkdirSync(opts.dir, { recursive: true, mode: 0o700 })
     } catch (err) {
