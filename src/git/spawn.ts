@@ -55,7 +55,7 @@ export interface GitRunner {
   /** Starts `git <service> --stateless-rpc [--advertise-refs] -- <dir>`. */
   serve(service: GitService, repoDir: string, opts?: RunOptions): Child
   /** Runs a short administrative git command to completion and returns its stdout. */
-  exec(args: string[], opts?: { cwd?: string; maxOutput?: number; input?: string; env?: Record<string, string> }): Promise<string>
+  exec(args: string[], opts?: { cwd?: string; maxOutput?: number; input?: string; env?: Record<string, string>; timeoutMs?: number }): Promise<string>
   /** True when at least one of `oids` names an object in the repository (one `cat-file --batch-check`). */
   anyObjectExists(repoDir: string, oids: string[]): Promise<boolean>
 }
@@ -89,7 +89,8 @@ export function createGitRunner(config: Config): GitRunner {
     async exec(args, opts = {}) {
       if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')
       const child = spawnChild(config.gitBin, args, { env: childEnv(opts.env), cwd: opts.cwd, killGraceMs: config.killGraceMs, viaHelper: config.spawnHelper })
-      const { status, stdout } = await runToCompletion(child, { input: opts.input, maxOutput: opts.maxOutput })
+      const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => child.kill(), opts.timeoutMs)
+      const { status, stdout } = await runToCompletion(child, { input: opts.input, maxOutput: opts.maxOutput }).finally(() => clearTimeout(timer))
       if (status.error || status.code !== 0) {
         throw new Error(`git ${args[0]} failed (${describeExit(status)}): ${child.stderr().split('\n').pop() ?? ''}`)
       }

@@ -2,7 +2,7 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { chmod, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { startWorker } from '../helpers/worker.js'
+import { gitWrapper, processesMatching, startWorker, waitFor } from '../helpers/worker.js'
 import { cloneAs, lfsUser, routeRequests } from '../helpers/lfs.js'
 
 t.test('git lfs lock, locks and unlock; a push that changes a file another user locked is refused naming the owner', async (t) => {
@@ -251,4 +251,52 @@ t.test('the push check: renames and deletions of a locked file count, merges by 
   await writeFile(path.join(aw, 'locked.bin'), 'hers\n')
   await alice(['commit', '-q', '-am', 'hers'], aw)
   t.equal((r = await alice(['push', '--no-verify', 'origin', 'main'], aw)).code, 0, r.stderr)
+})
+
+t.test('a push that cannot be checked against the locks is refused with the reason, and the git that hung is stopped', async (t) => {
+  // git as the worker runs it, except the listing of a push's changed paths: failing, then hanging
+  const wrapper = await gitWrapper(t, `#!/bin/sh
+for a in "$@"; do
+  if [ "$a" = --diff-merges=first-parent ]; then
+    case "$(cat @DIR@/mode 2>/dev/null)" in
+      fail) echo "fatal: broken on purpose" >&2; exit 128 ;;
+      hang) exec sh -c 'sleep 120; exit 0' vcsw-lock-check-hang ;;
+    esac
+  fi
+done
+exec git "$@"
+`)
+  const w = await startWorker(t, { 'git-bin': wrapper })
+  await w.addUser('alice', 'alice-pw', { 'demo.git': 'write' })
+  await w.addUser('bob', 'bob-pw', { 'demo.git': 'write' })
+  const bob = await lfsUser(w, 'bob')
+  const work = await cloneAs(w, bob, 'bob', 'bob-pw', 'bob-work')
+  await writeFile(path.join(work, 'file.bin'), 'v1\n')
+  await bob(['add', 'file.bin'], work)
+  await bob(['commit', '-q', '-m', 'one'], work)
+  t.equal((await bob(['push', '-q', 'origin', 'HEAD:refs/heads/main'], work)).code, 0, 'no locks yet: nothing is listed')
+  const res = await fetch(`${w.url}/demo.git/info/lfs/locks`, { method: 'POST', headers: { accept: LFS, 'content-type': LFS, authorization: basic('alice', 'alice-pw') }, body: JSON.stringify({ path: 'other.bin' }) })
+  t.equal(res.status, 201)
+  const head = (await bob(['ls-remote', 'origin', 'refs/heads/main'], work)).stdout
+  const dir = path.dirname(wrapper)
+
+  await writeFile(path.join(work, 'file.bin'), 'v2\n')
+  await bob(['commit', '-q', '-am', 'two'], work)
+  await writeFile(path.join(dir, 'mode'), 'fail')
+  let r = await bob(['push', '--no-verify', 'origin', 'HEAD:refs/heads/main'], work)
+  t.not(r.code, 0)
+  t.match(r.stderr, /cannot check this push against file locks/, 'git failing: refused with the reason (fail closed)')
+
+  await writeFile(path.join(dir, 'mode'), 'hang')
+  const t0 = Date.now()
+  r = await bob(['push', '--no-verify', 'origin', 'HEAD:refs/heads/main'], work)
+  t.not(r.code, 0)
+  t.match(r.stderr, /cannot check this push against file locks: its changed paths pass 64 MiB or 20 s/, 'git hanging: refused with the reason')
+  t.ok(Date.now() - t0 >= 19_000, `after the check's 20 s, not before (${Date.now() - t0} ms)`)
+  t.equal((await bob(['ls-remote', 'origin', 'refs/heads/main'], work)).stdout, head, 'main did not move')
+  await waitFor(async () => (await processesMatching('vcsw-lock-check-hang')).length === 0, 10_000, 'the hung git to be stopped')
+
+  await writeFile(path.join(dir, 'mode'), '')
+  r = await bob(['push', '--no-verify', 'origin', 'HEAD:refs/heads/main'], work)
+  t.equal(r.code, 0, `and once git answers, the push goes through: ${r.stderr}`)
 })
