@@ -16,6 +16,8 @@ async function hgClient(w: Worker) {
 const bundleDir = (w: Worker) => path.join(w.reposDir, 'demo-hg', '.hg', 'clonebundles')
 const meta = async (w: Worker) => JSON.parse(await readFile(path.join(bundleDir(w), 'meta.json'), 'utf8')) as { state: string; generatedAt: number; bundles: { name: string; spec: string }[] }
 const bundlesMade = (w: Worker) => waitFor(async () => (await meta(w).catch(() => undefined)) !== undefined, 20_000, 'clone bundles to be made')
+/** a generation's lock file goes a moment after its meta.json is written */
+const generationEnded = (w: Worker) => waitFor(async () => !(await readdir(bundleDir(w)).catch(() => [] as string[])).includes('.generating'), 5000, 'the generation to end')
 const serverLog = (w: Worker) => run('hg', ['-R', path.join(w.reposDir, 'demo-hg'), 'log', '-T', '{node}\n'], { env: clientEnv(w.dir, { HGRCPATH: '' }) })
 
 t.test('a clone applies the repo\'s clone bundle, then pulls only what was pushed since; a push makes them again', async (t) => {
@@ -171,6 +173,7 @@ t.test('a generation lock held by a live process is respected; one left by a kil
   await writeFile(path.join(bundleDir(w), `zstd-v2.hg.tmp-${dead}`), 'half a bundle')
   t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 'l2'])).code, 0)
   await bundlesMade(w)
+  await generationEnded(w)
   t.same((await readdir(bundleDir(w))).sort(), ['meta.json', 'stream-v2.hg', 'zstd-v2.hg'], 'made; the lock and the temp file gone')
 })
 
@@ -185,6 +188,7 @@ t.test('a bundle removed or cut by hand is never listed: the clone takes the oth
   t.equal(r.code, 0, r.stderr)
   t.match(r.stdout, 'clonebundles/zstd-v2.hg', 'the zstd bundle, the one still there')
   await waitFor(async () => (await meta(w).catch(() => first)).generatedAt > first.generatedAt, 20_000, 'made again')
+  await generationEnded(w)
   t.same((await readdir(bundleDir(w))).sort(), ['meta.json', 'stream-v2.hg', 'zstd-v2.hg'])
 
   const second = await meta(w)
