@@ -16,8 +16,8 @@ import type { AuthStore, LockRecord } from '../auth/store.js'
 import type { RefHook, RefRejection, RefUpdate } from '../auth/plugin.js'
 import type { RepoRoute } from '../http/routes.js'
 import type { GitRunner } from '../git/spawn.js'
-import { LfsError } from '../errors.js'
-import { readJson, sendLfs, wantsLfsJson } from './routes.js'
+import { LfsError, MethodNotAllowedError } from '../errors.js'
+import { readJsonObject, sendLfs, wantsLfsJson } from './routes.js'
 
 /** locks one repo may hold; past it a new lock is refused (the push check reads them all) */
 export const MAX_LOCKS_PER_REPO = 10_000
@@ -126,9 +126,7 @@ export function lockRoute(store: AuthStore): RepoRoute {
 
   async function jsonObject(req: FastifyRequest): Promise<Record<string, unknown>> {
     wantsLfsJson(req)
-    const body = await readJson(req, 64 * 1024)
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new LfsError(422, 'the request body must be a JSON object')
-    return body as Record<string, unknown>
+    return readJsonObject(req, 64 * 1024)
   }
 
   return {
@@ -140,17 +138,13 @@ export function lockRoute(store: AuthStore): RepoRoute {
       req.accessRecord.service = 'lfs-locks'
       const sub = /\/info\/lfs\/locks(?:\/(verify)|\/([^/]+)\/unlock)?$/.exec(req.originalUrl.split('?')[0]!)
       const post = req.method === 'POST'
-      if (sub?.[1]) return post ? verify(req, reply) : methodNotAllowed()
-      if (sub?.[2]) return post ? unlock(req, reply, sub[2]) : methodNotAllowed()
+      if (sub?.[1]) { if (!post) throw new MethodNotAllowedError(['POST']); return verify(req, reply) }
+      if (sub?.[2]) { if (!post) throw new MethodNotAllowedError(['POST']); return unlock(req, reply, sub[2]) }
       if (post) return create(req, reply)
       wantsLfsJson(req)
       return list(req, reply)
     },
   }
-}
-
-function methodNotAllowed(): never {
-  throw new LfsError(405, 'use POST')
 }
 
 /**

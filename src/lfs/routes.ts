@@ -41,7 +41,7 @@ interface BatchObject { oid: string; size: number }
  * Reads a JSON request body of at most `limit` bytes, through the body reader git's routes use
  * (decodeBody: gzip decoded, a client that closes early a 400, not a failure of ours).
  */
-export async function readJson(req: FastifyRequest, limit: number): Promise<unknown> {
+async function readJson(req: FastifyRequest, limit: number): Promise<unknown> {
   const tooLarge = (err: unknown): Error => (err instanceof PayloadTooLargeError ? new LfsError(413, `the request body is larger than ${limit} bytes`) : toClientError(err))
   let body: DecodedBody
   try {
@@ -61,6 +61,13 @@ export async function readJson(req: FastifyRequest, limit: number): Promise<unkn
   } catch {
     throw new LfsError(422, 'the request body is not JSON')
   }
+}
+
+/** A JSON object request body of at most `limit` bytes (readJson); anything else is a 422. */
+export async function readJsonObject(req: FastifyRequest, limit: number): Promise<Record<string, unknown>> {
+  const body = await readJson(req, limit)
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new LfsError(422, 'the request body must be a JSON object')
+  return body as Record<string, unknown>
 }
 
 /** An API answer: the media type exactly as the API names it (no charset parameter), the body as JSON. */
@@ -99,8 +106,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
   async function batch(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     req.accessRecord.service = 'lfs-batch'
     wantsLfsJson(req)
-    const body = await readJson(req, MAX_BATCH_BYTES) as { operation?: unknown; objects?: unknown; transfers?: unknown; hash_algo?: unknown }
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new LfsError(422, 'the request body must be a JSON object')
+    const body = await readJsonObject(req, MAX_BATCH_BYTES) as { operation?: unknown; objects?: unknown; transfers?: unknown; hash_algo?: unknown }
     const operation = body.operation
     if (operation !== 'download' && operation !== 'upload') throw new LfsError(422, 'operation must be "download" or "upload"')
     if (body.hash_algo !== undefined && body.hash_algo !== 'sha256') throw new LfsError(409, 'only the sha256 hash algorithm is supported')
