@@ -149,8 +149,11 @@ async function quarantineOf(repoDir: string, objects: unknown): Promise<RefConte
 }
 const QUARANTINE = /^tmp_objdir-incoming-[A-Za-z0-9]+$/
 
+/** an object id as git prints one (SHA-1 or SHA-256): never an option to the git commands the ref hooks run */
+const OBJECT_ID = /^[0-9a-f]{40}([0-9a-f]{24})?$/
+
 function isRefUpdate(u: unknown): u is RefUpdate {
   const x = u as RefUpdate
   return typeof x?.ref === 'string' && typeof x.oldId === 'string' && typeof x.newId === 'string'
-    && ['create', 'update', 'force', 'delete'].includes(x.kind)
+    && OBJECT_ID.test(x.oldId) && OBJECT_ID.test(x.newId) && ['create', 'update', 'force', 'delete'].includes(x.kind)
 }
