@@ -28,7 +28,11 @@ export class CredentialCache {
   private readonly salt = randomBytes(32).toString('base64')
   private readonly entries: LRUCache<string, CachedIdentity>
   constructor(private readonly ttlMs: number, maxEntries = 10_000) {
-    this.entries = new LRUCache({ max: maxEntries, ttl: Math.max(ttlMs, 1) })
+    // ttlResolution 0: lru-cache otherwise keeps its clock for 1 ms with a setTimeout, armed
+    // again by the first lookup of each millisecond; at thousands of warm requests a second
+    // those timers cost more than the rest of the lookup (the authenticated request cost the
+    // worker ~4% more CPU than the anonymous one; without them, the two are within 1%)
+    this.entries = new LRUCache({ max: maxEntries, ttl: Math.max(ttlMs, 1), ttlResolution: 0 })
   }
 
   /** The key of an Authorization header: a hit needs no parsing (only verified headers are ever set). */

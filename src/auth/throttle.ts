@@ -31,7 +31,7 @@ export class LoginThrottle {
   constructor(private readonly limit: number, private readonly windowMs: number, maxKeys = 100_000) {
     // bounded by count through maxSize, not `max`: `max` preallocates arrays for every slot
     // (1.6 MB resident for 100,000, which only an attack would ever fill)
-    this.failures = new LRUCache({ maxSize: maxKeys, sizeCalculation: () => 1, ttl: windowMs })
+    this.failures = new LRUCache({ maxSize: maxKeys, sizeCalculation: () => 1, ttl: windowMs, ttlResolution: 0 })
   }
 
   private key(user: string, address: string): string {

@@ -116,7 +116,7 @@ export class PackObjectsCache {
 
   constructor(private readonly opts: PackCacheOptions) {
     // 100,000 at most, counted through maxSize: `max` would preallocate every slot (throttle.ts)
-    this.seen = new LRUCache({ maxSize: 100_000, sizeCalculation: () => 1, ttl: opts.maxAgeMs })
+    this.seen = new LRUCache({ maxSize: 100_000, sizeCalculation: () => 1, ttl: opts.maxAgeMs, ttlResolution: 0 })
     try {
       mkdirSync(opts.dir, { recursive: true, mode: 0o700 })
     } catch (err) {
