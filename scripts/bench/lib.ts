@@ -6,6 +6,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import http from 'node:http'
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -41,9 +42,26 @@ export interface Started {
   stop(): Promise<void>
 }
 
-/** Starts `vcs-worker serve` on a free port and waits for its listening line. */
-export async function startWorker(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Started> {
-  const proc = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--log-level', 'warn', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+/**
+ * The command that runs `cmd args` on the given CPUs (taskset's list, e.g. '0'), when this
+ * machine has taskset and more than one CPU; otherwise the command as it is. A process and
+ * its load generator pinned to different cores no longer trade places on one core, which on
+ * a 2-core machine is most of what a request-rate ratio's noise is.
+ */
+export function pinned(cpus: string | undefined, cmd: string, args: string[]): [string, string[]] {
+  if (cpus === undefined || !canPin()) return [cmd, args]
+  return ['taskset', ['-c', cpus, cmd, ...args]]
+}
+let pinnable: boolean | undefined
+function canPin(): boolean {
+  pinnable ??= os.cpus().length > 1 && spawnSync('taskset', ['-c', '0', 'true']).status === 0
+  return pinnable
+}
+
+/** Starts `vcs-worker serve` on a free port and waits for its listening line; on `cpus` when given (see pinned). */
+export async function startWorker(args: string[], env: NodeJS.ProcessEnv = {}, opts: { cpus?: string } = {}): Promise<Started> {
+  const [cmd, argv] = pinned(opts.cpus, process.execPath, [CLI, 'serve', '--port', '0', '--log-level', 'warn', ...args])
+  const proc = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
   let out = ''
   proc.stdout!.on('data', (c) => { out += c })
   const until = Date.now() + 15_000
@@ -134,8 +152,8 @@ function parseWrk(out: string): WrkResult {
 }
 
 /** Requests per second, errors and latency percentiles (ms) from wrk at the given concurrency, bounded to `seconds`. */
-export function wrk(url: string, concurrency: number, seconds: number, headers: Record<string, string> = {}): WrkResult {
-  return parseWrk(sh('wrk', wrkArgs(url, concurrency, seconds, headers)))
+export function wrk(url: string, concurrency: number, seconds: number, headers: Record<string, string> = {}, opts: { cpus?: string } = {}): WrkResult {
+  return parseWrk(sh(...pinned(opts.cpus, 'wrk', wrkArgs(url, concurrency, seconds, headers))))
 }
 
 /** wrk without blocking this process's event loop (other work of the benchmark goes on meanwhile). */
