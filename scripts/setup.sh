@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent set-up for `npm start`, `npm test` and the benchmarks on a fresh machine:
 # Debian packages when their commands are missing, npm dependencies from package-lock.json,
-# the TypeScript build, and data/repos seeded from repos-fixture/ on first run.
+# the TypeScript build and the pack-objects hook, and data/repos seeded from repos-fixture/ on first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,7 @@ need_pkgs=()
 command -v git >/dev/null || need_pkgs+=(git)
 command -v hg >/dev/null || need_pkgs+=(mercurial)
 command -v haproxy >/dev/null || need_pkgs+=(haproxy)
+{ command -v cc >/dev/null && [ -e /usr/include/stdio.h ]; } || need_pkgs+=(gcc libc6-dev) # the pack-objects hook (scripts/build-hook.sh)
 for p in "$@"; do # extra packages a caller needs, e.g. the benchmarks' nginx and fcgiwrap
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
@@ -30,6 +31,7 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 
 npx --no-install tsc -p tsconfig.json
+bash scripts/build-hook.sh
 
 if [ ! -d data/repos ]; then
   mkdir -p data

@@ -65,6 +65,30 @@ t.test('a pack asked for again is computed once: direct, then written, then serv
 
 })
 
+t.test('a pack-objects input larger than a pipe holds (1,800 wants): run directly by the hook, then written, then a hit', async (t) => {
+  const w = await startWorker(t, { 'pack-cache': true })
+  const repo = path.join(w.reposDir, 'wide.git')
+  const git = gitClient(w.dir)
+  t.equal((await git(['init', '-q', '--bare', repo])).code, 0)
+  // 1,800 commits, each the tip of its own branch: a clone wants every one, 41 bytes each on
+  // pack-objects' stdin (74 KB, past the 64 KiB a pipe takes before the hook must write it from another process)
+  const parts: string[] = []
+  for (let c = 1; c <= 1800; c++) {
+    const msg = `commit ${c}\n`
+    parts.push(`commit refs/heads/main\nmark :${c}\ncommitter T <t@example.invalid> ${1_700_000_000 + c} +0000\ndata ${msg.length}\n${msg}M 100644 inline f.txt\ndata ${msg.length}\n${msg}\n`)
+  }
+  for (let c = 1; c <= 1800; c++) parts.push(`reset refs/heads/b${c}\nfrom :${c}\n\n`)
+  t.equal((await git(['--git-dir', repo, 'fast-import', '--quiet'], w.dir, { input: parts.join('') })).code, 0)
+  await w.store.setRepo('wide.git', 'git', true)
+  for (const name of ['w1', 'w2', 'w3']) {
+    const r = await git(['clone', '-q', '--mirror', `${w.url}/wide.git`, name])
+    t.equal(r.code, 0, r.stderr)
+    t.equal((await git(['--git-dir', path.join(w.dir, name), 'for-each-ref', '--format=x', 'refs/heads/'])).stdout.trim().split('\n').length, 1801, `${name}: every branch`)
+    t.equal((await git(['--git-dir', path.join(w.dir, name), 'fsck', '--strict'])).code, 0, `${name}: fsck`)
+  }
+  t.same(outcomes(w), ['miss', 'miss', 'hit'], 'first seen: run directly; second: written; third: a hit')
+})
+
 t.test('concurrent identical clones follow one pack-objects run', async (t) => {
   const w = await startWorker(t, { 'pack-cache': true })
   await addBigRepo(w.dir, w.reposDir, 8)
