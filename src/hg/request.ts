@@ -221,3 +221,35 @@ function workClassOf(cmd: string | undefined, args: Map<string, Buffer>): WorkCl
   const nodes = (args.get(cmd === 'getbundle' ? 'common' : 'roots')?.toString('latin1') ?? '').split(/[ ,]+/).filter(Boolean)
   return nodes.every((n) => NULL_NODE.test(n)) ? 'full' : 'incremental'
 }
+
+/** Commands whose answer is light and read-only: the worker may keep it (answer-cache.ts). */
+const KEPT = new Set(['capabilities', 'heads', 'known', 'branchmap', 'listkeys', 'lookup'])
+const NODE = /^[0-9a-f]{40}$/
+
+/**
+ * What decides the answer to `judged` besides the repo, when the worker may keep that answer;
+ * undefined otherwise. Kept: a GET without a body of a light read command, a `batch` of only
+ * those, or a `getbundle` with nothing to send (every head asked for is among the common nodes:
+ * the pull after a clone bundle). The text is the rebuilt target and the headers hg reads
+ * the answer from.
+ */
+export function keptAnswerRequest(method: string, judged: HgRequest): string | undefined {
+  if (method !== 'GET' || judged.hasBody || judged.action !== 'read' || judged.cmd === undefined) return undefined
+  const { cmd, args } = judged
+  let kept = KEPT.has(cmd)
+  if (cmd === 'batch') {
+    const names = (args.get('cmds')?.toString('latin1') ?? '').split(';').map((e) => e.trim().split(' ', 1)[0] ?? '')
+    kept = names.length > 0 && names.every((n) => KEPT.has(n))
+  } else if (cmd === 'getbundle') {
+    const nodes = (name: string) => (args.get(name)?.toString('latin1') ?? '').split(' ').filter(Boolean)
+    const heads = nodes('heads')
+    const common = new Set(nodes('common'))
+    kept = heads.length > 0 && heads.every((h) => NODE.test(h) && common.has(h))
+  }
+  if (!kept) return undefined
+  // the arguments always; the rest only where hg reads it: a bundle's compression is
+  // negotiated from X-HgProto-1 (and Accept), the other commands answer plain bytes to anyone
+  const decides = (name: string) => name.startsWith('x-hgarg-') || (cmd === 'getbundle' && name !== 'user-agent')
+  const headers = Object.entries(judged.headers).filter(([k]) => decides(k)).sort(([a], [b]) => (a < b ? -1 : 1))
+  return JSON.stringify([judged.target, headers])
+}

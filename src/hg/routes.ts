@@ -18,14 +18,14 @@ import type { Action, Identity } from '../auth/plugin.js'
 import { decodeBody, spillRequestBody, type SpillBuffer } from '../http/body.js'
 import type { RepoRoute } from '../http/routes.js'
 import { HOP_BY_HOP, SANE_HOST } from '../http/headers.js'
-import { judgeHgRequest, type HgRequest } from './request.js'
+import { judgeHgRequest, keptAnswerRequest, type HgRequest } from './request.js'
 import type { Admission, Release } from '../admission/admission.js'
 import type { HgChild, HgServePool } from './serve-pool.js'
 import type { JournalRecovery } from './recover.js'
 import { handoffHead, type HandoffLine } from './handoff.js'
 import { isBundleName, type CloneBundles } from './clone-bundles.js'
 import { sendFile } from '../http/send-file.js'
-import { CapabilitiesCache, MAX_KEPT, type CachedAnswer } from './capabilities-cache.js'
+import { HgAnswerCache, MAX_KEPT, type CachedAnswer } from './answer-cache.js'
 
 
 export interface HgDeps {
@@ -37,8 +37,8 @@ export interface HgDeps {
   refused?: () => void
   /** the repos' clone bundles, when hgCloneBundles is on */
   cloneBundles?: CloneBundles
-  /** capabilities answers kept per repo (one is made when not given) */
-  capabilities?: CapabilitiesCache
+  /** light read answers kept per repo and request (one is made when not given) */
+  answers?: HgAnswerCache
 }
 
 
@@ -48,7 +48,7 @@ const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 /** The hg route of the route table: every wire-protocol command and hgweb page. */
 export function hgRoute(deps: HgDeps): RepoRoute {
   const judgedOf = new WeakMap<FastifyRequest, HgRequest>()
-  const capabilities = deps.capabilities ?? new CapabilitiesCache()
+  const answers = deps.answers ?? new HgAnswerCache()
 
   /** Judged before the repo is looked up: the action is the command's (request.ts). */
   function access(req: FastifyRequest): Action {
@@ -65,16 +65,17 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     if (deps.cloneBundles && (judged.cmd === 'clonebundles' || judged.cmd === 'clonebundles_manifest')) return manifest(req, reply, deps.cloneBundles)
     await deps.recovery.ensure(req.repo.dir)
     let keep: ((answer: CachedAnswer) => void) | undefined
-    if (judged.cmd === 'capabilities' && req.method === 'GET' && !judged.hasBody) {
+    const kept = keptAnswerRequest(req.method, judged)
+    if (kept !== undefined) {
       const dir = req.repo.dir
-      const fingerprint = await capabilities.fingerprint(dir)
-      const hit = capabilities.get(dir, fingerprint)
+      const fingerprint = await answers.fingerprint(dir)
+      const hit = answers.get(dir, kept, fingerprint)
       if (hit) {
         req.accessRecord.bytesOut = hit.body.length
         reply.raw.statusMessage = hit.statusMessage
         return reply.headers(hit.headers).send(hit.body)
       }
-      keep = (answer) => capabilities.set(dir, fingerprint, answer)
+      keep = (answer) => answers.set(dir, kept, fingerprint, answer)
     }
     const release = judged.workClass ? await deps.admission.admit(req, reply, judged.workClass) : () => {}
     try {
@@ -98,7 +99,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     const headers: Record<string, string> = { ...judged.headers, 'x-vcs-worker-secret': child.secret, 'x-vcs-worker-access': judged.action }
     if (principal.kind === 'user') headers['x-vcs-worker-user'] = principal.name
 
-    if (child.handoff?.usable && deps.pool.handoffVerified && req.method === 'GET' && judged.cmd === 'getbundle' && !judged.hasBody && !req.raw.socket.destroyed) {
+    if (!keep && child.handoff?.usable && deps.pool.handoffVerified && req.method === 'GET' && judged.cmd === 'getbundle' && !judged.hasBody && !req.raw.socket.destroyed) {
       return handOver(req, reply, child, child.handoff, judged, headers, release) // a bundle download: the child answers itself
     }
 
@@ -161,7 +162,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     if (res.statusMessage) reply.raw.statusMessage = res.statusMessage // hg clients print the reason phrase
     // Counted by a stage in the pipe, never by a 'data' listener: that would start the stream
     // flowing before Fastify attaches its pipe, and the first chunks would be lost.
-    // an answer to keep (capabilities) is collected on the way, up to what could be one
+    // an answer to keep (answer-cache.ts) is collected on the way, up to what could be one
     let kept: Buffer[] | undefined = keep && res.statusCode === 200 ? [] : undefined
     const counted = new Transform({
       transform(chunk: Buffer, _enc, cb) {

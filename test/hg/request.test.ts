@@ -11,7 +11,7 @@ import path from 'node:path'
 import { gzipSync } from 'node:zlib'
 import { appendFile, readdir, readFile, writeFile } from 'node:fs/promises'
 import { startWorker, run, rawRequest, clientEnv, type Worker } from '../helpers/worker.js'
-import { encodeComponent, judgeHgRequest, parseUrlencoded } from '../../src/hg/request.js'
+import { encodeComponent, judgeHgRequest, keptAnswerRequest, parseUrlencoded } from '../../src/hg/request.js'
 
 const ZERO = '0'.repeat(40)
 const basic = (u: string, p: string) => ({ authorization: `Basic ${Buffer.from(`${u}:${p}`).toString('base64')}` })
@@ -178,4 +178,29 @@ t.test('the child refuses a push the worker did not authorize (defence in depth)
   const ok = await direct('write')
   t.equal(ok.status, 200, 'with the worker\'s word for it, the same request is served')
   t.equal((await local(w)(['-R', path.join(w.reposDir, 'demo-hg'), 'bookmarks', '-T', '{bookmark} '])).stdout.trim().split(' ').filter((b) => b.startsWith('direct')).join(' '), 'direct-write', 'only the authorized one made a bookmark')
+})
+
+t.test('which answers the worker may keep, and under what: light reads and a getbundle with nothing to send', async (t) => {
+  const a = 'a'.repeat(40)
+  const b = 'b'.repeat(40)
+  const key = (method: string, url: string, headers: Record<string, string> = {}) => keptAnswerRequest(method, judgeHgRequest(method, url, Object.entries(headers).flat()))
+  for (const cmd of ['capabilities', 'heads', 'branchmap', 'listkeys&namespace=phases', `known&nodes=${a}`, 'lookup&key=tip']) t.ok(key('GET', `/r?cmd=${cmd}`), `${cmd} kept`)
+  t.ok(key('GET', '/r?cmd=batch', { 'X-HgArg-1': `cmds=heads+%3Bknown+nodes%3D${a}` }), 'a batch of light reads kept')
+  t.equal(key('GET', '/r?cmd=batch', { 'X-HgArg-1': 'cmds=heads+%3Bpushkey+namespace%3Dphases' }), undefined, 'a batch with a write: never')
+  t.equal(key('GET', '/r?cmd=batch', { 'X-HgArg-1': `cmds=heads+%3Bgetbundle+heads%3D${a}` }), undefined, 'a batch with a bundle: never')
+  t.equal(key('GET', '/r?cmd=unbundle'), undefined, 'a push: never')
+  t.equal(key('GET', '/r?cmd=stream_out'), undefined, 'a stream clone: never')
+  t.equal(key('GET', '/r'), undefined, 'hgweb pages: never')
+  t.equal(key('GET', '/r?cmd=between&pairs='), undefined, 'a command not on the list: never')
+  t.ok(key('GET', '/r?cmd=getbundle', { 'X-HgArg-1': `heads=${a}&common=${b}+${a}` }), 'getbundle, every head common: kept')
+  t.equal(key('GET', '/r?cmd=getbundle', { 'X-HgArg-1': `heads=${a}+${b}&common=${a}` }), undefined, 'getbundle with a head to send: never')
+  t.equal(key('GET', '/r?cmd=getbundle', { 'X-HgArg-1': `common=${a}` }), undefined, 'getbundle of every head: never')
+  t.equal(key('GET', '/r?cmd=getbundle', { 'X-HgArg-1': 'heads=tip&common=tip' }), undefined, 'getbundle of names, not nodes: never')
+
+  // the key: the arguments always, the user agent never, compression headers for bundles only
+  t.not(key('GET', `/r?cmd=known&nodes=${a}`), key('GET', `/r?cmd=known&nodes=${b}`), 'arguments in the key')
+  t.not(key('GET', '/r?cmd=batch', { 'X-HgArg-1': `cmds=known+nodes%3D${a}` }), key('GET', '/r?cmd=batch', { 'X-HgArg-1': `cmds=known+nodes%3D${b}` }), 'header-borne arguments in the key')
+  t.equal(key('GET', '/r?cmd=heads', { 'User-Agent': 'mercurial/proto-1.0 (Mercurial 6.3)', 'X-HgProto-1': '0.2 comp=zstd' }), key('GET', '/r?cmd=heads', { 'User-Agent': 'other' }), 'heads: the same answer for every client')
+  const gb = (proto: string) => key('GET', '/r?cmd=getbundle', { 'X-HgArg-1': `heads=${a}&common=${a}`, 'X-HgProto-1': proto, 'User-Agent': proto })
+  t.not(gb('0.2 comp=zstd'), gb('0.1'), 'getbundle: the negotiated compression in the key')
 })

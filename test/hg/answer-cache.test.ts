@@ -58,3 +58,55 @@ t.test('a kept capabilities answer is still behind the repo\'s authorization', a
   const other = { authorization: `Basic ${Buffer.from('other:other-password').toString('base64')}` }
   t.equal((await fetch(url, { headers: other })).status, 404, 'a user without read: still no such repo')
 })
+
+/** the hg commands asked since `from`, each with whether an hg serve child answered it */
+function commandLines(w: Worker, from: number): string[] {
+  return w.logs().slice(from)
+    .filter((l) => l.msg === 'request' && typeof l.url === 'string' && l.url.includes('cmd='))
+    .map((l) => `${/cmd=([a-z_]+)/.exec(l.url as string)![1]}:${l.child_pid !== undefined ? 'hg' : 'kept'}`)
+}
+
+t.test('light read answers (heads, known, a getbundle with nothing to send) are kept; a push, a phase change or a bookmark makes the next one hg\'s again', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundles': false })
+  await w.addUser('hana', 'hana-password', { 'demo-hg': 'write' })
+  const hg = await hgClient(w)
+  const repo = path.join(w.reposDir, 'demo-hg')
+  const tip = async (dir: string) => (await hg(['log', '-R', dir, '-r', 'tip', '--template', '{desc}'])).stdout
+  for (const name of ['c1', 'c2']) t.equal((await hg(['clone', `${w.url}/demo-hg`, name])).code, 0)
+  const c1 = path.join(w.dir, 'c1')
+  const c2 = path.join(w.dir, 'c2')
+
+  let mark = w.logs().length
+  t.equal((await hg(['pull', '-R', c2])).code, 0)
+  t.ok(commandLines(w, mark).includes('getbundle:hg'), `a pull with nothing new: asked of hg once (${commandLines(w, mark).join(' ')})`)
+  mark = w.logs().length
+  const again = await hg(['pull', '-R', c2])
+  t.equal(again.code, 0, again.stderr)
+  t.match(again.stdout, /no changes found/)
+  const lines = commandLines(w, mark)
+  t.ok(lines.includes('getbundle:kept') && lines.every((l) => l.endsWith(':kept')), `then every answer is the worker's: ${lines.join(' ')}`)
+
+  // a push: the pull after it gets the new changeset, never the kept "nothing new"
+  await writeFile(path.join(c1, 'pushed.txt'), 'pushed\n')
+  t.equal((await hg(['commit', '-R', c1, '-A', '-m', 'pushed after the answers were kept'])).code, 0)
+  const pushed = await hg(['push', '-R', c1, `http://hana:hana-password@${w.url.slice('http://'.length)}/demo-hg`])
+  t.equal(pushed.code, 0, pushed.stderr)
+  mark = w.logs().length
+  t.equal((await hg(['pull', '-R', c2])).code, 0)
+  t.equal(await tip(c2), 'pushed after the answers were kept', 'the push is seen')
+  t.ok(commandLines(w, mark).includes('getbundle:hg'))
+
+  // the same pull twice more, kept again; then the changeset made secret on the server: a new
+  // clone must not get it, and the heads it is told of change
+  await hg(['pull', '-R', c2])
+  t.equal((await hg(['phase', '-R', repo, '--force', '--secret', '-r', 'tip'])).code, 0)
+  t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 'c3'])).code, 0)
+  t.not(await tip(path.join(w.dir, 'c3')), 'pushed after the answers were kept', 'a secret changeset is not served')
+  t.equal((await hg(['phase', '-R', repo, '--force', '--public', '-r', 'tip'])).code, 0)
+
+  // a bookmark set on the server: the next pull learns it
+  await hg(['pull', '-R', c2])
+  t.equal((await hg(['bookmark', '-R', repo, '-r', '0', 'marker'])).code, 0)
+  t.equal((await hg(['pull', '-R', c2])).code, 0)
+  t.match((await hg(['bookmarks', '-R', c2])).stdout, /marker/, 'the bookmark is seen')
+})
