@@ -123,18 +123,6 @@ async function main(): Promise<void> {
       if (Date.now() > bundlesReady) throw new Error('the clone bundles were not made within 2 minutes')
       await new Promise((r) => setTimeout(r, 500))
     }
-    // the floor of a clone from a bundle: the client applying the same stream bundle from a
-    // local file into a new repo, no server at all (what hg does with the bytes once they came)
-    const manifest = await (await fetch(`${wb.url}/large-hg?cmd=clonebundles`)).text()
-    const streamUrl = manifest.split('\n').map((l) => l.split(' ')[0]!).find((u) => u.endsWith('/stream-v2.hg'))!
-    const streamFile = path.join(BENCH, 'stream-v2.hg')
-    writeFileSync(streamFile, Buffer.from(await (await fetch(streamUrl)).arrayBuffer()))
-    const applyFloor = async (): Promise<number> => {
-      rmSync(dest, { recursive: true, force: true })
-      const r = await timeAsync('sh', ['-c', 'hg init "$1" && hg -q -R "$1" unbundle "$2"', 'sh', dest, streamFile], { env: HGENV })
-      if (r.code !== 0) throw new Error(`applying the stream bundle failed: ${r.stderr}`)
-      return r.ms
-    }
     const bundleTicks = { with: [] as number[], without: [] as number[] }
     const bundleMs = { with: [] as number[], without: [] as number[] }
     // what each worker and its children spend idle (health checks, probes of the hg children):
@@ -160,7 +148,6 @@ async function main(): Promise<void> {
         ['proxied', () => cloned(wp, `${wp.url}/large-hg`, ticks.proxied)],
         ['bundles', async () => { const ms = await treeCloned(wb, bundleTicks.with); bundleMs.with.push(ms); return ms }],
         ['no bundles', async () => { const ms = await treeCloned(w2, bundleTicks.without); bundleMs.without.push(ms); return ms }],
-        ['apply floor', applyFloor],
       ]
       if (round % 2) clones.reverse()
       for (const [name, run] of clones) add(name, await run())
@@ -198,8 +185,6 @@ async function main(): Promise<void> {
       clone_bundles: {
         clone_ms: { with: m.bundles, without: m['no bundles'] },
         wall_with_over_without: r('bundles', 'no bundles'),
-        floor_apply_ms: m['apply floor'],
-        floor_apply_over_without: r('apply floor', 'no bundles'),
         cpu_ms: { with: median(net.with) * 10, without: median(net.without) * 10 },
         cpu_with_over_without: median(net.with.map((x, i) => x / Math.max(1, net.without[i]!))),
         cpu_ms_rounds: { with: bundleTicks.with.map((x) => x * 10), without: bundleTicks.without.map((x) => x * 10) },
@@ -221,7 +206,6 @@ async function main(): Promise<void> {
       ['worker CPU per MB of clone (ms), handed over', results.worker_cpu_ms_per_mb.handoff.toFixed(1), '', ''],
       ['worker CPU per MB of clone (ms), proxied', results.worker_cpu_ms_per_mb.proxied.toFixed(1), '', ''],
       [`hg clone with clone bundles / without, wall (${Math.round(cb.clone_ms.with!)} / ${Math.round(cb.clone_ms.without!)} ms)`, cb.wall_with_over_without.toFixed(2), '<= 0.5', cb.wall_with_over_without <= 0.5 ? 'yes' : 'NO'],
-      [`floor: the client applying the stream bundle from a local file / clone without (${Math.round(cb.floor_apply_ms!)} ms)`, cb.floor_apply_over_without.toFixed(2), '(reference)', ''],
       [`hg clone with / without, worker and children CPU less idle (${Math.round(cb.cpu_ms.with)} / ${Math.round(cb.cpu_ms.without)} ms)`, cb.cpu_with_over_without.toFixed(2), '<= 0.20', cb.cpu_with_over_without <= 0.2 ? 'yes' : 'NO'],
     ]))
     console.log(JSON.stringify(results, null, 2))
