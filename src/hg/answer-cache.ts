@@ -22,6 +22,7 @@
  * read before it, which the repo never has again after the push. A config that `%include`s
  * another file is not followed: the cache is then cleared by a restart (documented).
  */
+import { createHash } from 'node:crypto'
 import { stat } from 'node:fs/promises'
 import path from 'node:path'
 
@@ -63,9 +64,17 @@ export class HgAnswerCache {
     return ids.join('/')
   }
 
+  /**
+   * The map's key: a digest, since a request's arguments may be as long as the headers allow
+   * (1 MiB): only the answers' bytes count against MAX_TOTAL, never the requests'.
+   */
+  private keyOf(repoDir: string, request: string): string {
+    return createHash('sha256').update(repoDir).update('\0').update(request).digest('base64')
+  }
+
   /** `request`: what decides the answer besides the repo (the rebuilt target and headers). */
   get(repoDir: string, request: string, fingerprint: string): CachedAnswer | undefined {
-    const key = `${repoDir}\0${request}`
+    const key = this.keyOf(repoDir, request)
     const e = this.entries.get(key)
     if (!e || e.fingerprint !== fingerprint) return undefined
     this.entries.delete(key) // most recently used goes last
@@ -76,7 +85,7 @@ export class HgAnswerCache {
   /** Keeps hg's answer, if it is small enough to be a light one. */
   set(repoDir: string, request: string, fingerprint: string, answer: CachedAnswer): void {
     if (answer.body.length > MAX_KEPT) return
-    const key = `${repoDir}\0${request}`
+    const key = this.keyOf(repoDir, request)
     this.drop(key)
     this.entries.set(key, { fingerprint, answer })
     this.bytes += answer.body.length

@@ -218,8 +218,12 @@ function workClassOf(cmd: string | undefined, args: Map<string, Buffer>): WorkCl
   if (cmd === undefined || !Object.hasOwn(HG_COMMANDS, cmd) || !HG_COMMANDS[cmd]!.bundle) return undefined
   if (cmd === 'unbundle') return 'incremental'
   if (cmd === 'stream_out') return 'full'
-  const nodes = (args.get(cmd === 'getbundle' ? 'common' : 'roots')?.toString('latin1') ?? '').split(/[ ,]+/).filter(Boolean)
-  return nodes.every((n) => NULL_NODE.test(n)) ? 'full' : 'incremental'
+  return nodeList(args, cmd === 'getbundle' ? 'common' : 'roots').every((n) => NULL_NODE.test(n)) ? 'full' : 'incremental'
+}
+
+/** A list argument of nodes (`heads`, `common`, `roots`): separated by spaces (or commas, in `roots`' pairs). */
+function nodeList(args: Map<string, Buffer>, name: string): string[] {
+  return (args.get(name)?.toString('latin1') ?? '').split(/[ ,]+/).filter(Boolean)
 }
 
 /** Commands whose answer is light and read-only: the worker may keep it (answer-cache.ts). */
@@ -241,9 +245,8 @@ export function keptAnswerRequest(method: string, judged: HgRequest): string | u
     const names = (args.get('cmds')?.toString('latin1') ?? '').split(';').map((e) => e.trim().split(' ', 1)[0] ?? '')
     kept = names.length > 0 && names.every((n) => KEPT.has(n))
   } else if (cmd === 'getbundle') {
-    const nodes = (name: string) => (args.get(name)?.toString('latin1') ?? '').split(' ').filter(Boolean)
-    const heads = nodes('heads')
-    const common = new Set(nodes('common'))
+    const heads = nodeList(args, 'heads')
+    const common = new Set(nodeList(args, 'common'))
     kept = heads.length > 0 && heads.every((h) => NODE.test(h) && common.has(h))
   }
   if (!kept) return undefined
