@@ -9,7 +9,7 @@ need_pkgs=()
 command -v git >/dev/null || need_pkgs+=(git)
 command -v hg >/dev/null || need_pkgs+=(mercurial)
 command -v haproxy >/dev/null || need_pkgs+=(haproxy)
-{ command -v cc >/dev/null && [ -e /usr/include/stdio.h ]; } || need_pkgs+=(gcc libc6-dev) # the pack-objects hook (scripts/build-hook.sh)
+{ command -v cc >/dev/null && [ -e /usr/include/stdio.h ]; } || need_pkgs+=(gcc libc6-dev) # the pack-objects hook and the pack relay (scripts/build-native.sh)
 for p in "$@"; do # extra packages a caller needs, e.g. the benchmarks' nginx and fcgiwrap
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
@@ -31,7 +31,7 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 
 npx --no-install tsc -p tsconfig.json
-bash scripts/build-hook.sh
+bash scripts/build-native.sh
 
 if [ ! -d data/repos ]; then
   mkdir -p data

@@ -21,9 +21,9 @@ export interface AccessInfo {
   exitCode?: number | string | null
   pid?: number
   aborted?: boolean
-  /** set when someone else wrote the answer (an hg child on a handed-over connection): whether it went out whole */
+  /** set when someone else wrote the answer (an hg child on a handed-over connection, the pack relay): whether it went out whole */
   completed?: boolean
-  /** the connection was handed over to an hg serve child, which answered on it */
+  /** the connection was handed over to a child which answered on it: an hg serve child, or git's pack relay */
   handedOver?: boolean
   /** refused inside the protocol (HTTP 200 with git's ERR packet): why */
   refused?: string

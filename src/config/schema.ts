@@ -54,6 +54,7 @@ export const SETTINGS = Type.Object({
   drainTimeoutMs: int(300_000, 'after SIGTERM, how long in-flight clones and pushes may take before the exit is forced', { minimum: 0 }),
   childNice: int(10, 'niceness of git and hg serve children (and what they fork): the worker stays responsive when they saturate the CPU (0 = the worker\'s own)', { minimum: 0, maximum: 19 }),
   hgHandoff: bool(true, 'hand the client connection of a bundle download (getbundle) to the hg serve child, which streams the bundle to the client itself; false proxies every byte'),
+  packRelay: bool(true, 'a fetch\'s answer goes from git to the client\'s connection through the pack relay (splice), not through the worker: ~230 ms less worker CPU on an 81 MB clone; the connection then closes after the answer. false copies every byte through the worker (needed where the worker itself must see the bytes)'),
   spawnHelper: bool(true, 'start git through a helper process, so its fork never blocks the worker\'s event loop; false makes the worker spawn git itself'),
   quarantineStaleMs: int(86_400_000, 'a push quarantine (objects/tmp_objdir-incoming-*) unchanged this long and held open by no process on this host is removed, swept before pushes', { minimum: 1000 }),
   refLockStaleMs: int(600_000, 'a ref lock (refs/...lock, packed-refs.lock) older than this and open in no process on this host was left by a killed git: removed when a push updates that ref (git holds one for milliseconds; keep hosts\' clocks within this)', { minimum: 10_000 }),

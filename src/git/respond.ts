@@ -73,16 +73,22 @@ class PktFrames {
   }
 
   errorPacket(message: string): Buffer {
-    const text = message.slice(0, 1000)
-    return this.sideband ? pkt(Buffer.concat([Buffer.from([3]), Buffer.from(`${text}\n`)])) : errPkt(text)
+    return inBandError(message, this.sideband)
   }
+}
+
+/** git's failure told inside the protocol: band 3 once side-band is on, else an ERR packet. */
+export function inBandError(message: string, sideband: boolean): Buffer {
+  const text = message.slice(0, 1000)
+  return sideband ? pkt(Buffer.concat([Buffer.from([3]), Buffer.from(`${text}\n`)])) : errPkt(text)
 }
 
 /**
  * Ties a git child to the request (killed when the client goes away) and returns what judges
  * its exit: logs it, records it for the access log, and turns a failure into the error to answer.
+ * `ended` says a child was ended on purpose (logged at info, as one we killed).
  */
-function attach(req: FastifyRequest, reply: FastifyReply, child: Child, what: string, bytes: () => number): (s: ExitStatus) => Error | undefined {
+export function attach(req: FastifyRequest, reply: FastifyReply, child: Child, what: string, bytes: () => number, ended?: () => boolean): (s: ExitStatus) => Error | undefined {
   const access = req.accessRecord
   access.pid = child.pid
   access.spawned = true
@@ -101,7 +107,8 @@ function attach(req: FastifyRequest, reply: FastifyReply, child: Child, what: st
       if (stderr) req.log.debug({ child_pid: child.pid, stderr }, 'git stderr')
       return undefined
     }
-    const level = child.killed ? 'info' : 'error'
+    // killed by us, or ended on purpose (`ended`: the pack relay giving up on an idle client): not git's fault
+    const level = child.killed || ended?.() ? 'info' : 'error'
     req.log[level]({ child_pid: child.pid, exit_code: access.exitCode, stderr, bytes_out: bytes() }, `${what} ended: ${describeExit(status)}`)
     if (status.error) return new ServiceUnavailableError('git is not available on this worker')
     const last = stderr.split('\n').filter(Boolean).pop()

@@ -4,6 +4,7 @@
  * the route table's pre-handler finds the repo and authorizes (http/routes.ts), so each handler
  * reads like the protocol: admit, spawn git, stream.
  */
+import { existsSync } from 'node:fs'
 import { pipeline } from 'node:stream/promises'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { QuarantineSweeper } from './quarantine.js'
@@ -15,6 +16,7 @@ import { decodeBody, spillRequestBody, toClientError } from '../http/body.js'
 import { DUMB_HTTP, type RepoRoute } from '../http/routes.js'
 import { errPkt, FLUSH, pkt, PktLineChecker } from './pktline.js'
 import { sendChildChunks, streamChild } from './respond.js'
+import { finishRelayed, PACK_RELAY, relayableSocket, relayHead } from './relay.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
 import { V2AdvertisementCache } from './advertise.js'
 import type { PackObjectsCache } from './pack-cache.js'
@@ -85,6 +87,7 @@ function advertisedService(req: FastifyRequest): GitService {
 /** The three git endpoints as routes of the route table, bound to their dependencies. */
 export function gitRoutes(deps: GitDeps): RepoRoute[] {
   const { config, git } = deps
+  if (config.packRelay && !existsSync(PACK_RELAY)) throw new Error(`the pack relay is not built (${PACK_RELAY}): run \`npm run build\`, or start with --no-pack-relay`)
   const v2 = new V2AdvertisementCache(git)
   const quarantines = new QuarantineSweeper(config.quarantineStaleMs, deps.log)
 
@@ -142,9 +145,14 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
     }
     // with the pack-objects cache, git's pack-objects call goes through our hook (pack-cache.ts)
     const cache = deps.packCache?.open(repo.dir, (outcome) => { req.accessRecord.packCache = outcome })
-    const child = git.serve('upload-pack', repo.dir, { gitProtocol, env: cache?.env, config: cache?.config, pooledStdout: true })
+    // a fetch's answer (a pack, or the acknowledgements of a negotiation round) through the pack relay
+    const socket = config.packRelay && shape.command !== 'ls-refs' ? relayableSocket(req) : undefined
+    const head = socket && relayHead(reply)
+    const relay = socket && head ? { socket, head, idleMs: config.idleTimeoutMs, bin: PACK_RELAY } : undefined
+    const child = git.serve('upload-pack', repo.dir, { gitProtocol, env: cache?.env, config: cache?.config, pooledStdout: true, relay })
     void child.exited.then(() => { release?.(); cache?.close(); return spill.dispose() })
     pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))
+    if (relay) return finishRelayed(req, reply, child, relay.socket, 'git upload-pack', config.idleTimeoutMs)
     if (child.stdoutChunks) return sendChildChunks(req, reply, child, child.stdoutChunks, 'git upload-pack')
     return reply.send(streamChild(req, reply, child, { what: 'git upload-pack', inBand: true }))
   }

@@ -3,6 +3,7 @@
  * operand, an environment allowlist instead of `process.env`, and the serving options the
  * worker needs passed with `-c` so repositories need no special config.
  */
+import type { Socket } from 'node:net'
 import type { Config } from '../config/load.js'
 import { spawnChild, describeExit, runToCompletion, type Child } from '../process/child.js'
 import { READ_POOL } from '../process/pooled-read.js'
@@ -49,6 +50,8 @@ export interface RunOptions {
   config?: string[]
   /** stdout as pooled chunks (`Child.stdoutChunks`) when git starts through the spawn helper */
   pooledStdout?: boolean
+  /** run git under the pack relay (relay.ts), which writes its output to this connection */
+  relay?: { socket: Socket; head: string; idleMs: number; bin: string }
 }
 
 export interface GitRunner {
@@ -83,8 +86,15 @@ export function createGitRunner(config: Config): GitRunner {
       const args = [...cfgArgs, ...(opts.config ?? []).flatMap((c) => ['-c', c]), service, '--stateless-rpc']
       if (opts.advertise) args.push('--advertise-refs')
       args.push('--', repoDir)
+      const env = childEnv(opts.env, opts.gitProtocol)
+      const common = { env, killGraceMs: config.killGraceMs, nice: config.childNice, viaHelper: config.spawnHelper }
+      const { relay } = opts
+      if (relay) {
+        if (relay.head.includes('\0')) throw new Error('NUL byte in the response head')
+        return spawnChild(relay.bin, [String(relay.idleMs), relay.head, '--', config.gitBin, ...args], { ...common, stdoutSocket: relay.socket, report: true })
+      }
       const pooledStdout = opts.pooledStdout && config.spawnHelper ? READ_POOL : undefined
-      return spawnChild(config.gitBin, args, { env: childEnv(opts.env, opts.gitProtocol), killGraceMs: config.killGraceMs, nice: config.childNice, viaHelper: config.spawnHelper, pooledStdout })
+      return spawnChild(config.gitBin, args, { ...common, pooledStdout })
     },
     async exec(args, opts = {}) {
       if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')

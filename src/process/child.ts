@@ -5,7 +5,8 @@
  */
 import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { setPriority } from 'node:os'
-import { Writable, type Readable } from 'node:stream'
+import type { Socket } from 'node:net'
+import { PassThrough, Writable, type Readable } from 'node:stream'
 import { spawnViaHelper } from './helper-client.js'
 import type { BufferPool, ChunkSource } from './pooled-read.js'
 
@@ -33,6 +34,8 @@ export interface Child {
   readonly exited: Promise<ExitStatus>
   /** with `pooledStdout` through the helper: stdout as pooled chunks (`proc.stdout` is then empty) */
   readonly stdoutChunks?: ChunkSource
+  /** with `report`: what the child writes to its fd 3 */
+  readonly report?: Readable
   /** the last bytes the process wrote to stderr */
   stderr(): string
   /** SIGTERM the whole group, SIGKILL it after the grace period if it is still there */
@@ -57,6 +60,10 @@ export interface SpawnOptions {
   ipc?: boolean
   /** read stdout into this pool's buffers (helper spawns only; a direct spawn has a plain stdout) */
   pooledStdout?: BufferPool
+  /** the child's stdout is this connection itself (the pack relay); `proc.stdout` is then empty */
+  stdoutSocket?: Socket
+  /** open the child's fd 3 for it to report on (`Child.report`) */
+  report?: boolean
 }
 
 /**
@@ -73,10 +80,12 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
   let pid: number | undefined
   let proc: ChildStreams
   let stdoutChunks: ChunkSource | undefined
+  let report: Readable | undefined
   let exited: Promise<ExitStatus>
   if (opts.viaHelper) {
-    const remote = spawnViaHelper(bin, args, { env: opts.env, cwd: opts.cwd, nice: opts.nice, pooledStdout: opts.pooledStdout })
+    const remote = spawnViaHelper(bin, args, { env: opts.env, cwd: opts.cwd, nice: opts.nice, pooledStdout: opts.pooledStdout, stdoutSocket: opts.stdoutSocket, report: opts.report })
     stdoutChunks = remote.stdoutChunks
+    report = remote.report
     proc = remote
     void remote.started.then((p) => {
       pid = p
@@ -88,8 +97,15 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
       return status
     })
   } else {
-    const direct = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: opts.ipc ? ['pipe', 'pipe', 'pipe', 'ipc'] : ['pipe', 'pipe', 'pipe'] })
-    proc = direct as ChildProcessWithoutNullStreams // stdin, stdout and stderr are pipes either way
+    const fd3 = opts.ipc ? ['ipc' as const] : opts.report ? ['pipe' as const] : []
+    const direct = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: ['pipe', opts.stdoutSocket ?? 'pipe', 'pipe', ...fd3] })
+    if (opts.stdoutSocket) {
+      // the child writes to the connection itself: an empty stand-in for its stdout
+      const none = new PassThrough()
+      none.end()
+      proc = { stdin: direct.stdin!, stdout: none, stderr: direct.stderr! }
+    } else proc = direct as ChildProcessWithoutNullStreams // stdin, stdout and stderr are pipes either way
+    if (opts.report) report = direct.stdio[3] as Readable
     pid = direct.pid
     // Set before the child had time to exec and fork: its children inherit the niceness.
     if (opts.nice && direct.pid !== undefined) {
@@ -120,6 +136,7 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
     proc,
     channel: opts.ipc && !opts.viaHelper ? proc as ChildProcess : undefined,
     stdoutChunks,
+    report,
     get pid() { return pid },
     exited,
     stderr: () => tail.trim(),

@@ -32,6 +32,8 @@ export interface RemoteProcess {
   exited: Promise<RawExit>
   /** with `pooledStdout`: stdout as pooled chunks (`stdout` is then empty) */
   stdoutChunks?: ChunkSource
+  /** with `report`: what the process wrote to its fd 3 */
+  report?: Readable
 }
 
 /** A ChunkSource for a socket that exists only once the helper is up. */
@@ -134,7 +136,7 @@ function route(socket: net.Socket): void {
     const rest = head.subarray(nl + 1)
     if (rest.length) socket.unshift(rest)
     const p = pending.get(id!)
-    if (!p || !(n! >= 0 && n! <= 2)) socket.destroy()
+    if (!p || !(n! >= 0 && n! <= 3)) socket.destroy()
     else p.attach(n!, socket)
   }
   socket.on('data', onData)
@@ -146,20 +148,23 @@ function settle(id: number): void {
 }
 
 /** Spawns `bin args` through the helper; see RemoteProcess. */
-export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<string, string>; cwd?: string; nice?: number; pooledStdout?: BufferPool }): RemoteProcess {
+export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<string, string>; cwd?: string; nice?: number; pooledStdout?: BufferPool; stdoutSocket?: net.Socket; report?: boolean }): RemoteProcess {
   const id = ++nextId
   const stdin = new PassThrough()
   const stdout = new PassThrough()
   const stderr = new PassThrough()
+  const report = opts.report ? new PassThrough() : undefined
   let resolvePid!: (pid: number | undefined) => void
   const started = new Promise<number | undefined>((r) => { resolvePid = r })
   let resolveExit!: (s: RawExit) => void
   const exited = new Promise<RawExit>((r) => { resolveExit = r })
   let status: RawExit | undefined
-  let open = 2 // stdout and stderr still to close
+  // the connections still to close: stderr, stdout unless it is a client's socket, the report
+  let open = 1 + (opts.stdoutSocket ? 0 : 1) + (report ? 1 : 0)
   const pool = opts.pooledStdout
-  const chunks = pool ? new LaterSource() : undefined
-  if (chunks) stdout.end() // git's output comes as chunks; this stand-in stays empty
+  const chunks = pool && !opts.stdoutSocket ? new LaterSource() : undefined
+  // git's output comes as chunks, or goes to the client's socket: this stand-in stays empty
+  if (chunks || opts.stdoutSocket) stdout.end()
   const maybeDone = (): void => {
     if (status && open <= 0) {
       settle(id)
@@ -176,7 +181,8 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
         stdin.pipe(socket)
         return
       }
-      const out = n === 1 ? stdout : stderr
+      const out = n === 1 ? stdout : n === 2 ? stderr : report
+      if (!out || (n === 1 && opts.stdoutSocket)) return void socket.destroy() // not asked for
       socket.once('close', () => {
         if (!out.writableEnded && !out.destroyed) out.end()
         open--
@@ -201,6 +207,7 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
         stdin.destroy()
         stdout.end()
         stderr.end()
+        report?.end()
       }
       maybeDone()
     },
@@ -213,7 +220,16 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
         onClose: () => { open--; maybeDone() },
       }))
     }
-    helper!.send({ id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice, stdoutFromWorker: chunks !== undefined })
+    const msg = { id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice, stdoutFromWorker: chunks !== undefined, stdoutSent: opts.stdoutSocket !== undefined, report: report !== undefined }
+    if (!opts.stdoutSocket) return void helper!.send(msg)
+    // The socket's bare TCP handle, not the net.Socket: Node's cluster bookkeeping for a sent
+    // server socket (hg/handoff.ts says more) stays out of it. keepOpen: the worker keeps its
+    // copy, to answer on when git fails before its first byte and to close it in the end.
+    const handle = (opts.stdoutSocket as unknown as { _handle?: object | null })._handle
+    if (!handle) return void pending.get(id)?.exit({ code: null, signal: null, error: new Error('the client connection is closed') })
+    helper!.send(msg, handle as net.Socket, { keepOpen: true }, (err) => {
+      if (err) pending.get(id)?.exit({ code: null, signal: null, error: err })
+    })
   }, (err: unknown) => pending.get(id)?.exit({ code: null, signal: null, error: err as Error }))
-  return { stdin, stdout, stderr, started, exited, stdoutChunks: chunks }
+  return { stdin, stdout, stderr, started, exited, stdoutChunks: chunks, report }
 }

@@ -6,7 +6,9 @@
  * tagged with the spawn's id and stream number), so no byte of git's passes through here.
  * A spawn with `stdoutFromWorker` gets as stdout a connection the worker opened to this
  * process's own socket instead (tagged with the id): a socket the worker connected can read
- * into pooled buffers (pooled-read.ts), one it accepted cannot.
+ * into pooled buffers (pooled-read.ts), one it accepted cannot. A spawn of the pack relay gets
+ * as stdout the client's own connection, sent with the request over the IPC channel (SCM_RIGHTS),
+ * and as fd 3 one more connection to the worker, for the relay's report.
  */
 import { spawn } from 'node:child_process'
 import net from 'node:net'
@@ -21,6 +23,10 @@ interface SpawnRequest {
   nice?: number
   /** stdout is the worker's connection to STDOUT_SOCKET tagged with this id */
   stdoutFromWorker?: boolean
+  /** stdout is the socket sent with this message (a client's connection: the pack relay) */
+  stdoutSent?: boolean
+  /** fd 3 is one more connection to the worker (stream 3): the pack relay's report */
+  report?: boolean
 }
 
 /** the worker's spawn socket, in Linux's abstract namespace (the worker passes the name without its NUL) */
@@ -100,16 +106,27 @@ const stdoutServer = net.createServer({ pauseOnConnect: true }, (s) => {
 /** pids of the children still running (each leads its own process group) */
 const running = new Set<number>()
 
-process.on('message', (m: SpawnRequest) => {
+/** A bare handle (a TCP connection's), as Node passes one sent without its net.Socket. */
+interface Handle { close(): void }
+
+process.on('message', (m: SpawnRequest, sent?: Handle) => {
   void (async () => {
     let sockets: net.Socket[] = []
     try {
-      const got = await Promise.allSettled([0, 1, 2].map((n) => (n === 1 && m.stdoutFromWorker ? workerStdout(m.id) : connect(m.id, n))))
+      if (m.stdoutSent && !sent) throw new Error('the socket for stdout did not arrive')
+      const streams = m.report ? [0, 1, 2, 3] : [0, 1, 2]
+      const got = await Promise.allSettled(streams.map((n) => {
+        if (n === 1 && sent) return Promise.resolve(sent as unknown as net.Socket) // spawn takes a bare handle as stdio
+        return n === 1 && m.stdoutFromWorker ? workerStdout(m.id) : connect(m.id, n)
+      }))
       sockets = got.flatMap((g) => (g.status === 'fulfilled' ? [g.value] : []))
       const failed = got.find((g) => g.status === 'rejected')
       if (failed) throw failed.reason
       const child = spawn(m.bin, m.args, { env: m.env, cwd: m.cwd, detached: true, stdio: sockets })
-      for (const s of sockets) s.destroy() // git has them now; this process keeps no copy
+      for (const s of sockets) {
+        if (s === (sent as unknown)) sent!.close() // never shut down: the worker and the child share the connection
+        else s.destroy() // git has them now; this process keeps no copy
+      }
       if (child.pid === undefined) {
         child.once('error', (err) => send({ id: m.id, error: err.message }))
         return
@@ -124,7 +141,8 @@ process.on('message', (m: SpawnRequest) => {
         send({ id: m.id, code, signal })
       })
     } catch (err) {
-      for (const s of sockets) s.destroy()
+      for (const s of sockets) if (s !== (sent as unknown)) s.destroy()
+      try { sent?.close() } catch { /* closed already */ }
       send({ id: m.id, error: (err as Error).message })
     }
   })()

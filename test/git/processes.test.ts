@@ -127,12 +127,12 @@ if (!args.includes('upload-pack') || args.includes('--advertise-refs')) {
   return file
 }
 
-for (const v of ['0', '2']) {
+for (const [v, relay] of [['0', true], ['2', true], ['0', false], ['2', false]] as const) {
   for (const [where, extra] of [['between packets', 0], ['inside a packet', 2]] as const) {
-    t.test(`git dying mid-clone ${where}, protocol v${v}`, async (t) => {
+    t.test(`git dying mid-clone ${where}, protocol v${v}, ${relay ? 'through the pack relay' : 'through the worker'}`, async (t) => {
       const bin = await mkdtemp(path.join(os.tmpdir(), 'vcsw-git-'))
       t.teardown(() => rm(bin, { recursive: true, force: true }))
-      const w = await startWorker(t, { 'git-bin': await dyingGit(bin, 'git-dies', 3, extra) })
+      const w = await startWorker(t, { 'git-bin': await dyingGit(bin, 'git-dies', 3, extra), 'pack-relay': relay })
       await addBigRepo(w.dir, w.reposDir)
       await w.store.setRepo('big.git', 'git', true)
       const r = await gitClient(w.dir)(['-c', `protocol.version=${v}`, 'clone', `${w.url}/big.git`, 'c'])

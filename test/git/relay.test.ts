@@ -1,0 +1,104 @@
+import t from 'tap'
+import http from 'node:http'
+import path from 'node:path'
+import { addBigRepo, gitClient, processesMatching, rawRequest, startWorker, waitFor, type Worker } from '../helpers/worker.js'
+import { parseReport, relayHead } from '../../src/git/relay.js'
+import type { FastifyReply } from 'fastify'
+
+const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
+const DEMO_MAIN = '5ac674cbf899a6fbcdfc314785e2e58c31ca95a2'
+const FETCH = { 'content-type': 'application/x-git-upload-pack-request' }
+const fetchBody = (oid: string) => `${pkt(`want ${oid} side-band-64k ofs-delta\n`)}0000${pkt('done\n')}`
+const uploadPackLines = (w: Worker) => w.logs().filter((l) => l.msg === 'request' && l.route === 'git_upload_pack')
+
+t.test('a fetch\'s answer goes out through the pack relay: whole, counted, on a connection that closes after it', async (t) => {
+  const w = await startWorker(t)
+  const res = await rawRequest(w.port, 'POST', '/demo.git/git-upload-pack', FETCH, fetchBody(DEMO_MAIN))
+  t.equal(res.status, 200)
+  t.equal(res.headers.connection, 'close', 'the answer ends with the connection')
+  t.equal(res.headers['transfer-encoding'], undefined, 'no chunked framing: git\'s bytes as they are')
+  t.equal(res.headers['content-type'], 'application/x-git-upload-pack-result')
+  t.match(String(res.headers['cache-control']), /no-cache/, 'the reply\'s own headers went out with it')
+  t.ok(res.body.includes('PACK'), 'a pack')
+  t.equal(res.body.subarray(-4).toString(), '0000', 'ending with git\'s flush')
+  await waitFor(() => uploadPackLines(w).length === 1, 5000, 'the access line')
+  const line = uploadPackLines(w)[0]!
+  t.equal(line.handed_over, true, 'logged as answered by the relay')
+  t.equal(line.bytes_out, res.body.length, 'the byte count is what the client received')
+  t.equal(line.exit_code, 0)
+  t.equal(line.aborted, undefined)
+
+  // real clients, both protocols: v2's ls-refs stays in the worker (a keep-alive answer), its fetch is relayed
+  const git = gitClient(w.dir)
+  for (const v of ['0', '2']) {
+    const r = await git(['-c', `protocol.version=${v}`, 'clone', '-q', `${w.url}/demo.git`, `c${v}`])
+    t.equal(r.code, 0, r.stderr)
+    t.equal((await git(['rev-parse', 'HEAD'], path.join(w.dir, `c${v}`))).stdout.trim(), DEMO_MAIN, `protocol v${v}: the clone has main`)
+    t.equal((await git(['fsck'], path.join(w.dir, `c${v}`))).code, 0)
+  }
+  await waitFor(() => uploadPackLines(w).length === 4, 5000, 'the access lines')
+  const v2 = uploadPackLines(w).slice(-2)
+  t.equal(v2[0]!.handed_over, undefined, 'ls-refs answered by the worker')
+  t.equal(v2[1]!.handed_over, true, 'the v2 fetch relayed')
+})
+
+t.test('packRelay off: the answer crosses the worker, chunked', async (t) => {
+  const w = await startWorker(t, { 'pack-relay': false })
+  const res = await rawRequest(w.port, 'POST', '/demo.git/git-upload-pack', FETCH, fetchBody(DEMO_MAIN))
+  t.equal(res.status, 200)
+  t.equal(res.headers['transfer-encoding'], 'chunked')
+  t.equal(res.body.subarray(-4).toString(), '0000')
+  await waitFor(() => uploadPackLines(w).length === 1, 5000, 'the access line')
+  t.equal(uploadPackLines(w)[0]!.handed_over, undefined)
+  t.equal(uploadPackLines(w)[0]!.bytes_out, res.body.length)
+})
+
+t.test('without the spawn helper, the relay gets the connection from the worker directly', async (t) => {
+  const w = await startWorker(t, { 'spawn-helper': false })
+  const r = await gitClient(w.dir)(['clone', '-q', `${w.url}/demo.git`, 'c'])
+  t.equal(r.code, 0, r.stderr)
+  await waitFor(() => uploadPackLines(w).some((l) => l.handed_over === true), 5000, 'a relayed fetch')
+})
+
+t.test('a client that stops reading: the relay gives up after idleTimeoutMs, git and the relay are gone', async (t) => {
+  const w = await startWorker(t, { 'idle-timeout-ms': '1000' })
+  const main = await addBigRepo(w.dir, w.reposDir)
+  await w.store.setRepo('big.git', 'git', true)
+  let response: http.IncomingMessage | undefined
+  const req = http.request({ host: '127.0.0.1', port: w.port, method: 'POST', path: '/big.git/git-upload-pack', agent: false, headers: FETCH }, (res) => {
+    response = res
+    res.once('data', () => res.pause()) // the first bytes, then never again
+  })
+  req.on('error', () => {})
+  req.end(fetchBody(main))
+  await waitFor(() => response !== undefined && response.isPaused(), 5000, 'the first bytes')
+  t.ok((await processesMatching(path.join(w.reposDir, 'big.git'))).length > 0, 'git runs, blocked on the client')
+  await waitFor(async () => (await processesMatching(w.reposDir)).length === 0, 8000, 'git and the relay to be gone')
+  // The client, reading again, finds the connection closed. The body's end is the
+  // connection's, so HTTP cannot say it was cut: git's framing does (no final flush).
+  let tail = Buffer.alloc(0)
+  let received = 0
+  const cut = new Promise<void>((resolve) => { response!.once('close', resolve); response!.once('error', () => resolve()) })
+  response!.on('data', (c: Buffer) => { received += c.length; tail = Buffer.concat([tail, c]).subarray(-4) })
+  response!.resume()
+  await cut
+  t.ok(received < 40 * 1024 * 1024, `the answer stopped short (${received} bytes after the first read)`)
+  t.not(tail.toString('latin1'), '0000', 'without git\'s final flush: a client knows it is cut')
+  t.ok(w.logs().some((l) => String(l.msg).includes('no progress for 1000 ms')), 'the log says why')
+  await waitFor(() => uploadPackLines(w).length === 1, 5000, 'the access line')
+  t.equal(uploadPackLines(w)[0]!.aborted, true, 'logged as not gone out whole')
+  t.equal(uploadPackLines(w)[0]!.status, 200, 'the status the client got')
+  t.notOk(w.logs().some((l) => l.level === 50), 'no error logged: the client, not git, stopped')
+})
+
+t.test('the relay\'s report and head: only what they should be', async (t) => {
+  t.same(parseReport('sent=12 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0\n'), { sent: 12, head: true, boundary: true, sideband: true, idle: false, gone: false, execErrno: 0 })
+  t.equal(parseReport(''), undefined, 'no report (the relay was killed)')
+  t.equal(parseReport('sent=12 head=1\n'), undefined, 'a partial line')
+  t.equal(parseReport('sent=12 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0\nextra'), undefined, 'anything after it')
+  const reply = (headers: Record<string, unknown>) => ({ getHeaders: () => headers }) as unknown as FastifyReply
+  const head = relayHead(reply({ 'content-type': 'application/x-git-upload-pack-result', 'content-length': '5', connection: 'keep-alive' }))!
+  t.match(head, /^HTTP\/1\.1 200 OK\r\nDate: [^\r\n]+\r\ncontent-type: application\/x-git-upload-pack-result\r\nConnection: close\r\n\r\n$/, 'its own framing headers replaced')
+  t.equal(relayHead(reply({ 'x-a': 'b\r\nSet-Cookie: x' })), undefined, 'a line break in a value: not relayed')
+  t.equal(relayHead(reply({ 'x-a': 'b\0' })), undefined, 'a NUL: not relayed')
+})
