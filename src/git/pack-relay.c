@@ -39,7 +39,8 @@
 #include <unistd.h>
 
 #define MAX_PKT 65520
-#define SMALL 4096 /* packets up to this size are read and sent whole, in one segment */
+#define CHUNK (64 * 1024) /* one read of CMD's output at most */
+#define SMALL 16384 /* a packet's rest up to this size is read with the next block, past it spliced */
 #define PIPE_SIZE (1024 * 1024)
 
 static int in_fd = -1;     /* the read end of CMD's stdout (blocking: a read waits for CMD) */
@@ -117,22 +118,6 @@ static int send_all(const char *p, size_t n, int more) {
   return 0;
 }
 
-/* Reads exactly `n` bytes of CMD's output. n, or fewer at its end. */
-static size_t read_full(char *p, size_t n) {
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = read(in_fd, p + got, n - got);
-    if (r == 0) break;
-    if (r < 0) {
-      if (errno == EINTR) { if (idle) give_up_idle(); continue; }
-      break;
-    }
-    got += (size_t)r;
-    progress++;
-  }
-  return got;
-}
-
 /* Splices `n` bytes (or, n < 0, everything up to the end) of CMD's output to the client: 0 once
  * done, 1 when the output ended first, -1 when the client is gone. */
 static int splice_out(long long n) {
@@ -162,39 +147,73 @@ static int hexval(char c) {
   return -1;
 }
 
-/* The relay: packet by packet while the output is pkt-lines, spliced whole once it is not. */
-static void relay(void) {
-  char buf[SMALL + 8];
+/* One read of CMD's output: whatever is there, up to `n` bytes (waiting for some). 0 at its end. */
+static size_t read_some(char *p, size_t n) {
   for (;;) {
-    size_t got = read_full(buf, 4);
-    if (got == 0) return; /* the end, between two packets */
-    boundary = 0;
-    int len = 0;
-    for (size_t i = 0; i < got && len >= 0; i++) {
-      int v = hexval(buf[i]);
-      len = v < 0 ? -1 : len * 16 + v;
+    ssize_t r = read(in_fd, p, n);
+    if (r > 0) {
+      progress++;
+      return (size_t)r;
     }
-    if (got < 4 || len < 0 || len == 3 || len > MAX_PKT) {
-      framed = 0; /* not pkt-lines (a raw pack): everything as it comes */
-      if (send_all(buf, got, got == 4) == 0 && got == 4) splice_out(-1);
+    if (r == 0) return 0;
+    if (errno == EINTR) { if (idle) give_up_idle(); continue; }
+    return 0;
+  }
+}
+
+/*
+ * The relay. CMD's output is read in blocks of up to CHUNK (whatever the pipe holds), its
+ * packets parsed here and the whole ones sent with one send; the rest of a long packet whose
+ * header is in the block (git's 64 KiB side-band packets) is spliced, never entering user space.
+ * Output that is not pkt-lines (a v0 pack without side-band) is spliced as it comes.
+ */
+static void relay(void) {
+  static char buf[CHUNK];
+  size_t have = 0; /* bytes in buf */
+  size_t whole = 0; /* of them, whole packets (parsed) */
+  for (;;) {
+    size_t r = read_some(buf + have, CHUNK - have);
+    if (r == 0) { /* the end: what is left is a packet cut short */
+      boundary = have == whole;
+      if (have) send_all(buf, have, 0);
       return;
     }
-    if (len <= 4) { /* flush, delim, response-end */
-      if (send_all(buf, 4, 0) < 0) return;
+    have += r;
+    long long rest = 0; /* bytes of the packet at `whole` not in buf yet */
+    while (have - whole >= 4) {
+      int len = 0;
+      for (int i = 0; i < 4 && len >= 0; i++) {
+        int v = hexval(buf[whole + i]);
+        len = v < 0 ? -1 : len * 16 + v;
+      }
+      if (len < 0 || len == 3 || len > MAX_PKT) {
+        framed = 0; /* not pkt-lines (a raw pack): everything as it comes */
+        if (send_all(buf, have, 1) == 0) splice_out(-1);
+        return;
+      }
+      size_t size = len < 4 ? 4 : (size_t)len;
+      if (size > 4 && have - whole > 4 && (buf[whole + 4] == 1 || buf[whole + 4] == 2)) sideband = 1;
+      if (have - whole < size) {
+        rest = (long long)(size - (have - whole));
+        break;
+      }
+      whole += size;
+    }
+    if (rest > SMALL && have - whole > 4) {
+      /* a long packet: what of it is here goes with the whole ones, its rest is spliced */
+      if (send_all(buf, have, 1) < 0) return;
+      have = whole = 0;
+      boundary = 0;
+      if (splice_out(rest) != 0) return; /* gone, or CMD ended inside the packet */
       boundary = 1;
       continue;
     }
-    if (len <= SMALL) {
-      size_t body = read_full(buf + 4, (size_t)len - 4);
-      if (body > 0 && (buf[4] == 1 || buf[4] == 2)) sideband = 1;
-      if (send_all(buf, 4 + body, 0) < 0 || body < (size_t)len - 4) return;
-    } else {
-      /* the header and the band byte read here, the payload spliced */
-      if (read_full(buf + 4, 1) < 1) { send_all(buf, 4, 0); return; }
-      if (buf[4] == 1 || buf[4] == 2) sideband = 1;
-      if (send_all(buf, 5, 1) < 0 || splice_out(len - 5) != 0) return; /* gone, or CMD ended inside the packet */
+    if (whole > 0) {
+      if (send_all(buf, whole, 0) < 0) return;
+      memmove(buf, buf + whole, have - whole);
+      have -= whole;
+      whole = 0;
     }
-    boundary = 1;
   }
 }
 

@@ -1,7 +1,7 @@
 import t from 'tap'
 import http from 'node:http'
 import path from 'node:path'
-import { addBigRepo, gitClient, processesMatching, rawRequest, startWorker, waitFor, type Worker } from '../helpers/worker.js'
+import { addBigRepo, gitClient, processesMatching, rawRequest, run, startWorker, waitFor, type Worker } from '../helpers/worker.js'
 import { parseReport, relayHead } from '../../src/git/relay.js'
 import type { FastifyReply } from 'fastify'
 
@@ -28,15 +28,24 @@ t.test('a fetch\'s answer goes out through the pack relay: whole, counted, on a 
   t.equal(line.exit_code, 0)
   t.equal(line.aborted, undefined)
 
-  // real clients, both protocols: v2's ls-refs stays in the worker (a keep-alive answer), its fetch is relayed
+  // without side-band (v0): a NAK packet, then the pack raw, not pkt-lines: relayed as it comes
+  const raw = await rawRequest(w.port, 'POST', '/demo.git/git-upload-pack', FETCH, `${pkt(`want ${DEMO_MAIN}\n`)}0000${pkt('done\n')}`)
+  t.equal(raw.body.subarray(0, 12).toString('latin1'), '0008NAK\nPACK', 'NAK, then the raw pack')
+  await waitFor(() => uploadPackLines(w).length === 2, 5000, 'the access line')
+  t.equal(uploadPackLines(w)[1]!.bytes_out, raw.body.length, 'counted whole')
   const git = gitClient(w.dir)
+  await git(['init', '-q', '--bare', 'raw.git'])
+  const indexed = await run('git', ['index-pack', '--stdin'], { cwd: path.join(w.dir, 'raw.git'), input: raw.body.subarray(8) })
+  t.equal(indexed.code, 0, `the raw pack is whole: ${indexed.stderr}`)
+
+  // real clients, both protocols: v2's ls-refs stays in the worker (a keep-alive answer), its fetch is relayed
   for (const v of ['0', '2']) {
     const r = await git(['-c', `protocol.version=${v}`, 'clone', '-q', `${w.url}/demo.git`, `c${v}`])
     t.equal(r.code, 0, r.stderr)
     t.equal((await git(['rev-parse', 'HEAD'], path.join(w.dir, `c${v}`))).stdout.trim(), DEMO_MAIN, `protocol v${v}: the clone has main`)
     t.equal((await git(['fsck'], path.join(w.dir, `c${v}`))).code, 0)
   }
-  await waitFor(() => uploadPackLines(w).length === 4, 5000, 'the access lines')
+  await waitFor(() => uploadPackLines(w).length === 5, 5000, 'the access lines')
   const v2 = uploadPackLines(w).slice(-2)
   t.equal(v2[0]!.handed_over, undefined, 'ls-refs answered by the worker')
   t.equal(v2[1]!.handed_over, true, 'the v2 fetch relayed')
