@@ -25,6 +25,8 @@ export interface AccessInfo {
   completed?: boolean
   /** the connection was handed over to a child which answered on it: an hg serve child, or git's pack relay */
   handedOver?: boolean
+  /** the access line waits for this: a relayed answer's outcome is known only once the relay reported */
+  settled?: Promise<unknown>
   /** refused inside the protocol (HTTP 200 with git's ERR packet): why */
   refused?: string
   /** what the pack-objects cache did for this fetch: hit, miss, follow, off */
@@ -151,6 +153,12 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
     } as typeof res.writeHead
     const ended = observer.started?.(req)
     res.once('close', () => {
+      // an answer someone else wrote (the pack relay) is judged a moment after the connection closes
+      const settled = req.accessRecord.settled
+      if (settled) void settled.then(record, record)
+      else record()
+    })
+    function record(): void {
       ended?.()
       const a = req.accessRecord
       const record: AccessRecord = {
@@ -193,6 +201,6 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
         duration_ms: record.durationMs,
       }, 'request')
       observer.finished?.(record)
-    })
+    }
   })
 }

@@ -11,7 +11,10 @@
  *     fd 2  CMD's stderr (inherited)
  *     fd 3  the report to the worker, one line once done:
  *           "sent=<bytes after HEAD> head=<0|1> boundary=<0|1> sideband=<0|1> idle=<0|1> gone=<0|1> exec=<errno>"
- *           (exec: why CMD could not be started, 0 when it was)
+ *           "closed=<0|1>"
+ *           (exec: why CMD could not be started, 0 when it was; closed: the answer was whole and
+ *           CMD succeeded, so the relay ended the connection itself: the client is done without
+ *           waiting for the worker to hear of the exit)
  *
  * HEAD (the status line and headers, `Connection: close`, no length: the body ends with the
  * connection) is written only when CMD's first byte is there, so a CMD that fails before it
@@ -45,7 +48,7 @@
 
 static int in_fd = -1;     /* the read end of CMD's stdout (blocking: a read waits for CMD) */
 static long long sent;     /* bytes written to the client after HEAD */
-static int head_sent, framed = 1, boundary = 1, sideband, gone, exec_errno;
+static int head_sent, framed = 1, boundary = 1, sideband, gone, exec_errno, closed;
 static const char *head;
 static pid_t cmd_pid;
 
@@ -71,8 +74,8 @@ static void tick(int sig) {
 
 static void report(void) {
   char line[160];
-  int n = snprintf(line, sizeof line, "sent=%lld head=%d boundary=%d sideband=%d idle=%d gone=%d exec=%d\n",
-                   sent, head_sent, framed && boundary, sideband, (int)idle, gone, exec_errno);
+  int n = snprintf(line, sizeof line, "sent=%lld head=%d boundary=%d sideband=%d idle=%d gone=%d exec=%d closed=%d\n",
+                   sent, head_sent, framed && boundary, sideband, (int)idle, gone, exec_errno, closed);
   if (write(3, line, (size_t)n) < 0) { /* the worker is gone: nobody to tell */ }
   close(3);
 }
@@ -269,6 +272,9 @@ int main(int argc, char **argv) {
   close(in_fd);
   int status;
   while (waitpid(cmd_pid, &status, 0) < 0 && errno == EINTR) {}
+  if (head_sent && !gone && (boundary || !framed) && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    closed = shutdown(1, SHUT_WR) == 0;
+  }
   report();
   if (WIFSIGNALED(status)) {
     signal(WTERMSIG(status), SIG_DFL);

@@ -39,15 +39,17 @@ export interface RelayReport {
   gone: boolean
   /** why git could not be started (its errno), 0 when it was */
   execErrno: number
+  /** the answer was whole and git succeeded: the relay ended the connection itself */
+  closed: boolean
 }
 
-const REPORT = /^sent=(\d+) head=([01]) boundary=([01]) sideband=([01]) idle=([01]) gone=([01]) exec=(\d+)\n$/
+const REPORT = /^sent=(\d+) head=([01]) boundary=([01]) sideband=([01]) idle=([01]) gone=([01]) exec=(\d+) closed=([01])\n$/
 
 /** The relay's report line, or undefined when there is none (the relay was killed, or crashed). */
 export function parseReport(text: string): RelayReport | undefined {
   const m = REPORT.exec(text)
   if (!m) return undefined
-  return { sent: Number(m[1]), head: m[2] === '1', boundary: m[3] === '1', sideband: m[4] === '1', idle: m[5] === '1', gone: m[6] === '1', execErrno: Number(m[7]) }
+  return { sent: Number(m[1]), head: m[2] === '1', boundary: m[3] === '1', sideband: m[4] === '1', idle: m[5] === '1', gone: m[6] === '1', execErrno: Number(m[7]), closed: m[8] === '1' }
 }
 
 /**
@@ -83,7 +85,15 @@ export function relayableSocket(req: FastifyRequest): Socket | undefined {
  * answers (git's one-line error, or an empty 200); or the relay answered on the connection, which
  * the worker then ends (after an error packet, when git failed between two packets).
  */
-export async function finishRelayed(req: FastifyRequest, reply: FastifyReply, child: Child, socket: Socket, what: string, idleTimeoutMs: number): Promise<FastifyReply> {
+export function finishRelayed(req: FastifyRequest, reply: FastifyReply, child: Child, socket: Socket, what: string, idleTimeoutMs: number): Promise<FastifyReply> {
+  // The client may be done (the relay ended the connection) before the worker hears of git's
+  // exit: the access line waits for the outcome.
+  const done = settleRelayed(req, reply, child, socket, what, idleTimeoutMs)
+  req.accessRecord.settled = done
+  return done
+}
+
+async function settleRelayed(req: FastifyRequest, reply: FastifyReply, child: Child, socket: Socket, what: string, idleTimeoutMs: number): Promise<FastifyReply> {
   let report: RelayReport | undefined
   const judge = attach(req, reply, child, what, () => report?.sent ?? 0, () => report?.idle === true)
   // the relay watches the connection's idleness itself; the worker sees none of its traffic
@@ -108,8 +118,9 @@ export async function finishRelayed(req: FastifyRequest, reply: FastifyReply, ch
   const access = req.accessRecord
   access.handedOver = true
   access.completed = !err && report !== undefined && !report.gone && !report.idle
-  if (!report || report.gone || report.idle || (err && !report.boundary)) {
-    socket.destroy() // gone, or cut inside a packet: only a cut is honest
+  if (!report || report.gone || report.idle || report.closed || (err && !report.boundary)) {
+    // gone; cut inside a packet (only a cut is honest); or ended by the relay already
+    socket.destroy()
     return reply
   }
   // The answer's end (after git's error, told inside the protocol), then the connection's. Once
