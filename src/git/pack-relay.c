@@ -268,6 +268,13 @@ int main(int argc, char **argv) {
   relay();
   struct itimerval off = { { 0, 0 }, { 0, 0 } };
   setitimer(ITIMER_REAL, &off, NULL);
+  /* From here on the report always goes out: the worker's SIGTERM (its connection closed, which
+   * we may have done ourselves) waits until we are done, and is dropped when we exit. CMD, not
+   * blocking it, still ends by it. */
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  sigprocmask(SIG_BLOCK, &term, NULL);
   /* CMD's output ended, or the client left: closing the pipe makes a CMD still writing stop (EPIPE) */
   close(in_fd);
   int status;
@@ -277,7 +284,9 @@ int main(int argc, char **argv) {
   }
   report();
   if (WIFSIGNALED(status)) {
+    if (WTERMSIG(status) != SIGTERM) signal(SIGTERM, SIG_IGN); /* a pending one must not stand in for it */
     signal(WTERMSIG(status), SIG_DFL);
+    sigprocmask(SIG_UNBLOCK, &term, NULL);
     raise(WTERMSIG(status));
     return 128 + WTERMSIG(status);
   }

@@ -24,6 +24,9 @@ import { attach, inBandError } from './respond.js'
 /** The relay binary, built by `npm run build` (scripts/build-native.sh). */
 export const PACK_RELAY = fileURLToPath(new URL('../../bin/pack-relay', import.meta.url))
 
+/** How long a relay may run on after its connection closed (see settleRelayed). */
+const RELAY_CLOSE_GRACE_MS = 1000
+
 /** What the relay tells once done (pack-relay.c). */
 export interface RelayReport {
   /** bytes written after the head */
@@ -95,7 +98,11 @@ export function finishRelayed(req: FastifyRequest, reply: FastifyReply, child: C
 
 async function settleRelayed(req: FastifyRequest, reply: FastifyReply, child: Child, socket: Socket, what: string, idleTimeoutMs: number): Promise<FastifyReply> {
   let report: RelayReport | undefined
-  const judge = attach(req, reply, child, what, () => report?.sent ?? 0, () => report?.idle === true)
+  // The connection closing is no sign the client left early: the relay ends it itself after a
+  // whole answer, and a client may hang up once it has read the final flush, both while the relay
+  // and git are still exiting. A relay whose client did leave sees it at its next write; one
+  // still running after the grace (git thinking, with nothing to write) is ended then.
+  const judge = attach(req, reply, child, what, () => report?.sent ?? 0, () => report?.idle === true, RELAY_CLOSE_GRACE_MS)
   // the relay watches the connection's idleness itself; the worker sees none of its traffic
   socket.setTimeout(0)
   let text = ''

@@ -86,17 +86,18 @@ export function inBandError(message: string, sideband: boolean): Buffer {
 /**
  * Ties a git child to the request (killed when the client goes away) and returns what judges
  * its exit: logs it, records it for the access log, and turns a failure into the error to answer.
- * `ended` says a child was ended on purpose (logged at info, as one we killed).
+ * `ended` says a child was ended on purpose (logged at info, as one we killed). `closeGraceMs`:
+ * how long a child may outlive the connection before it is killed (0: at once).
  */
-export function attach(req: FastifyRequest, reply: FastifyReply, child: Child, what: string, bytes: () => number, ended?: () => boolean): (s: ExitStatus) => Error | undefined {
+export function attach(req: FastifyRequest, reply: FastifyReply, child: Child, what: string, bytes: () => number, ended?: () => boolean, closeGraceMs = 0): (s: ExitStatus) => Error | undefined {
   const access = req.accessRecord
   access.pid = child.pid
   access.spawned = true
   reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) {
-      access.aborted = true
-      child.kill()
-    }
+    if (reply.raw.writableFinished) return
+    access.aborted = true
+    if (closeGraceMs > 0) setTimeout(() => child.kill(), closeGraceMs).unref()
+    else child.kill()
   })
   return (status) => {
     access.pid = child.pid // through the spawn helper the pid is known a moment after the spawn

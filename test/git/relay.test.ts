@@ -54,6 +54,39 @@ t.test('a fetch\'s answer goes out through the pack relay: whole, counted, on a 
   t.equal(v2[1]!.handed_over, true, 'the v2 fetch relayed')
 })
 
+t.test('the connection closing at the end is no abort: git is never killed for it, whoever closes first', async (t) => {
+  const w = await startWorker(t)
+  const git = gitClient(w.dir)
+  const rounds = 12
+  for (let i = 0; i < rounds; i++) {
+    // the relay ends the connection itself; git's client waits for that
+    const r = await git(['clone', '-q', `${w.url}/demo.git`, `c${i}`])
+    t.equal(r.code, 0, r.stderr)
+    // a client that hangs up as soon as it has the final flush, before the relay and git are done
+    const body = await new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = []
+      const req = http.request({ host: '127.0.0.1', port: w.port, method: 'POST', path: '/demo.git/git-upload-pack', headers: FETCH })
+      req.on('response', (res) => res.on('data', (c: Buffer) => {
+        chunks.push(c)
+        const all = Buffer.concat(chunks)
+        if (all.includes('PACK') && all.subarray(-4).toString() === '0000') {
+          req.destroy()
+          resolve(all)
+        }
+      }))
+      req.on('error', reject)
+      req.end(fetchBody(DEMO_MAIN))
+    })
+    t.ok(body.length > 0)
+  }
+  await waitFor(() => uploadPackLines(w).length === 3 * rounds, 10_000, 'every access line')
+  const lines = uploadPackLines(w).filter((l) => l.handed_over === true)
+  t.equal(lines.length, 2 * rounds, 'every fetch relayed')
+  t.same(lines.filter((l) => l.exit_code !== 0 || l.aborted !== undefined).map((l) => [l.exit_code, l.aborted]), [], 'each git exited 0, none logged as aborted')
+  const metrics = (await rawRequest(w.port, 'GET', '/metrics')).body.toString()
+  t.notMatch(metrics, /vcs_git_exits_total\{code="(?!0")/, 'no git exit but 0 in the metrics')
+})
+
 t.test('packRelay off: the answer crosses the worker, chunked', async (t) => {
   const w = await startWorker(t, { 'pack-relay': false })
   const res = await rawRequest(w.port, 'POST', '/demo.git/git-upload-pack', FETCH, fetchBody(DEMO_MAIN))
