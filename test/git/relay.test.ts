@@ -2,7 +2,7 @@ import t from 'tap'
 import http from 'node:http'
 import path from 'node:path'
 import { addBigRepo, gitClient, processesMatching, rawRequest, run, startWorker, waitFor, type Worker } from '../helpers/worker.js'
-import { parseReport, relayHead } from '../../src/git/relay.js'
+import { parseReport, relayHead } from '../../src/process/relay.js'
 import type { FastifyReply } from 'fastify'
 
 const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
@@ -141,9 +141,11 @@ t.test('the relay\'s report and head: only what they should be', async (t) => {
   t.equal(parseReport(''), undefined, 'no report (the relay was killed)')
   t.equal(parseReport('sent=12 head=1\n'), undefined, 'a partial line')
   t.equal(parseReport('sent=12 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0 closed=0\nextra'), undefined, 'anything after it')
-  const reply = (headers: Record<string, unknown>) => ({ getHeaders: () => headers }) as unknown as FastifyReply
+  const reply = (headers: Record<string, unknown>, statusCode = 200) => ({ statusCode, getHeaders: () => headers }) as unknown as FastifyReply
   const head = relayHead(reply({ 'content-type': 'application/x-git-upload-pack-result', 'content-length': '5', connection: 'keep-alive' }))!
   t.match(head, /^HTTP\/1\.1 200 OK\r\nDate: [^\r\n]+\r\ncontent-type: application\/x-git-upload-pack-result\r\nConnection: close\r\n\r\n$/, 'its own framing headers replaced')
+  t.match(relayHead(reply({ 'content-length': '5', 'content-range': 'bytes 0-4/9', connection: 'keep-alive' }, 206), { length: true }),
+    /^HTTP\/1\.1 206 Partial Content\r\nDate: [^\r\n]+\r\ncontent-length: 5\r\ncontent-range: bytes 0-4\/9\r\nConnection: close\r\n\r\n$/, 'a file\'s: its status and length kept')
   t.equal(relayHead(reply({ 'x-a': 'b\r\nSet-Cookie: x' })), undefined, 'a line break in a value: not relayed')
   t.equal(relayHead(reply({ 'x-a': 'b\0' })), undefined, 'a NUL: not relayed')
 })
