@@ -27,6 +27,14 @@
  * No progress either way for IDLE_MS (CMD silent, or the client not reading): reported with
  * idle=1, then the process group (this process and CMD's) is sent SIGTERM. The exit status is
  * CMD's: its code, or its signal raised again here. No library beyond libc.
+ *
+ *   pack-relay IDLE_MS HEAD --file PATH INO OFFSET LENGTH
+ *     The same for a file (a Git LFS object, a clone bundle: src/http/send-file.ts): HEAD (with
+ *     its Content-Length), then LENGTH bytes of PATH from OFFSET with sendfile(2), as nginx
+ *     serves a static file. PATH must still be the file the worker judged (inode INO, at least
+ *     OFFSET + LENGTH bytes): else nothing is written and the report says exec=ESTALE (exec=
+ *     open's errno when it cannot be opened), and the worker answers itself. Exit 0 once every
+ *     byte went out and the connection was ended, else 1.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,7 +44,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -83,6 +93,7 @@ static void report(void) {
 /* No progress for IDLE_MS: tell the worker, then end this group (CMD, what it forked, and us). */
 static void give_up_idle(void) {
   report();
+  if (cmd_pid == 0) _exit(124); /* --file: no CMD */
   if (getpgrp() != getpid()) {
     kill(cmd_pid, SIGTERM); /* not a group of our own: CMD alone */
     _exit(124);
@@ -220,9 +231,67 @@ static void relay(void) {
   }
 }
 
+/* The idle clock: a tick every quarter of IDLE_MS (see tick). */
+static void start_clock(void) {
+  tick_ms = idle_ms / 4 > 10 ? idle_ms / 4 : 10;
+  struct sigaction sa = { .sa_handler = tick }; /* no SA_RESTART: a waiting call returns EINTR */
+  sigaction(SIGALRM, &sa, NULL);
+  struct itimerval every = { { tick_ms / 1000, (tick_ms % 1000) * 1000 }, { tick_ms / 1000, (tick_ms % 1000) * 1000 } };
+  setitimer(ITIMER_REAL, &every, NULL);
+}
+
+static void stop_clock(void) {
+  struct itimerval off = { { 0, 0 }, { 0, 0 } };
+  setitimer(ITIMER_REAL, &off, NULL);
+}
+
+/* --file: HEAD, then the file's bytes by sendfile(2); the report and the exit as described on top. */
+static int relay_file(const char *path, const char *ino, const char *offset, const char *length) {
+  framed = 0; /* no packets: never "at a boundary" */
+  signal(SIGPIPE, SIG_IGN);
+  fcntl(3, F_SETFD, FD_CLOEXEC);
+  off_t off = (off_t)strtoll(offset, NULL, 10);
+  long long left = strtoll(length, NULL, 10);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0) exec_errno = errno;
+  else if (fstat(fd, &st) < 0) exec_errno = errno;
+  else if (st.st_ino != (ino_t)strtoull(ino, NULL, 10) || off < 0 || left < 0 || st.st_size < off + left) exec_errno = ESTALE;
+  if (exec_errno) {
+    report();
+    return 1;
+  }
+  start_clock();
+  if (send_all("", 0, left > 0) == 0) {
+    while (left > 0) {
+      ssize_t s = sendfile(1, fd, &off, left > (1 << 30) ? (size_t)1 << 30 : (size_t)left);
+      if (s > 0) {
+        sent += s;
+        left -= s;
+        progress++;
+        continue;
+      }
+      if (s == 0) break; /* the file is shorter than it was: a cut answer */
+      if (errno == EINTR) { if (idle) give_up_idle(); continue; }
+      if (errno == EAGAIN) { wait_writable(); continue; }
+      gone = 1;
+      break;
+    }
+  }
+  stop_clock();
+  if (left == 0 && !gone) closed = shutdown(1, SHUT_WR) == 0;
+  report();
+  return left == 0 && !gone ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 8 && strcmp(argv[3], "--file") == 0) {
+    idle_ms = atoi(argv[1]) < 1 ? 1 : atoi(argv[1]);
+    head = argv[2];
+    return relay_file(argv[4], argv[5], argv[6], argv[7]);
+  }
   if (argc < 5 || strcmp(argv[3], "--") != 0) {
-    fprintf(stderr, "usage: pack-relay IDLE_MS HEAD -- CMD ARGS...\n");
+    fprintf(stderr, "usage: pack-relay IDLE_MS HEAD -- CMD ARGS...\n       pack-relay IDLE_MS HEAD --file PATH INO OFFSET LENGTH\n");
     return 2;
   }
   idle_ms = atoi(argv[1]);
@@ -260,14 +329,9 @@ int main(int argc, char **argv) {
   close(p[1]);
   close(0);
   in_fd = p[0];
-  tick_ms = idle_ms / 4 > 10 ? idle_ms / 4 : 10;
-  struct sigaction sa = { .sa_handler = tick }; /* no SA_RESTART: a waiting call returns EINTR */
-  sigaction(SIGALRM, &sa, NULL);
-  struct itimerval every = { { tick_ms / 1000, (tick_ms % 1000) * 1000 }, { tick_ms / 1000, (tick_ms % 1000) * 1000 } };
-  setitimer(ITIMER_REAL, &every, NULL);
+  start_clock();
   relay();
-  struct itimerval off = { { 0, 0 }, { 0, 0 } };
-  setitimer(ITIMER_REAL, &off, NULL);
+  stop_clock();
   /* From here on the report always goes out: the worker's SIGTERM (its connection closed, which
    * we may have done ourselves) waits until we are done, and is dropped when we exit. CMD, not
    * blocking it, still ends by it. */

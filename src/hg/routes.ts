@@ -24,7 +24,7 @@ import type { HgChild, HgServePool } from './serve-pool.js'
 import type { JournalRecovery } from './recover.js'
 import { handoffHead, type HandoffLine } from './handoff.js'
 import { isBundleName, type CloneBundles } from './clone-bundles.js'
-import { sendFile } from '../http/send-file.js'
+import { fileRelay, sendFile } from '../http/send-file.js'
 import { HgAnswerCache, MAX_KEPT, type CachedAnswer } from './answer-cache.js'
 
 
@@ -230,7 +230,7 @@ export function hgCloneBundleRoute(deps: HgDeps & { cloneBundles: CloneBundles }
       if (!isBundleName(name)) throw new RepoNotFoundError()
       const release = await deps.admission.admit(req, reply, 'full')
       reply.raw.once('close', release)
-      return sendFile(req, reply, deps.cloneBundles.file(req.repo.dir, name), 'application/mercurial-bundle')
+      return sendFile(req, reply, deps.cloneBundles.file(req.repo.dir, name), 'application/mercurial-bundle', fileRelay(deps.config))
     },
   }
 }

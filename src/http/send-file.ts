@@ -6,6 +6,10 @@
  * read into pooled buffers (pooled-read.ts) and written straight to the client: a 31 MB clone
  * bundle through send's stream cost the worker 140-180 ms of CPU between other work, most of it
  * major GCs that its fresh buffers set off.
+ *
+ * A file of FILE_RELAY_MIN bytes or more, on a plain TCP connection, goes out through the relay
+ * (src/process/relay.ts, `pack-relay --file`) instead: sendfile(2), as nginx serves a static
+ * file, the bytes never entering user space; the connection then closes after it.
  */
 import { open } from 'node:fs/promises'
 import type { Stats } from 'node:fs'
@@ -14,11 +18,29 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type SendFn from '@fastify/send'
 import { RepoNotFoundError, ServiceUnavailableError } from '../errors.js'
 import { feedResponse, pooledFile, FILE_POOL, type ChunkSource } from '../process/pooled-read.js'
+import { spawnChild } from '../process/child.js'
+import type { Config } from '../config/load.js'
+import { PACK_RELAY, RELAY_CLOSE_GRACE_MS, relayableSocket, relayHead, relayOutcome } from '../process/relay.js'
+
+/** Below this a file goes through the worker: the relay's spawn would cost more than the copy. */
+export const FILE_RELAY_MIN = 1024 * 1024
+
+/** The relay for files as the config says (`packRelay` turns both relays on and off). */
+export function fileRelay(config: Config): FileRelay | undefined {
+  return config.packRelay ? { idleMs: config.idleTimeoutMs, killGraceMs: config.killGraceMs, viaHelper: config.spawnHelper } : undefined
+}
+
+/** How to run the relay for a file (from the config: `packRelay`, `idleTimeoutMs`, `killGraceMs`, `spawnHelper`). */
+export interface FileRelay {
+  idleMs: number
+  killGraceMs: number
+  viaHelper: boolean
+}
 
 /** loaded on the first download: a worker that never serves one (git only) never loads it and its MIME table */
 let sendModule: Promise<{ default: typeof SendFn }> | undefined
 
-export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: string, contentType: string): Promise<FastifyReply> {
+export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: string, contentType: string, relay?: FileRelay): Promise<FastifyReply> {
   // root and name apart: send checks the name (no dot files, no `..`); the root may hold `.hg`
   const send = (await (sendModule ??= import('@fastify/send') as Promise<{ default: typeof SendFn }>)).default
   // the file can be replaced (renamed over) between send's stat and our open: then once more
@@ -39,6 +61,13 @@ export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: s
       continue
     }
     reply.type(contentType)
+    if (relay && length >= FILE_RELAY_MIN) {
+      const relayed = await relayFile(req, reply, file, st.ino, start, length, relay)
+      if (relayed) {
+        await fh.close()
+        return relayed
+      }
+    }
     req.accessRecord.bytesOut = length
     const source = pooledFile(fh, start, length, FILE_POOL)
     return sendChunks(reply, source).finally(() => fh.close())
@@ -64,4 +93,42 @@ function sendChunks(reply: FastifyReply, source: ChunkSource): Promise<FastifyRe
       },
     })
   })
+}
+
+/**
+ * The file's bytes through the relay: undefined when it wrote nothing (not a plain TCP
+ * connection, a header it cannot pass, the file replaced meanwhile), the worker then sends the
+ * file itself. Else the answer is the relay's: the access line waits for its report.
+ */
+async function relayFile(req: FastifyRequest, reply: FastifyReply, file: string, ino: number, start: number, length: number, relay: FileRelay): Promise<FastifyReply | undefined> {
+  const socket = relayableSocket(req)
+  const head = socket && relayHead(reply, { length: true })
+  if (!socket || !head) return undefined
+  const child = spawnChild(PACK_RELAY, [String(relay.idleMs), head, '--file', file, String(ino), String(start), String(length)], {
+    env: {}, killGraceMs: relay.killGraceMs, viaHelper: relay.viaHelper, stdoutSocket: socket, report: true,
+  })
+  const access = req.accessRecord
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) setTimeout(() => child.kill(), RELAY_CLOSE_GRACE_MS).unref()
+  })
+  socket.setTimeout(0) // the relay watches the connection's idleness itself
+  const outcome = relayOutcome(child)
+  access.settled = outcome.then(() => undefined)
+  const { status, report } = await outcome
+  if (report && !report.head) {
+    // nothing went out: the worker sends the file; the connection closes after it (a spawn
+    // without the helper stopped Node reading it, so no next request would be seen)
+    socket.setTimeout(relay.idleMs)
+    reply.header('connection', 'close')
+    if (status.error) req.log.warn({ err: status.error }, 'the file relay could not start; sending through the worker')
+    return undefined
+  }
+  reply.hijack()
+  access.handedOver = true
+  access.bytesOut = report?.sent ?? 0
+  access.completed = report?.closed === true
+  if (report?.idle) req.log.info({ bytes_out: report.sent }, `file download: no progress for ${relay.idleMs} ms, ended`)
+  else if (!report?.closed && !report?.gone) req.log.error({ bytes_out: report?.sent, exit: status.code ?? status.signal }, 'file download cut: the relay stopped before the end')
+  socket.destroy() // the relay ended the connection, or the answer is cut: only a cut is honest
+  return reply
 }

@@ -14,7 +14,7 @@ import type { Config } from '../config/load.js'
 import type { VcsAuth } from '../auth/plugin.js'
 import type { Admission } from '../admission/admission.js'
 import type { RepoRoute } from '../http/routes.js'
-import { sendFile } from '../http/send-file.js'
+import { fileRelay, sendFile } from '../http/send-file.js'
 import { decodeBody, toClientError, type DecodedBody } from '../http/body.js'
 import { DISCARD_LIMIT } from '../http/unread-body.js'
 import { LfsError, PayloadTooLargeError } from '../errors.js'
@@ -96,6 +96,7 @@ function sizeProblem(size: unknown, max: number): string | undefined {
 export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
   const { config, store, auth } = deps
   const maxObject = config.lfsMaxObjectBytes
+  const relay = fileRelay(config)
 
   /** 507 when `bytes` more would take the repos' disk below diskFreeFloorBytes (the floor git and hg respect too) */
   async function roomFor(repoDir: string, bytes: number): Promise<void> {
@@ -149,7 +150,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
     if ((await store.size(req.repo.dir, oid)) === undefined) throw new LfsError(404, 'object not found')
     const release = await deps.admission.admit(req, reply, 'full')
     reply.raw.once('close', release)
-    return sendFile(req, reply, store.pathOf(req.repo.dir, oid), 'application/octet-stream')
+    return sendFile(req, reply, store.pathOf(req.repo.dir, oid), 'application/octet-stream', relay)
   }
 
   async function upload(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {

@@ -2,6 +2,7 @@ import t from 'tap'
 import path from 'node:path'
 import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
+import { randomBytes } from 'node:crypto'
 import { spawnSync } from 'node:child_process'
 import { clientEnv, gitWrapper, rawRequest, run, startWorker, waitFor, type Worker } from '../helpers/worker.js'
 
@@ -235,4 +236,35 @@ exec hg "$@"
   await waitFor(async () => low.logs().some((l) => l.msg === 'hg clone bundles: not made, free disk space is under diskFreeFloorBytes'), 10_000, 'the floor respected')
   t.equal(await readFile(path.join(low.reposDir, 'demo-hg', '.hg', 'clonebundles', 'meta.json'), 'utf8').catch(() => 'none'), 'none', 'no bundles')
   t.equal((await hg(['clone', '-U', `${low.url}/demo-hg`, 'f2'])).code, 0, 'clones as before')
+})
+
+t.test('a bundle of 1 MiB or more goes out through the relay (sendfile): the real client applies it whole, the access line counts it', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0' })
+  await w.addUser('hana', 'hana-password', { 'demo-hg': 'write' })
+  const hg = await hgClient(w)
+  t.equal((await hg(['clone', `${w.url}/demo-hg`, 'big'])).code, 0)
+  const work = path.join(w.dir, 'big')
+  await writeFile(path.join(work, 'noise.bin'), randomBytes(3 * 1024 * 1024)) // incompressible: the bundles stay over 1 MiB
+  await hg(['add', '-R', work, path.join(work, 'noise.bin')])
+  await hg(['commit', '-R', work, '-m', 'noise'])
+  const r0 = await hg(['push', '-R', work, `http://hana:hana-password@${w.url.slice('http://'.length)}/demo-hg`])
+  t.equal(r0.code, 0, r0.stderr + r0.stdout)
+  await waitFor(async () => {
+    const m = await meta(w).catch(() => undefined)
+    return m !== undefined && (await stat(path.join(bundleDir(w), 'stream-v2.hg')).then((s) => s.size, () => 0)) > 3 * 1024 * 1024
+  }, 30_000, 'bundles holding the pushed file')
+  await generationEnded(w)
+  const size = (await stat(path.join(bundleDir(w), 'stream-v2.hg'))).size
+
+  const r = await hg(['clone', '-U', `${w.url}/demo-hg`, 'from-bundle'])
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, 'finished applying clone bundle')
+  t.notMatch(r.stdout, 'added', 'nothing left to pull')
+  t.equal((await hg(['verify', '-q', '-R', 'from-bundle'])).code, 0, 'verified')
+  t.equal((await hg(['log', '-R', 'from-bundle', '-T', '{node}\n'])).stdout, (await serverLog(w)).stdout, 'the same history as the server')
+  await waitFor(() => w.logs().some((l) => l.msg === 'request' && l.route === 'hg_clonebundle'), 5000, 'the access line')
+  const line = w.logs().find((l) => l.msg === 'request' && l.route === 'hg_clonebundle')!
+  t.equal(line.handed_over, true, 'relayed')
+  t.equal(line.bytes_out, size, 'counted: the whole bundle')
+  t.equal(line.status, 200)
 })

@@ -1,0 +1,121 @@
+import t from 'tap'
+import { createHash, randomBytes } from 'node:crypto'
+import { spawn } from 'node:child_process'
+import { mkdir, stat, writeFile } from 'node:fs/promises'
+import http from 'node:http'
+import path from 'node:path'
+import { processesMatching, rawRequest, startWorker, waitFor, type Worker } from '../helpers/worker.js'
+import { routeRequests } from '../helpers/lfs.js'
+import { PACK_RELAY } from '../../src/process/relay.js'
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+const downloads = (w: Worker) => routeRequests(w, 0, 'lfs_download')
+
+/** Puts `data` in demo.git's LFS store as the worker keeps it (oid[0:2]/oid[2:4]/oid) and returns its URL path. */
+async function storeObject(w: Worker, data: Buffer): Promise<string> {
+  const oid = sha(data)
+  const dir = path.join(w.reposDir, 'demo.git', 'lfs', 'objects', oid.slice(0, 2), oid.slice(2, 4))
+  await mkdir(dir, { recursive: true })
+  await writeFile(path.join(dir, oid), data)
+  return `/demo.git/info/lfs/objects/${oid}`
+}
+
+t.test('an LFS object of 1 MiB or more goes out through the relay (sendfile): whole, ranged, counted, the connection closed after it', async (t) => {
+  const w = await startWorker(t)
+  const data = randomBytes(3 * 1024 * 1024 + 17)
+  const url = await storeObject(w, data)
+
+  const whole = await rawRequest(w.port, 'GET', url)
+  t.equal(whole.status, 200)
+  t.ok(whole.body.equals(data), 'every byte')
+  t.equal(whole.headers['content-length'], String(data.length), 'with its length')
+  t.equal(whole.headers.connection, 'close')
+  t.equal(whole.headers['content-type'], 'application/octet-stream')
+  t.equal(whole.headers['accept-ranges'], 'bytes')
+  const etag = whole.headers.etag
+  t.ok(etag, 'an ETag for conditional requests')
+
+  const part = await rawRequest(w.port, 'GET', url, { range: 'bytes=2000000-' })
+  t.equal(part.status, 206, 'a Range: Partial Content')
+  t.equal(part.headers['content-range'], `bytes 2000000-${data.length - 1}/${data.length}`)
+  t.ok(part.body.equals(data.subarray(2_000_000)), 'exactly the range\'s bytes')
+  const middle = await rawRequest(w.port, 'GET', url, { range: 'bytes=10-1048600' })
+  t.equal(middle.status, 206)
+  t.ok(middle.body.equals(data.subarray(10, 1_048_601)), 'a range in the middle, end inclusive')
+
+  t.equal((await rawRequest(w.port, 'GET', url, { 'if-none-match': String(etag) })).status, 304, 'not modified: no body, no relay')
+  t.equal((await rawRequest(w.port, 'GET', url, { range: `bytes=${data.length + 5}-` })).status, 416, 'a range past the end')
+
+  await waitFor(() => downloads(w).length === 5, 5000, 'the access lines')
+  const relayed = downloads(w).filter((l) => l.handed_over === true)
+  t.same(relayed.map((l) => l.bytes_out).sort((a, b) => Number(a) - Number(b)), [1_048_591, data.length - 2_000_000, data.length], 'the three answers with a body relayed, each counted')
+  t.notOk(relayed.some((l) => l.aborted), 'none logged as aborted')
+
+  // below 1 MiB the worker sends the file itself, on a connection that stays open
+  const small = randomBytes(64 * 1024)
+  const res = await rawRequest(w.port, 'GET', await storeObject(w, small), { connection: 'keep-alive' })
+  t.ok(res.body.equals(small))
+  t.not(res.headers.connection, 'close', 'keep-alive')
+  await waitFor(() => downloads(w).length === 6, 5000, 'the access line')
+  t.equal(downloads(w)[5]!.handed_over, undefined, 'not relayed')
+})
+
+t.test('packRelay off, or no spawn helper: the same bytes', async (t) => {
+  for (const flags of [{ 'pack-relay': false }, { 'spawn-helper': false }] as Record<string, boolean>[]) {
+    const w = await startWorker(t, flags)
+    const data = randomBytes(2 * 1024 * 1024)
+    const url = await storeObject(w, data)
+    const res = await rawRequest(w.port, 'GET', url)
+    t.ok(res.body.equals(data), `${Object.keys(flags)[0]} off: every byte`)
+    await waitFor(() => downloads(w).length === 1, 5000, 'the access line')
+    t.equal(downloads(w)[0]!.handed_over, flags['pack-relay'] === false ? undefined : true)
+    t.equal(downloads(w)[0]!.bytes_out, data.length)
+  }
+})
+
+t.test('a client that stops reading a large object: the relay gives up after idleTimeoutMs and is gone', async (t) => {
+  const w = await startWorker(t, { 'idle-timeout-ms': '1000' })
+  const data = randomBytes(64 * 1024 * 1024)
+  const url = await storeObject(w, data)
+  let response: http.IncomingMessage | undefined
+  const req = http.request({ host: '127.0.0.1', port: w.port, method: 'GET', path: url, agent: false }, (res) => {
+    response = res
+    res.once('data', () => res.pause())
+  })
+  req.on('error', () => {})
+  req.end()
+  await waitFor(() => response !== undefined && response.isPaused(), 5000, 'the first bytes')
+  t.ok((await processesMatching(PACK_RELAY)).length > 0, 'the relay runs, blocked on the client')
+  await waitFor(async () => (await processesMatching(PACK_RELAY)).length === 0, 8000, 'the relay to be gone')
+  let received = 0
+  const cut = new Promise<void>((resolve) => { response!.once('close', resolve); response!.once('error', () => resolve()) })
+  response!.on('data', (c: Buffer) => { received += c.length })
+  response!.resume()
+  await cut
+  t.ok(received < data.length, `the client sees a short body (${received} of ${data.length} bytes after its first read): its Content-Length says so`)
+  await waitFor(() => downloads(w).length === 1, 5000, 'the access line')
+  t.equal(downloads(w)[0]!.aborted, true, 'logged as not gone out whole')
+  t.ok(w.logs().some((l) => String(l.msg).includes('no progress for 1000 ms')), 'the log says why')
+})
+
+t.test('the relay sends nothing from a file that is not the one the worker judged', async (t) => {
+  const dir = t.testdir({ f: 'x'.repeat(100) })
+  const file = path.join(dir, 'f')
+  const { ino } = await stat(file)
+  const relay = (args: string[]) => new Promise<{ code: number | null; out: string; report: string }>((resolve) => {
+    const p = spawn(PACK_RELAY, ['1000', 'HTTP/1.1 200 OK\r\n\r\n', '--file', file, ...args], { stdio: ['ignore', 'pipe', 'ignore', 'pipe'] })
+    let out = ''
+    let report = ''
+    p.stdout!.on('data', (c: Buffer) => { out += c.toString() })
+    ;(p.stdio[3] as NodeJS.ReadableStream).on('data', (c: Buffer) => { report += c.toString() })
+    p.on('close', (code) => resolve({ code, out, report }))
+  })
+  const other = await relay([String(ino + 1), '0', '100'])
+  t.same([other.code, other.out], [1, ''], 'another inode: nothing written, exit 1')
+  t.match(other.report, /head=0 .*exec=116 /, 'reported as ESTALE')
+  const shorter = await relay([String(ino), '50', '51'])
+  t.same([shorter.code, shorter.out], [1, ''], 'a file shorter than the range: nothing written')
+  const fine = await relay([String(ino), '90', '10'])
+  t.same([fine.code, fine.out], [0, 'HTTP/1.1 200 OK\r\n\r\nxxxxxxxxxx'], 'the head, then the range\'s bytes')
+  t.match(fine.report, /^sent=10 head=1 /)
+})
