@@ -5,9 +5,10 @@
  * through SHA-256 into a temp file in DIR and removes it. What separates it from nginx is
  * Node itself: no sendfile (every byte is copied into user space and out again) and a fresh
  * buffer for every chunk of a request body (Node's HTTP parser copies each one).
- * `GET /relay` is the relay floor: the worker's own relay (`pack-relay --file`, sendfile(2))
- * spawned for the request with the connection as its stdout, and nothing else: what serving
- * through a process started per download costs, beside nginx, which needs no process.
+ * `GET /relay` is the relay floor: the worker's own relay (`pack-relay --file`) spawned for the
+ * request with the connection as its stdout, and nothing else: what serving through a process
+ * started per download costs, beside nginx, which needs no process (the worker starts its
+ * relays ahead of the download).
  * Usage: node lfs-floor.js FILE DIR; prints the port it listens on.
  */
 import { spawn } from 'node:child_process'

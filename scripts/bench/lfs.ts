@@ -4,13 +4,15 @@
  * to /dev/null for both, throughput; target worker/nginx >= 0.9); uploaded through the worker
  * (`curl -T`, as a client would) against `cp` of the file plus `sha256sum` of the
  * copy on the same disk (target <= 1.3x the time); the worker's RSS during 8 concurrent 200 MB
- * downloads and then 8 concurrent uploads (target <= 150 MB). 127.0.0.1 only; 5 rounds each,
- * after one warm-up round that is not counted.
+ * downloads and then 8 concurrent uploads (target <= 150 MB). 127.0.0.1 only; 9 rounds each
+ * (medians of 5 moved by +-10% between runs on this 2-core VM), after one warm-up round that is
+ * not counted. nginx serves with its defaults (sendfile off: 32 KiB reads and writes); with
+ * `sendfile on` (Debian's stock nginx.conf) it is measured beside, and is slower on loopback.
  * Beside them, in the same run, the Node floor (lfs-floor.ts): the least a Node.js server does to
  * serve and receive the file, under the same load, so what Node itself costs (no sendfile, a
  * fresh buffer per request-body chunk) is told apart from what the worker adds; and the relay
- * floor: the worker's sendfile relay started per download by a bare server, what a process per
- * download costs beside nginx.
+ * floor: the worker's relay started per download by a bare server (the worker starts its relays
+ * ahead of the download), what a fork and exec per download would cost beside nginx.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream, createWriteStream, cpSync, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
@@ -22,7 +24,7 @@ import { CLI, ROOT, freePort, median, rssOf, sh, startNginx, startWorker, stopPr
 
 const BENCH = path.join(ROOT, 'data', 'bench-lfs')
 const MB = 200
-const ROUNDS = 5
+const ROUNDS = 9
 const CONCURRENT = 8
 const yes = (ok: boolean): string => (ok ? 'yes' : 'NO')
 
@@ -109,16 +111,19 @@ async function main(): Promise<void> {
   mkdirSync(path.join(web, 'root'), { recursive: true })
   cpSync(file, path.join(web, 'root', 'object.bin'))
   const nginx = await startNginx(web, await freePort(), 2, `location / { root ${path.join(web, 'root')}; }`)
+  let nginxSendfile: Awaited<ReturnType<typeof startNginx>> | undefined
   let worker: Started | undefined
   let floor: Started | undefined
   try {
+    mkdirSync(path.join(BENCH, 'nginx-sendfile'), { recursive: true })
+    nginxSendfile = await startNginx(path.join(BENCH, 'nginx-sendfile'), await freePort(), 2, `sendfile on; location / { root ${path.join(web, 'root')}; }`)
     worker = await startWorker(['--repos', repos, '--data', data, '--hg-processes', '0', '--heavy-limit', '32', '--full-clone-limit', '32', '--client-heavy-limit', '32', '--repo-heavy-limit', '32'])
     floor = await startLfsFloor(file, floorDir)
     const objectUrl = `${worker.url}/demo.git/info/lfs/objects/${oid}`
     const floorUrl = `${floor.url}/`
     const workerPid = worker.proc.pid!
     const floorPid = floor.proc.pid!
-    const t = { upload: [] as number[], floorUpload: [] as number[], cpSha: [] as number[], download: [] as number[], floorDownload: [] as number[], relayFloor: [] as number[], nginx: [] as number[] }
+    const t = { upload: [] as number[], floorUpload: [] as number[], cpSha: [] as number[], download: [] as number[], floorDownload: [] as number[], relayFloor: [] as number[], nginx: [] as number[], nginxSendfile: [] as number[] }
     const cpu = { download: 0, floorDownload: 0, relayFloor: 0 }
     // round -1 warms up and is not counted: the worker's first authenticated request derives the
     // credential's key (scrypt, 0.7 s), and each side's first 200 MB write meets a cold page cache
@@ -136,7 +141,7 @@ async function main(): Promise<void> {
         await work()
         if (keep) t[key].push(performance.now() - t0)
       }
-      const downloads = [['download', objectUrl, auth, workerPid], ['floorDownload', floorUrl, undefined, floorPid], ['relayFloor', `${floorUrl}relay`, undefined, floorPid], ['nginx', `${nginx.url}/object.bin`, undefined, 0]] as const
+      const downloads = [['download', objectUrl, auth, workerPid], ['floorDownload', floorUrl, undefined, floorPid], ['relayFloor', `${floorUrl}relay`, undefined, floorPid], ['nginx', `${nginx.url}/object.bin`, undefined, 0], ['nginxSendfile', `${nginxSendfile.url}/object.bin`, undefined, 0]] as const
       for (let i = 0; i < downloads.length; i++) {
         const [key, url, a, pid] = downloads[(i + round + 1) % downloads.length]!
         // the server and every process it started (the worker's relay, through the spawn helper)
@@ -144,7 +149,7 @@ async function main(): Promise<void> {
         const ms = await curlMs(url, a)
         if (!keep) continue
         t[key].push(ms)
-        if (key !== 'nginx') cpu[key] += (treeTicks(pid) - c0) * 10 / ROUNDS
+        if (key !== 'nginx' && key !== 'nginxSendfile') cpu[key] += (treeTicks(pid) - c0) * 10 / ROUNDS
       }
     }
 
@@ -176,6 +181,7 @@ async function main(): Promise<void> {
       download_throughput_node_floor_over_nginx: floorRatio,
       download_throughput_worker_over_node_floor: m.floorDownload / m.download,
       download_throughput_relay_floor_over_nginx: m.nginx / m.relayFloor,
+      download_throughput_nginx_sendfile_over_nginx: m.nginx / m.nginxSendfile,
       download_throughput_worker_over_relay_floor: m.relayFloor / m.download,
       download_cpu_ms: { worker: Math.round(cpu.download), node_floor: Math.round(cpu.floorDownload), relay_floor: Math.round(cpu.relayFloor) },
       upload_time_over_cp_sha256sum: uploadRatio,
@@ -191,7 +197,8 @@ async function main(): Promise<void> {
       [`download ${MB} MB, worker / nginx static file, throughput (${Math.round(m.download)} / ${Math.round(m.nginx)} ms)`, r2(downloadRatio), '>= 0.9', yes(downloadRatio >= 0.9)],
       [`  Node floor / nginx (${Math.round(m.floorDownload)} ms): what Node can do without sendfile`, r2(floorRatio), '', ''],
       ['  worker / Node floor', r2(m.floorDownload / m.download), '', ''],
-      [`  relay floor / nginx (${Math.round(m.relayFloor)} ms): sendfile from a process started per download`, r2(m.nginx / m.relayFloor), '', ''],
+      [`  nginx with sendfile on / nginx (${Math.round(m.nginxSendfile)} ms)`, r2(m.nginx / m.nginxSendfile), '', ''],
+      [`  relay floor / nginx (${Math.round(m.relayFloor)} ms): the relay started per download`, r2(m.nginx / m.relayFloor), '', ''],
       ['  worker / relay floor', r2(m.relayFloor / m.download), '(the worker\'s own cost)', ''],
       [`  CPU per download (with the processes started): worker ${Math.round(cpu.download)} ms, Node floor ${Math.round(cpu.floorDownload)} ms, relay floor ${Math.round(cpu.relayFloor)} ms`, '', '', ''],
       [`upload ${MB} MB through the worker / cp + sha256sum (${Math.round(m.upload)} / ${Math.round(m.cpSha)} ms)`, r2(uploadRatio), '<= 1.3', yes(uploadRatio <= 1.3)],
@@ -207,6 +214,7 @@ async function main(): Promise<void> {
     await worker?.stop()
     await floor?.stop()
     await nginx.stop()
+    await nginxSendfile?.stop()
     rmSync(floorDir, { recursive: true, force: true })
   }
 }

@@ -8,8 +8,9 @@
  * major GCs that its fresh buffers set off.
  *
  * A file of FILE_RELAY_MIN bytes or more, on a plain TCP connection, goes out through the relay
- * (src/process/relay.ts, `pack-relay --file`) instead: sendfile(2), as nginx serves a static
- * file, the bytes never entering user space; the connection then closes after it.
+ * (src/process/relay.ts, `pack-relay --file`) instead, as nginx serves a static file (32 KiB
+ * reads and writes, outside any event loop); the connection then closes after it. The spawn
+ * helper keeps relays started ahead (`--wait`), so a download does not wait for a fork.
  */
 import { open } from 'node:fs/promises'
 import type { Stats } from 'node:fs'
@@ -105,7 +106,7 @@ async function relayFile(req: FastifyRequest, reply: FastifyReply, file: string,
   const head = socket && relayHead(reply, { length: true })
   if (!socket || !head) return undefined
   const child = spawnChild(PACK_RELAY, [String(relay.idleMs), head, '--file', file, String(ino), String(start), String(length)], {
-    env: {}, killGraceMs: relay.killGraceMs, viaHelper: relay.viaHelper, stdoutSocket: socket, report: true,
+    env: {}, killGraceMs: relay.killGraceMs, viaHelper: relay.viaHelper, stdoutSocket: socket, report: true, prestart: true,
   })
   const access = req.accessRecord
   reply.raw.once('close', () => {

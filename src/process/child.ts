@@ -64,6 +64,8 @@ export interface SpawnOptions {
   stdoutSocket?: Socket
   /** open the child's fd 3 for it to report on (`Child.report`) */
   report?: boolean
+  /** through the helper: a `bin --wait` it started ahead may serve this spawn (helper-main.ts; the file relay) */
+  prestart?: boolean
 }
 
 /**
@@ -83,7 +85,7 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
   let report: Readable | undefined
   let exited: Promise<ExitStatus>
   if (opts.viaHelper) {
-    const remote = spawnViaHelper(bin, args, { env: opts.env, cwd: opts.cwd, nice: opts.nice, pooledStdout: opts.pooledStdout, stdoutSocket: opts.stdoutSocket, report: opts.report })
+    const remote = spawnViaHelper(bin, args, { env: opts.env, cwd: opts.cwd, nice: opts.nice, pooledStdout: opts.pooledStdout, stdoutSocket: opts.stdoutSocket, report: opts.report, prestart: opts.prestart })
     stdoutChunks = remote.stdoutChunks
     report = remote.report
     proc = remote

@@ -148,7 +148,7 @@ function settle(id: number): void {
 }
 
 /** Spawns `bin args` through the helper; see RemoteProcess. */
-export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<string, string>; cwd?: string; nice?: number; pooledStdout?: BufferPool; stdoutSocket?: net.Socket; report?: boolean }): RemoteProcess {
+export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<string, string>; cwd?: string; nice?: number; pooledStdout?: BufferPool; stdoutSocket?: net.Socket; report?: boolean; prestart?: boolean }): RemoteProcess {
   const id = ++nextId
   const stdin = new PassThrough()
   const stdout = new PassThrough()
@@ -220,7 +220,7 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
         onClose: () => { open--; maybeDone() },
       }))
     }
-    const msg = { id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice, stdoutFromWorker: chunks !== undefined, stdoutSent: opts.stdoutSocket !== undefined, report: report !== undefined }
+    const msg = { id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice, stdoutFromWorker: chunks !== undefined, stdoutSent: opts.stdoutSocket !== undefined, report: report !== undefined, prestart: opts.prestart }
     if (!opts.stdoutSocket) return void helper!.send(msg)
     // The socket's bare TCP handle, not the net.Socket: Node's cluster bookkeeping for a sent
     // server socket (hg/handoff.ts says more) stays out of it. keepOpen: the worker keeps its

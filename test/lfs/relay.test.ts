@@ -1,8 +1,10 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
-import { mkdir, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readlink, stat, writeFile } from 'node:fs/promises'
 import http from 'node:http'
+import net from 'node:net'
+import { finished } from 'node:stream/promises'
 import path from 'node:path'
 import { processesMatching, rawRequest, startWorker, waitFor, type Worker } from '../helpers/worker.js'
 import { routeRequests } from '../helpers/lfs.js'
@@ -10,6 +12,14 @@ import { PACK_RELAY } from '../../src/process/relay.js'
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const downloads = (w: Worker) => routeRequests(w, 0, 'lfs_download')
+
+/** Relay processes with what their stdout is: a socket while serving, /dev/null while a spare waits. */
+async function relays(): Promise<{ pid: number; cmd: string; serving: boolean }[]> {
+  const found = await processesMatching(PACK_RELAY)
+  return Promise.all(found.map(async (p) => ({ ...p, serving: (await readlink(`/proc/${p.pid}/fd/1`).catch(() => '')).startsWith('socket:') })))
+}
+const spares = async () => (await relays()).filter((r) => r.cmd.includes('--wait') && !r.serving).map((r) => r.pid)
+const serving = async () => (await relays()).filter((r) => r.serving)
 
 /** Puts `data` in demo.git's LFS store as the worker keeps it (oid[0:2]/oid[2:4]/oid) and returns its URL path. */
 async function storeObject(w: Worker, data: Buffer): Promise<string> {
@@ -20,7 +30,7 @@ async function storeObject(w: Worker, data: Buffer): Promise<string> {
   return `/demo.git/info/lfs/objects/${oid}`
 }
 
-t.test('an LFS object of 1 MiB or more goes out through the relay (sendfile): whole, ranged, counted, the connection closed after it', async (t) => {
+t.test('an LFS object of 1 MiB or more goes out through the relay: whole, ranged, counted, the connection closed after it', async (t) => {
   const w = await startWorker(t)
   const data = randomBytes(3 * 1024 * 1024 + 17)
   const url = await storeObject(w, data)
@@ -85,8 +95,8 @@ t.test('a client that stops reading a large object: the relay gives up after idl
   req.on('error', () => {})
   req.end()
   await waitFor(() => response !== undefined && response.isPaused(), 5000, 'the first bytes')
-  t.ok((await processesMatching(PACK_RELAY)).length > 0, 'the relay runs, blocked on the client')
-  await waitFor(async () => (await processesMatching(PACK_RELAY)).length === 0, 8000, 'the relay to be gone')
+  t.equal((await serving()).length, 1, 'the relay runs, blocked on the client')
+  await waitFor(async () => (await serving()).length === 0, 8000, 'the relay to be gone')
   let received = 0
   const cut = new Promise<void>((resolve) => { response!.once('close', resolve); response!.once('error', () => resolve()) })
   response!.on('data', (c: Buffer) => { received += c.length })
@@ -118,4 +128,96 @@ t.test('the relay sends nothing from a file that is not the one the worker judge
   const fine = await relay([String(ino), '90', '10'])
   t.same([fine.code, fine.out], [0, 'HTTP/1.1 200 OK\r\n\r\nxxxxxxxxxx'], 'the head, then the range\'s bytes')
   t.match(fine.report, /^sent=10 head=1 /)
+})
+
+t.test('downloads after the first are served by relays started ahead: whole, counted, each replaced; a spare killed while it waits changes nothing', async (t) => {
+  const w = await startWorker(t)
+  const data = randomBytes(2 * 1024 * 1024 + 5)
+  const url = await storeObject(w, data)
+  const first = await rawRequest(w.port, 'GET', url)
+  t.ok(first.body.equals(data), 'the first download: every byte')
+  await waitFor(async () => (await spares()).length === 2, 5000, 'two spares to wait')
+  for (let i = 0; i < 3; i++) {
+    const before = await spares()
+    const res = await rawRequest(w.port, 'GET', url)
+    t.ok(res.body.equals(data), `download ${i + 2}: every byte`)
+    await waitFor(async () => (await spares()).length === 2, 5000, 'a spare to replace the one used')
+    const after = await spares()
+    t.equal(before.filter((pid) => !after.includes(pid)).length, 1, `download ${i + 2}: one of the waiting relays served it and is gone`)
+  }
+
+  // one paused client (an object larger than the socket buffers hold): the relay serving it is
+  // one that was started ahead (`--wait`)
+  const big = randomBytes(32 * 1024 * 1024)
+  const bigUrl = await storeObject(w, big)
+  let response: http.IncomingMessage | undefined
+  const body: Buffer[] = []
+  const req = http.request({ host: '127.0.0.1', port: w.port, method: 'GET', path: bigUrl, agent: false }, (res) => {
+    response = res
+    res.on('data', (c: Buffer) => body.push(c))
+    res.once('data', () => res.pause())
+  })
+  req.end()
+  await waitFor(() => response !== undefined && response.isPaused(), 5000, 'the first bytes')
+  const busy = await serving()
+  t.equal(busy.length, 1)
+  t.match(busy[0]!.cmd, /--wait/, 'the serving relay was waiting before the request came')
+  await new Promise((resolve) => { response!.once('end', resolve); response!.resume() })
+  t.ok(Buffer.concat(body).equals(big), 'read on: every byte')
+
+  const [victim] = await spares()
+  process.kill(victim!, 'SIGKILL')
+  const res = await rawRequest(w.port, 'GET', url)
+  t.ok(res.body.equals(data), 'a spare killed while waiting: the next download is whole all the same')
+  await waitFor(async () => (await spares()).length === 2, 5000, 'the spares back to two')
+
+  await waitFor(() => downloads(w).length === 6, 5000, 'the access lines')
+  const lines = downloads(w).map((l) => [l.status, l.handed_over, l.bytes_out])
+  t.same(lines, [...Array(4).fill([200, true, data.length]), [200, true, big.length], [200, true, data.length]], 'each relayed, each counted whole')
+})
+
+t.test('pack-relay --wait: the connection from its IPC channel, the arguments from stdin; nothing written when either is missing or names a command', async (t) => {
+  const dir = t.testdir({ f: 'y'.repeat(1000) })
+  const file = path.join(dir, 'f')
+  const { ino } = await stat(file)
+  const head = 'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n'
+  /** a spare as the helper starts it; `give` hands it a connection and/or its arguments; what the client got */
+  const run = async (give: { socket?: boolean; args?: string[]; ipc?: boolean }) => {
+    const server = net.createServer()
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1')
+    const [accepted] = await Promise.all([new Promise<net.Socket>((resolve) => server.once('connection', resolve)), new Promise((resolve) => client.once('connect', resolve))])
+    server.close()
+    const chunks: Buffer[] = []
+    client.on('data', (c: Buffer) => chunks.push(c))
+    const ended = new Promise((resolve) => client.once('close', resolve))
+    const p = spawn(PACK_RELAY, ['--wait'], { env: {}, cwd: '/', stdio: ['pipe', 'ignore', 'pipe', 'pipe', ...(give.ipc === false ? [] : ['ipc' as const])], serialization: 'json' })
+    let report = ''
+    ;(p.stdio[3] as NodeJS.ReadableStream).on('data', (c: Buffer) => { report += c.toString() })
+    p.stdio[2]!.resume()
+    if (give.socket) await new Promise<void>((resolve, reject) => p.send('fd', (accepted as unknown as { _handle: net.Socket })._handle, { keepOpen: true }, (err) => (err ? reject(err) : resolve())))
+    if (!give.socket && give.ipc !== false) p.disconnect() // no connection will come (with one, the relay closes the channel)
+    p.stdin!.end(give.args ? give.args.map((a) => `${a}\0`).join('') : '')
+    const code = await new Promise<number | null>((resolve) => p.once('exit', resolve))
+    await finished(p.stdio[3] as NodeJS.ReadableStream)
+    accepted.destroy() // our copy: the client sees the end once the relay's is closed too
+    await ended
+    return { code, got: Buffer.concat(chunks).toString(), report }
+  }
+  const args = ['1000', head, '--file', file, String(ino), '900', '100']
+  const fine = await run({ socket: true, args })
+  t.same([fine.code, fine.got], [0, head + 'y'.repeat(100)], 'the head, then the range\'s bytes, on the connection it was sent')
+  t.match(fine.report, /^sent=100 head=1 .*closed=1/, 'the report on fd 3')
+  const noSocket = await run({ args })
+  t.same([noSocket.code, noSocket.got, noSocket.report], [1, '', ''], 'the channel closed before a connection came: exit 1, nothing written, nothing reported')
+  const noArgs = await run({ socket: true, args: args.slice(0, 4) })
+  t.same([noArgs.code, noArgs.got], [1, ''], 'stdin closed before the arguments: exit 1, nothing written')
+  const long = await run({ socket: true, args: ['1000', `${head}X-Pad: ${'p'.repeat(70_000)}\r\n`, ...args.slice(2)] })
+  t.same([long.code, long.got], [1, ''], 'arguments past 64 KiB: exit 1, nothing written')
+  const noChannel = await run({ ipc: false, args })
+  t.same([noChannel.code, noChannel.got], [1, ''], 'no IPC channel: exit 1')
+  const marker = path.join(dir, 'ran')
+  const command = await run({ socket: true, args: ['1000', head, '--', '/usr/bin/touch', marker, 'x', 'y'] })
+  t.same([command.code, command.got], [2, ''], 'arguments naming a command: refused, nothing written')
+  await t.rejects(stat(marker), 'and nothing run')
 })
