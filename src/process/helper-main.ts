@@ -150,7 +150,6 @@ function sendHandle(child: ChildProcess, handle: unknown): Promise<void> {
  */
 async function useSpare(m: SpawnRequest, sent: Handle): Promise<ChildProcess | undefined> {
   const child = spares.get(m.bin)?.shift()
-  // the next one starts once this request is under way: a spawn blocks this process's loop
   const refill = (): undefined => void setImmediate(() => startSpares(m.bin))
   if (!child) return refill()
   try {
@@ -162,7 +161,9 @@ async function useSpare(m: SpawnRequest, sent: Handle): Promise<ChildProcess | u
   child.stdin!.end(m.args.map((a) => `${a}\0`).join(''))
   // the spare closes the channel itself once it acknowledged the handle (a disconnect from
   // this side before the acknowledgement leaves Node's channel bookkeeping waiting forever)
-  refill()
+  // Its replacement starts once it is done: a fork and exec here during the transfer took a
+  // CPU from it and from its client on 2 cores (the other spare serves a download meanwhile).
+  child.once('exit', refill)
   Promise.all([connect(m.id, 2), connect(m.id, 3)]).then(([stderr, report]) => {
     child.stdio[2]!.pipe(stderr)
     child.stdio[3]!.pipe(report)
