@@ -44,8 +44,9 @@
  *     on loopback). fds 2 and 3 are pipes the helper reads (and passes on to the worker). It
  *     waits for the client's connection over the IPC channel Node opened for it (fd
  *     NODE_CHANNEL_FD: newline-ended JSON messages, a handle in SCM_RIGHTS on its message,
- *     acknowledged with {"cmd":"NODE_HANDLE_ACK"}), which becomes fd 1, then for the arguments
- *     that follow `pack-relay` in the --file mode, each ended by a NUL, on stdin. Then as --file.
+ *     acknowledged with {"cmd":"NODE_HANDLE_ACK"}), which becomes fd 1, says so on the channel
+ *     ({"took":true}), then waits for the arguments that follow `pack-relay` in the --file mode,
+ *     each ended by a NUL, on stdin. Then as --file.
  *     The channel or stdin closed first (the helper is gone): exit 1, having written nothing.
  */
 #define _GNU_SOURCE
@@ -297,6 +298,7 @@ static int wait_for_work(char **argv) {
   if (!ch) return -1;
   int c = atoi(ch), client = -1, owed = 0;
   char buf[4096];
+  signal(SIGPIPE, SIG_IGN); /* the helper gone: a failed write, not a death */
   while (client < 0 || owed) {
     union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int) * 4)]; } ctrl;
     struct iovec iov = { buf, sizeof buf };
@@ -320,6 +322,10 @@ static int wait_for_work(char **argv) {
         if (write(c, ack, sizeof ack - 1) < 0) return -1;
     }
   }
+  /* the helper writes the arguments only once it reads this: a spare that died before taking
+   * the connection is told apart from one that took it, and the request goes elsewhere */
+  static const char took[] = "{\"took\":true}\n";
+  if (write(c, took, sizeof took - 1) < 0) return -1;
   static char args[65536];
   size_t len = 0;
   int nuls = 0;

@@ -141,19 +141,41 @@ function sendHandle(child: ChildProcess, handle: unknown): Promise<void> {
   })
 }
 
+/** Resolves once the spare says it took the connection; rejects when it exits, or says nothing for TOOK_MS. */
+function tookIt(child: ChildProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error): void => {
+      clearTimeout(timer)
+      child.off('message', onMessage)
+      child.off('exit', onExit)
+      if (err) reject(err)
+      else resolve()
+    }
+    const onMessage = (msg: { took?: boolean }): void => { if (msg?.took === true) done() }
+    const onExit = (): void => done(new Error('the spare exited'))
+    const timer = setTimeout(() => done(new Error('the spare did not take the connection')), TOOK_MS)
+    child.on('message', onMessage)
+    child.once('exit', onExit)
+  })
+}
+const TOOK_MS = 2000
+
 /**
  * Request `m` served by a spare: the client's connection sent, the arguments written, and its
  * stderr and report passed on to the worker (they are pipes to this process: connecting to
  * the worker first would cost the download ~1.5 ms before its first byte). The spare, or
- * undefined when none was waiting or it went away (it wrote nothing to the client: the caller
- * spawns as usual, with the same socket).
+ * undefined when none was waiting or it went away before it took the connection (it wrote
+ * nothing to the client: the caller spawns as usual, with the same socket).
  */
 async function useSpare(m: SpawnRequest, sent: Handle): Promise<ChildProcess | undefined> {
   const child = spares.get(m.bin)?.shift()
   const refill = (): undefined => void setImmediate(() => startSpares(m.bin))
   if (!child) return refill()
   try {
+    const took = tookIt(child)
+    took.catch(() => {}) // awaited below; a failed send rejects first
     await sendHandle(child, sent)
+    await took // until then it wrote nothing: a spare gone now leaves the request to a spawn
   } catch {
     child.kill('SIGKILL') // waiting, not relaying: it wrote nothing
     return refill()

@@ -171,9 +171,18 @@ t.test('downloads after the first are served by relays started ahead: whole, cou
   t.ok(res.body.equals(data), 'a spare killed while waiting: the next download is whole all the same')
   await waitFor(async () => (await spares()).length === 2, 5000, 'the spares back to two')
 
-  await waitFor(() => downloads(w).length === 6, 5000, 'the access lines')
+
+  // spares that never take the connection (stopped): after 2 s the helper gives up on the one
+  // it picked, and a relay spawned as before serves the download
+  const stopped = await spares()
+  for (const pid of stopped) process.kill(pid, 'SIGSTOP')
+  const late = await rawRequest(w.port, 'GET', url)
+  t.ok(late.body.equals(data), 'a spare that does not answer: the download is whole all the same')
+  t.ok(stopped.filter((pid) => { try { process.kill(pid, 'SIGKILL'); return false } catch { return true } }).length >= 1, 'the one it picked was ended by the helper')
+
+  await waitFor(() => downloads(w).length === 7, 5000, 'the access lines')
   const lines = downloads(w).map((l) => [l.status, l.handed_over, l.bytes_out])
-  t.same(lines, [...Array(4).fill([200, true, data.length]), [200, true, big.length], [200, true, data.length]], 'each relayed, each counted whole')
+  t.same(lines, [...Array(4).fill([200, true, data.length]), [200, true, big.length], ...Array(2).fill([200, true, data.length])], 'each relayed, each counted whole')
 })
 
 t.test('pack-relay --wait: the connection from its IPC channel, the arguments from stdin; nothing written when either is missing or names a command', async (t) => {
@@ -192,6 +201,9 @@ t.test('pack-relay --wait: the connection from its IPC channel, the arguments fr
     client.on('data', (c: Buffer) => chunks.push(c))
     const ended = new Promise((resolve) => client.once('close', resolve))
     const p = spawn(PACK_RELAY, ['--wait'], { env: {}, cwd: '/', stdio: ['pipe', 'ignore', 'pipe', 'pipe', ...(give.ipc === false ? [] : ['ipc' as const])], serialization: 'json' })
+    p.stdin!.on('error', () => {}) // a relay that exits at once (no channel) closes it first
+    const said: unknown[] = []
+    p.on('message', (m: unknown) => said.push(m))
     let report = ''
     ;(p.stdio[3] as NodeJS.ReadableStream).on('data', (c: Buffer) => { report += c.toString() })
     p.stdio[2]!.resume()
@@ -202,14 +214,15 @@ t.test('pack-relay --wait: the connection from its IPC channel, the arguments fr
     await finished(p.stdio[3] as NodeJS.ReadableStream)
     accepted.destroy() // our copy: the client sees the end once the relay's is closed too
     await ended
-    return { code, got: Buffer.concat(chunks).toString(), report }
+    return { code, got: Buffer.concat(chunks).toString(), report, said }
   }
   const args = ['1000', head, '--file', file, String(ino), '900', '100']
   const fine = await run({ socket: true, args })
   t.same([fine.code, fine.got], [0, head + 'y'.repeat(100)], 'the head, then the range\'s bytes, on the connection it was sent')
   t.match(fine.report, /^sent=100 head=1 .*closed=1/, 'the report on fd 3')
+  t.same(fine.said, [{ took: true }], 'it said on the channel that it took the connection')
   const noSocket = await run({ args })
-  t.same([noSocket.code, noSocket.got, noSocket.report], [1, '', ''], 'the channel closed before a connection came: exit 1, nothing written, nothing reported')
+  t.same([noSocket.code, noSocket.got, noSocket.report, noSocket.said], [1, '', '', []], 'the channel closed before a connection came: exit 1, nothing written, nothing reported')
   const noArgs = await run({ socket: true, args: args.slice(0, 4) })
   t.same([noArgs.code, noArgs.got], [1, ''], 'stdin closed before the arguments: exit 1, nothing written')
   const long = await run({ socket: true, args: ['1000', `${head}X-Pad: ${'p'.repeat(70_000)}\r\n`, ...args.slice(2)] })
