@@ -134,10 +134,10 @@ function startSpares(bin: string): void {
   }
 }
 
-/** Sends `handle` over a spare's channel; resolves once written (the spare holds its own copy then). */
+/** Sends `handle` over a spare's channel; resolves once written (a closed channel: the callback's error). */
 function sendHandle(child: ChildProcess, handle: unknown): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (!child.send('fd', handle as net.Socket, { keepOpen: true }, (err) => (err ? reject(err) : resolve())) && !child.connected) reject(new Error('the spare is gone'))
+    child.send('fd', handle as net.Socket, { keepOpen: true }, (err) => (err ? reject(err) : resolve()))
   })
 }
 
