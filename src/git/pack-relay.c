@@ -31,10 +31,10 @@
  *   pack-relay IDLE_MS HEAD --file PATH INO OFFSET LENGTH
  *     The same for a file (a Git LFS object, a clone bundle: src/http/send-file.ts): HEAD (with
  *     its Content-Length), then LENGTH bytes of PATH from OFFSET, read and sent 32 KiB at a time,
- *     uncorked, as nginx serves a static file by default (sendfile off, output_buffers 32k,
- *     no MSG_MORE nor TCP_CORK): on loopback,
- *     where HAProxy hands the worker its connections, sendfile(2) measured 5-15% slower for the
- *     same CPU (bench:lfs). PATH must still be the file the worker judged (inode INO, at least
+ *     uncorked, as nginx serves a static file by default (sendfile off, output_buffers 32k, no
+ *     MSG_MORE nor TCP_CORK): on loopback, where HAProxy hands the worker its connections,
+ *     sendfile(2) measured 5-15% slower for the same CPU, and corked blocks 15-20% slower
+ *     (bench:lfs). PATH must still be the file the worker judged (inode INO, at least
  *     OFFSET + LENGTH bytes): else nothing is written and the report says exec=ESTALE (exec=
  *     open's errno when it cannot be opened), and the worker answers itself. Exit 0 once every
  *     byte went out and the connection was ended, else 1.

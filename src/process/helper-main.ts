@@ -181,8 +181,9 @@ async function useSpare(m: SpawnRequest, sent: Handle): Promise<ChildProcess | u
     return refill()
   }
   child.stdin!.end(m.args.map((a) => `${a}\0`).join(''))
-  // the spare closes the channel itself once it acknowledged the handle (a disconnect from
-  // this side before the acknowledgement leaves Node's channel bookkeeping waiting forever)
+  // The spare closes the channel itself once it acknowledged the handle (a disconnect from
+  // this side before the acknowledgement leaves Node's channel bookkeeping waiting forever).
+  //
   // Its replacement starts once it is done: a fork and exec here during the transfer took a
   // CPU from it and from its client on 2 cores (the other spare serves a download meanwhile).
   child.once('exit', refill)
