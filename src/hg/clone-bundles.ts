@@ -23,6 +23,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config/load.js'
 import { describeExit, processAlive, runToCompletion, spawnChild, type Child } from '../process/child.js'
 import { hgEnv } from './spawn.js'
+import { readRestricted } from './read-rules.js'
 
 /** The files a repo's clone bundles may have: what the file route serves, and nothing else. */
 export const BUNDLE_NAMES = ['stream-v2.hg', 'zstd-v2.hg'] as const
@@ -36,11 +37,18 @@ const LOCK = '.generating'
 const LOCK_STALE_MS = 60 * 60_000
 
 interface Meta {
-  /** what the repo looked like when the bundles were made: changelog size, phase roots' size and mtime */
+  /** what the repo looked like when the bundles were made: changelog, phase roots and obsolescence markers (size and mtime) */
   state: string
-  bundles: { name: BundleName; spec: string; size: number }[]
+  /** `heads`: the heads of what the bundle holds; it may be served only while each is (not stripped, secret or hidden) */
+  bundles: { name: BundleName; spec: string; size: number; heads: string[] }[]
   generatedAt: number
 }
+
+/** A bundle as the manifest lists it. */
+export type ListedBundle = Meta['bundles'][number]
+
+/** how many repos' "still served?" answers are kept (one state each) */
+const SERVED_CHECKS_KEPT = 1000
 
 export interface CloneBundleStats {
   generations: number
@@ -55,6 +63,10 @@ export class CloneBundles {
   private readonly queue: string[] = []
   private readonly again = new Set<string>()
   private stopped = false
+  /** repos whose bundles are made again even if the repo did not change (one was missing or cut) */
+  private readonly remake = new Set<string>()
+  /** per repo, the last state whose bundles were checked against what the repo serves, and the names that passed */
+  private readonly servedChecks = new Map<string, { state: string; passed: Promise<Set<BundleName>> }>()
   /** the hg processes of the generations running, killed on stop (a partial bundle is never renamed into place) */
   private readonly children = new Set<Child>()
   readonly stats: CloneBundleStats = { generations: 0, skipped: 0, failures: 0 }
@@ -62,11 +74,15 @@ export class CloneBundles {
   constructor(private readonly config: Config, private readonly log: FastifyBaseLogger) {}
 
   /**
-   * The bundles a repo has now, for its manifest: only files that are there whole (one removed
-   * or cut by hand would make hg abort the clone, not fall back). None yet, or one missing: a
-   * generation is scheduled.
+   * The bundles a repo may hand out now, for its manifest and its downloads: only files that are
+   * there whole (one removed or cut by hand would make hg abort the clone, not fall back), and
+   * only bundles that hold nothing the repo would not serve now. A bundle made before the repo
+   * last changed is checked once per state: still listed after a push (a clone applies it and
+   * pulls the rest), withdrawn after a strip, a rollback, a phase made secret or a changeset
+   * hidden by an obsolescence marker, until it is made again. None yet, one missing, or the repo
+   * changed since: a generation is scheduled.
    */
-  async list(repoDir: string): Promise<Meta['bundles']> {
+  async list(repoDir: string): Promise<ListedBundle[]> {
     const dir = path.join(repoDir, DIR)
     let meta: Meta
     try {
@@ -75,23 +91,62 @@ export class CloneBundles {
       this.schedule(repoDir)
       return []
     }
-    const whole = await Promise.all(meta.bundles.map(async (b) => isBundleName(b.name) && (await stat(path.join(dir, b.name)).catch(() => undefined))?.size === b.size))
+    const whole = await Promise.all(meta.bundles.map(async (b) => isBundleName(b.name) && Array.isArray(b.heads) && (await stat(path.join(dir, b.name)).catch(() => undefined))?.size === b.size))
     if (whole.includes(false)) {
-      this.log.warn({ repo_dir: repoDir }, 'hg clone bundles: a listed bundle is missing or has the wrong size; made again')
-      await rm(path.join(dir, META), { force: true }) // so the next generation does not skip an unchanged repo
+      this.log.warn({ repo_dir: repoDir }, 'hg clone bundles: a listed bundle is missing, has the wrong size or an old record; made again')
+      this.remake.add(repoDir) // so the next generation does not skip an unchanged repo
       this.schedule(repoDir)
     }
-    return meta.bundles.filter((_, i) => whole[i])
+    const present = meta.bundles.filter((_, i) => whole[i])
+    const state = await repoState(repoDir)
+    if (state === meta.state || !present.length) return present
+    this.schedule(repoDir) // the repo changed since: made again, later
+    const passed = await this.stillServed(repoDir, state, present)
+    return present.filter((b) => passed.has(b.name))
+  }
+
+  /** The bundles whose heads the repo still serves in `state` (hg asked once per repo and state). */
+  private stillServed(repoDir: string, state: string, bundles: ListedBundle[]): Promise<Set<BundleName>> {
+    const known = this.servedChecks.get(repoDir)
+    if (known?.state === state) return known.passed
+    const heads = [...new Set(bundles.flatMap((b) => b.heads))]
+    const passed = (heads.length ? this.servedAmong(repoDir, heads) : Promise.resolve(new Set<string>())).then(
+      (served) => new Set(bundles.filter((b) => b.heads.every((h) => served.has(h))).map((b) => b.name)),
+      (err: unknown) => {
+        this.servedChecks.delete(repoDir) // asked again next time
+        this.log.warn({ err, repo_dir: repoDir }, 'hg clone bundles: cannot tell what the repo serves; none listed')
+        return new Set<BundleName>()
+      },
+    )
+    this.servedChecks.delete(repoDir)
+    this.servedChecks.set(repoDir, { state, passed })
+    for (const oldest of this.servedChecks.keys()) {
+      if (this.servedChecks.size <= SERVED_CHECKS_KEPT) break
+      this.servedChecks.delete(oldest)
+    }
+    return passed
+  }
+
+  /**
+   * Which of `nodes` the repo serves: present, visible (not hidden by obsolescence markers) and
+   * not secret. A served changeset's ancestors are all served too (phases and visibility are
+   * inherited that way), so a bundle is safe to hand out when each of its heads is.
+   */
+  private async servedAmong(repoDir: string, nodes: string[]): Promise<Set<string>> {
+    const revset = `(${nodes.map((n) => `id(${n})`).join(' + ')}) - secret()`
+    return new Set((await this.hg(repoDir, ['log', '-r', revset, '-T', '{node}\n'])).split('\n').filter(Boolean))
   }
 
   /** The manifest Mercurial's clonebundles command answers: one line per bundle, `URL BUNDLESPEC=...`. */
   async manifest(repoDir: string, repoUrl: string): Promise<string> {
+    if (await readRestricted(repoDir)) return '' // hg judges who may read such a repo: the worker hands out no bundle of it
     return (await this.list(repoDir)).map((b) => `${repoUrl}/.hg/clonebundles/${b.name} BUNDLESPEC=${b.spec}\n`).join('')
   }
 
-  /** The file of a bundle (the name checked against BUNDLE_NAMES by the caller). */
-  file(repoDir: string, name: BundleName): string {
-    return path.join(repoDir, DIR, name)
+  /** The file of a bundle, when the repo may hand it out now (`list`); undefined when not. */
+  async file(repoDir: string, name: BundleName): Promise<string | undefined> {
+    if (await readRestricted(repoDir)) return undefined
+    return (await this.list(repoDir)).some((b) => b.name === name) ? path.join(repoDir, DIR, name) : undefined
   }
 
   /** Makes the repo's bundles again after `hgCloneBundleDelayMs`; calls meanwhile are the same generation. */
@@ -146,7 +201,8 @@ export class CloneBundles {
     await mkdir(dir, { recursive: true })
     const state = await repoState(repoDir)
     const previous = await readFile(path.join(dir, META), 'utf8').then((t) => JSON.parse(t) as Meta, () => undefined)
-    if (previous?.state === state) {
+    const forced = this.remake.delete(repoDir)
+    if (previous?.state === state && !forced) {
       this.stats.skipped++
       return
     }
@@ -168,15 +224,27 @@ export class CloneBundles {
       for (const n of await readdir(dir)) if (n.includes('.tmp-')) await rm(path.join(dir, n), { force: true })
       const t0 = performance.now()
       const bundles: Meta['bundles'] = []
-      // a stream bundle carries the store as it is, secret changesets too: only without any
-      const secret = (await this.hg(repoDir, ['log', '-r', 'secret()', '-T', 'x']) ?? '').trim() !== ''
+      // what each bundle holds: a stream bundle the store as it is (secret and hidden changesets
+      // too), so it is made only when the store holds nothing else than what is served; a zstd
+      // bundle what `hg bundle --all` sends, the served changesets
+      const lines = (out: string) => out.split('\n').filter(Boolean).sort()
+      const served = lines(await this.hg(repoDir, ['log', '-r', 'heads(not secret())', '-T', '{node}\n']))
+      const stored = lines(await this.hg(repoDir, ['log', '--hidden', '-r', 'heads(all())', '-T', '{node}\n']))
+      const wholeStoreServed = stored.join() === served.join() && (await this.hg(repoDir, ['log', '--hidden', '-r', 'secret()', '-l', '1', '-T', 'x'])) === ''
       for (const [name, type] of [['stream-v2.hg', 'none-v2;stream=v2'], ['zstd-v2.hg', 'zstd-v2']] as [BundleName, string][]) {
-        if (name === 'stream-v2.hg' && secret) continue
+        if (name === 'stream-v2.hg' && !wholeStoreServed) continue
+        if (!served.length) break // an empty repo (or all secret): nothing to bundle, and noted so (until a push)
         const out = tmp(name)
-        const made = await this.hg(repoDir, ['bundle', '--all', '--type', type, out], { allowNoChanges: true })
-        if (made === undefined) break // an empty repo: nothing to bundle, and noted so (until a push)
-        const spec = (await this.hg(repoDir, ['debugbundle', '--spec', out]) ?? '').trim()
-        bundles.push({ name, spec, size: (await stat(out)).size })
+        // the served changesets only: `--all` would bundle the secret ones too
+        await this.hg(repoDir, ['bundle', '--type', type, '--base', 'null', ...served.flatMap((h) => ['-r', h]), out])
+        const spec = (await this.hg(repoDir, ['debugbundle', '--spec', out])).trim()
+        bundles.push({ name, spec, size: (await stat(out)).size, heads: name === 'stream-v2.hg' ? stored : served })
+      }
+      // the repo changed while it was bundled (a strip, a phase change): these may not match it
+      if ((await repoState(repoDir)) !== state) {
+        this.again.add(repoDir)
+        this.log.info({ repo_dir: repoDir }, 'hg clone bundles: the repo changed while they were made; made again')
+        return
       }
       for (const b of bundles) await rename(tmp(b.name), path.join(dir, b.name))
       const meta: Meta = { state, bundles, generatedAt: Date.now() }
@@ -190,22 +258,21 @@ export class CloneBundles {
     }
   }
 
-  /** Runs hg on the repo at the children's priority; its stdout. `allowNoChanges`: undefined when hg found nothing to bundle. */
-  private async hg(repoDir: string, args: string[], opts: { allowNoChanges?: boolean } = {}): Promise<string | undefined> {
+  /** Runs hg on the repo at the children's priority; its stdout. */
+  private async hg(repoDir: string, args: string[]): Promise<string> {
     if (this.stopped) throw new Error('stopping')
     const child = spawnChild(this.config.hgBin, ['-R', repoDir, ...args], { env: hgEnv(this.config), killGraceMs: this.config.killGraceMs, nice: this.config.childNice, viaHelper: this.config.spawnHelper })
     this.children.add(child)
     const { status, stdout } = await runToCompletion(child, { maxOutput: 64 * 1024 }).finally(() => this.children.delete(child))
-    if (opts.allowNoChanges && status.code === 1 && /no changes found/.test(child.stderr() + stdout.toString())) return undefined
     if (status.error || status.code !== 0) throw new Error(`hg ${args[0]} failed (${describeExit(status)}): ${child.stderr()}`)
     return stdout.toString('utf8')
   }
 }
 
-/** What decides the bundles' content, read without running hg: the changelog's size and the phase roots. */
+/** What decides the bundles' content, read without running hg: the changelog, the phase roots and the obsolescence markers. */
 async function repoState(repoDir: string): Promise<string> {
-  const size = async (p: string) => stat(path.join(repoDir, '.hg', p)).then((s) => `${s.size}:${s.mtimeMs}`, () => '-')
-  return `${await size('store/00changelog.i')} ${await size('store/00changelog.d')} ${await size('store/phaseroots')}`
+  const size = async (p: string) => stat(path.join(repoDir, '.hg', p)).then((s) => `${s.ino}:${s.size}:${s.mtimeMs}`, () => '-')
+  return (await Promise.all(['store/00changelog.i', 'store/00changelog.d', 'store/phaseroots', 'store/obsstore'].map(size))).join(' ')
 }
 
 /** Creates the lock file, or takes over one older than LOCK_STALE_MS; false when another generation holds it. */

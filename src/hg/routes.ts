@@ -26,6 +26,7 @@ import { handoffHead, type HandoffLine } from './handoff.js'
 import { isBundleName, type CloneBundles } from './clone-bundles.js'
 import { fileRelay, sendFile } from '../http/send-file.js'
 import { HgAnswerCache, MAX_KEPT, type CachedAnswer } from './answer-cache.js'
+import { readRules } from './read-rules.js'
 
 
 export interface HgDeps {
@@ -65,9 +66,11 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     if (deps.cloneBundles && (judged.cmd === 'clonebundles' || judged.cmd === 'clonebundles_manifest')) return manifest(req, reply, deps.cloneBundles)
     await deps.recovery.ensure(req.repo.dir)
     let keep: ((answer: CachedAnswer) => void) | undefined
-    const kept = keptAnswerRequest(req.method, judged)
-    if (kept !== undefined) {
+    const asked = keptAnswerRequest(req.method, judged)
+    if (asked !== undefined) {
       const dir = req.repo.dir
+      // hg answers alike whoever asks, unless the repo's own config judges callers (read-rules.ts)
+      const kept = (await readRules(dir)).perUser ? `${req.principal.kind === 'user' ? `user:${req.principal.name}` : 'anonymous'}\0${asked}` : asked
       const fingerprint = await answers.fingerprint(dir)
       const hit = answers.get(dir, kept, fingerprint)
       if (hit) {
@@ -159,6 +162,9 @@ export function hgRoute(deps: HgDeps): RepoRoute {
       reply.header(k, v)
       if (typeof v === 'string') passed[k] = v
     }
+    // hg's own refusal of a reader (the repo's `[web] allow_read`) names no scheme: the client would
+    // give up instead of offering the credentials it has, as it does on the worker's own 401
+    if (res.statusCode === 401 && !res.headers['www-authenticate']) reply.header('www-authenticate', `Basic realm="${deps.config.realm}", charset="UTF-8"`)
     if (res.statusMessage) reply.raw.statusMessage = res.statusMessage // hg clients print the reason phrase
     // Counted by a stage in the pipe, never by a 'data' listener: that would start the stream
     // flowing before Fastify attaches its pipe, and the first chunks would be lost.
@@ -227,10 +233,11 @@ export function hgCloneBundleRoute(deps: HgDeps & { cloneBundles: CloneBundles }
     handler: async (req, reply) => {
       const name = decodeURIComponent(req.originalUrl.split('?')[0]!.split('/').pop()!)
       req.accessRecord.service = 'clonebundle'
-      if (!isBundleName(name)) throw new RepoNotFoundError()
+      const file = isBundleName(name) ? await deps.cloneBundles.file(req.repo.dir, name) : undefined
+      if (!file) throw new RepoNotFoundError() // no such bundle, or not one the repo may hand out now
       const release = await deps.admission.admit(req, reply, 'full')
       reply.raw.once('close', release)
-      return sendFile(req, reply, deps.cloneBundles.file(req.repo.dir, name), 'application/mercurial-bundle', fileRelay(deps.config))
+      return sendFile(req, reply, file, 'application/mercurial-bundle', fileRelay(deps.config))
     },
   }
 }

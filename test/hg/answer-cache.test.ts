@@ -110,3 +110,30 @@ t.test('light read answers (heads, known, a getbundle with nothing to send) are 
   t.equal((await hg(['pull', '-R', c2])).code, 0)
   t.match((await hg(['bookmarks', '-R', c2])).stdout, /marker/, 'the bookmark is seen')
 })
+
+t.test('a repo whose hgrc restricts reading by user: kept answers are never handed to another caller, and the worker hands out no clone bundle of it', async (t) => {
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0' })
+  await w.addUser('alice', 'alice-password')
+  await w.addUser('bob', 'bob-password')
+  await appendFile(path.join(w.reposDir, 'demo-hg', '.hg', 'hgrc'), '\n[web]\nallow_read = alice\n')
+  const basic = (u: string) => ({ authorization: `Basic ${Buffer.from(`${u}:${u}-password`).toString('base64')}` })
+  const ask = async (cmd: string, headers: Record<string, string> = {}) => (await fetch(`${w.url}/demo-hg?cmd=${cmd}`, { headers: { accept: 'application/mercurial-0.1', ...headers } })).status
+  for (const cmd of ['heads', 'branchmap', 'listkeys&namespace=bookmarks', 'capabilities']) {
+    const anonymousFirst = await ask(cmd)
+    t.equal(await ask(cmd, basic('alice')), 200, `${cmd}: alice reads`)
+    t.equal(await ask(cmd, basic('alice')), 200, `${cmd}: alice again (kept for her)`)
+    t.equal(await ask(cmd), anonymousFirst, `${cmd}: an anonymous caller gets hg's own answer to it (${anonymousFirst}), not alice's`)
+    if (cmd !== 'capabilities') {
+      t.equal(anonymousFirst, 401, `${cmd}: hg refuses an anonymous reader`)
+      t.equal(await ask(cmd, basic('bob')), 401, `${cmd}: bob too`)
+    }
+  }
+  const hg = await hgClient(w)
+  const r = await hg(['clone', '-U', `http://alice:alice-password@${w.url.slice('http://'.length)}/demo-hg`, 'a1'])
+  t.equal(r.code, 0, r.stderr)
+  const manifest = await fetch(`${w.url}/demo-hg?cmd=clonebundles`, { headers: basic('alice') })
+  t.equal(await manifest.text(), '', 'no bundles listed: hg alone judges who reads this repo')
+  const bundle = await fetch(`${w.url}/demo-hg/.hg/clonebundles/zstd-v2.hg`)
+  t.equal(bundle.status, 404, 'nor served to anyone')
+  t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 'anon'])).code, 255, 'an anonymous clone is refused by hg')
+})
