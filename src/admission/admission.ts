@@ -12,12 +12,20 @@
  * One client (a user, or an address for anonymous requests) holds at most `clientHeavyLimit`
  * slots at once, as Gitaly limits pack-objects per remote address: a client that reads its
  * clones slowly (or never) can hold that many slots for the idle timeout, not all of them.
+ *
+ * File transfers (Git LFS objects and hg clone bundles sent from disk) are a class of their
+ * own: a download costs a socket and a file descriptor, not CPU, so it never takes a heavy slot
+ * (eight slow readers of one repo would otherwise hold its heavy slots and deny it to everyone).
+ * They are bounded in total, per repo and per client, never queued (past a bound, 503 at once),
+ * and a transfer slower than `transferMinRate` is ended (send-file.ts), so held slots come free.
  */
 import type { ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ClientGoneError, ServiceUnavailableError } from '../errors.js'
 
 export type WorkClass = 'full' | 'incremental'
+/** what a refusal is counted under: a heavy class, a file transfer, or a session's start */
+export type RefusedClass = WorkClass | 'transfer' | 'none'
 export type RejectReason = 'queue_full' | 'queue_timeout' | 'draining'
 
 export interface AdmissionLimits {
@@ -27,10 +35,13 @@ export interface AdmissionLimits {
   clientHeavyLimit: number
   queueLimit: number
   queueTimeoutMs: number
+  transferLimit: number
+  transferRepoLimit: number
+  transferClientLimit: number
 }
 
 export interface AdmissionEvents {
-  rejected?: (reason: RejectReason, cls: WorkClass | 'none') => void
+  rejected?: (reason: RejectReason, cls: RefusedClass) => void
   /** seconds a request waited before it got its slot (0 when it did not wait) */
   admitted?: (waitSeconds: number, cls: WorkClass) => void
 }
@@ -59,6 +70,10 @@ export class Admission {
   activeFull = 0
   private readonly perRepo = new Map<string, number>()
   private readonly perClient = new Map<string, number>()
+  /** file transfers at once: in all, per repo, per client */
+  transfers = 0
+  private readonly transfersPerRepo = new Map<string, number>()
+  private readonly transfersPerClient = new Map<string, number>()
   /** incremental work first, then full clones */
   private readonly queues: Record<WorkClass, Waiter[]> = { incremental: [], full: [] }
   /** during a drain: new sessions refused after the grace, then everything once in-flight work ended */
@@ -70,9 +85,9 @@ export class Admission {
     return this.queues.incremental.length + this.queues.full.length
   }
 
-  /** nothing running, nothing queued */
+  /** nothing running, nothing queued, no file being sent */
   get idle(): boolean {
-    return this.active === 0 && this.queued === 0
+    return this.active === 0 && this.queued === 0 && this.transfers === 0
   }
 
   /**
@@ -164,6 +179,38 @@ export class Admission {
     })
   }
 
+  /**
+   * A slot for one file transfer of a repository request, taken now or refused now (503): a
+   * transfer waits for no one, and no one waits for it. Released once the answer ended.
+   */
+  admitTransfer(req: FastifyRequest): Release {
+    return this.acquireTransfer(req.repo.name, admissionClient(req.principal, req.ip))
+  }
+
+  acquireTransfer(repo: string, client: string): Release {
+    if (this.refusing === 'all') throw this.reject('draining', 'transfer')
+    const l = this.limits
+    if (this.transfers >= l.transferLimit || (this.transfersPerRepo.get(repo) ?? 0) >= l.transferRepoLimit || (this.transfersPerClient.get(client) ?? 0) >= l.transferClientLimit) {
+      this.events.rejected?.('queue_full', 'transfer')
+      return this.busyTransfers()
+    }
+    this.transfers++
+    count(this.transfersPerRepo, repo, 1)
+    count(this.transfersPerClient, client, 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      this.transfers--
+      count(this.transfersPerRepo, repo, -1)
+      count(this.transfersPerClient, client, -1)
+    }
+  }
+
+  private busyTransfers(): never {
+    throw new ServiceUnavailableError('server busy: too many downloads in progress; try again in a few seconds', RETRY_AFTER_S)
+  }
+
   private canStart(repo: string, client: string, cls: WorkClass): boolean {
     if (this.active >= this.limits.heavyLimit) return false
     if (cls === 'full' && this.activeFull >= this.limits.fullCloneLimit) return false
@@ -198,7 +245,7 @@ export class Admission {
     }
   }
 
-  private reject(reason: RejectReason, cls: WorkClass | 'none'): ServiceUnavailableError {
+  private reject(reason: RejectReason, cls: RefusedClass): ServiceUnavailableError {
     this.events.rejected?.(reason, cls)
     const message = {
       queue_full: 'server busy: too many clones and pushes in progress; try again in a few seconds',

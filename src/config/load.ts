@@ -68,6 +68,8 @@ export function loadConfig(src: Source): Config {
     repoHeavyLimit: Math.min(heavy, settings.repoHeavyLimit || Math.ceil(heavy / 2)),
     fullCloneLimit: Math.min(heavy, settings.fullCloneLimit || Math.ceil(heavy * 0.75)),
     clientHeavyLimit: Math.min(heavy, settings.clientHeavyLimit || Math.ceil(heavy / 2)),
+    transferRepoLimit: Math.min(settings.transferLimit, settings.transferRepoLimit || Math.ceil(settings.transferLimit / 2)),
+    transferClientLimit: Math.min(settings.transferLimit, settings.transferClientLimit),
     envPath: src.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
     homeDir: path.join(dataDir, 'home'),
     tmpDir: path.join(dataDir, 'tmp'),

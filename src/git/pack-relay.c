@@ -11,7 +11,7 @@
  *     fd 2  CMD's stderr (inherited)
  *     fd 3  the report to the worker, one line once done:
  *           "sent=<bytes after HEAD> head=<0|1> boundary=<0|1> sideband=<0|1> idle=<0|1> gone=<0|1> exec=<errno>"
- *           "closed=<0|1>"
+ *           " closed=<0|1> slow=<0|1>" (key=value pairs, read in any order by the worker)
  *           (exec: why CMD could not be started, 0 when it was; closed: the answer was whole and
  *           CMD succeeded, so the relay ended the connection itself: the client is done without
  *           waiting for the worker to hear of the exit)
@@ -28,7 +28,7 @@
  * idle=1, then the process group (this process and CMD's) is sent SIGTERM. The exit status is
  * CMD's: its code, or its signal raised again here. No library beyond libc.
  *
- *   pack-relay IDLE_MS HEAD --file PATH INO OFFSET LENGTH
+ *   pack-relay IDLE_MS[,MIN_RATE,WINDOW_MS] HEAD --file PATH INO OFFSET LENGTH
  *     The same for a file (a Git LFS object, a clone bundle: src/http/send-file.ts): HEAD (with
  *     its Content-Length), then LENGTH bytes of PATH from OFFSET, read and sent 32 KiB at a time,
  *     uncorked, as nginx serves a static file by default (sendfile off, output_buffers 32k, no
@@ -37,7 +37,10 @@
  *     (bench:lfs). PATH must still be the file the worker judged (inode INO, at least
  *     OFFSET + LENGTH bytes): else nothing is written and the report says exec=ESTALE (exec=
  *     open's errno when it cannot be opened), and the worker answers itself. Exit 0 once every
- *     byte went out and the connection was ended, else 1.
+ *     byte went out and the connection was ended, else 1. With MIN_RATE (bytes per second) and
+ *     WINDOW_MS, a client that takes fewer than MIN_RATE x WINDOW_MS / 1000 bytes in a window is
+ *     let go as an idle one is, reported with slow=1 (a reader of 4 KiB every 2 s never idles,
+ *     and would hold its transfer slot for as long as the file lasts).
  *
  *   pack-relay --wait
  *     The --file mode, started ahead of its download by the spawn helper (helper-main.ts), so a
@@ -70,7 +73,7 @@
 #define PIPE_SIZE (1024 * 1024)
 
 static int in_fd = -1;     /* the read end of CMD's stdout (blocking: a read waits for CMD) */
-static long long sent;     /* bytes written to the client after HEAD */
+static volatile long long sent; /* bytes written to the client after HEAD (read by the clock's tick) */
 static int head_sent, framed = 1, boundary = 1, sideband, gone, exec_errno, closed;
 static const char *head;
 static pid_t cmd_pid;
@@ -84,9 +87,18 @@ static volatile sig_atomic_t idle;
 static volatile unsigned long progress;
 static unsigned long seen;
 static int idle_ms, still_ms, tick_ms;
+/* the minimum rate (--file): bytes per second, the window it is measured over, and where the window started */
+static long long min_rate, window_start;
+static int window_ms, window_elapsed;
+static volatile sig_atomic_t slow;
 
 static void tick(int sig) {
   (void)sig;
+  if (min_rate > 0 && (window_elapsed += tick_ms) >= window_ms) {
+    if (sent - window_start < min_rate * window_elapsed / 1000) slow = idle = 1;
+    window_start = sent;
+    window_elapsed = 0;
+  }
   if (progress != seen) {
     seen = progress;
     still_ms = 0;
@@ -96,9 +108,9 @@ static void tick(int sig) {
 }
 
 static void report(void) {
-  char line[160];
-  int n = snprintf(line, sizeof line, "sent=%lld head=%d boundary=%d sideband=%d idle=%d gone=%d exec=%d closed=%d\n",
-                   sent, head_sent, framed && boundary, sideband, (int)idle, gone, exec_errno, closed);
+  char line[176];
+  int n = snprintf(line, sizeof line, "sent=%lld head=%d boundary=%d sideband=%d idle=%d gone=%d exec=%d closed=%d slow=%d\n",
+                   sent, head_sent, framed && boundary, sideband, (int)idle, gone, exec_errno, closed, (int)slow);
   if (write(3, line, (size_t)n) < 0) { /* the worker is gone: nobody to tell */ }
   close(3);
 }
@@ -247,6 +259,7 @@ static void relay(void) {
 /* The idle clock: a tick every quarter of IDLE_MS (see tick). */
 static void start_clock(void) {
   tick_ms = idle_ms / 4 > 10 ? idle_ms / 4 : 10;
+  if (min_rate > 0 && window_ms / 4 < tick_ms) tick_ms = window_ms / 4 > 10 ? window_ms / 4 : 10;
   struct sigaction sa = { .sa_handler = tick }; /* no SA_RESTART: a waiting call returns EINTR */
   sigaction(SIGALRM, &sa, NULL);
   struct itimerval every = { { tick_ms / 1000, (tick_ms % 1000) * 1000 }, { tick_ms / 1000, (tick_ms % 1000) * 1000 } };
@@ -289,7 +302,10 @@ static int relay_file(const char *path, const char *ino, const char *offset, con
     }
   }
   stop_clock();
-  if (left == 0 && !gone) closed = shutdown(1, SHUT_WR) == 0;
+  if (left == 0 && !gone) {
+    slow = 0; /* a window that ended as the last bytes went out: the file is whole all the same */
+    closed = shutdown(1, SHUT_WR) == 0;
+  }
   report();
   return left == 0 && !gone ? 0 : 1;
 }
@@ -358,12 +374,19 @@ int main(int argc, char **argv) {
     argc = 8;
   }
   if (argc == 8 && strcmp(argv[3], "--file") == 0) {
-    idle_ms = atoi(argv[1]) < 1 ? 1 : atoi(argv[1]);
+    char *rest;
+    idle_ms = (int)strtol(argv[1], &rest, 10);
+    if (idle_ms < 1) idle_ms = 1;
+    if (*rest == ',') {
+      min_rate = strtoll(rest + 1, &rest, 10);
+      window_ms = *rest == ',' ? (int)strtol(rest + 1, NULL, 10) : 0;
+      if (min_rate < 0 || window_ms < 1) min_rate = 0;
+    }
     head = argv[2];
     return relay_file(argv[4], argv[5], argv[6], argv[7]);
   }
   if (argc < 5 || strcmp(argv[3], "--") != 0) {
-    fprintf(stderr, "usage: pack-relay IDLE_MS HEAD -- CMD ARGS...\n       pack-relay IDLE_MS HEAD --file PATH INO OFFSET LENGTH\n       pack-relay --wait\n");
+    fprintf(stderr, "usage: pack-relay IDLE_MS HEAD -- CMD ARGS...\n       pack-relay IDLE_MS[,MIN_RATE,WINDOW_MS] HEAD --file PATH INO OFFSET LENGTH\n       pack-relay --wait\n");
     return 2;
   }
   idle_ms = atoi(argv[1]);

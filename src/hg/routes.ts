@@ -24,7 +24,7 @@ import type { HgChild, HgServePool } from './serve-pool.js'
 import type { JournalRecovery } from './recover.js'
 import { handoffHead, type HandoffLine } from './handoff.js'
 import { isBundleName, type CloneBundles } from './clone-bundles.js'
-import { fileRelay, sendFile } from '../http/send-file.js'
+import { fileSending, sendFile } from '../http/send-file.js'
 import { HgAnswerCache, MAX_KEPT, type CachedAnswer } from './answer-cache.js'
 import { readRules } from './read-rules.js'
 
@@ -235,9 +235,9 @@ export function hgCloneBundleRoute(deps: HgDeps & { cloneBundles: CloneBundles }
       req.accessRecord.service = 'clonebundle'
       const file = isBundleName(name) ? await deps.cloneBundles.file(req.repo.dir, name) : undefined
       if (!file) throw new RepoNotFoundError() // no such bundle, or not one the repo may hand out now
-      const release = await deps.admission.admit(req, reply, 'full')
+      const release = deps.admission.admitTransfer(req)
       reply.raw.once('close', release)
-      return sendFile(req, reply, file, 'application/mercurial-bundle', fileRelay(deps.config))
+      return sendFile(req, reply, file, 'application/mercurial-bundle', fileSending(deps.config))
     },
   }
 }

@@ -14,6 +14,7 @@
  */
 import { open } from 'node:fs/promises'
 import type { Stats } from 'node:fs'
+import type { Socket } from 'node:net'
 import path from 'node:path'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type SendFn from '@fastify/send'
@@ -26,9 +27,24 @@ import { PACK_RELAY, RELAY_CLOSE_GRACE_MS, relayableSocket, relayHead, relayOutc
 /** Below this a file goes through the worker: the relay's spawn would cost more than the copy. */
 export const FILE_RELAY_MIN = 1024 * 1024
 
-/** The relay for files as the config says (`packRelay` turns both relays on and off). */
-export function fileRelay(config: Config): FileRelay | undefined {
-  return config.packRelay ? { idleMs: config.idleTimeoutMs, killGraceMs: config.killGraceMs, viaHelper: config.spawnHelper } : undefined
+/** How a file goes out, as the config says (`packRelay` turns both relays on and off; the minimum rate applies either way). */
+export function fileSending(config: Config): FileSending {
+  const pace = { minRate: config.transferMinRate, windowMs: config.transferGraceMs }
+  return { pace, relay: config.packRelay ? { idleMs: config.idleTimeoutMs, killGraceMs: config.killGraceMs, viaHelper: config.spawnHelper, pace } : undefined }
+}
+
+/**
+ * The slowest a download may go: fewer than `minRate` bytes per second over a window of
+ * `windowMs` (the first window is its grace) and it is ended. 0: no minimum.
+ */
+export interface Pace {
+  minRate: number
+  windowMs: number
+}
+
+export interface FileSending {
+  pace: Pace
+  relay?: FileRelay
 }
 
 /** How to run the relay for a file (from the config: `packRelay`, `idleTimeoutMs`, `killGraceMs`, `spawnHelper`). */
@@ -36,12 +52,14 @@ export interface FileRelay {
   idleMs: number
   killGraceMs: number
   viaHelper: boolean
+  pace: Pace
 }
 
 /** loaded on the first download: a worker that never serves one (git only) never loads it and its MIME table */
 let sendModule: Promise<{ default: typeof SendFn }> | undefined
 
-export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: string, contentType: string, relay?: FileRelay): Promise<FastifyReply> {
+export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: string, contentType: string, sending: FileSending): Promise<FastifyReply> {
+  const { relay, pace } = sending
   // root and name apart: send checks the name (no dot files, no `..`); the root may hold `.hg`
   const send = (await (sendModule ??= import('@fastify/send') as Promise<{ default: typeof SendFn }>)).default
   // the file can be replaced (renamed over) between send's stat and our open: then once more
@@ -71,18 +89,25 @@ export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: s
     }
     req.accessRecord.bytesOut = length
     const source = pooledFile(fh, start, length, FILE_POOL)
-    return sendChunks(reply, source).finally(() => fh.close())
+    return sendChunks(reply, source, pace).finally(() => fh.close())
   }
 }
 
 /** Hijacks the reply, writes its status and headers, then `source`'s chunks, each buffer given back once written. */
-function sendChunks(reply: FastifyReply, source: ChunkSource): Promise<FastifyReply> {
+function sendChunks(reply: FastifyReply, source: ChunkSource, pace: Pace): Promise<FastifyReply> {
   const res = reply.raw
   reply.hijack()
   for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) res.setHeader(k, v)
   res.writeHead(reply.statusCode)
+  const stopWatch = watchPace(res.socket, pace, () => {
+    reply.log.info({ min_rate: pace.minRate, window_ms: pace.windowMs }, 'file download: slower than transferMinRate, ended')
+    res.socket?.resetAndDestroy() // what the kernel still holds for it is dropped too
+  })
   return new Promise((resolve) => {
-    res.once('close', () => resolve(reply))
+    res.once('close', () => {
+      stopWatch()
+      resolve(reply)
+    })
     const write = feedResponse(res, source)
     source.start({
       data: write,
@@ -97,6 +122,32 @@ function sendChunks(reply: FastifyReply, source: ChunkSource): Promise<FastifyRe
 }
 
 /**
+ * Calls `onSlow` when `socket` took fewer than `pace.minRate` bytes per second over a window of
+ * `pace.windowMs` (what the kernel took from us: a client that stopped reading stops it once the
+ * socket buffers are full). Returns the function that stops watching.
+ */
+function watchPace(socket: Socket | null, pace: Pace, onSlow: () => void): () => void {
+  if (!socket || pace.minRate <= 0) return () => {}
+  let last = socket.bytesWritten
+  const stop = (): void => {
+    clearInterval(timer)
+    socket.off('close', stop)
+  }
+  const timer = setInterval(() => {
+    if (socket.destroyed) return stop()
+    const now = socket.bytesWritten
+    if (now - last < (pace.minRate * pace.windowMs) / 1000) {
+      stop()
+      onSlow()
+    }
+    last = now
+  }, pace.windowMs)
+  timer.unref()
+  socket.once('close', stop)
+  return stop
+}
+
+/**
  * The file's bytes through the relay: undefined when it wrote nothing (not a plain TCP
  * connection, a header it cannot pass, the file replaced meanwhile), the worker then sends the
  * file itself. Else the answer is the relay's: the access line waits for its report.
@@ -105,7 +156,8 @@ async function relayFile(req: FastifyRequest, reply: FastifyReply, file: string,
   const socket = relayableSocket(req)
   const head = socket && relayHead(reply, { length: true })
   if (!socket || !head) return undefined
-  const child = spawnChild(PACK_RELAY, [String(relay.idleMs), head, '--file', file, String(ino), String(start), String(length)], {
+  const limits = relay.pace.minRate > 0 ? `${relay.idleMs},${relay.pace.minRate},${relay.pace.windowMs}` : String(relay.idleMs)
+  const child = spawnChild(PACK_RELAY, [limits, head, '--file', file, String(ino), String(start), String(length)], {
     env: {}, killGraceMs: relay.killGraceMs, viaHelper: relay.viaHelper, stdoutSocket: socket, report: true, prestart: true,
   })
   const access = req.accessRecord
@@ -128,8 +180,12 @@ async function relayFile(req: FastifyRequest, reply: FastifyReply, file: string,
   access.handedOver = true
   access.bytesOut = report?.sent ?? 0
   access.completed = report?.closed === true
-  if (report?.idle) req.log.info({ bytes_out: report.sent }, `file download: no progress for ${relay.idleMs} ms, ended`)
+  if (report?.slow) req.log.info({ bytes_out: report.sent, min_rate: relay.pace.minRate, window_ms: relay.pace.windowMs }, 'file download: slower than transferMinRate, ended')
+  else if (report?.idle) req.log.info({ bytes_out: report.sent }, `file download: no progress for ${relay.idleMs} ms, ended`)
   else if (!report?.closed && !report?.gone) req.log.error({ bytes_out: report?.sent, exit: status.code ?? status.signal }, 'file download cut: the relay stopped before the end')
-  socket.destroy() // the relay ended the connection, or the answer is cut: only a cut is honest
+  // the relay ended the connection, or the answer is cut: only a cut is honest; a reader too slow
+  // is reset, so what the kernel still holds for it is dropped too, not trickled out for minutes
+  if (report?.slow) socket.resetAndDestroy()
+  else socket.destroy()
   return reply
 }

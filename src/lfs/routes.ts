@@ -14,7 +14,7 @@ import type { Config } from '../config/load.js'
 import type { VcsAuth } from '../auth/plugin.js'
 import type { Admission } from '../admission/admission.js'
 import type { RepoRoute } from '../http/routes.js'
-import { fileRelay, sendFile } from '../http/send-file.js'
+import { fileSending, sendFile } from '../http/send-file.js'
 import { decodeBody, toClientError, type DecodedBody } from '../http/body.js'
 import { DISCARD_LIMIT } from '../http/unread-body.js'
 import { LfsError, PayloadTooLargeError } from '../errors.js'
@@ -96,7 +96,7 @@ function sizeProblem(size: unknown, max: number): string | undefined {
 export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
   const { config, store, auth } = deps
   const maxObject = config.lfsMaxObjectBytes
-  const relay = fileRelay(config)
+  const sending = fileSending(config)
 
   /** 507 when `bytes` more would take the repos' disk below diskFreeFloorBytes (the floor git and hg respect too) */
   async function roomFor(repoDir: string, bytes: number): Promise<void> {
@@ -148,9 +148,9 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
     const oid = oidOf(req)
     req.accessRecord.service = 'lfs-download'
     if ((await store.size(req.repo.dir, oid)) === undefined) throw new LfsError(404, 'object not found')
-    const release = await deps.admission.admit(req, reply, 'full')
+    const release = deps.admission.admitTransfer(req)
     reply.raw.once('close', release)
-    return sendFile(req, reply, store.pathOf(req.repo.dir, oid), 'application/octet-stream', relay)
+    return sendFile(req, reply, store.pathOf(req.repo.dir, oid), 'application/octet-stream', sending)
   }
 
   async function upload(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {

@@ -7,7 +7,7 @@
  * never a user; the repo only with `metricsRepoLabel`.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { Admission, RejectReason, WorkClass } from '../admission/admission.js'
+import type { Admission, RefusedClass, RejectReason, WorkClass } from '../admission/admission.js'
 import type { HealthChecker } from '../health/checks.js'
 import type { PackObjectsCache } from '../git/pack-cache.js'
 import type { HgServePool } from '../hg/serve-pool.js'
@@ -77,6 +77,7 @@ export class WorkerMetrics {
         this.set({ class: 'incremental' }, sources.admission.active - sources.admission.activeFull)
       },
     })
+    new Gauge({ name: 'vcs_transfers_in_flight', help: 'file downloads being sent (Git LFS objects, hg clone bundles)', registers, collect() { this.set(sources.admission.transfers) } })
     this.gitSpawns = new Counter({ name: 'vcs_git_spawns_total', help: 'git processes started for requests; failed = could not start', labelNames: ['result'], registers })
     this.gitExits = new Counter({ name: 'vcs_git_exits_total', help: 'git processes ended, by exit code or signal', labelNames: ['code'], registers })
     const pool = sources.hgPool
@@ -155,11 +156,11 @@ export class WorkerMetrics {
     if (r.status === 429) this.throttled.inc()
   }
 
-  admitted(waitSeconds: number, cls: WorkClass | 'none'): void {
+  admitted(waitSeconds: number, cls: WorkClass): void {
     this.queueWait.observe({ class: cls }, waitSeconds)
   }
 
-  refused(reason: RejectReason | 'no_hg_child', cls: WorkClass | 'none'): void {
+  refused(reason: RejectReason | 'no_hg_child', cls: RefusedClass): void {
     this.rejected.inc({ reason, class: cls })
   }
 }

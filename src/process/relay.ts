@@ -43,15 +43,25 @@ export interface RelayReport {
   execErrno: number
   /** the answer was whole: the relay ended the connection itself */
   closed: boolean
+  /** ended for taking the file slower than the minimum rate */
+  slow: boolean
 }
 
-const REPORT = /^sent=(\d+) head=([01]) boundary=([01]) sideband=([01]) idle=([01]) gone=([01]) exec=(\d+) closed=([01])\n$/
+/** the report's keys (pack-relay.c); `slow` came later and may be missing */
+const REPORT_KEYS = ['sent', 'head', 'boundary', 'sideband', 'idle', 'gone', 'exec', 'closed'] as const
 
-/** The relay's report line, or undefined when there is none (the relay was killed, or crashed). */
+/** The relay's report line (`key=value` pairs in any order), or undefined when there is none (the relay was killed, or crashed). */
 export function parseReport(text: string): RelayReport | undefined {
-  const m = REPORT.exec(text)
-  if (!m) return undefined
-  return { sent: Number(m[1]), head: m[2] === '1', boundary: m[3] === '1', sideband: m[4] === '1', idle: m[5] === '1', gone: m[6] === '1', execErrno: Number(m[7]), closed: m[8] === '1' }
+  if (!text.endsWith('\n')) return undefined
+  const fields = new Map<string, number>()
+  for (const pair of text.trim().split(' ')) {
+    const m = /^([a-z]+)=(\d{1,15})$/.exec(pair)
+    if (!m || fields.has(m[1]!)) return undefined
+    fields.set(m[1]!, Number(m[2]))
+  }
+  if (!REPORT_KEYS.every((k) => fields.has(k))) return undefined
+  const flag = (k: string) => fields.get(k) === 1
+  return { sent: fields.get('sent')!, head: flag('head'), boundary: flag('boundary'), sideband: flag('sideband'), idle: flag('idle'), gone: flag('gone'), execErrno: fields.get('exec')!, closed: flag('closed'), slow: flag('slow') }
 }
 
 /**

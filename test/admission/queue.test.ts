@@ -5,7 +5,7 @@ import { Admission, admissionClient } from '../../src/admission/admission.js'
 
 /** A stand-in for the response a waiter watches: only its 'close' matters to the queue. */
 const response = () => new EventEmitter() as unknown as ServerResponse
-const limits = { heavyLimit: 3, repoHeavyLimit: 2, fullCloneLimit: 2, clientHeavyLimit: 2, queueLimit: 2, queueTimeoutMs: 60_000 }
+const limits = { heavyLimit: 3, repoHeavyLimit: 2, fullCloneLimit: 2, clientHeavyLimit: 2, queueLimit: 2, queueTimeoutMs: 60_000, transferLimit: 4, transferRepoLimit: 3, transferClientLimit: 2 }
 
 t.test('limits: global, per repo, full clones and per client; the queue orders incremental work first', async (t) => {
   const a = new Admission(limits)
@@ -86,4 +86,29 @@ t.test('draining refuses new work; saturation is told before the heavy request c
 t.test('the client key: a user by name, an anonymous caller by address', async (t) => {
   t.equal(admissionClient({ kind: 'user', name: 'ada' }, '10.0.0.1'), 'user:ada')
   t.equal(admissionClient({ kind: 'anonymous' }, '10.0.0.1'), 'addr:10.0.0.1')
+})
+
+t.test('file transfers: a class of their own, bounded in all, per repo and per client, refused at once, never taking a heavy slot', async (t) => {
+  const refused: string[] = []
+  const a = new Admission(limits, { rejected: (reason, cls) => refused.push(`${reason}:${cls}`) })
+  const heavy = [await a.acquire('r', 'full', response(), 'c1'), await a.acquire('r', 'full', response(), 'c2')]
+  const t1 = a.acquireTransfer('r', 'c1')
+  const t2 = a.acquireTransfer('r', 'c1')
+  t.throws(() => a.acquireTransfer('r', 'c1'), /too many downloads/, 'a client holds at most transferClientLimit')
+  const t3 = a.acquireTransfer('r', 'c2')
+  t.throws(() => a.acquireTransfer('r', 'c3'), /too many downloads/, 'a repo at most transferRepoLimit')
+  const t4 = a.acquireTransfer('other', 'c3')
+  t.throws(() => a.acquireTransfer('third', 'c4'), /too many downloads/, 'and all of them at most transferLimit')
+  t.equal(a.active, 2, 'no heavy slot taken by a transfer')
+  t.equal(a.transfers, 4)
+  t.notOk(a.idle, 'a transfer in flight: not idle (a drain waits for it)')
+  t1()
+  t1()
+  t.equal(a.transfers, 3, 'a release counts once')
+  const t5 = a.acquireTransfer('r', 'c1')
+  for (const r of [t2, t3, t4, t5, ...heavy]) r()
+  t.ok(a.idle)
+  t.same(refused, ['queue_full:transfer', 'queue_full:transfer', 'queue_full:transfer'])
+  a.refuseAll()
+  t.throws(() => a.acquireTransfer('r', 'c1'), /restarting/, 'refused while the worker closes')
 })
