@@ -177,16 +177,49 @@ export function judgeHgRequest(method: string, rawUrl: string, rawHeaders: strin
     throw new BadRequestError(cmd === undefined ? 'hg pages take no request body' : `hg command ${cmd} takes no request body`)
   }
 
-  const queryText = encodePairs(query)
+  const queryText = encodePairs(cmd === undefined ? boundedPage(query) : query)
   return {
     cmd,
     args,
     target: queryText ? `${path}?${queryText}` : path,
     headers: forward,
     action: actionOf(cmd, args),
-    workClass: workClassOf(cmd, args),
+    workClass: cmd === undefined ? pageClass(path) : workClassOf(cmd, args),
     hasBody,
   }
+}
+
+/** the most changesets one hgweb page may list (`revcount`: graph, log, shortlog, filelog); hgweb has no bound of its own */
+export const MAX_PAGE_REVCOUNT = 256
+/** the longest search an hgweb page may run (`rev`: a keyword or a revset) */
+export const MAX_PAGE_QUERY = 256
+
+/**
+ * What an hgweb page may ask, bounded: `revcount` clamped to MAX_PAGE_REVCOUNT (the page's
+ * "more" link keeps working, it lists no more than that), a search (`rev`) of at most
+ * MAX_PAGE_QUERY bytes. One anonymous `graph?revcount=2500` cost hg 1.2 CPU-seconds.
+ */
+function boundedPage(query: Pair[]): Pair[] {
+  return query.map((p) => {
+    if (p.name === 'revcount') {
+      const text = p.value.toString('latin1')
+      if (!/^[0-9]{1,9}$/.test(text)) throw new BadRequestError('revcount must be a whole number')
+      return { name: p.name, value: Buffer.from(String(Math.max(1, Math.min(MAX_PAGE_REVCOUNT, Number(text))))) }
+    }
+    if (p.name === 'rev' && p.value.length > MAX_PAGE_QUERY) throw new BadRequestError(`a search of at most ${MAX_PAGE_QUERY} characters`)
+    return p
+  })
+}
+
+/**
+ * The admission class of an hgweb page: each costs hg a repo open and a template run, some far
+ * more (a graph, an annotate or a diff of a large file): heavy work, admitted as an incremental
+ * fetch (per client, so anonymous callers are bounded by address); an archive sends the whole
+ * tree: a full clone. The page's static files (CSS, images) are light.
+ */
+function pageClass(path: string): WorkClass | undefined {
+  if (/\/static\/[^/]+$/.test(path)) return undefined
+  return /\/archive\//.test(path) ? 'full' : 'incremental'
 }
 
 function oneName(name: string): string {

@@ -11,7 +11,7 @@ import path from 'node:path'
 import { gzipSync } from 'node:zlib'
 import { appendFile, readdir, readFile, writeFile } from 'node:fs/promises'
 import { startWorker, run, rawRequest, clientEnv, type Worker } from '../helpers/worker.js'
-import { encodeComponent, judgeHgRequest, keptAnswerRequest, parseUrlencoded } from '../../src/hg/request.js'
+import { encodeComponent, judgeHgRequest, keptAnswerRequest, parseUrlencoded, MAX_PAGE_QUERY, MAX_PAGE_REVCOUNT } from '../../src/hg/request.js'
 
 const ZERO = '0'.repeat(40)
 const basic = (u: string, p: string) => ({ authorization: `Basic ${Buffer.from(`${u}:${p}`).toString('base64')}` })
@@ -203,4 +203,19 @@ t.test('which answers the worker may keep, and under what: light reads and a get
   t.equal(key('GET', '/r?cmd=heads', { 'User-Agent': 'mercurial/proto-1.0 (Mercurial 6.3)', 'X-HgProto-1': '0.2 comp=zstd' }), key('GET', '/r?cmd=heads', { 'User-Agent': 'other' }), 'heads: the same answer for every client')
   const gb = (proto: string) => key('GET', '/r?cmd=getbundle', { 'X-HgArg-1': `heads=${a}&common=${a}`, 'X-HgProto-1': proto, 'User-Agent': proto })
   t.not(gb('0.2 comp=zstd'), gb('0.1'), 'getbundle: the negotiated compression in the key')
+})
+
+t.test('hgweb pages: what a page may ask is bounded, and pages are heavy work', async (t) => {
+  t.equal(judgeHgRequest('GET', '/r/graph?revcount=2500', []).target, `/r/graph?revcount=${MAX_PAGE_REVCOUNT}`, 'revcount clamped')
+  t.equal(judgeHgRequest('GET', '/r/shortlog?revcount=60&style=raw', []).target, '/r/shortlog?revcount=60&style=raw', 'a revcount under the bound passes as it is')
+  t.equal(judgeHgRequest('GET', '/r/log?revcount=0', []).target, '/r/log?revcount=1')
+  t.equal(judgeHgRequest('GET', '/r/log?%72evcount=9999', []).target, `/r/log?revcount=${MAX_PAGE_REVCOUNT}`, 'an encoded name is clamped too')
+  for (const bad of ['-5', '1e9', 'lots', '', '9999999999']) t.throws(() => judgeHgRequest('GET', `/r/log?revcount=${bad}`, []), /revcount must be a whole number/, `revcount=${bad}`)
+  t.throws(() => judgeHgRequest('GET', `/r/log?rev=${'x'.repeat(MAX_PAGE_QUERY + 1)}`, []), /a search of at most/)
+  t.equal(judgeHgRequest('GET', '/r/log?rev=tip', []).target, '/r/log?rev=tip')
+  t.equal(judgeHgRequest('GET', '/r/graph', []).workClass, 'incremental', 'a page is admitted as heavy work')
+  t.equal(judgeHgRequest('GET', '/r/annotate/tip/README', []).workClass, 'incremental')
+  t.equal(judgeHgRequest('GET', '/r/archive/tip.tar.gz', []).workClass, 'full', 'an archive as a full clone')
+  t.equal(judgeHgRequest('GET', '/r/static/style-paper.css', []).workClass, undefined, 'a static file is light')
+  t.equal(judgeHgRequest('GET', '/r?cmd=heads&revcount=99999', []).target, '/r?cmd=heads&revcount=99999', 'wire commands are not pages')
 })
