@@ -14,7 +14,7 @@ import pg from 'pg'
 import { parseIntoClientConfig } from 'pg-connection-string'
 import { readFileSync } from 'node:fs'
 import { LRUCache } from 'lru-cache'
-import type { AuthStore, GrantRecord, Level, LockFilter, LockRecord, Protection, RepoRecord, StoreDump, TokenRecord, UserRecord } from './store.js'
+import { LOCKED_AMONG_BATCH, type AuthStore, type GrantRecord, type Level, type LockFilter, type LockRecord, type Protection, type RepoRecord, type StoreDump, type TokenRecord, type UserRecord } from './store.js'
 import { StoreConflictError, StoreNotFoundError, StoreUnavailableError } from './store.js'
 import { CHANNEL, migrate } from './pg-schema.js'
 import { pgFailureCounter } from './pg-throttle.js'
@@ -295,6 +295,19 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
       return existing ? { existing } : { full: true }
     },
     listLocks,
+    async hasLocksOfOthers(repo, exceptUserId) {
+      if (hasNul(repo)) return false
+      return (await query('SELECT 1 FROM lfs_locks WHERE repo = $1 AND user_id != $2 LIMIT 1', [repo, exceptUserId])).length > 0
+    },
+    async locksOn(repo, paths, exceptUserId) {
+      if (paths.length > LOCKED_AMONG_BATCH) throw new Error(`locksOn: at most ${LOCKED_AMONG_BATCH} paths at once`)
+      if (hasNul(repo)) return []
+      const rows = await query<LockRow>(
+        `SELECT l.id, l.repo, l.path, l.user_id, l.locked_at, u.name AS owner FROM lfs_locks l JOIN users u ON u.id = l.user_id
+         WHERE l.repo = $1 AND l.path = ANY($2::text[]) AND l.user_id != $3 ORDER BY l.id`,
+        [repo, paths.filter((p) => !hasNul(p)), exceptUserId])
+      return rows.map(lockRecord)
+    },
     async removeLock(repo, id) {
       if (hasNul(repo)) return false
       return (await query('DELETE FROM lfs_locks WHERE repo = $1 AND id = $2 RETURNING id', [repo, id])).length > 0

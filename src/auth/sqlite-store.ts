@@ -5,7 +5,7 @@
  * another connection commits (sqlite.org/pragma.html#pragma_data_version).
  */
 import Database from 'better-sqlite3'
-import type { AuthStore, GrantRecord, Level, LockRecord, Protection, RepoRecord, StoreDump, TokenRecord, UserRecord } from './store.js'
+import { LOCKED_AMONG_BATCH, type AuthStore, type GrantRecord, type Level, type LockRecord, type Protection, type RepoRecord, type StoreDump, type TokenRecord, type UserRecord } from './store.js'
 import { SchemaTooNewError, StoreConflictError, StoreNotFoundError } from './store.js'
 
 /** How stale a cached credential may be after another process changed the store. */
@@ -81,6 +81,11 @@ export function openSqliteStore(file: string): AuthStore {
     locks: db.prepare<{ repo: string; path: string | null; id: number | null; after: number; limit: number }, LockRow>(
       `SELECT l.id, l.repo, l.path, l.user_id, l.locked_at, u.name AS owner FROM lfs_locks l JOIN users u ON u.id = l.user_id
        WHERE l.repo = @repo AND (@path IS NULL OR l.path = @path) AND (@id IS NULL OR l.id = @id) AND l.id > @after ORDER BY l.id LIMIT @limit`),
+    othersLock: db.prepare<[string, number], number>('SELECT 1 FROM lfs_locks WHERE repo = ? AND user_id != ? LIMIT 1').pluck(),
+    // each path looked up in the (repo, path) index
+    locksOn: db.prepare<[string, string, number], LockRow>(
+      `SELECT l.id, l.repo, l.path, l.user_id, l.locked_at, u.name AS owner FROM json_each(?) p
+       JOIN lfs_locks l ON l.repo = ? AND l.path = p.value JOIN users u ON u.id = l.user_id WHERE l.user_id != ? ORDER BY l.id`),
   }
   const userId = (name: string): number => {
     const row = q.user.get(name)
@@ -192,6 +197,13 @@ export function openSqliteStore(file: string): AuthStore {
     },
     async listLocks(repo, f) {
       return q.locks.all({ repo, path: f.path ?? null, id: f.id ?? null, after: f.afterId ?? 0, limit: f.limit }).map(lockRecord)
+    },
+    async hasLocksOfOthers(repo, exceptUserId) {
+      return q.othersLock.get(repo, exceptUserId) !== undefined
+    },
+    async locksOn(repo, paths, exceptUserId) {
+      if (paths.length > LOCKED_AMONG_BATCH) throw new Error(`locksOn: at most ${LOCKED_AMONG_BATCH} paths at once`)
+      return q.locksOn.all(JSON.stringify(paths), repo, exceptUserId).map(lockRecord)
     },
     async removeLock(repo, id) {
       return db.prepare('DELETE FROM lfs_locks WHERE repo = ? AND id = ?').run(repo, id).changes > 0

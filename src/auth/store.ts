@@ -75,6 +75,9 @@ export interface LockRecord {
 /** What `createLock` did: made the lock, found one on the path, or found the repo at its limit. */
 export type LockOutcome = { created: LockRecord } | { existing: LockRecord } | { full: true }
 
+/** how many paths one `locksOn` query may be asked about */
+export const LOCKED_AMONG_BATCH = 5000
+
 export interface LockFilter {
   path?: string
   id?: number
@@ -125,6 +128,10 @@ export interface AuthStore {
   createLock(repo: string, path: string, userId: number, maxPerRepo: number): Promise<LockOutcome>
   /** a repo's locks by id, ascending */
   listLocks(repo: string, filter: LockFilter): Promise<LockRecord[]>
+  /** whether the repo holds a lock of anyone but `exceptUserId` (one indexed probe) */
+  hasLocksOfOthers(repo: string, exceptUserId: number): Promise<boolean>
+  /** the locks of anyone but `exceptUserId` on any of `paths` (at most LOCKED_AMONG_BATCH paths: one indexed query), by id */
+  locksOn(repo: string, paths: string[], exceptUserId: number): Promise<LockRecord[]>
   /** removes a lock; false when there was none with that id on that repo */
   removeLock(repo: string, id: number): Promise<boolean>
   /** a cheap round trip for the health check; what it found, or throws */

@@ -75,6 +75,7 @@ export const SETTINGS = Type.Object({
   authStorePasswordFile: text('', 'a file whose first line is the PostgreSQL password (keeps it off the command line and out of the config file)'),
   authStorePoolSize: int(10, 'PostgreSQL connections each worker keeps at most (plus one that listens for changes)', { minimum: 1, maximum: 1000 }),
   lfsMaxObjectBytes: int(5 * 1024 ** 3, 'largest Git LFS object accepted (413 past it)', { minimum: 1 }),
+  lfsMaxLocksPerRepo: int(10_000, 'Git LFS file locks one repository may hold; past it a new lock is refused (422)', { minimum: 1, maximum: 1_000_000 }),
   packCache: bool(true, 'the pack-objects cache: identical clone and fetch packs computed once, kept on disk for packCacheMaxAgeMs; pays in storms of identical fetches (CI: 3.9-5.4x the fetches per second at 0.19-0.20 of the CPU), costs ~7% CPU on a fetch asked for once (bench:storm)'),
   packCacheDir: text('', 'where the pack-objects cache keeps its entries, per host (empty: DATA/pack-cache)'),
   packCacheMaxAgeMs: int(300_000, 'how long a cached pack is served (bounds the disk; a pack is correct forever)', { minimum: 1000 }),

@@ -1,8 +1,8 @@
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import { chmod, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { gitWrapper, processesMatching, startWorker, waitFor } from '../helpers/worker.js'
+import { gateWrapper, gitClient, gitWrapper, metric, processesMatching, startWorker, waitFor } from '../helpers/worker.js'
 import { cloneAs, lfsUser, routeRequests } from '../helpers/lfs.js'
 
 t.test('git lfs lock, locks and unlock; a push that changes a file another user locked is refused naming the owner', async (t) => {
@@ -104,7 +104,7 @@ const basic = (user: string, pw: string) => `Basic ${Buffer.from(`${user}:${pw}`
 type LockJson = { id: string; path: string; locked_at: string; owner: { name: string } }
 
 t.test('the locks API: bad input refused with its JSON error and nothing stored; paging, filters, verify, force', async (t) => {
-  const w = await startWorker(t, {}, { private: true })
+  const w = await startWorker(t, { 'lfs-max-locks-per-repo': '40' }, { private: true })
   await w.addUser('alice', 'alice-pw', { 'demo.git': 'write' })
   await w.addUser('bob', 'bob-pw', { 'demo.git': 'write' })
   await w.addUser('carol', 'carol-pw', { 'demo.git': 'read' })
@@ -184,9 +184,10 @@ t.test('the locks API: bad input refused with its JSON error and nothing stored;
 
   // a repo at its limit takes no more
   const aliceId = (await w.store.findUser('alice'))!.id
-  const { MAX_LOCKS_PER_REPO } = await import('../../src/lfs/locks.js')
-  for (let i = 0; i < MAX_LOCKS_PER_REPO - 2; i++) await w.store.createLock('demo.git', `bulk/${i}`, aliceId, MAX_LOCKS_PER_REPO)
-  t.match(await err(await lock('one-more')), [422, LFS, new RegExp(`holds ${MAX_LOCKS_PER_REPO} locks, the most it may`)])
+  const max = w.config.lfsMaxLocksPerRepo
+  t.equal(max, 40, 'the setting')
+  for (let i = 0; i < max - 2; i++) await w.store.createLock('demo.git', `bulk/${i}`, aliceId, max)
+  t.match(await err(await lock('one-more')), [422, LFS, new RegExp(`holds ${max} locks, the most it may`)])
   t.equal((await fetch(`${w.url}/health/live`)).status, 200, 'the worker is alive after all of it')
 })
 
@@ -299,4 +300,56 @@ exec git "$@"
   await writeFile(path.join(dir, 'mode'), '')
   r = await bob(['push', '--no-verify', 'origin', 'HEAD:refs/heads/main'], work)
   t.equal(r.code, 0, `and once git answers, the push goes through: ${r.stderr}`)
+})
+
+t.test('a repo of 10,000 locks: a push is checked against them by lookups, listings are paged, a lock path is bounded', async (t) => {
+  const w = await startWorker(t)
+  await w.addUser('alice', 'alice-pw', { 'demo.git': 'write' })
+  await w.addUser('bob', 'bob-pw', { 'demo.git': 'write' })
+  const aliceId = (await w.store.findUser('alice'))!.id
+  for (let i = 0; i < 10_000; i++) await w.store.createLock('demo.git', `assets/${i}.psd`, aliceId, w.config.lfsMaxLocksPerRepo)
+  t.equal(w.config.lfsMaxLocksPerRepo, 10_000, 'the default bound')
+  const bob = await lfsUser(w, 'bob')
+  const work = await cloneAs(w, bob, 'bob', 'bob-pw', 'bob-work')
+  await bob(['checkout', '-q', '-B', 'main'], work)
+  await writeFile(path.join(work, 'free.txt'), 'free\n')
+  await bob(['add', 'free.txt'], work)
+  await bob(['commit', '-q', '-m', 'free'], work)
+  let r = await bob(['push', '--no-verify', 'origin', 'main'], work)
+  t.equal(r.code, 0, `a change to no locked file passes: ${r.stderr}`)
+  await mkdir(path.join(work, 'assets'))
+  for (const n of [9998, 17, 4242, 77]) await writeFile(path.join(work, 'assets', `${n}.psd`), `${n}\n`)
+  await bob(['add', 'assets'], work)
+  await bob(['commit', '-q', '-m', 'locked ones'], work)
+  r = await bob(['push', '--no-verify', 'origin', 'main'], work)
+  t.not(r.code, 0, 'a change to locked files is refused')
+  t.match(r.stderr, 'changes files locked by others: assets/17.psd (locked by alice), assets/77.psd (locked by alice), assets/4242.psd (locked by alice) and 1 more')
+
+  const alice = `Basic ${Buffer.from('alice:alice-pw').toString('base64')}`
+  const list = (query = '') => fetch(`${w.url}/demo.git/info/lfs/locks${query}`, { headers: { accept: LFS, authorization: alice } })
+  t.equal((await list('?limit=5000')).status, 422, 'a page of more than 1000 is refused')
+  const page = await (await list()).json() as { locks: unknown[]; next_cursor?: string }
+  t.equal(page.locks.length, 100, 'a listing is a page')
+  t.ok(page.next_cursor, 'with the cursor of the next')
+  const res = await fetch(`${w.url}/demo.git/info/lfs/locks`, { method: 'POST', headers: { accept: LFS, 'content-type': LFS, authorization: alice }, body: JSON.stringify({ path: `${'x/'.repeat(600)}y` }) })
+  t.equal(res.status, 422, 'a path past the bound is refused before the store is asked')
+  t.match(await res.json(), { message: 'path is longer than 1024 bytes' })
+})
+
+t.test('lock listings and verifies are admitted work: refused when no slot is free, served once one is', async (t) => {
+  const gate = await gateWrapper(t)
+  const w = await startWorker(t, { 'heavy-limit': '1', 'queue-limit': '0', 'git-bin': gate.bin })
+  await w.addUser('alice', 'alice-pw', { 'demo.git': 'write' })
+  const alice = `Basic ${Buffer.from('alice:alice-pw').toString('base64')}`
+  await gate.close()
+  const clone = gitClient(w.dir)(['-c', 'protocol.version=0', 'clone', '-q', `${w.url}/demo.git`, 'held'])
+  await waitFor(async () => metric(await (await fetch(`${w.url}/metrics`)).text(), 'vcs_heavy_in_flight') === 1, 10_000, 'the clone to hold the one slot')
+  let res = await fetch(`${w.url}/demo.git/info/lfs/locks`, { headers: { accept: LFS } })
+  t.equal(res.status, 503, 'an anonymous listing waits for a slot as heavy work does (the queue is 0 here)')
+  t.match(await res.json(), { message: /server busy/ })
+  res = await fetch(`${w.url}/demo.git/info/lfs/locks/verify`, { method: 'POST', headers: { accept: LFS, 'content-type': LFS, authorization: alice }, body: '{}' })
+  t.equal(res.status, 503, 'and so does a verify')
+  await gate.open()
+  t.equal((await clone).code, 0)
+  t.equal((await fetch(`${w.url}/demo.git/info/lfs/locks`, { headers: { accept: LFS } })).status, 200, 'served once the slot is free')
 })
