@@ -76,13 +76,93 @@ interface Session {
   onOutcome: (outcome: PackCacheOutcome) => void
 }
 
+/** what an overflowed production holds in memory for its readers at most before pack-objects waits for them */
+const MEMORY_WINDOW = 4 * 1024 * 1024
+
 class Production {
+  /** bytes pack-objects produced so far */
   size = 0
+  /** of those, the bytes in the temp file; the rest are in `memory` (an overflowed production) */
+  onDisk = 0
   readonly stderr: Buffer[] = []
   done = false
   failed = false
+  /**
+   * The cache had no room left for it: it is no entry any more, takes no new reader, and what
+   * pack-objects writes from now on goes to its readers from memory (at most MEMORY_WINDOW ahead
+   * of the slowest), never to disk.
+   */
+  overflowed = false
+  private readonly memory: Buffer[] = []
+  /** the offset of memory[0] in the pack */
+  private memoryStart = 0
+  private memoryBytes = 0
+  /** each reader's offset */
+  private readonly readers = new Map<symbol, number>()
+  /** pack-objects' output paused until the readers take what memory holds */
+  onRoom: (() => void) | undefined
   private waiters: (() => void)[] = []
   constructor(readonly tmp: string, readonly final: string) {}
+
+  join(): symbol {
+    const id = Symbol('reader')
+    this.readers.set(id, 0)
+    return id
+  }
+
+  leave(id: symbol): void {
+    if (!this.readers.delete(id)) return
+    this.trim()
+    this.notify()
+  }
+
+  /** resolves once no reader is left */
+  async finishedReading(): Promise<void> {
+    while (this.readers.size) await this.changed()
+  }
+
+  /** keeps a chunk for the readers; false when memory is full (pack-objects should wait) */
+  keep(c: Buffer): boolean {
+    if (!this.memory.length) this.memoryStart = this.size // the next byte's offset
+    this.memory.push(c)
+    this.memoryBytes += c.length
+    this.size += c.length
+    return this.memoryBytes < MEMORY_WINDOW
+  }
+
+  /** the bytes a reader at `offset` (past the disk's part) gets next, and notes where it is */
+  fromMemory(id: symbol, offset: number): Buffer | undefined {
+    let at = this.memoryStart
+    for (const c of this.memory) {
+      if (offset < at + c.length) {
+        this.readers.set(id, at + c.length)
+        this.trim()
+        return c.subarray(offset - at)
+      }
+      at += c.length
+    }
+    return undefined
+  }
+
+  /** drops what every reader has taken; lets pack-objects go on once there is room */
+  private trim(): void {
+    const slowest = Math.min(...this.readers.values(), this.size)
+    while (this.memory.length && this.memoryStart + this.memory[0]!.length <= slowest) {
+      const c = this.memory.shift()!
+      this.memoryStart += c.length
+      this.memoryBytes -= c.length
+    }
+    if (this.memoryBytes < MEMORY_WINDOW && this.onRoom) {
+      const go = this.onRoom
+      this.onRoom = undefined
+      go()
+    }
+  }
+
+  /** where memory starts: bytes below it are on disk */
+  get memoryFrom(): number {
+    return this.overflowed ? this.onDisk : this.size
+  }
   notify(): void {
     const w = this.waiters
     this.waiters = []
@@ -101,6 +181,8 @@ export interface PackCacheStats {
   bytesServed: number
   evictions: number
   failures: number
+  /** productions that found the cache full and were served from memory, not kept */
+  overflows: number
 }
 
 export class PackObjectsCache {
@@ -109,10 +191,13 @@ export class PackObjectsCache {
   private readonly sessions = new Map<string, Session>()
   private readonly producing = new Map<string, Production>()
   private readonly seen: LRUCache<string, number>
-  readonly stats: PackCacheStats = { hits: 0, misses: 0, follows: 0, bytesServed: 0, evictions: 0, failures: 0 }
+  readonly stats: PackCacheStats = { hits: 0, misses: 0, follows: 0, bytesServed: 0, evictions: 0, failures: 0, overflows: 0 }
   /** why the cache is stepping aside (an unwritable dir), for the health report; undefined when fine */
   degraded: string | undefined
   private sweptAt = 0
+  /** bytes of the finished entries on disk (as last counted) and of the productions' temp files: never past maxBytes together */
+  private finishedBytes = 0
+  private writingBytes = 0
 
   constructor(private readonly opts: PackCacheOptions) {
     // 100,000 at most, counted through maxSize: `max` would preallocate every slot (throttle.ts)
@@ -122,6 +207,7 @@ export class PackObjectsCache {
     } catch (err) {
       this.degraded = `cache dir unusable: ${(err as Error).message}`
     }
+    this.finishedBytes = this.entryCount().bytes
   }
 
   async start(): Promise<void> {
@@ -224,6 +310,7 @@ export class PackObjectsCache {
     // concurrent identical requests find the one production and follow it
     const room = await this.roomToWrite()
     let production = this.producing.get(key)
+    if (production?.overflowed) return direct('miss') // no entry any more: its readers are its own
     if (production) {
       this.stats.follows++
       session.onOutcome('follow')
@@ -271,6 +358,10 @@ export class PackObjectsCache {
   private produce(key: string, repoDir: string, args: string[], input: Buffer, final: string): Production {
     const p = new Production(`${final}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`, final)
     this.producing.set(key, p)
+    const dropTemp = async (): Promise<void> => {
+      await rm(p.tmp, { force: true })
+      this.writingBytes -= p.onDisk
+    }
     const fail = async (why: string, err?: unknown): Promise<void> => {
       if (p.done) return
       p.failed = true
@@ -278,7 +369,7 @@ export class PackObjectsCache {
       this.stats.failures++
       this.producing.delete(key)
       p.notify()
-      await rm(p.tmp, { force: true })
+      await dropTemp()
       this.opts.log.warn({ key, err, why }, 'pack-objects for the cache failed: entry removed')
     }
     void (async () => {
@@ -294,11 +385,33 @@ export class PackObjectsCache {
       child.proc.stdin.end(input)
       child.proc.stderr.on('data', (c: Buffer | string) => { p.stderr.push(Buffer.from(c)); p.notify() })
       let writing = Promise.resolve()
-      child.proc.stdout.on('data', (c: Buffer) => {
+      const stdout = child.proc.stdout
+      stdout.on('data', (c: Buffer) => {
+        // the cap holds before a byte is written, counting every production's temp file: no
+        // room left even after evicting the oldest entries, and this production stops being one
+        if (!p.overflowed && !this.roomFor(c.length)) {
+          p.overflowed = true
+          this.producing.delete(key) // no new reader joins; a later request may start its own
+          this.stats.overflows++
+          this.opts.log.info({ key, bytes_on_disk: p.onDisk, max_bytes: this.opts.maxBytes }, 'pack cache full: this pack is not kept, its readers are served from memory')
+        }
+        if (p.overflowed) {
+          // after what is queued for the file, so the readers see the bytes in order
+          writing = writing.then(() => {
+            if (!p.keep(c)) {
+              stdout.pause()
+              p.onRoom = () => stdout.resume()
+            }
+            p.notify()
+          })
+          return
+        }
+        this.writingBytes += c.length
         // appended in order; readers are told only once the bytes are in the file
         writing = writing.then(async () => {
           await fh!.write(c)
           p.size += c.length
+          p.onDisk += c.length
           p.notify()
         })
       })
@@ -310,8 +423,18 @@ export class PackObjectsCache {
         return fail('writing the cache failed', err)
       }
       if (status.code !== 0) return fail(`pack-objects exited ${status.code ?? status.signal}`)
+      if (p.overflowed) {
+        // whole for its readers, but no entry: the temp file goes once they are done with it
+        p.done = true
+        p.notify()
+        await p.finishedReading()
+        await dropTemp()
+        return
+      }
       try {
         await rename(p.tmp, final)
+        this.writingBytes -= p.onDisk
+        this.finishedBytes += p.onDisk
         await writeFile(final.replace(/\.pack$/, '.json'), JSON.stringify({ size: p.size, createdAt: Date.now(), progress: Buffer.concat(p.stderr).subarray(-MAX_PROGRESS).toString('base64') }))
       } catch (err) {
         await rm(final, { force: true }) // a pack without its record is never served, nor kept
@@ -325,10 +448,52 @@ export class PackObjectsCache {
     return p
   }
 
+  /**
+   * True when `bytes` more fit under maxBytes with what is on disk and being written, after
+   * evicting the oldest finished entries if need be.
+   */
+  private roomFor(bytes: number): boolean {
+    if (this.finishedBytes + this.writingBytes + bytes <= this.opts.maxBytes) return true
+    this.evict(bytes)
+    return this.finishedBytes + this.writingBytes + bytes <= this.opts.maxBytes
+  }
+
+  /** Removes the oldest finished entries until `bytes` more fit (or none is left); recounts what is on disk. */
+  private evict(bytes: number): void {
+    try {
+      const entries = this.finishedEntries()
+      let total = entries.reduce((s, e) => s + e.size, 0)
+      for (const e of entries) {
+        if (total + this.writingBytes + bytes <= this.opts.maxBytes) break
+        this.remove(e.file)
+        total -= e.size
+      }
+      this.finishedBytes = total
+    } catch (err) {
+      this.opts.log.warn({ err }, 'pack cache eviction failed')
+    }
+  }
+
+  /** The finished entries, oldest first. */
+  private finishedEntries(): { file: string; size: number; mtime: number }[] {
+    return readdirSync(this.opts.dir).filter((n) => n.endsWith('.pack')).map((n) => {
+      const file = path.join(this.opts.dir, n)
+      const st = statSync(file, { throwIfNoEntry: false })
+      return { file, size: st?.size ?? 0, mtime: st?.mtimeMs ?? 0 }
+    }).sort((a, b) => a.mtime - b.mtime)
+  }
+
+  private remove(file: string): void {
+    rmSync(file, { force: true })
+    rmSync(file.replace(/\.pack$/, '.json'), { force: true })
+    this.stats.evictions++
+  }
+
   /** Streams a production to one reader as it is written; the reader leaving stops only its own copy. */
   private async follow(p: Production, res: http.ServerResponse): Promise<void> {
     let gone = false
-    res.on('close', () => { gone = true; p.notify() })
+    const reader = p.join()
+    res.on('close', () => { gone = true; p.leave(reader); p.notify() })
     // progress: what pack-objects showed so far now, the rest in a trailer after the last chunk
     const shown = Buffer.concat(p.stderr)
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'x-vcs-progress': shown.subarray(-MAX_PROGRESS).toString('hex'), trailer: 'x-vcs-progress-rest' })
@@ -338,9 +503,17 @@ export class PackObjectsCache {
       for (;;) {
         if (gone) return
         if (p.failed) throw new Error('the pack-objects run failed')
+        if (offset >= p.memoryFrom && offset < p.size) {
+          const chunk = p.fromMemory(reader, offset)
+          if (!chunk) throw new Error('cache memory window lost its place')
+          offset += chunk.length
+          this.stats.bytesServed += chunk.length
+          if (!res.write(chunk)) await drained(res)
+          continue
+        }
         if (offset < p.size) {
           fh ??= await open(p.tmp, 'r').catch(() => open(p.final, 'r'))
-          const buf = Buffer.alloc(Math.min(256 * 1024, p.size - offset))
+          const buf = Buffer.alloc(Math.min(256 * 1024, Math.min(p.size, p.memoryFrom) - offset))
           const { bytesRead } = await fh.read(buf, 0, buf.length, offset)
           if (bytesRead === 0) throw new Error('cache entry shorter than written')
           offset += bytesRead
@@ -360,6 +533,7 @@ export class PackObjectsCache {
       if (!gone) this.opts.log.warn({ err }, 'following a pack-objects run failed')
       res.destroy()
     } finally {
+      p.leave(reader)
       await fh?.close().catch(() => {})
     }
   }
@@ -369,11 +543,7 @@ export class PackObjectsCache {
     if (Date.now() - this.sweptAt < 1000) return
     this.sweptAt = Date.now()
     try {
-      const entries = readdirSync(this.opts.dir).filter((n) => n.endsWith('.pack')).map((n) => {
-        const file = path.join(this.opts.dir, n)
-        const st = statSync(file, { throwIfNoEntry: false })
-        return { file, size: st?.size ?? 0, mtime: st?.mtimeMs ?? 0 }
-      }).sort((a, b) => a.mtime - b.mtime)
+      const entries = this.finishedEntries()
       // temp files a killed worker left: a production in progress writes as its bytes come
       for (const n of readdirSync(this.opts.dir)) {
         const file = path.join(this.opts.dir, n)
@@ -381,12 +551,11 @@ export class PackObjectsCache {
       }
       let total = entries.reduce((s, e) => s + e.size, 0)
       for (const e of entries) {
-        if (Date.now() - e.mtime <= this.opts.maxAgeMs && total <= this.opts.maxBytes) break
-        rmSync(e.file, { force: true })
-        rmSync(e.file.replace(/\.pack$/, '.json'), { force: true })
+        if (Date.now() - e.mtime <= this.opts.maxAgeMs && total + this.writingBytes <= this.opts.maxBytes) break
+        this.remove(e.file)
         total -= e.size
-        this.stats.evictions++
       }
+      this.finishedBytes = total
     } catch (err) {
       this.opts.log.warn({ err }, 'pack cache sweep failed')
     }

@@ -107,6 +107,7 @@ export class WorkerMetrics {
     cacheCounter('vcs_pack_cache_follows_total', 'fetches that followed a pack-objects run in progress', (c) => c.stats.follows)
     cacheCounter('vcs_pack_cache_served_bytes_total', 'pack bytes served from the cache (hits and follows)', (c) => c.stats.bytesServed)
     cacheCounter('vcs_pack_cache_evictions_total', 'entries removed for their age or the size cap', (c) => c.stats.evictions)
+    cacheCounter('vcs_pack_cache_overflows_total', 'packs not kept because the cache was full: their readers were served from memory', (c) => c.stats.overflows)
     cacheCounter('vcs_pack_cache_failures_total', 'pack-objects runs for the cache that failed (their entry removed)', (c) => c.stats.failures)
     new Gauge({ name: 'vcs_pack_cache_entries', help: 'finished entries on disk', registers, collect() { this.set(cache?.entryCount().entries ?? 0) } })
     new Gauge({ name: 'vcs_pack_cache_bytes', help: 'bytes of finished entries on disk', registers, collect() { this.set(cache?.entryCount().bytes ?? 0) } })

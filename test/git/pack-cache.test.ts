@@ -1,5 +1,5 @@
 import t from 'tap'
-import { mkdir, mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import os from 'node:os'
 import path from 'node:path'
@@ -164,16 +164,68 @@ t.test('two workers with separate data dirs on one repos dir: each its own cache
   for (const w of [a, b]) t.equal((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.endsWith('.pack')).length, 1)
 })
 
-t.test('the size cap: entries over it are evicted, oldest first, and counted', async (t) => {
+t.test('the size cap: a pack larger than it is never kept; its clients get it whole from memory', async (t) => {
   const w = await startWorker(t, { 'pack-cache': true, 'pack-cache-max-bytes': String(1024 * 1024) })
-  await addBigRepo(w.dir, w.reposDir, 2)
+  await addBigRepo(w.dir, w.reposDir, 12) // past the cap and the 4 MiB held in memory for its readers: pack-objects waits for them
   await w.store.setRepo('big.git', 'git', true)
   const git = gitClient(w.dir)
-  for (const name of ['s1', 's2']) t.equal((await git(['clone', '-q', `${w.url}/big.git`, name])).code, 0)
-  t.same(outcomes(w), ['miss', 'miss'])
-  await waitFor(async () => metric(await (await fetch(`${w.url}/metrics`)).text(), 'vcs_pack_cache_evictions_total') === 1, 5000, 'the eviction')
-  t.same((await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.includes('.pack')), [], 'a 2 MB entry does not stay under a 1 MiB cap')
-  t.equal((await git(['clone', '-q', `${w.url}/big.git`, 's3'])).code, 0, 'and clones go on')
+  // the first is seen once (run directly); then two at once: one production, the other following it or running its own
+  for (const names of [['s1'], ['s2', 's3']]) {
+    await Promise.all(names.map(async (name) => {
+      const cloned = await git(['clone', '-q', `${w.url}/big.git`, name])
+      t.equal(cloned.code, 0, cloned.stderr)
+      t.equal((await git(['fsck', '--strict'], path.join(w.dir, name))).code, 0, `${name}: whole`)
+    }))
+  }
+  await waitFor(() => outcomes(w).length === 3, 5000, 'the access lines')
+  t.notOk(outcomes(w).includes('hit'), 'never a hit: nothing was kept')
+  t.ok(w.logs().some((l) => l.msg === 'pack cache full: this pack is not kept, its readers are served from memory'), 'the log says why')
+  await waitFor(async () => (await readdir(path.join(w.config.dataDir, 'pack-cache'))).filter((n) => n.includes('.pack')).length === 0, 5000, 'the temp file to go')
+})
+
+t.test('100 distinct keys at once under a 1 MiB cap: the cache dir never holds more, entries being written included; every pack whole', async (t) => {
+  const w = await startWorker(t, { 'pack-cache': true, 'pack-cache-max-bytes': String(1024 * 1024), 'pack-cache-write-on': '1', 'heavy-limit': '16', 'queue-limit': '100' })
+  const repo = path.join(w.reposDir, 'many.git')
+  const git = gitClient(w.dir)
+  t.equal((await git(['init', '-q', '--bare', repo])).code, 0)
+  const parts: string[] = []
+  for (let c = 1; c <= 100; c++) {
+    const msg = `commit ${c}\n`
+    const file = `file ${c}\n${randomBytes(40_000).toString('base64')}\n`
+    parts.push(`commit refs/heads/main\ncommitter T <t@example.invalid> ${1_700_000_000 + c} +0000\ndata ${msg.length}\n${msg}M 100644 inline f${c}.txt\ndata ${file.length}\n${file}\n`)
+  }
+  t.equal((await git(['--git-dir', repo, 'fast-import', '--quiet'], w.dir, { input: parts.join('') })).code, 0)
+  await w.store.setRepo('many.git', 'git', true)
+  const commits = (await git(['--git-dir', repo, 'rev-list', 'main'])).stdout.trim().split('\n')
+  const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
+  const body = (oid: string) => `${pkt('command=fetch\n')}${pkt('object-format=sha1\n')}0001${pkt('ofs-delta\n')}${pkt('deepen 1\n')}${pkt(`want ${oid}\n`)}${pkt('done\n')}0000`
+  const dir = path.join(w.config.dataDir, 'pack-cache')
+  let peak = 0
+  let running = true
+  // a sample counts the files listed both before and after their sizes were read: they were all
+  // there at the second listing, each at least that large (temp files only grow), so the sum is
+  // what the dir held at one moment, or less
+  const sampler = (async () => {
+    while (running) {
+      const first = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.includes('.pack'))
+      const sizes = await Promise.all(first.map((n) => stat(path.join(dir, n)).then((s) => s.size, () => 0)))
+      const second = new Set(await readdir(dir).catch(() => [] as string[]))
+      peak = Math.max(peak, first.reduce((sum, n, i) => sum + (second.has(n) ? sizes[i]! : 0), 0))
+      await new Promise((r) => setImmediate(r))
+    }
+  })()
+  const answers = await Promise.all(commits.map(async (oid) => {
+    const res = await fetch(`${w.url}/many.git/git-upload-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-upload-pack-request', 'git-protocol': 'version=2' }, body: body(oid) })
+    return { status: res.status, bytes: Buffer.from(await res.arrayBuffer()) }
+  }))
+  running = false
+  await sampler
+  t.equal(answers.filter((a) => a.status === 200 && a.bytes.includes('PACK')).length, 100, 'every fetch got its pack')
+  t.ok(answers.every((a) => a.bytes.subarray(-4).toString() === '0000'), 'each answer ends with its flush: whole')
+  t.ok(peak > 0 && peak <= 1024 * 1024, `the cache dir's peak: ${peak} bytes, never past the 1 MiB cap`)
+  await waitFor(() => outcomes(w).length === 100, 10_000, 'the access lines')
+  t.ok(outcomes(w).every((o) => o === 'miss'), 'each key asked for once: never a hit nor a follow')
+  t.ok(metric(await (await fetch(`${w.url}/metrics`)).text(), 'vcs_pack_cache_evictions_total') > 0, 'the oldest entries made room')
 })
 
 t.test('a pack served from the cache, or followed as it is made, shows the progress pack-objects showed', async (t) => {
