@@ -113,6 +113,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     cacheTtlMs: config.authCacheTtlMs,
     throttleLimit: config.loginFailureLimit,
     addressThrottleLimit: config.loginFailureAddressLimit,
+    userThrottleLimit: config.loginFailureUserLimit,
     throttleWindowMs: config.loginFailureWindowMs,
     passwordQueueLimit: config.passwordQueueLimit,
   })

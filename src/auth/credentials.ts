@@ -9,6 +9,8 @@ export type Credentials =
   | { scheme: 'basic'; username: string; secret: string }
   | { scheme: 'bearer'; secret: string }
 
+/** Longest user name (characters, after NFC): what `user add` accepts. */
+export const MAX_USER_NAME = 64
 /** Longest Authorization header considered (git and hg send well under 1 KiB). */
 export const MAX_AUTHORIZATION = 4096
 const TOKEN68 = /^[A-Za-z0-9\-._~+/]+=*$/
@@ -33,7 +35,10 @@ export function parseAuthorization(header: string | undefined): Credentials | 'm
     const username = decoded.slice(0, colon)
     const secret = decoded.slice(colon + 1)
     if (CONTROL.test(username) || CONTROL.test(secret) || decoded.includes('\ufffd')) return 'malformed'
-    return { scheme: 'basic', username: username.normalize('NFC'), secret }
+    const name = username.normalize('NFC')
+    // no user has a longer name (checkUserName): refused before the store or a throttle key sees it
+    if (name.length > MAX_USER_NAME) return 'malformed'
+    return { scheme: 'basic', username: name, secret }
   }
   if (scheme === 'bearer') {
     if (!TOKEN68.test(value)) return 'malformed'

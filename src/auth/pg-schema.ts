@@ -67,6 +67,8 @@ export const PG_MIGRATIONS = [
      locked_at bigint NOT NULL,
      UNIQUE (repo, path)
    );`,
+  // 3: login lockouts cleared by `user unlock` (failures before at_ms no longer count)
+  'CREATE TABLE login_unlocks (subject text PRIMARY KEY, at_ms bigint NOT NULL);',
 ]
 
 /** Brings the schema up to date in one transaction, serialized across workers by an advisory lock. */

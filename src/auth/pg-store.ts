@@ -295,6 +295,15 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
       return existing ? { existing } : { full: true }
     },
     listLocks,
+    async unlockLogins(subject) {
+      if (hasNul(subject)) return
+      await query(`INSERT INTO login_unlocks (subject, at_ms) VALUES ($1, ${'(extract(epoch from clock_timestamp()) * 1000)::bigint'}) ON CONFLICT (subject) DO UPDATE SET at_ms = excluded.at_ms`, [subject])
+    },
+    async loginsUnlockedAt(subject) {
+      if (hasNul(subject)) return undefined
+      const [row] = await query<{ at_ms: string }>('SELECT at_ms FROM login_unlocks WHERE subject = $1', [subject])
+      return row ? Number(row.at_ms) : undefined
+    },
     async hasLocksOfOthers(repo, exceptUserId) {
       if (hasNul(repo)) return false
       return (await query('SELECT 1 FROM lfs_locks WHERE repo = $1 AND user_id != $2 LIMIT 1', [repo, exceptUserId])).length > 0

@@ -20,19 +20,20 @@ export function pgFailureCounter(query: Query, name: string, limit: number, wind
   let sweptAt = 0
   const key = (k: string): string => `${name}\0${k}`.replace(/\0/g, '\u0001') // text cannot hold NUL
   return {
-    async retryAfter(k, address) {
+    async retryAfter(k, address, since = 0) {
       // this worker's own count is part of the pool's: when it already says wait, no query
-      const here = local.retryAfter(k, address)
+      // (`since` is the database's clock, the local count this host's: the local shortcut only without an unlock)
+      const here = since ? 0 : local.retryAfter(k, address)
       if (here > 0) return here
       try {
         const rows = await query<{ at_ms: string; now_ms: string }>(
-          `SELECT at_ms, ${NOW_MS} AS now_ms FROM login_failures WHERE key = $1 AND address = $2 AND at_ms > ${NOW_MS} - $3 ORDER BY at_ms DESC LIMIT $4`,
-          [key(k), address, windowMs, limit])
+          `SELECT at_ms, ${NOW_MS} AS now_ms FROM login_failures WHERE key = $1 AND address = $2 AND at_ms > ${NOW_MS} - $3 AND at_ms > $5 ORDER BY at_ms DESC LIMIT $4`,
+          [key(k), address, windowMs, limit, since])
         if (rows.length < limit) return 0
         const oldest = Number(rows[limit - 1]!.at_ms)
         return Math.max(1, Math.ceil((oldest + windowMs - Number(rows[0]!.now_ms)) / 1000))
       } catch (err) {
-        if (err instanceof StoreUnavailableError) return local.retryAfter(k, address)
+        if (err instanceof StoreUnavailableError) return local.retryAfter(k, address, Date.now(), since)
         throw err
       }
     },

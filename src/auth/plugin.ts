@@ -94,6 +94,8 @@ export interface AuthOptions {
   throttleLimit?: number
   /** failed password logins from one address across all user names before 429 */
   addressThrottleLimit?: number
+  /** failed password logins of one user name across all addresses before that user's password logins get 429 from anywhere */
+  userThrottleLimit?: number
   throttleWindowMs?: number
   /** password checks waiting for the KDF before 503 */
   passwordQueueLimit?: number
@@ -125,6 +127,9 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
   const counter = (name: string, limit: number): FailureCounter => store.failureCounter?.(name, limit, windowMs) ?? localFailureCounter(limit, windowMs)
   const throttle = counter('user', opts.throttleLimit ?? 10)
   const addressThrottle = counter('address', opts.addressThrottleLimit ?? 50)
+  const userThrottle = counter('user-any', opts.userThrottleLimit ?? 10)
+  /** the latest `user unlock` of any of these subjects (`user:NAME`, `address:ADDR`), 0 when none */
+  const unlockedSince = async (...subjects: string[]): Promise<number> => Math.max(0, ...(await Promise.all(subjects.map((s) => store.loginsUnlockedAt(s)))).map((t) => t ?? 0))
   const verifier = new PasswordVerifier({ concurrency: 2, queueLimit: opts.passwordQueueLimit ?? 16 })
   const scryptParams = opts.scrypt ?? DEFAULT_SCRYPT
   const repoHooks: RepoHook[] = []
@@ -187,7 +192,7 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     if (creds === 'malformed') {
       // a pair already blocked records nothing more: a flood costs no store write per request
       const wait = await throttle.retryAfter(MALFORMED, req.ip)
-      if (wait > 0) throw throttled(wait)
+      if (wait > 0 && (await throttle.retryAfter(MALFORMED, req.ip, await unlockedSince(`address:${req.ip}`))) > 0) throw throttled(wait)
       await throttle.fail(MALFORMED, req.ip)
       throw challenge('malformed Authorization header')
     }
@@ -195,8 +200,22 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
     // throttled before the KDF runs: per user name and address, and per address across names.
     const isToken = creds.scheme === 'bearer' || looksLikeToken(creds.secret)
     if (!isToken) {
-      const wait = Math.max(...(await Promise.all([throttle.retryAfter(passwordKey(creds.username), req.ip), addressThrottle.retryAfter('', req.ip)])))
-      if (wait > 0) throw throttled(wait)
+      // three budgets: this user from this address, this address across names, and this user
+      // across addresses (a trusted proxy relaying many clients, or a botnet, spreading its
+      // guesses); the last locks the user's password out from anywhere, never their tokens
+      const name = (creds as { username: string }).username
+      const waits = async (since: { user: number; address: number }): Promise<number> => Math.max(...(await Promise.all([
+        throttle.retryAfter(passwordKey(name), req.ip, Math.max(since.user, since.address)),
+        addressThrottle.retryAfter('', req.ip, since.address),
+        userThrottle.retryAfter(passwordKey(name), '', since.user),
+      ])))
+      let wait = await waits({ user: 0, address: 0 })
+      // throttled: unless an operator unlocked the user or the address since (`user unlock`)
+      if (wait > 0) wait = await waits({ user: await unlockedSince(`user:${name}`), address: await unlockedSince(`address:${req.ip}`) })
+      if (wait > 0) {
+        req.log.info({ user_tried: name.slice(0, 64), ip: req.ip }, 'password login throttled')
+        throw throttled(wait)
+      }
     }
     let identity: CachedIdentity | undefined
     try {
@@ -209,10 +228,11 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
       req.log.info({ ip: req.ip, scheme: creds.scheme }, 'authentication failed')
       if (isToken) {
         const wait = await throttle.retryAfter(TOKENS, req.ip)
-        if (wait > 0) throw throttled(wait)
+        if (wait > 0 && (await throttle.retryAfter(TOKENS, req.ip, await unlockedSince(`address:${req.ip}`))) > 0) throw throttled(wait)
         await throttle.fail(TOKENS, req.ip)
       } else {
-        await Promise.all([throttle.fail(passwordKey((creds as { username: string }).username), req.ip), addressThrottle.fail('', req.ip)])
+        const name = (creds as { username: string }).username
+        await Promise.all([throttle.fail(passwordKey(name), req.ip), addressThrottle.fail('', req.ip), userThrottle.fail(passwordKey(name), '')])
       }
       throw challenge('invalid credentials')
     }

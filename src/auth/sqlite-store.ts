@@ -55,6 +55,8 @@ export const SQLITE_MIGRATIONS = [
      locked_at INTEGER NOT NULL,
      UNIQUE (repo, path)
    );`,
+  // 4: login lockouts cleared by `user unlock` (failures before at_ms no longer count)
+  'CREATE TABLE login_unlocks (subject TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);',
 ]
 
 /** A token's last use is written at most this often (seconds): the request path stays read-mostly. */
@@ -197,6 +199,13 @@ export function openSqliteStore(file: string): AuthStore {
     },
     async listLocks(repo, f) {
       return q.locks.all({ repo, path: f.path ?? null, id: f.id ?? null, after: f.afterId ?? 0, limit: f.limit }).map(lockRecord)
+    },
+    async unlockLogins(subject) {
+      db.prepare('INSERT INTO login_unlocks (subject, at_ms) VALUES (?, ?) ON CONFLICT (subject) DO UPDATE SET at_ms = excluded.at_ms').run(subject, Date.now())
+      wroteHere = true
+    },
+    async loginsUnlockedAt(subject) {
+      return (db.prepare('SELECT at_ms FROM login_unlocks WHERE subject = ?').pluck().get(subject) as number | undefined) ?? undefined
     },
     async hasLocksOfOthers(repo, exceptUserId) {
       return q.othersLock.get(repo, exceptUserId) !== undefined

@@ -119,6 +119,13 @@ export interface AuthStore {
   listGrants(filter: { user?: string; repo?: string }): Promise<GrantRecord[]>
   /** repos the store has a record of (visibility) */
   listRepos(): Promise<RepoRecord[]>
+  /**
+   * Clears a login lockout (`user unlock`): failures of `subject` (`user:NAME`, or `address:ADDR`)
+   * before now no longer count, on every worker that asks `loginsUnlockedAt`.
+   */
+  unlockLogins(subject: string): Promise<void>
+  /** when `subject`'s logins were last unlocked (ms since the epoch), or undefined */
+  loginsUnlockedAt(subject: string): Promise<number | undefined>
   /** failed-login counts shared by every worker using this store; absent: each worker counts alone */
   failureCounter?(name: string, limit: number, windowMs: number): FailureCounter
   /**

@@ -12,8 +12,8 @@ import { LRUCache } from 'lru-cache'
 
 /** Failed logins of a key (a user name, or a kind of failure) from an address. */
 export interface FailureCounter {
-  /** seconds to wait when the pair is blocked, else 0 */
-  retryAfter(key: string, address: string): Promise<number>
+  /** seconds to wait when the pair is blocked, else 0; failures at or before `since` (ms, an unlock) do not count */
+  retryAfter(key: string, address: string, since?: number): Promise<number>
   fail(key: string, address: string): Promise<void>
 }
 
@@ -21,7 +21,7 @@ export interface FailureCounter {
 export function localFailureCounter(limit: number, windowMs: number): FailureCounter {
   const throttle = new LoginThrottle(limit, windowMs)
   return {
-    retryAfter: async (key, address) => throttle.retryAfter(key, address),
+    retryAfter: async (key, address, since) => throttle.retryAfter(key, address, Date.now(), since),
     fail: async (key, address) => throttle.fail(key, address),
   }
 }
@@ -45,9 +45,9 @@ export class LoginThrottle {
     return list
   }
 
-  /** Seconds to wait when the pair is blocked, else 0. */
-  retryAfter(user: string, address: string, now = Date.now()): number {
-    const list = this.recent(this.key(user, address), now)
+  /** Seconds to wait when the pair is blocked, else 0; failures at or before `since` do not count. */
+  retryAfter(user: string, address: string, now = Date.now(), since = 0): number {
+    const list = this.recent(this.key(user, address), now).filter((t) => t > since)
     if (list.length < this.limit) return 0
     return Math.max(1, Math.ceil((list[list.length - this.limit]! + this.windowMs - now) / 1000))
   }

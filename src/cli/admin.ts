@@ -4,6 +4,8 @@
  * server sees each change on its next request (the store's data_version).
  */
 import { readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
+import { MAX_USER_NAME } from '../auth/credentials.js'
 import type { Config } from '../config/load.js'
 import type { AuthStore, Level } from '../auth/store.js'
 import { LEVELS } from '../auth/store.js'
@@ -23,7 +25,7 @@ export class UsageError extends Error {}
 export interface AdminContext {
   config: Config
   store: AuthStore
-  flags: { git?: boolean; hg?: boolean; public?: boolean; expires?: string; users?: string; json?: boolean; user?: string; repo?: string }
+  flags: { git?: boolean; hg?: boolean; public?: boolean; expires?: string; users?: string; json?: boolean; user?: string; repo?: string; address?: string }
   out: (line: string) => void
 }
 
@@ -34,7 +36,7 @@ const BAD_NAME = /[\x00-\x1f\x7f:/\\]/
 export function checkUserName(name: string | undefined): string {
   if (!name) throw new UsageError('missing user NAME')
   const n = name.normalize('NFC')
-  if (n.length > 64 || BAD_NAME.test(n) || n.trim() !== n) throw new UsageError('bad user name: 1-64 characters, no spaces at the ends, no control characters, no : / \\')
+  if (n.length > MAX_USER_NAME || BAD_NAME.test(n) || n.trim() !== n) throw new UsageError('bad user name: 1-64 characters, no spaces at the ends, no control characters, no : / \\')
   return n
 }
 
@@ -125,6 +127,23 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       const name = checkUserName(rest[0])
       await store.setPassword(name, await hashPassword(readPassword()))
       return out(`changed the password of ${name}`)
+    }
+    case 'user unlock': {
+      // by name, by address, or both: failures before now no longer count, on every worker
+      if (rest.length > 1 || (rest.length === 0 && !flags.address)) throw new UsageError('usage: vcs-worker user unlock NAME | --address ADDR')
+      const done: string[] = []
+      if (rest[0] !== undefined) {
+        const name = checkUserName(rest[0])
+        await store.unlockLogins(`user:${name}`)
+        done.push(`password logins of ${name}`)
+      }
+      if (flags.address) {
+        const address = flags.address.trim()
+        if (!isIP(address)) throw new UsageError(`--address: ${JSON.stringify(address.slice(0, 64))} is not an IP address`)
+        await store.unlockLogins(`address:${address}`)
+        done.push(`logins from ${address}`)
+      }
+      return out(`unlocked ${done.join(' and ')}: earlier failures no longer count, on every worker`)
     }
     case 'user remove': {
       arity(rest, 1, 'user remove NAME')

@@ -27,6 +27,7 @@ const USAGE = `usage:
   vcs-worker grant list [--user NAME | --repo PATH] [--json]
   vcs-worker user add|passwd NAME          (password on standard input)
   vcs-worker user remove NAME
+  vcs-worker user unlock NAME | --address ADDR   (clears a login lockout on every worker)
   vcs-worker token create NAME [--expires 30d|DATE]
   vcs-worker token revoke NAME ID
   vcs-worker grant NAME PATH read|write|admin
@@ -46,7 +47,7 @@ function parse(argv: string[]) {
     expires: { type: 'string' as const }, users: { type: 'string' as const }, help: { type: 'boolean' as const },
     pool: { type: 'string' as const }, workers: { type: 'string' as const },
     json: { type: 'boolean' as const }, user: { type: 'string' as const }, repo: { type: 'string' as const },
-    from: { type: 'string' as const }, to: { type: 'string' as const },
+    from: { type: 'string' as const }, to: { type: 'string' as const }, address: { type: 'string' as const },
   }
   try {
     return parseArgs({ args: argv, options, allowPositionals: true, strict: true, allowNegative: true }) // --no-<flag> turns a boolean off

@@ -38,6 +38,7 @@ export const SETTINGS = Type.Object({
   trustedProxies: Type.Array(Type.String(NO_NUL), { default: [], description: 'addresses/CIDRs whose X-Forwarded-For is believed (HAProxy); comma-separated in flags and environment' }),
   authCacheTtlMs: int(60_000, 'how long a verified credential is remembered', { minimum: 0, maximum: 3_600_000 }),
   loginFailureLimit: int(10, 'failed logins per user and address before 429', { minimum: 1 }),
+  loginFailureUserLimit: int(10, 'failed password logins of one user name, from all addresses together, before that user\'s password logins get 429 from anywhere (tokens still pass; `vcs-worker user unlock NAME` clears it)', { minimum: 1 }),
   loginFailureAddressLimit: int(50, 'failed password logins from one address, across all user names, before 429', { minimum: 1 }),
   passwordQueueLimit: int(16, 'password checks waiting for the slow KDF (two run at once); past it, 503', { minimum: 0 }),
   loginFailureWindowMs: int(300_000, 'window of the failed-login count', { minimum: 1000 }),

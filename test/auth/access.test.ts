@@ -227,6 +227,48 @@ t.test('throttle keys of their own: garbage and bad tokens lock out no real cred
   t.equal((await get('192.0.2.23', basic('gil', 'gil-password').authorization)).status, 200, 'another address logs in')
 })
 
+t.test('a user\'s password guessed from ever-changing addresses behind a trusted proxy: 429 from anywhere past the per-user budget, tokens still pass, `user unlock` clears it', async (t) => {
+  const w = await startWorker(t, { 'trusted-proxies': '127.0.0.1' }, { private: true })
+  await w.addUser('bob', 'bob-password', { 'demo.git': 'read' })
+  await w.addUser('eve', 'eve-password', { 'demo.git': 'read' })
+  const token = (await cli(w, ['token', 'create', 'bob'])).stdout.trim().split('\n')[1]!
+  const get = (ip: string, authorization: string) => rawRequest(w.port, 'GET', refs('demo.git'), { authorization, 'x-forwarded-for': ip })
+  const statuses: number[] = []
+  for (let i = 0; i < 60; i++) statuses.push((await get(`198.51.100.${i + 1}`, basic('bob', `wrong-${i}`).authorization)).status)
+  t.same(statuses, [...Array(10).fill(401), ...Array(50).fill(429)], 'ten failures from anywhere, then 429 whatever the address')
+  const refused = await get('203.0.113.77', basic('bob', 'bob-password').authorization)
+  t.equal(refused.status, 429, 'bob\'s right password too, from a new address: locked for the window')
+  t.ok(Number(refused.headers['retry-after']) > 0, 'with Retry-After')
+  t.equal((await get('203.0.113.77', basic('bob', token).authorization)).status, 200, 'bob\'s token still passes')
+  t.equal((await get('203.0.113.77', `Bearer ${token}`)).status, 200, 'as Bearer too')
+  t.equal((await get('203.0.113.78', basic('eve', 'eve-password').authorization)).status, 200, 'another user is not affected')
+  t.ok(w.logs().some((l) => l.msg === 'password login throttled' && l.user_tried === 'bob'), 'the log names the user tried')
+
+  const unlocked = await cli(w, ['user', 'unlock', 'bob'])
+  t.equal(unlocked.code, 0, unlocked.stderr)
+  t.match(unlocked.stdout, 'unlocked password logins of bob')
+  t.equal((await get('203.0.113.79', basic('bob', 'bob-password').authorization)).status, 200, 'after `user unlock`: bob logs in again')
+  for (const args of [['user', 'unlock'], ['user', 'unlock', 'bob', 'extra'], ['user', 'unlock', '--address', 'not-an-ip']]) {
+    const r = await cli(w, args)
+    t.equal(r.code, 2, `${args.join(' ')}: a usage error`)
+    t.match(r.stderr.split('\n')[0], /user unlock NAME \| --address ADDR|not an IP address/, 'the reason first')
+  }
+
+  // an address locked out across names, cleared by address
+  for (let i = 0; i < 50; i++) await get('192.0.2.99', basic(`nobody${i}`, 'guess').authorization)
+  t.equal((await get('192.0.2.99', basic('eve', 'eve-password').authorization)).status, 429, 'the address is at its budget')
+  t.equal((await cli(w, ['user', 'unlock', '--address', '192.0.2.99'])).code, 0)
+  t.equal((await get('192.0.2.99', basic('eve', 'eve-password').authorization)).status, 200, 'unlocked by address')
+})
+
+t.test('a Basic user name no user can have (past 64 characters): 401 at once, nothing asked of the store', async (t) => {
+  const w = await startWorker(t, {}, { private: true })
+  const res = await rawRequest(w.port, 'GET', refs('demo.git'), basic('u'.repeat(2900), 'whatever'))
+  t.equal(res.status, 401)
+  t.equal(res.body.toString(), 'malformed Authorization header\n')
+  t.notOk(w.logs().some((l) => Number(l.status) >= 500 || l.level === 50), 'no error logged')
+})
+
 t.test('a burst of password checks: the queue is bounded (503), a real login is not held behind it', async (t) => {
   const w = await startWorker(t, { 'password-queue-limit': '2', 'login-failure-address-limit': '1000', 'login-failure-limit': '1000' }, { private: true })
   const burst = await Promise.all(Array.from({ length: 16 }, (_, i) => rawRequest(w.port, 'GET', refs('demo.git'), basic(`user${i}`, `password-${i}`))))

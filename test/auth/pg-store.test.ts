@@ -219,3 +219,25 @@ t.test('server down: cached answers still given, the rest StoreUnavailableError;
   t.equal(s.changedSinceLastCheck(), true, 'after the reconnect, caches are dropped (notifications were lost)')
   t.equal(await s.authorizeRepo('never-read'), undefined, 'served afresh')
 })
+
+t.test('login unlocks: the same on both stores; failures before an unlock stop counting, pool-wide on PostgreSQL', async (t) => {
+  const sqlite = openSqliteStore(path.join(t.testdir(), 'auth.sqlite'))
+  t.teardown(() => sqlite.close())
+  const pgStore = await store(t)
+  for (const s of [sqlite, pgStore]) {
+    t.equal(await s.loginsUnlockedAt('user:bob'), undefined, 'never unlocked')
+    await s.unlockLogins('user:bob')
+    const first = await s.loginsUnlockedAt('user:bob')
+    t.ok(first !== undefined && Math.abs(first - Date.now()) < 60_000, 'unlocked now')
+    await s.unlockLogins('user:bob')
+    t.ok((await s.loginsUnlockedAt('user:bob'))! >= first!, 'a second unlock moves it on')
+    t.equal(await s.loginsUnlockedAt('address:192.0.2.1'), undefined, 'subjects apart')
+    t.equal(await s.loginsUnlockedAt('user:a\0b'), undefined)
+  }
+  const counter = pgStore.failureCounter!('user-any', 2, 60_000)
+  await counter.fail('password:bob', '')
+  await counter.fail('password:bob', '')
+  t.ok((await counter.retryAfter('password:bob', '')) > 0, 'two failures: locked')
+  await pgStore.unlockLogins('user:bob')
+  t.equal(await counter.retryAfter('password:bob', '', (await pgStore.loginsUnlockedAt('user:bob'))!), 0, 'not counted once unlocked (the database\'s clock on both sides)')
+})
