@@ -4,7 +4,7 @@
  * becomes a one-line HTTP error; after the first byte the response can only be cut, which a
  * git client reports as an early EOF instead of silently taking a truncated pack.
  */
-import { Transform, type TransformCallback } from 'node:stream'
+import { PassThrough, Transform, type TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ChildFailedError, ServiceUnavailableError, oneLine } from '../errors.js'
@@ -89,17 +89,30 @@ export function inBandError(message: string, sideband: boolean): Buffer {
  * `ended` says a child was ended on purpose (logged at info, as one we killed). `closeGraceMs`:
  * how long a child may outlive the connection before it is killed (0: at once).
  */
-export function attach(req: FastifyRequest, reply: FastifyReply, child: Child, what: string, bytes: () => number, ended?: () => boolean, closeGraceMs = 0): (s: ExitStatus) => Error | undefined {
+export function attach(req: FastifyRequest, reply: FastifyReply, child: Child, what: string, bytes: () => number, ended?: () => boolean, closeGraceMs = 0, outlive?: Outlive): (s: ExitStatus) => Error | undefined {
   const access = req.accessRecord
   access.pid = child.pid
   access.spawned = true
+  let outliving = false
+  // a child that may outlive its client: the access line waits for its exit, and records it
+  if (outlive) access.settled = child.exited.then((status) => { if (outliving) judge(status) })
   reply.raw.once('close', () => {
     if (reply.raw.writableFinished) return
     access.aborted = true
+    if (outlive?.bodyIn()) {
+      // the whole push is in: git may have moved refs already, and its post-receive must run
+      req.log.info({ child_pid: child.pid }, `${what}: the client left after sending the whole request; running it to completion`)
+      outlive.drain()
+      outliving = true
+      const timer = setTimeout(() => child.kill(), outlive.timeoutMs)
+      timer.unref()
+      void child.exited.then(() => clearTimeout(timer))
+      return
+    }
     if (closeGraceMs > 0) setTimeout(() => child.kill(), closeGraceMs).unref()
     else child.kill()
   })
-  return (status) => {
+  const judge = (status: ExitStatus): Error | undefined => {
     access.pid = child.pid // through the spawn helper the pid is known a moment after the spawn
     access.exitCode = status.code ?? (status.signal ? `${status.signal}` : null)
     access.bytesOut = bytes()
@@ -115,6 +128,7 @@ export function attach(req: FastifyRequest, reply: FastifyReply, child: Child, w
     const last = stderr.split('\n').filter(Boolean).pop()
     return new ChildFailedError(oneLine(`${what} failed${last ? `: ${last.replace(/^fatal: /, '')}` : ''}`))
   }
+  return judge
 }
 
 /**
@@ -164,6 +178,17 @@ export function sendChildChunks(req: FastifyRequest, reply: FastifyReply, child:
   })
 }
 
+/**
+ * A child that outlives its client once the request body is whole (receive-pack: the refs may
+ * have moved, and what follows them must run): `bodyIn` says the body is in, `drain` keeps its
+ * output read (a closed pipe would kill it), `timeoutMs` bounds how long it may run on.
+ */
+export interface Outlive {
+  bodyIn: () => boolean
+  drain: () => void
+  timeoutMs: number
+}
+
 export interface StreamChildOptions {
   /** what to say when git fails before its first byte */
   what: string
@@ -173,6 +198,8 @@ export interface StreamChildOptions {
   rewrite?: Transform
   /** report a failure after the first byte inside the protocol (upload-pack responses) */
   inBand?: boolean
+  /** run to completion after the client left, once its request body is whole (receive-pack) */
+  outliveOnceBodyIn?: { bodyIn: () => boolean; timeoutMs: number }
 }
 
 /**
@@ -180,9 +207,33 @@ export interface StreamChildOptions {
  * stderr logged, its output streamed with backpressure. Returns the stream to `reply.send`.
  */
 export function streamChild(req: FastifyRequest, reply: FastifyReply, child: Child, opts: StreamChildOptions): Transform {
-  const judge = attach(req, reply, child, opts.what, () => out.bytes)
+  const stdout = child.proc.stdout
+  // With outliveOnceBodyIn, git's stdout is piped (not pipelined) into the stages: a client
+  // gone destroys the stages, never the pipe git writes to; it is then read into the void.
+  const keep = opts.outliveOnceBodyIn
+  const pass = keep ? new PassThrough() : undefined
+  const outlive: Outlive | undefined = keep && pass && {
+    ...keep,
+    // after the pipe's own clean-up (which pauses git's stdout when its destination closes)
+    drain: () => {
+      const discard = (): void => {
+        stdout.unpipe()
+        stdout.on('data', () => {})
+        stdout.resume()
+      }
+      if (pass.destroyed) discard()
+      else pass.once('close', discard)
+    },
+  }
+  const judge = attach(req, reply, child, opts.what, () => out.bytes, undefined, 0, outlive)
   const out = new ChildOutput(child, judge, opts.prefix, opts.inBand ?? false)
-  const stages = opts.rewrite ? [child.proc.stdout, opts.rewrite, out] : [child.proc.stdout, out]
+  let first: NodeJS.ReadableStream = stdout
+  if (pass) {
+    stdout.pipe(pass)
+    stdout.once('error', (err) => pass.destroy(err))
+    first = pass
+  }
+  const stages = opts.rewrite ? [first, opts.rewrite, out] : [first, out]
   pipeline(stages, () => { /* errors surface through `out` */ })
   return out
 }

@@ -184,10 +184,13 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
     }
     const opened = session
     void child.exited.then(() => { release(); opened.close() })
-    const out = streamChild(req, reply, child, { what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor) })
+    // Once the whole body is in git, git and its hooks run to completion whatever the client
+    // does (bounded by pushCompleteTimeoutMs): git may have moved refs, and post-receive must run.
+    let bodyIn = false
+    const out = streamChild(req, reply, child, { what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor), outliveOnceBodyIn: { bodyIn: () => bodyIn, timeoutMs: config.pushCompleteTimeoutMs } })
     // The body streams into git while it arrives; a bad or oversized body kills git before it
     // can update a ref (refs move only after the whole pack is in and checked).
-    pipeline(body.stream, new PktLineChecker({ mode: 'commands' }), stdinSink(child)).catch((err: unknown) => {
+    pipeline(body.stream, new PktLineChecker({ mode: 'commands' }), stdinSink(child)).then(() => { bodyIn = true }, (err: unknown) => {
       child.kill()
       body.abandon(DISCARD_LIMIT)
       if (!reply.raw.headersSent) reply.header('connection', 'close')

@@ -125,7 +125,23 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     child.inflight++
     const upstream = http.request({ host: child.url.hostname, port: child.url.port, method: req.method, path: judged.target, headers, agent: child.agent })
     const done = (): void => { child.inflight--; release(); void spill?.dispose() }
-    reply.raw.once('close', () => { if (!reply.raw.writableFinished) upstream.destroy() })
+    // a push whose whole bundle reached hg runs to completion whatever the client does (hg may be
+    // committing it, and its hooks must run), bounded by pushCompleteTimeoutMs; anything else ends with its client
+    let bodySent = false
+    let answer: http.IncomingMessage | undefined
+    reply.raw.once('close', () => {
+      if (reply.raw.writableFinished) return
+      if (!bodySent) return upstream.destroy()
+      req.log.info({ hg_child: child.id }, 'hg unbundle: the client left after sending the whole push; running it to completion')
+      const discard = (res: http.IncomingMessage): void => {
+        res.unpipe()
+        res.on('data', () => {})
+        res.resume()
+      }
+      if (answer) discard(answer)
+      else upstream.once('response', discard)
+      setTimeout(() => upstream.destroy(), deps.config.pushCompleteTimeoutMs).unref()
+    })
     // Silence, not duration, is the limit: the timer restarts with every byte either way.
     let timedOut = false
     upstream.setTimeout(deps.config.hgTimeoutMs, () => {
@@ -137,7 +153,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
       upstream.once('response', resolve)
       upstream.once('error', reject)
     })
-    if (body) pipeline(body, upstream).catch(() => upstream.destroy())
+    if (body) pipeline(body, upstream).then(() => { bodySent = true }, () => upstream.destroy())
     else upstream.end()
     let res: http.IncomingMessage
     try {
@@ -148,6 +164,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
       if (timedOut) throw new HgTimeoutError(SILENT_CHILD)
       throw new HgUpstreamError('the hg server process failed; try again')
     }
+    answer = res
     res.once('close', done)
     // a push (or a phase change) makes the repo's clone bundles again, later and off this path
     if (deps.cloneBundles && judged.action === 'write' && res.statusCode === 200) {
@@ -182,7 +199,11 @@ export function hgRoute(deps: HgDeps): RepoRoute {
         cb()
       },
     })
-    pipeline(res, counted).catch(() => { /* the reply sees the error through `counted` */ })
+    // piped, not pipelined, when a push outlives its client: the client's reply closing must not close hg's answer
+    if (bodySent || judged.hasBody) {
+      res.pipe(counted)
+      res.once('error', (err) => counted.destroy(err))
+    } else pipeline(res, counted).catch(() => { /* the reply sees the error through `counted` */ })
     return reply.send(counted)
   }
 

@@ -58,6 +58,8 @@ export function decodeBody(raw: IncomingMessage, limit: number): DecodedBody {
   const onAbort = (): void => { src.destroy(new BadRequestError('client closed the request body early')) }
   raw.once('aborted', onAbort)
   raw.pipe(src)
+  // aborted before its handler came to read it (the client gone while the request was authorized)
+  if (raw.aborted || (raw.destroyed && !raw.complete)) onAbort()
   const out = new ByteLimit(limit)
   const stages: NodeJS.ReadWriteStream[] = gzip ? [createGunzip()] : []
   // Errors reach the consumer through `out`; it maps them with toClientError.
