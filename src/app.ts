@@ -162,7 +162,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     app.addHook('onClose', () => packCache!.stop())
   }
   const repoRoutes: RepoRoute[] = gitRoutes({ config, git, admission, refHooks, log: app.log, packCache })
-  repoRoutes.push(...lfsRoutes({ config, store: new FsLfsStore(), auth: app.vcsAuth, admission }), lockRoute({ store, admission, maxPerRepo: config.lfsMaxLocksPerRepo }))
+  repoRoutes.push(...lfsRoutes({ config, store: new FsLfsStore(), auth: app.vcsAuth, admission, log: app.log }), lockRoute({ store, admission, maxPerRepo: config.lfsMaxLocksPerRepo }))
   app.vcsAuth.addRefHook(lockHook(store, git))
   if (config.hgProcesses > 0) {
     const pool = new HgServePool(config, app.log)

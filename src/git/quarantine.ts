@@ -17,9 +17,32 @@ import type { FastifyBaseLogger } from 'fastify'
 const PREFIX = 'tmp_objdir-incoming-'
 const MAX_TRACKED = 10_000
 
+/** What a sweeper removes in a repo: the candidates' paths, and what its log line calls one. */
+export interface SweptKind {
+  candidates(repoDir: string): Promise<string[]>
+  /** the log message for one removed */
+  removed: string
+  /** the log field naming it */
+  field: string
+}
+
+/** git's push quarantines: `objects/tmp_objdir-incoming-*`. */
+export const PUSH_QUARANTINES: SweptKind = {
+  candidates: async (repoDir) => {
+    const objects = path.join(repoDir, 'objects')
+    return (await readdir(objects).catch(() => [] as string[])).filter((n) => n.startsWith(PREFIX)).map((n) => path.join(objects, n))
+  },
+  removed: 'removed a stale push quarantine',
+  field: 'quarantine',
+}
+
+/**
+ * Removes what a killed process left in a repo (a push quarantine, a Git LFS upload's temp
+ * file) by the rule above: unchanged for `staleMs` and in use by no process on this host.
+ */
 export class QuarantineSweeper {
   private readonly lastSwept = new Map<string, number>()
-  constructor(private readonly staleMs: number, private readonly log: FastifyBaseLogger) {}
+  constructor(private readonly staleMs: number, private readonly log: FastifyBaseLogger, private readonly kind: SweptKind = PUSH_QUARANTINES) {}
 
   /** Starts a sweep of `repoDir` unless one ran recently; never throws. */
   maybeSweep(repoDir: string): void {
@@ -27,13 +50,12 @@ export class QuarantineSweeper {
     if (now - (this.lastSwept.get(repoDir) ?? 0) < this.staleMs / 24) return
     if (this.lastSwept.size >= MAX_TRACKED) this.lastSwept.clear()
     this.lastSwept.set(repoDir, now)
-    this.sweep(repoDir).catch((err: unknown) => this.log.warn({ err, repo_dir: repoDir }, 'quarantine sweep failed'))
+    this.sweep(repoDir).catch((err: unknown) => this.log.warn({ err, repo_dir: repoDir }, `sweep failed: ${this.kind.removed}`))
   }
 
   /** Removes the stale quarantines of `repoDir`; resolves with the ones removed. */
   async sweep(repoDir: string): Promise<string[]> {
-    const objects = path.join(repoDir, 'objects')
-    const candidates = (await readdir(objects).catch(() => [] as string[])).filter((n) => n.startsWith(PREFIX)).map((n) => path.join(objects, n))
+    const candidates = await this.kind.candidates(repoDir)
     const old: string[] = []
     for (const dir of candidates) if (Date.now() - (await newestChange(dir)) > this.staleMs) old.push(dir)
     if (!old.length) return []
@@ -43,7 +65,7 @@ export class QuarantineSweeper {
       if (held.some((p) => p === dir || p.startsWith(dir + path.sep))) continue
       await rm(dir, { recursive: true, force: true })
       removed.push(dir)
-      this.log.warn({ repo_dir: repoDir, quarantine: path.basename(dir) }, 'removed a stale push quarantine')
+      this.log.warn({ repo_dir: repoDir, [this.kind.field]: path.basename(dir) }, this.kind.removed)
     }
     return removed
   }

@@ -19,7 +19,9 @@ import { decodeBody, toClientError, type DecodedBody } from '../http/body.js'
 import { DISCARD_LIMIT } from '../http/unread-body.js'
 import { LfsError, PayloadTooLargeError } from '../errors.js'
 import { SANE_HOST } from '../http/headers.js'
-import { isOid, LfsObjectError, type FsLfsStore } from './store.js'
+import { isOid, LFS_UPLOAD_TEMPS, LfsObjectError, type FsLfsStore } from './store.js'
+import { QuarantineSweeper } from '../git/quarantine.js'
+import type { FastifyBaseLogger } from 'fastify'
 
 export const LFS_TYPE = 'application/vnd.git-lfs+json'
 /** objects in one batch at most; git-lfs sends 100 at a time */
@@ -33,6 +35,7 @@ export interface LfsDeps {
   store: FsLfsStore
   auth: VcsAuth
   admission: Admission
+  log: FastifyBaseLogger
 }
 
 interface BatchObject { oid: string; size: number }
@@ -97,6 +100,8 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
   const { config, store, auth } = deps
   const maxObject = config.lfsMaxObjectBytes
   const sending = fileSending(config)
+  // temp files of uploads a killed worker left (the push quarantines' rule: docs/lfs.md)
+  const temps = new QuarantineSweeper(config.quarantineStaleMs, deps.log, LFS_UPLOAD_TEMPS)
 
   /** 507 when `bytes` more would take the repos' disk below diskFreeFloorBytes (the floor git and hg respect too) */
   async function roomFor(repoDir: string, bytes: number): Promise<void> {
@@ -162,6 +167,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
     const problem = sizeProblem(size, maxObject)
     if (problem) throw new LfsError(size > maxObject ? 413 : 422, problem)
     await roomFor(req.repo.dir, size)
+    temps.maybeSweep(req.repo.dir)
     const release = await deps.admission.admit(req, reply, 'incremental')
     try {
       if ((await store.size(req.repo.dir, oid)) === size) {
@@ -173,6 +179,11 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
       return await reply.code(200).send()
     } catch (err) {
       if (err instanceof LfsObjectError) throw new LfsError(422, err.message)
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOSPC' || code === 'EDQUOT') {
+        req.log.warn({ err }, 'Git LFS upload: the disk is full')
+        throw new LfsError(507, 'the server has no room for this upload; try again later')
+      }
       throw toClientError(err) // the client went away or stopped sending: theirs, not a failure of ours
     } finally {
       release()

@@ -17,6 +17,7 @@ import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs
 import path from 'node:path'
 import type { Readable } from 'node:stream'
 import { WRITE_POOL } from '../process/pooled-read.js'
+import type { SweptKind } from '../git/quarantine.js'
 
 /** An LFS object id: SHA-256, 64 lowercase hex digits, nothing else (no `../`, no uppercase). */
 export const OID = /^[0-9a-f]{64}$/
@@ -111,6 +112,16 @@ async function receive(body: Readable, fh: FileHandle, limit: number, hash: Hash
     if (buf) WRITE_POOL.give(buf)
     await Promise.allSettled([...pending, ...syncs])
   }
+}
+
+/** An upload's temp files, `<repo>/lfs/tmp/*`: what the sweeper may remove once stale (an upload killed with -9 leaves its own). */
+export const LFS_UPLOAD_TEMPS: SweptKind = {
+  candidates: async (repoDir) => {
+    const dir = path.join(repoDir, 'lfs', 'tmp')
+    return (await readdir(dir).catch(() => [] as string[])).map((n) => path.join(dir, n))
+  },
+  removed: 'removed a stale Git LFS upload temp file',
+  field: 'temp_file',
 }
 
 /** The filesystem store: objects inside each repository. */
