@@ -71,8 +71,14 @@ const GIT_SUFFIXES: [string, keyof typeof REPO_URLS][] = [
 const DUMB = /\/(HEAD|objects\/(info\/(packs|alternates|http-alternates)|pack\/pack-[0-9a-f]+\.(pack|idx)|[0-9a-f]{2}\/[0-9a-f]{38,62}))$/
 /** an hg repo's clone bundle, `/{repo}/.hg/clonebundles/{file}`: no repo segment and no file hg tracks is named `.hg` */
 const HG_BUNDLE = /^(\/.+?)\/\.hg\/clonebundles\/[^/]+$/
-/** DESIGN.md's reserved URLs: never a repository */
-const RESERVED = /^\/(health\/|metrics$|$)/
+/**
+ * The worker's own URLs (docs/design.md, reserved): its health checks and metrics. Never a
+ * repository here, and never sent to the VCS backends by the HAProxy frontend, whatever else a
+ * request carries (tools/pool/haproxy-config.ts renders its ACL from this one definition).
+ */
+export const WORKER_OWN_PATHS = { prefixes: ['/health/'], exact: ['/metrics'] } as const
+/** the reserved URLs and `/`, which tells what the server is */
+const RESERVED = new RegExp(`^(${[...WORKER_OWN_PATHS.prefixes, ...WORKER_OWN_PATHS.exact.map((p) => `${p}$`), '/$'].join('|')})`)
 
 /** The repo part of each classified request's path (git: without the leading `/`; hg: the whole path). */
 const repoPaths = new WeakMap<IncomingMessage, string>()

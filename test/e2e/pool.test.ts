@@ -93,6 +93,20 @@ t.test('through HAProxy: git and hg reach the workers, web pages reach the web s
     t.match(r.body.toString(), 'the web application (stand-in)', `${page} served by the web application`)
   }
   t.ok(p.pool.webHits - hitsBefore >= 7, 'the stand-in counted them (and the checks HAProxy sends it)')
+  // the workers' own URLs never reach a worker from the public frontend, whatever the request carries
+  const own: [string, Record<string, string>][] = [
+    ['/metrics?cmd=capabilities', {}], ['/metrics', { 'git-protocol': 'version=2' }], ['/metrics', { 'x-hgproto-1': '0.1 0.2' }],
+    ['/metrics', { 'x-hgarg-1': 'cmds=heads' }], ['/metrics', { 'content-type': 'application/x-git-upload-pack-request' }],
+    ['/health/git', { 'content-type': 'application/x-git-upload-pack-request' }], ['/health/ready?service=git-upload-pack', {}],
+    ['/health/hg?cmd=heads', {}], ['//metrics?cmd=heads', {}], ['/%6detrics', { 'git-protocol': 'version=2' }],
+    ['/metrics/', { 'git-protocol': 'version=2' }], ['/health/live', { 'content-type': 'application/mercurial-0.1' }],
+    ['/%68ealth/ready', { 'x-hgproto-1': '0.1' }],
+  ]
+  for (const [url, headers] of own) {
+    const r = await rawRequest(portOf(p), 'GET', url, headers)
+    t.match(r.body.toString(), 'the web application (stand-in)', `${url} ${JSON.stringify(headers)}: the web application's, not a worker's`)
+    t.notMatch(r.body.toString(), /vcs_|"checks"/, 'no metrics, no health report')
+  }
   // no web page reached a worker: nothing but git, hg (and HAProxy's health checks) on the workers
   for (let i = 0; i < 2; i++) {
     const text = await workerMetrics(p, i)

@@ -10,6 +10,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import { ConfigError } from '../../src/errors.js'
 import { schemaProblems } from '../../src/config/check.js'
 import { HG_COMMAND_NAMES } from '../../src/hg/commands.js'
+import { WORKER_OWN_PATHS } from '../../src/http/routes.js'
 
 const HOST_PORT = { type: 'string', pattern: '^(\\d{1,3}(\\.\\d{1,3}){3}|\\[[0-9a-fA-F:]+\\]|[A-Za-z0-9.-]+):\\d{1,5}$', expected: 'host:port' } as const
 const PORT = { minimum: 1, maximum: 65535 }
@@ -169,6 +170,10 @@ export function haproxyConfig(spec: PoolSpec): string {
     '  acl lfs_path path_reg /info/lfs/(objects/batch|objects/[0-9a-f]{64}|verify|locks|locks/verify|locks/[^/]+/unlock)$',
     '  # the repo path, for repo-hash balancing: /team/project.git/info/refs -> /team/project/',
     '  http-request set-var(txn.repo) path,regsub(/info/lfs/.*$,/),regsub(/info/refs$,/),regsub(/git-upload-pack$,/),regsub(/git-receive-pack$,/),regsub([.]git/$,/)',
+    '  # the workers\' own URLs (/health/*, /metrics) never reach a VCS backend from here, whatever',
+    '  # else the request carries (a ?cmd=, a git or hg header or content type): the web app answers them',
+    `  acl worker_own path,url_dec -m reg ^/+(${WORKER_OWN_PATHS.prefixes.map((p) => `${p.slice(1)}`).join('|')}|${WORKER_OWN_PATHS.exact.map((p) => `${p.slice(1)}/*$`).join('|')})`,
+    '  use_backend servers-web if worker_own',
     '  use_backend servers-git if git_path || git_service || git_type || git_proto || lfs_path',
     '  use_backend servers-hg if hg_cmd || hg_args || hg_proto || hg_type || hg_bundle',
     '  default_backend servers-web',
