@@ -1,15 +1,36 @@
 import t from 'tap'
+import type * as Tap from 'tap'
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import os from 'node:os'
 import path from 'node:path'
 import { pino } from 'pino'
-import { addBigRepo, gitClient, gitWrapper, metric, startWorker, waitFor } from '../helpers/worker.js'
+import { addBigRepo, gitClient, gitWrapper, metric, startWorker, waitFor, type Worker } from '../helpers/worker.js'
 import { checkArgs, PackObjectsCache } from '../../src/git/pack-cache.js'
 
 const outcomes = (w: { logs(): Record<string, unknown>[] }, from = 0) =>
   // requests that ran pack-objects (a v2 ls-refs does not)
   w.logs().slice(from).filter((l) => l.msg === 'request' && l.route === 'git_upload_pack' && l.pack_cache !== undefined).map((l) => l.pack_cache)
+
+/** many.git: 100 commits on main, commit c adding file f<c>.txt of `content(c)`; their ids, newest first. */
+async function manyCommits(t: Tap.Test, w: Worker, content: (c: number) => string): Promise<string[]> {
+  const repo = path.join(w.reposDir, 'many.git')
+  const git = gitClient(w.dir)
+  t.equal((await git(['init', '-q', '--bare', repo])).code, 0)
+  const parts: string[] = []
+  for (let c = 1; c <= 100; c++) {
+    const msg = `commit ${c}\n`
+    const file = `file ${c}\n${content(c)}\n`
+    parts.push(`commit refs/heads/main\ncommitter T <t@example.invalid> ${1_700_000_000 + c} +0000\ndata ${msg.length}\n${msg}M 100644 inline f${c}.txt\ndata ${file.length}\n${file}\n`)
+  }
+  t.equal((await git(['--git-dir', repo, 'fast-import', '--quiet'], w.dir, { input: parts.join('') })).code, 0)
+  await w.store.setRepo('many.git', 'git', true)
+  return (await git(['--git-dir', repo, 'rev-list', 'main'])).stdout.trim().split('\n')
+}
+
+const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
+/** a protocol v2 fetch of `oid` at depth 1 */
+const depthOneFetch = (oid: string) => `${pkt('command=fetch\n')}${pkt('object-format=sha1\n')}0001${pkt('ofs-delta\n')}${pkt('deepen 1\n')}${pkt(`want ${oid}\n`)}${pkt('done\n')}0000`
 
 t.test('the arguments pack-objects runs with are rebuilt from what upload-pack sends, flags only', async (t) => {
   t.same(checkArgs(['git', '--shallow-file', '', 'pack-objects', '--revs', '--thin', '--stdout', '--shallow', '--delta-base-offset', '--include-tag']),
@@ -185,20 +206,7 @@ t.test('the size cap: a pack larger than it is never kept; its clients get it wh
 
 t.test('100 distinct keys at once under a 1 MiB cap: the cache dir never holds more, entries being written included; every pack whole', async (t) => {
   const w = await startWorker(t, { 'pack-cache': true, 'pack-cache-max-bytes': String(1024 * 1024), 'pack-cache-write-on': '1', 'heavy-limit': '16', 'queue-limit': '100' })
-  const repo = path.join(w.reposDir, 'many.git')
-  const git = gitClient(w.dir)
-  t.equal((await git(['init', '-q', '--bare', repo])).code, 0)
-  const parts: string[] = []
-  for (let c = 1; c <= 100; c++) {
-    const msg = `commit ${c}\n`
-    const file = `file ${c}\n${randomBytes(40_000).toString('base64')}\n`
-    parts.push(`commit refs/heads/main\ncommitter T <t@example.invalid> ${1_700_000_000 + c} +0000\ndata ${msg.length}\n${msg}M 100644 inline f${c}.txt\ndata ${file.length}\n${file}\n`)
-  }
-  t.equal((await git(['--git-dir', repo, 'fast-import', '--quiet'], w.dir, { input: parts.join('') })).code, 0)
-  await w.store.setRepo('many.git', 'git', true)
-  const commits = (await git(['--git-dir', repo, 'rev-list', 'main'])).stdout.trim().split('\n')
-  const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
-  const body = (oid: string) => `${pkt('command=fetch\n')}${pkt('object-format=sha1\n')}0001${pkt('ofs-delta\n')}${pkt('deepen 1\n')}${pkt(`want ${oid}\n`)}${pkt('done\n')}0000`
+  const commits = await manyCommits(t, w, () => randomBytes(40_000).toString('base64'))
   const dir = path.join(w.config.dataDir, 'pack-cache')
   let peak = 0
   let running = true
@@ -215,7 +223,7 @@ t.test('100 distinct keys at once under a 1 MiB cap: the cache dir never holds m
     }
   })()
   const answers = await Promise.all(commits.map(async (oid) => {
-    const res = await fetch(`${w.url}/many.git/git-upload-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-upload-pack-request', 'git-protocol': 'version=2' }, body: body(oid) })
+    const res = await fetch(`${w.url}/many.git/git-upload-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-upload-pack-request', 'git-protocol': 'version=2' }, body: depthOneFetch(oid) })
     return { status: res.status, bytes: Buffer.from(await res.arrayBuffer()) }
   }))
   running = false
@@ -289,25 +297,12 @@ exit $rc
 `)
   // 4 heavy slots; one repo and one client may hold half of them (repoHeavyLimit, clientHeavyLimit)
   const w = await startWorker(t, { 'pack-cache': true, 'heavy-limit': '4', 'queue-limit': '40', 'git-bin': wrapper })
-  const repo = path.join(w.reposDir, 'many.git')
-  const git = gitClient(w.dir)
-  t.equal((await git(['init', '-q', '--bare', repo])).code, 0)
   // 100 commits, each a distinct depth-1 fetch: 100 keys, none repeated
-  const parts: string[] = []
-  for (let c = 1; c <= 100; c++) {
-    const msg = `commit ${c}\n`
-    const file = `file ${c}\n${randomBytes(20_480).toString('hex')}\n`
-    parts.push(`commit refs/heads/main\ncommitter T <t@example.invalid> ${1_700_000_000 + c} +0000\ndata ${msg.length}\n${msg}M 100644 inline f${c}.txt\ndata ${file.length}\n${file}\n`)
-  }
-  t.equal((await git(['--git-dir', repo, 'fast-import', '--quiet'], w.dir, { input: parts.join('') })).code, 0)
-  await w.store.setRepo('many.git', 'git', true)
-  const commits = (await git(['--git-dir', repo, 'rev-list', 'main'])).stdout.trim().split('\n')
+  const commits = await manyCommits(t, w, () => randomBytes(20_480).toString('hex'))
   t.equal(commits.length, 100)
-  const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, '0')}${s}`
-  const body = (oid: string) => `${pkt('command=fetch\n')}${pkt('object-format=sha1\n')}0001${pkt('ofs-delta\n')}${pkt('deepen 1\n')}${pkt(`want ${oid}\n`)}${pkt('done\n')}0000`
 
   const answers = await Promise.all(commits.map(async (oid) => {
-    const res = await fetch(`${w.url}/many.git/git-upload-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-upload-pack-request', 'git-protocol': 'version=2' }, body: body(oid) })
+    const res = await fetch(`${w.url}/many.git/git-upload-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-upload-pack-request', 'git-protocol': 'version=2' }, body: depthOneFetch(oid) })
     const bytes = Buffer.from(await res.arrayBuffer())
     // refused, upload-pack answers as git does: an ERR packet the client prints as "remote error"
     return { status: res.status, pack: bytes.includes('PACK'), busy: bytes.subarray(0, 40).toString().startsWith('0058ERR server busy') }

@@ -29,6 +29,21 @@ async function pushBody(w: Worker, ref: string): Promise<{ body: Buffer; commit:
   return { body, commit }
 }
 
+/** POSTs a receive-pack request announcing `body`, sends `sent` of it as pat, and closes the connection at once. */
+async function rawPushAndGo(w: Worker, body: Buffer, sent: Buffer): Promise<net.Socket> {
+  const socket = net.connect(w.port, '127.0.0.1')
+  await new Promise<void>((resolve) => socket.once('connect', resolve))
+  socket.on('error', () => {})
+  socket.on('data', () => {})
+  socket.write([
+    'POST /empty.git/git-receive-pack HTTP/1.1', `Host: 127.0.0.1:${w.port}`,
+    `Authorization: Basic ${Buffer.from('pat:pat-password').toString('base64')}`,
+    'Content-Type: application/x-git-receive-pack-request', `Content-Length: ${body.length}`, '', '',
+  ].join('\r\n'))
+  socket.end(sent, () => socket.destroy())
+  return socket
+}
+
 t.test('a push whose client closes its socket right after sending the pack: refs, post-receive (HEAD follows the first branch) and the repo\'s own hook all happen', async (t) => {
   const w = await startWorker(t)
   await w.addUser('pat', 'pat-password', { 'empty.git': 'write' })
@@ -43,16 +58,7 @@ t.test('a push whose client closes its socket right after sending the pack: refs
   await chmod(path.join(repo, 'hooks', 'post-receive'), 0o755)
   const { body, commit } = await pushBody(w, 'refs/heads/trunk')
 
-  const socket = net.connect(w.port, '127.0.0.1')
-  await new Promise<void>((resolve) => socket.once('connect', resolve))
-  socket.on('error', () => {})
-  socket.on('data', () => {})
-  socket.write([
-    'POST /empty.git/git-receive-pack HTTP/1.1', `Host: 127.0.0.1:${w.port}`,
-    `Authorization: Basic ${Buffer.from('pat:pat-password').toString('base64')}`,
-    'Content-Type: application/x-git-receive-pack-request', `Content-Length: ${body.length}`, '', '',
-  ].join('\r\n'))
-  socket.end(body, () => socket.destroy()) // and gone: no response read
+  const socket = await rawPushAndGo(w, body, body) // and gone: no response read
   await new Promise<void>((resolve) => socket.once('close', () => resolve()))
 
   await waitFor(() => w.logs().some((l) => String(l.msg).includes('the client left after sending the whole request')), 10_000, 'the worker to see the client gone')
@@ -74,15 +80,7 @@ t.test('a client that leaves before its pack is whole: git is stopped and no ref
   await w.addUser('pat', 'pat-password', { 'empty.git': 'write' })
   const repo = path.join(w.reposDir, 'empty.git')
   const { body } = await pushBody(w, 'refs/heads/trunk')
-  const socket = net.connect(w.port, '127.0.0.1')
-  await new Promise<void>((resolve) => socket.once('connect', resolve))
-  socket.on('error', () => {})
-  socket.write([
-    'POST /empty.git/git-receive-pack HTTP/1.1', `Host: 127.0.0.1:${w.port}`,
-    `Authorization: Basic ${Buffer.from('pat:pat-password').toString('base64')}`,
-    'Content-Type: application/x-git-receive-pack-request', `Content-Length: ${body.length}`, '', '',
-  ].join('\r\n'))
-  socket.end(body.subarray(0, body.length - 30), () => socket.destroy()) // the pack's tail never comes
+  await rawPushAndGo(w, body, body.subarray(0, body.length - 30)) // the pack's tail never comes
   await waitFor(() => w.logs().some((l) => l.msg === 'request' && l.route === 'git_receive_pack' && l.status !== undefined), 10_000, 'the access line')
   const refs = await run('git', ['--git-dir', repo, 'for-each-ref'], { env: clientEnv(w.dir) })
   t.equal(refs.stdout, '', 'no ref moved')

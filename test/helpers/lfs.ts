@@ -1,4 +1,5 @@
-import { mkdir } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { mkdir, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { clientEnv, run, type Worker } from './worker.js'
 
@@ -22,4 +23,16 @@ export async function cloneAs(w: Worker, git: Awaited<ReturnType<typeof lfsUser>
   const r = await git(['clone', '-q', ...args, `${w.urlAs(user, password)}/${repo}`, dir])
   if (r.code !== 0) throw new Error(`git clone as ${user}: ${r.stderr}`)
   return dir
+}
+
+/** The SHA-256 of `b`, as an LFS oid. */
+export const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
+
+/** Puts `data` in demo.git's LFS store as the worker keeps it (oid[0:2]/oid[2:4]/oid) and returns its URL path. */
+export async function storeObject(w: Worker, data: Buffer): Promise<string> {
+  const oid = sha256(data)
+  const dir = path.join(w.reposDir, 'demo.git', 'lfs', 'objects', oid.slice(0, 2), oid.slice(2, 4))
+  await mkdir(dir, { recursive: true })
+  await writeFile(path.join(dir, oid), data)
+  return `/demo.git/info/lfs/objects/${oid}`
 }

@@ -299,3 +299,11 @@ export function metric(text: string, name: string, labels: Record<string, string
   }
   return sum
 }
+
+/** Mounts a tmpfs of `size` (`3m`) on `dir` (created; tests run as root) for the test's life: a disk that fills. */
+export async function smallFilesystem(t: T, dir: string, size: string): Promise<void> {
+  await mkdir(dir, { recursive: true })
+  const mounted = await run('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir])
+  if (mounted.code !== 0) throw new Error(`mounting a ${size} filesystem on ${dir} (tests run as root): ${mounted.stderr}`)
+  t.teardown(() => run('umount', ['-l', dir]))
+}

@@ -37,11 +37,17 @@ async function freshBundles(t: Test, w: Worker, hg: Awaited<ReturnType<typeof hg
   return generatedAt(w)
 }
 
-t.test('a bundle holding a changeset the repo no longer serves is withdrawn at once, then made again: strip, secret phase, rollback, obsolescence', async (t) => {
+/** A worker whose demo-hg hana may push to, with its first clone bundles made. */
+async function withBundles(t: Test): Promise<{ w: Worker; hg: Awaited<ReturnType<typeof hgClient>>; made: number }> {
   const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': DELAY_MS })
   const hg = await hgClient(w)
   await w.addUser('hana', 'hana-password', { 'demo-hg': 'write' })
-  let made = await freshBundles(t, w, hg, 0, 'seed')
+  return { w, hg, made: await freshBundles(t, w, hg, 0, 'seed') }
+}
+
+t.test('a bundle holding a changeset the repo no longer serves is withdrawn at once, then made again: strip, secret phase, rollback, obsolescence', async (t) => {
+  const { w, hg, made: seeded } = await withBundles(t)
+  let made = seeded
 
   // two new changesets pushed, bundles made with them in
   const work = path.join(w.dir, 'work')
@@ -113,10 +119,7 @@ t.test('a bundle holding a changeset the repo no longer serves is withdrawn at o
 })
 
 t.test('a push keeps the stale bundles listed (a clone applies one and pulls the rest); an old record without heads is made again', async (t) => {
-  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': DELAY_MS })
-  const hg = await hgClient(w)
-  await w.addUser('hana', 'hana-password', { 'demo-hg': 'write' })
-  const made = await freshBundles(t, w, hg, 0, 'seed')
+  const { w, hg, made } = await withBundles(t)
   const work = path.join(w.dir, 'seed2')
   t.equal((await hg(['clone', `${w.url}/demo-hg`, 'seed2'])).code, 0)
   await writeFile(path.join(work, 'new.txt'), 'new\n')

@@ -3,8 +3,8 @@ import type * as Tap from 'tap'
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import http from 'node:http'
-import { mkdir, readFile, writeFile, appendFile } from 'node:fs/promises'
-import { startWorker, spawnWorker, fixtureDir, run, rawRequest, processesMatching, waitFor, CLI, clientEnv, type Worker } from '../helpers/worker.js'
+import { readFile, writeFile, appendFile } from 'node:fs/promises'
+import { startWorker, spawnWorker, fixtureDir, run, rawRequest, processesMatching, waitFor, CLI, clientEnv, smallFilesystem, type Worker } from '../helpers/worker.js'
 
 /** An hg client with its own hgrc (identity; credentials for the worker when given). */
 async function hgClient(w: Worker, creds?: { user: string; password: string }) {
@@ -334,10 +334,7 @@ t.test('a push to a private repo sends its bundle once: the client is authentica
 t.test('an hg push that runs out of disk: the client reads why, the worker logs hg\'s traceback, the repo is intact', async (t) => {
   const w = await startWorker(t, { 'hg-processes': '1' })
   const mnt = path.join(w.reposDir, 'small-hg')
-  await mkdir(mnt)
-  const mounted = await run('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', mnt])
-  t.equal(mounted.code, 0, `a 3 MiB filesystem for the repo (tests run as root): ${mounted.stderr}`)
-  t.teardown(() => run('umount', ['-l', mnt]))
+  await smallFilesystem(t, mnt, '3m')
   const local = (args: string[], cwd = w.dir) => run('hg', args, { cwd, env: clientEnv(w.dir, { HGRCPATH: '', HGUSER: 'Test <t@example.invalid>' }) })
   t.equal((await local(['init', mnt])).code, 0)
   await w.store.setRepo('small-hg', 'hg', true)

@@ -1,16 +1,15 @@
 import t from 'tap'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
-import { mkdir, readlink, stat, writeFile } from 'node:fs/promises'
+import { readlink, stat } from 'node:fs/promises'
 import http from 'node:http'
 import net from 'node:net'
 import { finished } from 'node:stream/promises'
 import path from 'node:path'
 import { processesMatching, rawRequest, startWorker, waitFor, type Worker } from '../helpers/worker.js'
-import { routeRequests } from '../helpers/lfs.js'
+import { routeRequests, storeObject } from '../helpers/lfs.js'
 import { PACK_RELAY } from '../../src/process/relay.js'
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const downloads = (w: Worker) => routeRequests(w, 0, 'lfs_download')
 
 /** Relay processes with what their stdout is: a socket while serving, /dev/null while a spare waits. */
@@ -21,14 +20,6 @@ async function relays(): Promise<{ pid: number; cmd: string; serving: boolean }[
 const spares = async () => (await relays()).filter((r) => r.cmd.includes('--wait') && !r.serving).map((r) => r.pid)
 const serving = async () => (await relays()).filter((r) => r.serving)
 
-/** Puts `data` in demo.git's LFS store as the worker keeps it (oid[0:2]/oid[2:4]/oid) and returns its URL path. */
-async function storeObject(w: Worker, data: Buffer): Promise<string> {
-  const oid = sha(data)
-  const dir = path.join(w.reposDir, 'demo.git', 'lfs', 'objects', oid.slice(0, 2), oid.slice(2, 4))
-  await mkdir(dir, { recursive: true })
-  await writeFile(path.join(dir, oid), data)
-  return `/demo.git/info/lfs/objects/${oid}`
-}
 
 t.test('an LFS object of 1 MiB or more goes out through the relay: whole, ranged, counted, the connection closed after it', async (t) => {
   const w = await startWorker(t)

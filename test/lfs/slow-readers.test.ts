@@ -1,24 +1,14 @@
 import t from 'tap'
-import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
 import http from 'node:http'
-import path from 'node:path'
 import { metric, rawRequest, startWorker, waitFor, type Worker } from '../helpers/worker.js'
+import { storeObject } from '../helpers/lfs.js'
 
 /**
  * Slow readers of file downloads must not deny a repository to others. Each attacker's
  * connection reads a little now and then (never idle long enough for idleTimeoutMs), from
  * addresses a trusted proxy names in X-Forwarded-For.
  */
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
-
-async function storeObject(w: Worker, data: Buffer): Promise<string> {
-  const oid = sha(data)
-  const dir = path.join(w.reposDir, 'demo.git', 'lfs', 'objects', oid.slice(0, 2), oid.slice(2, 4))
-  await mkdir(dir, { recursive: true })
-  await writeFile(path.join(dir, oid), data)
-  return `/demo.git/info/lfs/objects/${oid}`
-}
 
 interface Slow {
   status?: number

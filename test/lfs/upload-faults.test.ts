@@ -1,9 +1,9 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, readdir, stat } from 'node:fs/promises'
+import { readdir, stat } from 'node:fs/promises'
 import http from 'node:http'
 import path from 'node:path'
-import { clientEnv, FIXTURE_REPOS, fixtureDir, run, spawnWorker, startWorker, TEST_SCRYPT, waitFor } from '../helpers/worker.js'
+import { clientEnv, FIXTURE_REPOS, fixtureDir, run, smallFilesystem, spawnWorker, startWorker, TEST_SCRYPT, waitFor } from '../helpers/worker.js'
 import { openSqliteStore } from '../../src/auth/sqlite-store.js'
 import { hashPassword } from '../../src/auth/password.js'
 
@@ -13,10 +13,7 @@ const alice = `Basic ${Buffer.from('alice:alice-pw').toString('base64')}`
 t.test('LFS uploads the disk cannot take: 507 with the LFS error body, nothing left behind', async (t) => {
   const w = await startWorker(t, { 'disk-free-floor-bytes': '0' })
   const repo = path.join(w.reposDir, 'small.git')
-  await mkdir(repo)
-  const mounted = await run('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', repo])
-  t.equal(mounted.code, 0, `a 3 MiB filesystem for the repo (tests run as root): ${mounted.stderr}`)
-  t.teardown(() => run('umount', ['-l', repo]))
+  await smallFilesystem(t, repo, '3m')
   t.equal((await run('git', ['init', '-q', '--bare', repo], { env: clientEnv(w.dir) })).code, 0)
   await w.store.setRepo('small.git', 'git', false)
   await w.addUser('alice', 'alice-pw', { 'small.git': 'write' })
