@@ -97,6 +97,12 @@ export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: s
 function sendChunks(reply: FastifyReply, source: ChunkSource, pace: Pace): Promise<FastifyReply> {
   const res = reply.raw
   reply.hijack()
+  // the connection closed already (the client left while a relay was tried): nothing to send,
+  // and no 'close' will come to end this answer
+  if (res.closed || res.destroyed) {
+    source.destroy()
+    return new Promise((resolve) => resolve(reply))
+  }
   for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) res.setHeader(k, v)
   res.writeHead(reply.statusCode)
   const stopWatch = watchPace(res.socket, pace, () => {
