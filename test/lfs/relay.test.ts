@@ -1,7 +1,7 @@
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
-import { readlink, stat } from 'node:fs/promises'
+import { readFile, readlink, stat } from 'node:fs/promises'
 import http from 'node:http'
 import net from 'node:net'
 import { finished } from 'node:stream/promises'
@@ -12,9 +12,23 @@ import { PACK_RELAY } from '../../src/process/relay.js'
 
 const downloads = (w: Worker) => routeRequests(w, 0, 'lfs_download')
 
-/** Relay processes with what their stdout is: a socket while serving, /dev/null while a spare waits. */
+/** The parent of process `pid` (0 when it is gone). */
+async function parentOf(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+  return Number(stat.slice(stat.lastIndexOf(')') + 4).split(' ')[0] ?? 0)
+}
+
+/**
+ * This test process's relay processes (started by its worker's spawn helper: their grandparent is
+ * this process; other test files running at once have relays of their own), with what their
+ * stdout is: a socket while serving, /dev/null while a spare waits.
+ */
 async function relays(): Promise<{ pid: number; cmd: string; serving: boolean }[]> {
-  const found = await processesMatching(PACK_RELAY)
+  const found = []
+  for (const p of await processesMatching(PACK_RELAY)) {
+    const parent = await parentOf(p.pid)
+    if (parent === process.pid || (await parentOf(parent)) === process.pid) found.push(p)
+  }
   return Promise.all(found.map(async (p) => ({ ...p, serving: (await readlink(`/proc/${p.pid}/fd/1`).catch(() => '')).startsWith('socket:') })))
 }
 const spares = async () => (await relays()).filter((r) => r.cmd.includes('--wait') && !r.serving).map((r) => r.pid)
