@@ -192,23 +192,16 @@ export class Admission {
     const l = this.limits
     if (this.transfers >= l.transferLimit || (this.transfersPerRepo.get(repo) ?? 0) >= l.transferRepoLimit || (this.transfersPerClient.get(client) ?? 0) >= l.transferClientLimit) {
       this.events.rejected?.('queue_full', 'transfer')
-      return this.busyTransfers()
+      throw new ServiceUnavailableError('server busy: too many downloads in progress; try again in a few seconds', RETRY_AFTER_S)
     }
     this.transfers++
     count(this.transfersPerRepo, repo, 1)
     count(this.transfersPerClient, client, 1)
-    let released = false
-    return () => {
-      if (released) return
-      released = true
+    return once(() => {
       this.transfers--
       count(this.transfersPerRepo, repo, -1)
       count(this.transfersPerClient, client, -1)
-    }
-  }
-
-  private busyTransfers(): never {
-    throw new ServiceUnavailableError('server busy: too many downloads in progress; try again in a few seconds', RETRY_AFTER_S)
+    })
   }
 
   private canStart(repo: string, client: string, cls: WorkClass): boolean {
@@ -223,16 +216,13 @@ export class Admission {
     if (cls === 'full') this.activeFull++
     count(this.perRepo, repo, 1)
     count(this.perClient, client, 1)
-    let released = false
-    return () => {
-      if (released) return
-      released = true
+    return once(() => {
       this.active--
       if (cls === 'full') this.activeFull--
       count(this.perRepo, repo, -1)
       count(this.perClient, client, -1)
       this.pump()
-    }
+    })
   }
 
   /** Starts every waiter that fits now, incremental ones first; a waiter blocked by its repo's limit does not hold up others. */
@@ -253,6 +243,16 @@ export class Admission {
       draining: 'server is restarting; try again in a few seconds',
     }[reason]
     return new ServiceUnavailableError(message, RETRY_AFTER_S)
+  }
+}
+
+/** A release that gives its slot back once, however often it is called. */
+function once(release: () => void): Release {
+  let released = false
+  return () => {
+    if (released) return
+    released = true
+    release()
   }
 }
 
