@@ -26,18 +26,19 @@ if ((${#need_pkgs[@]})); then
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "setup: installing npm dependencies" >&2
+  echo "setup: installing npm dependencies (the first time, better-sqlite3 may be compiled from source: a few minutes)" >&2
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
 npx --no-install tsc -p tsconfig.json
+chmod +x dist/src/cli/main.js # the package's bin: runnable through a symlink on PATH
 bash scripts/build-native.sh
 
 if [ ! -d data/repos ]; then
-  mkdir -p data
+  mkdir -p -m 0700 data # the account store's password hashes are the owner's alone
   cp -a repos-fixture data/repos.tmp && mv data/repos.tmp data/repos
   for r in demo.git team/project.git empty.git demo-hg; do
-    node dist/src/cli/main.js repo visibility "$r" public --data data >/dev/null
+    node dist/src/cli/main.js repo visibility "$r" public --data data --init >/dev/null
   done
   echo "setup: seeded data/repos from repos-fixture/ (public demo repos)" >&2
 fi

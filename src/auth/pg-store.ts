@@ -254,6 +254,44 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
     async removeUser(name) {
       if (!(await query('DELETE FROM users WHERE name = $1 RETURNING id', [name])).length) throw new StoreNotFoundError(`no such user: ${name}`)
     },
+    async renameUser(from, to) {
+      try {
+        if (!(await query('UPDATE users SET name = $1 WHERE name = $2 RETURNING id', [to, from])).length) throw new StoreNotFoundError(`no such user: ${from}`)
+      } catch (err) {
+        if (err instanceof StoreConflictError) throw new StoreConflictError(`user ${to} already exists`)
+        throw err
+      }
+    },
+    async moveRepo(from, to) {
+      if (hasNul(from) || (to !== null && hasNul(to))) return { grants: 0, protections: 0, locks: 0 }
+      const client = await pool.connect().catch((err) => { throw unavailable(err) })
+      try {
+        await client.query('BEGIN')
+        const tables = ['repos', 'grants', 'protections', 'lfs_locks'] as const
+        const col = (t: string) => (t === 'repos' ? 'name' : 'repo')
+        if (to !== null) {
+          for (const t of tables) {
+            if ((await client.query(`SELECT 1 FROM ${t} WHERE ${col(t)} = $1 LIMIT 1`, [to])).rowCount) throw new StoreConflictError(`the store already holds records for ${to}`)
+          }
+        }
+        const counts: number[] = []
+        for (const t of tables) {
+          const r = to === null
+            ? await client.query(`DELETE FROM ${t} WHERE ${col(t)} = $1`, [from])
+            : await client.query(`UPDATE ${t} SET ${col(t)} = $1 WHERE ${col(t)} = $2`, [to, from])
+          counts.push(r.rowCount ?? 0)
+        }
+        await client.query('COMMIT')
+        return { grants: counts[1]!, protections: counts[2]!, locks: counts[3]! }
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => {})
+        if (isUnavailable(err)) throw unavailable(err)
+        if ((err as { code?: string }).code === '23505') throw new StoreConflictError(`the store already holds records for ${to}`)
+        throw err
+      } finally {
+        client.release()
+      }
+    },
     async addToken(name, hash, expiresAt) {
       const [row] = await query<{ id: number }>('INSERT INTO tokens (user_id, hash, expires_at, created_at) VALUES ($1, $2, $3, $4) RETURNING id', [await userId(name), hash, expiresAt, now()])
       return row!.id

@@ -119,6 +119,9 @@ export function levelAllows(level: Level | undefined, action: Action): boolean {
   }
 }
 
+/** Why a credential was not accepted, for the access log. */
+interface Why { reason?: string }
+
 async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void> {
   const { store, realm } = opts
   const cache = new CredentialCache(opts.cacheTtlMs ?? 60_000)
@@ -137,22 +140,25 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
   const challenge = (msg: string): UnauthorizedError => new UnauthorizedError(msg, realm)
 
   /** A token (Bearer, or a token-shaped Basic password): one hash lookup, no KDF. */
-  async function verifyToken(creds: Credentials): Promise<CachedIdentity | undefined> {
+  async function verifyToken(creds: Credentials, why: Why = {}): Promise<CachedIdentity | undefined> {
     const token = await store.findToken(hashToken(creds.secret))
-    if (!token || token.revokedAt !== null) return undefined
-    if (token.expiresAt !== null && token.expiresAt * 1000 <= Date.now()) return undefined
+    if (!token) return void (why.reason = 'unknown token')
+    if (token.revokedAt !== null) return void (why.reason = `token ${token.id} revoked`)
+    if (token.expiresAt !== null && token.expiresAt * 1000 <= Date.now()) return void (why.reason = `token ${token.id} expired`)
     // With Basic, the token must belong to the user named (git sends user + token as password).
-    if (creds.scheme === 'basic' && creds.username !== token.userName) return undefined
+    if (creds.scheme === 'basic' && creds.username !== token.userName) return void (why.reason = `token ${token.id} belongs to another user`)
     // for `token list`, written at most hourly; a store that cannot take it costs the request nothing
     store.touchToken(token.id).catch((err: unknown) => app.log.debug({ err }, 'could not note a token\'s use'))
     return { id: token.userId, name: token.userName, via: 'token', expiresAt: token.expiresAt === null ? undefined : token.expiresAt * 1000 }
   }
 
   /** A password: the slow KDF, through the bounded, single-flight verifier. */
-  async function verifyUserPassword(creds: Credentials & { scheme: 'basic' }, key: string): Promise<CachedIdentity | undefined> {
+  async function verifyUserPassword(creds: Credentials & { scheme: 'basic' }, key: string, why: Why = {}): Promise<CachedIdentity | undefined> {
     const user = await store.findUser(creds.username)
     // an unknown user costs the same derivation, so response time does not reveal who exists
     const ok = await verifier.verify(key, creds.secret, user ? user.passwordHash : await dummyPasswordHash(scryptParams))
+    if (!user) why.reason = 'unknown user'
+    else if (!ok) why.reason = 'wrong password'
     return ok && user ? { id: user.id, name: user.name, via: 'password' } : undefined
   }
 
@@ -213,19 +219,24 @@ async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void
       // throttled: unless an operator unlocked the user or the address since (`user unlock`)
       if (wait > 0) wait = await waits({ user: await unlockedSince(`user:${name}`), address: await unlockedSince(`address:${req.ip}`) })
       if (wait > 0) {
+        if (req.accessRecord) req.accessRecord.login = { user: name.slice(0, 64), reason: 'throttled (too many failed logins)' }
         req.log.info({ user_tried: name.slice(0, 64), ip: req.ip }, 'password login throttled')
         throw throttled(wait)
       }
     }
     let identity: CachedIdentity | undefined
+    const why: Why = {}
     try {
-      identity = isToken ? await verifyToken(creds) : await verifyUserPassword(creds as Credentials & { scheme: 'basic' }, key)
+      identity = isToken ? await verifyToken(creds, why) : await verifyUserPassword(creds as Credentials & { scheme: 'basic' }, key, why)
     } catch (err) {
       if (err instanceof PasswordQueueFullError) throw new ServiceUnavailableError('server busy checking passwords; try again in a few seconds')
       throw err
     }
     if (!identity) {
-      req.log.info({ ip: req.ip, scheme: creds.scheme }, 'authentication failed')
+      // the audit trail: who was tried and why it failed, never the secret
+      const tried = creds.scheme === 'basic' ? creds.username.slice(0, 64) : undefined
+      if (req.accessRecord) req.accessRecord.login = { user: tried, reason: why.reason ?? 'invalid credentials' }
+      req.log.info({ ip: req.ip, scheme: creds.scheme, user_tried: tried, reason: why.reason }, 'authentication failed')
       if (isToken) {
         const wait = await throttle.retryAfter(TOKENS, req.ip)
         if (wait > 0 && (await throttle.retryAfter(TOKENS, req.ip, await unlockedSince(`address:${req.ip}`))) > 0) throw throttled(wait)

@@ -4,8 +4,9 @@
  * Changes by other processes are seen through `PRAGMA data_version`, which changes whenever
  * another connection commits (sqlite.org/pragma.html#pragma_data_version).
  */
+import { closeSync, existsSync, openSync } from 'node:fs'
 import Database from 'better-sqlite3'
-import { LOCKED_AMONG_BATCH, type AuthStore, type GrantRecord, type Level, type LockRecord, type Protection, type RepoRecord, type StoreDump, type TokenRecord, type UserRecord } from './store.js'
+import { LOCKED_AMONG_BATCH, type AuthStore, type RepoRecords, type GrantRecord, type Level, type LockRecord, type Protection, type RepoRecord, type StoreDump, type TokenRecord, type UserRecord } from './store.js'
 import { SchemaTooNewError, StoreConflictError, StoreNotFoundError } from './store.js'
 
 /** How stale a cached credential may be after another process changed the store. */
@@ -64,6 +65,9 @@ const TOUCH_EVERY_S = 3600
 
 /** Opens (creating and migrating as needed) the store at `file`. */
 export function openSqliteStore(file: string): AuthStore {
+  // password hashes live here: a new store is readable by its owner only (SQLite gives the
+  // -wal and -shm files the database's own mode)
+  if (!existsSync(file)) closeSync(openSync(file, 'a', 0o600))
   const db = new Database(file)
   db.pragma('journal_mode = WAL')
   db.pragma('busy_timeout = 5000')
@@ -152,6 +156,30 @@ export function openSqliteStore(file: string): AuthStore {
     async removeUser(name) {
       wroteHere = true
       if (db.prepare('DELETE FROM users WHERE name = ?').run(name).changes === 0) throw new StoreNotFoundError(`no such user: ${name}`)
+    },
+    async renameUser(from, to) {
+      wroteHere = true
+      try {
+        if (db.prepare('UPDATE users SET name = ? WHERE name = ?').run(to, from).changes === 0) throw new StoreNotFoundError(`no such user: ${from}`)
+      } catch (err) {
+        if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw new StoreConflictError(`user ${to} already exists`)
+        throw err
+      }
+    },
+    async moveRepo(from, to) {
+      wroteHere = true
+      return db.transaction((): RepoRecords => {
+        const tables = ['repos', 'grants', 'protections', 'lfs_locks'] as const
+        const col = (t: string) => (t === 'repos' ? 'name' : 'repo')
+        if (to !== null) {
+          const held = tables.reduce((n, t) => n + (db.prepare(`SELECT COUNT(*) AS n FROM ${t} WHERE ${col(t)} = ?`).get(to) as { n: number }).n, 0)
+          if (held > 0) throw new StoreConflictError(`the store already holds records for ${to}`)
+        }
+        const counts = tables.map((t) => (to === null
+          ? db.prepare(`DELETE FROM ${t} WHERE ${col(t)} = ?`).run(from)
+          : db.prepare(`UPDATE ${t} SET ${col(t)} = ? WHERE ${col(t)} = ?`).run(to, from)).changes)
+        return { grants: counts[1]!, protections: counts[2]!, locks: counts[3]! }
+      })()
     },
     async addToken(name, hash, expiresAt) {
       wroteHere = true
@@ -291,6 +319,9 @@ function migrate(db: Database.Database): void {
   if (current > SQLITE_MIGRATIONS.length) throw new SchemaTooNewError(current, SQLITE_MIGRATIONS.length)
   for (let v = current; v < SQLITE_MIGRATIONS.length; v++) {
     db.transaction(() => {
+      // another process (a second worker starting on a new data dir) may have migrated first:
+      // the version is read again under the write lock
+      if ((db.pragma('user_version', { simple: true }) as number) > v) return
       db.exec(SQLITE_MIGRATIONS[v]!)
       db.pragma(`user_version = ${v + 1}`)
     }).immediate()

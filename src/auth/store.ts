@@ -48,6 +48,13 @@ export interface TokenSummary {
   lastUsedAt: number | null
 }
 
+/** What the store held under one repo name (repo delete, repo rename). */
+export interface RepoRecords {
+  grants: number
+  protections: number
+  locks: number
+}
+
 export interface GrantRecord {
   user: string
   repo: string
@@ -102,6 +109,14 @@ export interface AuthStore {
   addUser(name: string, passwordHash: string): Promise<void>
   setPassword(name: string, passwordHash: string): Promise<void>
   removeUser(name: string): Promise<void>
+  /** renames a user; tokens, grants and locks follow (they hold the user's id). StoreConflictError when `to` exists */
+  renameUser(from: string, to: string): Promise<void>
+  /**
+   * Moves everything the store holds under a repo name (its record, grants, protections, LFS
+   * locks) to `to`, or removes it all when `to` is null; in one transaction. StoreConflictError
+   * when `to` already has records. Returns how many grants, protections and locks it touched.
+   */
+  moveRepo(from: string, to: string | null): Promise<RepoRecords>
   /** stores a token hash; returns the token's id */
   addToken(userName: string, hash: Buffer, expiresAt: number | null): Promise<number>
   revokeToken(userName: string, id: number): Promise<void>

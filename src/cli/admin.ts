@@ -3,12 +3,11 @@
  * opens the same auth store and repos dir as `serve`, so it works while a server runs; the
  * server sees each change on its next request (the store's data_version).
  */
-import { readFileSync } from 'node:fs'
 import { isIP } from 'node:net'
 import { MAX_USER_NAME } from '../auth/credentials.js'
 import type { Config } from '../config/load.js'
 import type { AuthStore, Level } from '../auth/store.js'
-import { LEVELS } from '../auth/store.js'
+import { LEVELS, StoreConflictError, StoreNotFoundError } from '../auth/store.js'
 import { hashPassword } from '../auth/password.js'
 import { hashToken, newToken, TOKEN_PREFIX } from '../auth/tokens.js'
 import { gitRepoName, isBareGitRepo, parseRepoPath, resolveInside, type RepoKind } from '../repos/path.js'
@@ -16,17 +15,21 @@ import { createRepo, isBranchName } from '../repos/create.js'
 import { createGitRunner } from '../git/spawn.js'
 import { hgInit } from '../hg/spawn.js'
 import { access } from 'node:fs/promises'
-import { listGrants, listRepos, listTokens, listUsers, type ListContext } from './list.js'
+import { listGrants, listProtections, listRepos, listTokens, listUsers, type ListContext } from './list.js'
+import { canonicalName, deleteRepo, renameRepo } from './lifecycle.js'
+import { askLine, interactive, readNewPassword } from './prompt.js'
+import { UsageError } from './errors.js'
 import path from 'node:path'
 
-/** A mistake in how a command was called: exit 2. */
-export class UsageError extends Error {}
+export { UsageError }
 
 export interface AdminContext {
   config: Config
   store: AuthStore
-  flags: { git?: boolean; hg?: boolean; public?: boolean; expires?: string; users?: string; json?: boolean; user?: string; repo?: string; address?: string }
+  flags: { git?: boolean; hg?: boolean; public?: boolean; expires?: string; users?: string; json?: boolean; user?: string; repo?: string; address?: string; yes?: boolean }
   out: (line: string) => void
+  /** notes beside the answer (standard error) */
+  warn: (line: string) => void
 }
 
 // eslint-disable-next-line no-control-regex
@@ -40,15 +43,13 @@ export function checkUserName(name: string | undefined): string {
   return n
 }
 
-function readPassword(): string {
-  let text: string
-  try {
-    text = readFileSync(0, 'utf8')
-  } catch {
-    throw new UsageError('give the password on standard input')
-  }
-  const password = text.replace(/\r?\n$/, '')
-  if (password.length < 8) throw new UsageError('password must be at least 8 characters (read from standard input)')
+/** A new password: asked twice at a terminal, else standard input's one line; checked before it is hashed. */
+function readPassword(): Promise<string> {
+  return readNewPassword(checkPassword)
+}
+
+function checkPassword(password: string): string {
+  if (password.length < 8) throw new UsageError('password must be at least 8 characters')
   if (password.length > 1024 || password.includes('\n')) throw new UsageError('password must be one line of at most 1024 characters')
   // a secret of that shape is checked as a token and could never log in as a password
   if (password.startsWith(TOKEN_PREFIX)) throw new UsageError(`a password may not start with ${TOKEN_PREFIX} (that prefix marks access tokens)`)
@@ -58,6 +59,7 @@ function readPassword(): string {
 /** `30d`, `12h`, `45m` or an ISO date → seconds since the epoch. */
 export function parseExpiry(text: string, now = Date.now()): number {
   const rel = /^(\d+)([dhm])$/.exec(text)
+  if (rel && Number(rel[1]) === 0) throw new UsageError(`--expires ${text}: a token must live at least a minute (omit --expires for one that does not expire)`)
   if (rel) return Math.floor(now / 1000) + Number(rel[1]) * { d: 86400, h: 3600, m: 60 }[rel[2] as 'd' | 'h' | 'm']
   const abs = Date.parse(text)
   if (Number.isNaN(abs) || !/^\d{4}-\d{2}-\d{2}/.test(text)) throw new UsageError(`bad --expires ${JSON.stringify(text)}: use 30d, 12h, 45m or a date like 2027-01-31`)
@@ -83,13 +85,45 @@ export async function findRepoByPath(config: Config, text: string): Promise<{ na
   throw new Error(`no repository ${text} in ${config.reposDir}`)
 }
 
+/**
+ * The store's name for a repo given on the command line: the repo on disk, or, when it is gone
+ * (removed by hand), the name under which the store still holds grants or protections, so
+ * they can be listed and revoked.
+ */
+async function storedRepoName(config: Config, store: AuthStore, text: string): Promise<string> {
+  try {
+    return (await findRepoByPath(config, text)).name
+  } catch (err) {
+    if (err instanceof UsageError) throw err
+    for (const kind of ['git', 'hg'] as const) {
+      const name = canonicalName(text, kind)
+      if ((await store.listGrants({ repo: name })).length || (await store.protections(name)).length) return name
+    }
+    throw err
+  }
+}
+
+/** Users named in `--users` must exist: a typo would protect a branch for nobody. */
+async function existingUsers(store: AuthStore, list: string): Promise<string[]> {
+  const users = list.split(',').map((u) => checkUserName(u.trim()))
+  const missing = []
+  for (const u of users) if (!(await store.findUser(u))) missing.push(u)
+  if (missing.length) throw new StoreNotFoundError(`no such user${missing.length > 1 ? 's' : ''}: ${missing.join(', ')}`)
+  return users
+}
+
 function level(text: string | undefined): Level {
   if (!LEVELS.includes(text as Level)) throw new UsageError(`level must be one of ${LEVELS.join(', ')}`)
   return text as Level
 }
 
 function arity(args: string[], n: number, usage: string): void {
-  if (args.length !== n) throw new UsageError(`usage: vcs-worker ${usage}`)
+  if (args.length === n) return
+  const words = usage.split(/\s+/)
+  const command = words.filter((w, i) => /^[a-z]/.test(w) && words.slice(0, i).every((x) => /^[a-z]/.test(x))).join(' ')
+  const operands = words.filter((w) => /^[A-Z][A-Z|-]*$/.test(w))
+  const reason = args.length < n ? `missing ${operands[args.length] ?? 'an argument'}` : `unexpected ${args.slice(n).map((a) => JSON.stringify(a)).join(' ')}`
+  throw new UsageError(`${command}: ${reason}`, `usage: vcs-worker ${usage}`)
 }
 
 /** Runs one administrative command; `args` excludes the command word. */
@@ -111,22 +145,50 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       // `grant list` takes no operands; `grant NAME PATH LEVEL` takes three, so a user named list still gets grants
       if (rest.length === 0) {
         if (flags.user && flags.repo) throw new UsageError('grant list takes --user NAME or --repo PATH, not both')
-        const repo = flags.repo ? (await findRepoByPath(config, flags.repo)).name : undefined
+        const repo = flags.repo ? await storedRepoName(config, store, flags.repo) : undefined
         return listGrants(listing, { user: flags.user ? checkUserName(flags.user) : undefined, repo })
       }
       break
     }
     case 'user add': {
-      arity(rest, 1, 'user add NAME  (password on stdin)')
+      arity(rest, 1, 'user add NAME  (password at the prompt or on standard input)')
       const name = checkUserName(rest[0])
-      await store.addUser(name, await hashPassword(readPassword()))
+      // told before the password is asked for
+      if (await store.findUser(name)) throw new StoreConflictError(`user ${name} already exists`)
+      await store.addUser(name, await hashPassword(await readPassword()))
       return out(`added user ${name}`)
     }
     case 'user passwd': {
-      arity(rest, 1, 'user passwd NAME  (password on stdin)')
+      arity(rest, 1, 'user passwd NAME  (password at the prompt or on standard input)')
       const name = checkUserName(rest[0])
-      await store.setPassword(name, await hashPassword(readPassword()))
+      if (!(await store.findUser(name))) throw new StoreNotFoundError(`no such user: ${name}`)
+      await store.setPassword(name, await hashPassword(await readPassword()))
       return out(`changed the password of ${name}`)
+    }
+    case 'user rename': {
+      arity(rest, 2, 'user rename NAME NEW-NAME')
+      const [from, to] = [checkUserName(rest[0]), checkUserName(rest[1])]
+      await store.renameUser(from, to)
+      return out(`renamed user ${from} to ${to} (tokens, grants and locks kept)`)
+    }
+    case 'protect list': {
+      if (rest.length > 1) throw new UsageError(`protect list: unexpected ${rest.slice(1).join(' ')}`, 'usage: vcs-worker protect list [PATH] [--json]')
+      return listProtections(listing, rest[0] === undefined ? undefined : await storedRepoName(config, store, rest[0]))
+    }
+    case 'repo delete': {
+      arity(rest, 1, 'repo delete PATH --yes')
+      const repo = await findRepoByPath(config, rest[0]!)
+      if (!flags.yes) {
+        if (!interactive()) throw new UsageError(`repo delete removes ${repo.name} and everything in it for good: add --yes`, 'usage: vcs-worker repo delete PATH --yes')
+        const typed = await askLine(`This deletes ${repo.name} and its history for good. Type its name to go on: `, false)
+        if (typed.trim() !== repo.name && canonicalName(typed.trim() || '-', repo.kind) !== repo.name) throw new UsageError('the name typed does not match: nothing was deleted')
+      }
+      return out(await deleteRepo(config, store, repo))
+    }
+    case 'repo rename': {
+      arity(rest, 2, 'repo rename PATH NEW-PATH')
+      const repo = await findRepoByPath(config, rest[0]!)
+      return out(await renameRepo(config, store, repo, rest[1]!))
     }
     case 'user unlock': {
       // by name, by address, or both: failures before now no longer count, on every worker
@@ -185,8 +247,15 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
         if ((err as { code?: string }).code === 'VCS_BAD_REQUEST') throw new UsageError(`bad repository path: ${(err as Error).message}`)
         throw err
       }
+      const leftovers = await store.listGrants({ repo: name })
+      const protections = await store.protections(name)
       await store.setRepo(name, kind, Boolean(flags.public))
-      return out(`created ${kind} repository ${name}${flags.public ? ' (public)' : ' (private)'}`)
+      out(`created ${kind} repository ${name}${flags.public ? ' (public)' : ' (private)'}`)
+      if (leftovers.length || protections.length) {
+        const what = [...leftovers.map((g) => `${g.user} (${g.level})`), ...protections.map((p) => `protection ${p.pattern}`)]
+        ctx.warn(`warning: the store already held records for ${name}, left by a repo of that name removed by hand; they apply to this one now: ${what.join(', ')} (vcs-worker grant list --repo ${name}; vcs-worker repo delete removes a repo with its records)`)
+      }
+      return
     }
     case 'repo default-branch': {
       arity(rest, 2, 'repo default-branch PATH BRANCH')
@@ -209,33 +278,35 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       const name = checkUserName(args[0])
       const lvl = level(args[2])
       const repo = await findRepoByPath(config, args[1]!)
+      const before = (await store.listGrants({ user: name, repo: repo.name }))[0]?.level
       await store.setGrant(name, repo.name, lvl)
-      return out(`${name} has ${lvl} on ${repo.name}`)
+      const lowered = before !== undefined && LEVELS.indexOf(before) > LEVELS.indexOf(lvl)
+      return out(`${name} has ${lvl} on ${repo.name}${lowered ? ` (lowered from ${before})` : before && before !== lvl ? ` (raised from ${before})` : ''}`)
     }
     case 'revoke': {
       arity(args, 2, 'revoke NAME PATH')
       const name = checkUserName(args[0])
-      const repo = await findRepoByPath(config, args[1]!)
-      await store.removeGrant(name, repo.name)
-      return out(`${name} has no grant on ${repo.name}`)
+      const repo = await storedRepoName(config, store, args[1]!)
+      await store.removeGrant(name, repo)
+      return out(`${name} has no grant on ${repo}`)
     }
     case 'protect': {
       arity(args, 2, 'protect PATH REF-PATTERN [--users a,b]')
       const repo = await findRepoByPath(config, args[0]!)
       // hg pushes do not pass the git ref hooks that enforce it: refusing beats a rule that does nothing
       if (repo.kind !== 'git') throw new UsageError(`${repo.name} is an hg repository: branch protection is enforced on git pushes only`)
-      const users = flags.users ? flags.users.split(',').map((u) => checkUserName(u.trim())) : []
       if (!/^[A-Za-z0-9._\-/*]+$/.test(args[1]!)) throw new UsageError('ref pattern: letters, digits, . _ - / and *')
+      const users = flags.users ? await existingUsers(store, flags.users) : []
       await store.setProtection(repo.name, args[1]!, users)
       return out(`${repo.name}: ${args[1]} is protected${users.length ? `, writable by ${users.join(', ')}` : ''}`)
     }
     case 'unprotect': {
       arity(args, 2, 'unprotect PATH REF-PATTERN')
-      const repo = await findRepoByPath(config, args[0]!)
-      await store.removeProtection(repo.name, args[1]!)
-      return out(`${repo.name}: ${args[1]} is no longer protected`)
+      const repo = await storedRepoName(config, store, args[0]!)
+      await store.removeProtection(repo, args[1]!)
+      return out(`${repo}: ${args[1]} is no longer protected`)
     }
     default:
-      throw new UsageError(`unknown command: ${[command, sub].filter(Boolean).join(' ')}`)
+      throw new UsageError(`unknown command: ${[command, sub].filter(Boolean).join(' ')}`, 'see: vcs-worker --help')
   }
 }

@@ -48,6 +48,14 @@ export async function listGrants(ctx: ListContext, filter: { user?: string; repo
   print(ctx, grants as unknown as Record<string, unknown>[], [['REPO', (g) => String(g.repo)], ['USER', (g) => String(g.user)], ['LEVEL', (g) => String(g.level)]])
 }
 
+/** Protected ref patterns: of one repo, or of every git repo on disk. */
+export async function listProtections(ctx: ListContext, repo?: string): Promise<void> {
+  const repos = repo !== undefined ? [repo] : (await findRepos(path.resolve(ctx.config.reposDir))).filter((r) => r.kind === 'git').map((r) => r.name)
+  const rows: Record<string, unknown>[] = []
+  for (const name of repos) for (const p of await ctx.store.protections(name)) rows.push({ repo: name, pattern: p.pattern, users: p.users })
+  print(ctx, rows, [['REPO', (r) => String(r.repo)], ['PATTERN', (r) => String(r.pattern)], ['WRITABLE BY', (r) => ((r.users as string[]).length ? (r.users as string[]).join(',') : 'anyone with write (no force-push, no delete)')]])
+}
+
 /** Repos on disk (git: `*.git` with HEAD; hg: a dir with `.hg`), with their visibility from the store. */
 export async function listRepos(ctx: ListContext): Promise<void> {
   const known = new Map((await ctx.store.listRepos()).map((r) => [r.name, r]))

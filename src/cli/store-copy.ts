@@ -10,7 +10,7 @@ import { openSqliteStore } from '../auth/sqlite-store.js'
 import { isPostgresUrl } from '../auth/open.js'
 import { StoreConflictError, type AuthStore } from '../auth/store.js'
 import type { Config } from '../config/load.js'
-import { UsageError } from './admin.js'
+import { UsageError } from './errors.js'
 
 async function open(where: string, config: Config, mustExist: boolean): Promise<AuthStore> {
   if (isPostgresUrl(where)) {

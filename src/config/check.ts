@@ -6,6 +6,7 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
 import type { TSchema } from '@sinclair/typebox'
+import { nearest } from './nearest.js'
 
 const ajv = new Ajv({ allErrors: true, strict: true, verbose: true })
 ajv.addKeyword({ keyword: 'flag', schemaType: 'string' })
@@ -44,7 +45,8 @@ function describe(e: ErrorObject, what: string, where?: string): string {
   switch (e.keyword) {
     case 'additionalProperties': {
       const extra = (e.params as { additionalProperty: string }).additionalProperty
-      return `${key ? `${key}.` : ''}${extra}: unknown ${what} key${where ? ` (in ${where})` : ''}`
+      const near = nearest(extra, Object.keys((e.parentSchema as { properties?: object } | undefined)?.properties ?? {}))
+      return `${key ? `${key}.` : ''}${extra}: unknown ${what} key${where ? ` (in ${where})` : ''}${near ? `; did you mean ${near}?` : ''}`
     }
     case 'required': return `${key ? `${key}.` : ''}${(e.params as { missingProperty: string }).missingProperty}: required`
     case 'type': {

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseIntoClientConfig } from 'pg-connection-string'
 import { ConfigError } from '../errors.js'
+import { INSTALL_ROOT } from '../install.js'
 import { schemaProblems } from './check.js'
 import { defaultSettings, envOf, flagOf, kindOf, SETTING_KEYS, SETTINGS, type Settings } from './schema.js'
 
@@ -45,26 +46,40 @@ interface Source {
 export function loadConfig(src: Source): Config {
   const problems: string[] = []
   const raw: Record<string, unknown> = defaultSettings()
+  const cwd = src.cwd ?? process.cwd()
+  // what a relative dataDir or reposDir is relative to: the install for the default (every
+  // command finds the same store from any directory), the config file's own dir for the file's,
+  // the current directory for the environment's and the flags'
+  const base: Partial<Record<keyof Settings, string>> = { dataDir: INSTALL_ROOT }
   const configFile = src.flags.config ?? src.env.VCS_WORKER_CONFIG
-  // a file's unknown keys come along, for the schema to name them
-  if (typeof configFile === 'string') Object.assign(raw, readConfigFile(configFile, problems))
+  if (typeof configFile === 'string') {
+    // a file's unknown keys come along, for the schema to name them
+    const fromFile = readConfigFile(configFile, problems)
+    Object.assign(raw, fromFile)
+    for (const key of ['dataDir', 'reposDir'] as const) if (key in fromFile) base[key] = path.dirname(path.resolve(cwd, configFile))
+  }
   for (const key of SETTING_KEYS) {
     const fromEnv = src.env[envOf(key)]
-    if (fromEnv !== undefined && fromEnv !== '') raw[key] = coerce(key, fromEnv, envOf(key), problems) ?? raw[key]
+    if (fromEnv !== undefined && fromEnv !== '') {
+      raw[key] = coerce(key, fromEnv, envOf(key), problems) ?? raw[key]
+      base[key] = cwd
+    }
     const fromFlag = src.flags[flagOf(key)]
-    if (fromFlag !== undefined) raw[key] = coerce(key, fromFlag, `--${flagOf(key)}`, problems) ?? raw[key]
+    if (fromFlag !== undefined) {
+      raw[key] = coerce(key, fromFlag, `--${flagOf(key)}`, problems) ?? raw[key]
+      base[key] = cwd
+    }
   }
   problems.push(...schemaProblems(SETTINGS, raw, 'configuration', typeof configFile === 'string' ? configFile : undefined))
   if (!problems.length) problems.push(...storeUrlProblems(raw.authStore as string))
   if (problems.length) throw new ConfigError(problems)
   const settings = raw as Settings
-  const cwd = src.cwd ?? process.cwd()
-  const dataDir = path.resolve(cwd, settings.dataDir)
+  const dataDir = path.resolve(base.dataDir ?? cwd, settings.dataDir)
   const heavy = settings.heavyLimit
   return deepFreeze({
     ...settings,
     dataDir,
-    reposDir: settings.reposDir ? path.resolve(cwd, settings.reposDir) : path.join(dataDir, 'repos'),
+    reposDir: settings.reposDir ? path.resolve(base.reposDir ?? cwd, settings.reposDir) : path.join(dataDir, 'repos'),
     repoHeavyLimit: Math.min(heavy, settings.repoHeavyLimit || Math.ceil(heavy / 2)),
     fullCloneLimit: Math.min(heavy, settings.fullCloneLimit || Math.ceil(heavy * 0.75)),
     clientHeavyLimit: Math.min(heavy, settings.clientHeavyLimit || Math.ceil(heavy / 2)),

@@ -3,7 +3,7 @@ import path from 'node:path'
 import { readdir, writeFile } from 'node:fs/promises'
 import { loadConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors.js'
-import { CLI, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
+import { CLI, ROOT, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
 
 const cli = (args: string[], env: NodeJS.ProcessEnv = {}, input?: string) => run(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH, ...env }, input })
 
@@ -16,7 +16,7 @@ t.test('config precedence: defaults < file < env < flags', async (t) => {
   t.equal(c.host, '127.0.0.2', 'file beats defaults')
   t.equal(c.logLevel, 'warn')
   t.equal(c.killGraceMs, 5000, 'default')
-  t.equal(c.reposDir, path.join(dir, 'data', 'repos'), 'repos default under the data dir')
+  t.equal(c.reposDir, path.join(ROOT, 'data', 'repos'), 'repos default under the install\'s data dir, wherever the command runs')
   t.ok(Object.isFrozen(c))
 })
 
@@ -60,7 +60,8 @@ t.test('bad configuration: every problem reported, each naming its key', async (
     [['serve', '--port', 'x'], {}, /bad configuration: --port: expected an integer/],
     [['serve'], { VCS_WORKER_PORT: 'http' }, /bad configuration: VCS_WORKER_PORT: expected an integer/],
     [['serve', '--config', path.join(dir, 'broken.json')], {}, /bad configuration: config file .*broken.json/],
-    [['serve', '--no-such-flag'], {}, /Unknown option '--no-such-flag'/],
+    [['serve', '--no-such-flag'], {}, /^vcs-worker: unknown option --no-such-flag\nusage: vcs-worker serve /],
+    [['serve', '--prot', '80'], {}, /^vcs-worker: unknown option --prot; did you mean --port\?\n/],
     [['serve', '--repos', path.join(dir, 'missing')], {}, /bad configuration: reposDir: .*missing does not exist/],
     [['frobnicate'], {}, /unknown command: frobnicate/],
     [['repo', 'create', 'x'], {}, /exactly one of --git or --hg/],

@@ -1,4 +1,5 @@
 import t from 'tap'
+import path from 'node:path'
 import { CLI, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
 
 const cli = (args: string[], input?: string) => run(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH }, input })
@@ -58,10 +59,10 @@ t.test('user, token, grant and repo list: tables for people, --json for scripts,
   t.match(both.stderr, /^vcs-worker: grant list takes --user NAME or --repo PATH, not both\n/)
   const nobody = await cli(['token', 'list', 'nobody', ...common])
   t.equal(nobody.code, 1)
-  t.equal(nobody.stderr, 'vcs-worker: no such user: nobody\n')
+  t.equal(nobody.stderr, `vcs-worker: no such user: nobody (in ${path.join(dataDir, 'auth.sqlite')})\n`, 'the store it looked in is named')
   const extra = await cli(['user', 'list', 'x', ...common])
   t.equal(extra.code, 2)
-  t.match(extra.stderr, /^vcs-worker: usage: vcs-worker user list/)
+  t.equal(extra.stderr, 'vcs-worker: user list: unexpected "x"\nusage: vcs-worker user list [--json]\n', 'the reason and a one-line hint, not the whole usage')
   const badRepo = await cli(['grant', 'list', '--repo', '../x', ...common])
   t.equal(badRepo.code, 2)
   t.match(badRepo.stderr, /^vcs-worker: bad repository path/)

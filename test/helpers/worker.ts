@@ -16,6 +16,7 @@ import { buildApp } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config/load.js'
 import { loggerOptions } from '../../src/log.js'
 import { openStore } from '../../src/auth/open.js'
+import { openSqliteStore } from '../../src/auth/sqlite-store.js'
 import { hashPassword } from '../../src/auth/password.js'
 import type { AuthStore, Level } from '../../src/auth/store.js'
 
@@ -65,6 +66,8 @@ export async function fixtureDir(t: T): Promise<{ dir: string; reposDir: string;
   const dataDir = path.join(dir, 'data')
   await cp(FIXTURES, reposDir, { recursive: true })
   for (const sub of ['home', 'tmp']) await mkdir(path.join(dataDir, sub), { recursive: true })
+  // an install's store, as `npm start` leaves it: admin commands refuse a data dir without one
+  openSqliteStore(path.join(dataDir, 'auth.sqlite')).close()
   await mkdir(path.join(dir, 'client-home'), { recursive: true })
   return { dir, reposDir, dataDir }
 }
