@@ -11,7 +11,7 @@ import { ProbeThread } from './health/probe-thread.js'
 import { drain } from './health/drain.js'
 import { Admission } from './admission/admission.js'
 import { WorkerMetrics } from './metrics/metrics.js'
-import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify'
+import Fastify, { LogController, type FastifyInstance } from 'fastify'
 import { serverFactory } from './http/server.js'
 import type { Logger } from 'pino'
 import type { Config } from './config/load.js'
@@ -33,6 +33,8 @@ import { JournalRecovery } from './hg/recover.js'
 import { lfsRoutes } from './lfs/routes.js'
 import { FsLfsStore } from './lfs/store.js'
 import { lockHook, lockRoute } from './lfs/locks.js'
+import { publicBase, trustedPeers } from './http/headers.js'
+import { VERSION } from './install.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -200,12 +202,11 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   // The route table: every repository route with its id and the access it needs (http/routes.ts).
   registerRepoRoutes(app, repoRoutes, { auth: app.vcsAuth, reposRoot })
   registerDumbRoute(app)
-  app.get('/', { config: { routeId: 'root' } }, async (req, reply) => reply.type('text/plain').send(rootLine(req, config.hgProcesses > 0)))
+  const trusted = trustedPeers(config.trustedProxies)
+  app.get('/', { config: { routeId: 'root' } }, async (req, reply) => reply.type('text/plain').send(rootLine(publicBase(req, config.publicUrl, trusted) ?? '', config.hgProcesses > 0)))
 }
 
-
-/** What `GET /` says: what this server is and how to clone from it. */
-function rootLine(req: FastifyRequest, hg: boolean): string {
-  const base = `${req.protocol}://${req.host}`
-  return `vcs-worker: a git${hg ? ' and Mercurial' : ''} server. Clone with: git clone ${base}/<repo>.git${hg ? ` or hg clone ${base}/<repo>` : ''}\n`
+/** What `GET /` says: what this server is, its version, and how to clone from it. */
+function rootLine(base: string, hg: boolean): string {
+  return `vcs-worker ${VERSION}: a git${hg ? ' and Mercurial' : ''} server. Clone with: git clone ${base}/<repo>.git${hg ? ` or hg clone ${base}/<repo>` : ''}\n`
 }

@@ -17,8 +17,9 @@ type LogLevel = (typeof LOG_LEVELS)[number]
 export const SETTINGS = Type.Object({
   host: text('127.0.0.1', 'address to listen on'),
   port: int(8080, 'TCP port (0 = any free port)', { minimum: 0, maximum: 65535 }),
-  dataDir: text('data', 'data dir: auth store, temp files, hook sockets, the HOME of git and hg', { flag: 'data' }),
-  reposDir: text('', 'repository root; must exist when given (empty: DATA/repos)', { flag: 'repos' }),
+  dataDir: text('data', 'data dir: auth store, temp files, hook sockets, the HOME of git and hg. A relative path is relative to the current directory in a flag or the environment, to the config file\'s directory in the file, and to the install (the directory of package.json) by default, so every command finds the same store from anywhere', { flag: 'data' }),
+  reposDir: text('', 'repository root; must exist when given (empty: DATA/repos); relative as dataDir', { flag: 'repos' }),
+  publicUrl: text('', 'the URL clients reach this worker (or its balancer) by, e.g. `https://git.example.com`: LFS hrefs and hg clone bundle URLs are built from it. Empty: from the request\'s Host (and X-Forwarded-Proto) only when it came from trustedProxies, else from the address the request reached', { pattern: '^(https?://[^\\s/?#]+(/[^\\s?#]*)?)?$', expected: 'an http:// or https:// URL with no query' }),
   gitBin: text('git', 'git executable'),
   hgBin: text('hg', 'hg executable'),
   hgProcesses: int(2, 'number of `hg serve` children', { minimum: 0, maximum: 64 }),

@@ -17,7 +17,8 @@ export class ReportRewriter extends Transform {
   private sideband: boolean | undefined
   private done = false
 
-  constructor(private readonly reasonFor: (ref: string) => string | undefined) { super() }
+  /** `onStatus(ref, result)` hears every ref's verdict (`ok` or the reason), and the unpack status as ref '' when it is not ok. */
+  constructor(private readonly reasonFor: (ref: string) => string | undefined, private readonly onStatus?: (ref: string, result: string) => void) { super() }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     if (this.done) return cb(null, chunk)
@@ -70,9 +71,13 @@ export class ReportRewriter extends Transform {
   private rewrite(line: Buffer): Buffer {
     if (line.length <= 4) return line
     const text = line.subarray(4).toString('utf8')
-    const m = /^ng (\S+) hook declined\n?$/.exec(text)
-    if (!m) return line
-    const reason = this.reasonFor(m[1]!)
-    return reason ? pkt(`ng ${m[1]} ${reason.replace(/[\r\n]+/g, ' ')}\n`) : line
+    const status = /^(ok|ng) (\S+)(?: (.*))?\n?$/.exec(text)
+    const unpack = /^unpack (.*)\n?$/.exec(text)
+    if (unpack && unpack[1] !== 'ok') this.onStatus?.('', unpack[1]!)
+    if (!status) return line
+    const declined = status[1] === 'ng' && status[3] === 'hook declined'
+    const reason = declined ? this.reasonFor(status[2]!) : undefined
+    this.onStatus?.(status[2]!, status[1] === 'ok' ? 'ok' : reason ?? status[3] ?? 'refused')
+    return reason ? pkt(`ng ${status[2]} ${reason.replace(/[\r\n]+/g, ' ')}\n`) : line
   }
 }

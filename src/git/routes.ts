@@ -21,6 +21,7 @@ import { PACK_RELAY, relayableSocket, relayHead } from '../process/relay.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
 import { V2AdvertisementCache } from './advertise.js'
 import type { PackObjectsCache } from './pack-cache.js'
+import type { RefOutcome } from '../log.js'
 import { ReportRewriter } from './report-status.js'
 import type { RefHookServer } from './ref-hooks.js'
 import type { Action } from '../auth/plugin.js'
@@ -159,6 +160,8 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
   }
 
   /** `POST /{repo}/git-receive-pack`: commands and a pack in, report-status out. */
+  const COMMAND_LINE = /^([0-9a-f]{40}(?:[0-9a-f]{24})?) ([0-9a-f]{40}(?:[0-9a-f]{24})?) ([^\0\n]+)/
+  const MAX_AUDITED_REFS = 10_000
   async function receivePack(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const { repo, principal } = req
     const gitProtocol = protocolOf(req)
@@ -187,10 +190,23 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
     // Once the whole body is in git, git and its hooks run to completion whatever the client
     // does (bounded by pushCompleteTimeoutMs): git may have moved refs, and post-receive must run.
     let bodyIn = false
-    const out = streamChild(req, reply, child, { what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor), outliveOnceBodyIn: { bodyIn: () => bodyIn, timeoutMs: config.pushCompleteTimeoutMs } })
+    // the audit trail: each ref as the client asked for it, and git's verdict from its report
+    const refs: RefOutcome[] = []
+    req.accessRecord.refs = refs
+    const onStatus = (ref: string, result: string): void => {
+      if (ref === '') return void (req.accessRecord.unpack = result)
+      const r = refs.find((x) => x.ref === ref && x.result === undefined)
+      if (r) r.result = result
+    }
+    const out = streamChild(req, reply, child, { what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor, onStatus), outliveOnceBodyIn: { bodyIn: () => bodyIn, timeoutMs: config.pushCompleteTimeoutMs } })
     // The body streams into git while it arrives; a bad or oversized body kills git before it
     // can update a ref (refs move only after the whole pack is in and checked).
-    pipeline(body.stream, new PktLineChecker({ mode: 'commands' }), stdinSink(child)).then(() => { bodyIn = true }, (err: unknown) => {
+    const onPacket = (payload: Buffer): undefined => {
+      const m = COMMAND_LINE.exec(payload.toString('latin1'))
+      if (m && refs.length < MAX_AUDITED_REFS) refs.push({ ref: m[3]!, old: m[1]!, new: m[2]! })
+      return undefined
+    }
+    pipeline(body.stream, new PktLineChecker({ mode: 'commands', onPacket }), stdinSink(child)).then(() => { bodyIn = true }, (err: unknown) => {
       child.kill()
       body.abandon(DISCARD_LIMIT)
       if (!reply.raw.headersSent) reply.header('connection', 'close')

@@ -44,7 +44,7 @@ export async function handoffWorks(config: Config, extension: string, log: Fasti
     if (result.status !== 200 || !result.complete || !text.endsWith(`handoff ok: ${REQUEST_LINE}`)) {
       throw new Error(`unexpected answer (status ${result.status}): ${JSON.stringify(text.slice(-120))}; ${child.stderr().trim()}`)
     }
-    log.info({ node: process.version }, 'hg handoff self-test passed: bundle downloads are handed over')
+    log.debug({ node: process.version }, 'hg handoff self-test passed: bundle downloads are handed over')
     return true
   } catch (err) {
     log.warn({ node: process.version, reason: (err as Error).message }, 'hg handoff self-test failed on this runtime: bundle downloads are proxied')

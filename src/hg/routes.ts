@@ -17,7 +17,7 @@ import { HgTimeoutError, HgUpstreamError, RepoNotFoundError, ServiceUnavailableE
 import type { Action, Identity } from '../auth/plugin.js'
 import { decodeBody, spillRequestBody, type SpillBuffer } from '../http/body.js'
 import type { RepoRoute } from '../http/routes.js'
-import { HOP_BY_HOP, SANE_HOST } from '../http/headers.js'
+import { HOP_BY_HOP, publicBase, trustedPeers } from '../http/headers.js'
 import { judgeHgRequest, keptAnswerRequest, type HgRequest } from './request.js'
 import type { Admission, Release } from '../admission/admission.js'
 import type { HgChild, HgServePool } from './serve-pool.js'
@@ -42,14 +42,13 @@ export interface HgDeps {
   answers?: HgAnswerCache
 }
 
-
-
 const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 
 /** The hg route of the route table: every wire-protocol command and hgweb page. */
 export function hgRoute(deps: HgDeps): RepoRoute {
   const judgedOf = new WeakMap<FastifyRequest, HgRequest>()
   const answers = deps.answers ?? new HgAnswerCache()
+  const trusted = trustedPeers(deps.config.trustedProxies)
 
   /** Judged before the repo is looked up: the action is the command's (request.ts). */
   function access(req: FastifyRequest): Action {
@@ -63,7 +62,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     const judged = judgedOf.get(req)!
     // a session starts with `capabilities`: refused here when a drain or a full queue would refuse its work
     if (judged.cmd === 'capabilities') deps.admission.refuseIfBusy()
-    if (deps.cloneBundles && (judged.cmd === 'clonebundles' || judged.cmd === 'clonebundles_manifest')) return manifest(req, reply, deps.cloneBundles)
+    if (deps.cloneBundles && (judged.cmd === 'clonebundles' || judged.cmd === 'clonebundles_manifest')) return manifest(req, reply, deps.cloneBundles, publicBase(req, deps.config.publicUrl, trusted))
     await deps.recovery.ensure(req.repo.dir)
     let keep: ((answer: CachedAnswer) => void) | undefined
     const asked = keptAnswerRequest(req.method, judged)
@@ -232,13 +231,13 @@ export function hgRoute(deps: HgDeps): RepoRoute {
 
 /**
  * The clonebundles command, answered by the worker: the repo's bundles at URLs under the repo's
- * URL as this client reached it (its Host; the scheme from a trusted proxy's X-Forwarded-Proto),
- * so the download comes back through the same balancer with the same credentials (hg offers the
+ * public URL (publicUrl, or the Host and X-Forwarded-Proto a trusted proxy passed on, or the
+ * address the client reached; never an untrusted Host), so the download comes back through the
+ * same balancer with the same credentials (hg offers the
  * clone URL's credentials to URLs under it). No usable Host: no bundles, a plain clone.
  */
-async function manifest(req: FastifyRequest, reply: FastifyReply, bundles: CloneBundles): Promise<FastifyReply> {
-  const host = req.host
-  const text = SANE_HOST.test(host) ? await bundles.manifest(req.repo.dir, `${req.protocol}://${host}/${req.repo.name}`) : ''
+async function manifest(req: FastifyRequest, reply: FastifyReply, bundles: CloneBundles, base: string | undefined): Promise<FastifyReply> {
+  const text = base ? await bundles.manifest(req.repo.dir, `${base}/${req.repo.name}`) : ''
   req.accessRecord.bytesOut = Buffer.byteLength(text)
   return reply.type('application/mercurial-0.1').header('cache-control', 'no-cache').send(text)
 }

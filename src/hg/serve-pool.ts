@@ -133,9 +133,10 @@ export class HgServePool {
     }))
   }
 
-  private transition(c: HgChild, state: HgState, detail: Record<string, unknown> = {}): void {
+  /** A child's state change: debug when expected (start, stop), warn for an exit nobody asked for. */
+  private transition(c: HgChild, state: HgState, detail: Record<string, unknown> = {}, level: 'debug' | 'warn' = 'debug'): void {
     if (c.state === state) return
-    this.log.info({ hg_child: c.id, child_pid: c.pid, from: c.state, to: state, ...detail }, 'hg child state')
+    this.log[level]({ hg_child: c.id, child_pid: c.pid, from: c.state, to: state, ...detail }, 'hg child state')
     c.state = state
   }
 
@@ -207,6 +208,8 @@ export class HgServePool {
       timer = undefined
       const output = pending.trim()
       pending = ''
+      // hg's own word for the SIGTERM of a stop we asked for
+      if (this.stopping && output === 'killed!') return
       if (output) this.log.warn({ hg_child: c.id, child_pid: proc.pid, output }, 'hg serve error log')
     }
     return (text) => {
@@ -222,7 +225,7 @@ export class HgServePool {
     const how = String(code ?? signal ?? 'unknown')
     this.exits.set(how, (this.exits.get(how) ?? 0) + 1)
     if (c.proc !== proc) return
-    this.transition(c, 'stopped', { exit_code: code, signal })
+    this.transition(c, 'stopped', { exit_code: code, signal }, this.stopping ? 'debug' : 'warn')
     if (this.stopping) return
     const now = Date.now()
     this.crashes.push(now)

@@ -18,7 +18,7 @@ import { fileSending, sendFile } from '../http/send-file.js'
 import { decodeBody, toClientError, type DecodedBody } from '../http/body.js'
 import { DISCARD_LIMIT } from '../http/unread-body.js'
 import { LfsError, PayloadTooLargeError } from '../errors.js'
-import { SANE_HOST } from '../http/headers.js'
+import { publicBase, trustedPeers } from '../http/headers.js'
 import { isOid, LFS_UPLOAD_TEMPS, LfsObjectError, type FsLfsStore } from './store.js'
 import { QuarantineSweeper } from '../git/quarantine.js'
 import type { FastifyBaseLogger } from 'fastify'
@@ -83,10 +83,11 @@ export function wantsLfsJson(req: FastifyRequest): void {
   if (!accept.split(',').some((a) => a.split(';')[0]!.trim() === LFS_TYPE)) throw new LfsError(406, `Accept must include ${LFS_TYPE}`)
 }
 
-/** The base URL of this repo's LFS endpoint as the client reached it. */
-function lfsBase(req: FastifyRequest): string {
-  if (!SANE_HOST.test(req.host)) throw new LfsError(400, 'the Host header cannot name this server')
-  return `${req.protocol}://${req.host}/${req.repo.name}/info/lfs`
+/** The base URL of this repo's LFS endpoint (publicBase: never from an untrusted Host). */
+function lfsBase(req: FastifyRequest, config: Config, trusted: (address: string | undefined) => boolean): string {
+  const base = publicBase(req, config.publicUrl, trusted)
+  if (!base) throw new LfsError(400, 'the Host header cannot name this server')
+  return `${base}/${req.repo.name}/info/lfs`
 }
 
 /** The size of an object, as the API allows it: a whole number, not negative, not past the limit. */
@@ -98,6 +99,7 @@ function sizeProblem(size: unknown, max: number): string | undefined {
 
 export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
   const { config, store, auth } = deps
+  const trusted = trustedPeers(config.trustedProxies)
   const maxObject = config.lfsMaxObjectBytes
   const sending = fileSending(config)
   // temp files of uploads a killed worker left (the push quarantines' rule: docs/lfs.md)
@@ -123,7 +125,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
       await auth.authorize(req, req.repo, 'write')
       await roomFor(req.repo.dir, 0)
     }
-    const base = lfsBase(req)
+    const base = lfsBase(req, config, trusted)
     const header: Record<string, string> = req.headers.authorization ? { Authorization: req.headers.authorization } : {}
     const objects = await Promise.all((body.objects as unknown[]).map(async (o) => {
       const { oid, size } = (typeof o === 'object' && o !== null ? o : {}) as { oid?: unknown; size?: unknown }

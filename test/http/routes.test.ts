@@ -1,4 +1,5 @@
 import t from 'tap'
+import { VERSION } from '../../src/install.js'
 import type { IncomingMessage } from 'node:http'
 import { REPO_URLS, urlClassifier } from '../../src/http/routes.js'
 import { rawRequest, startWorker } from '../helpers/worker.js'
@@ -23,7 +24,7 @@ t.test('GET / says what this is; fixed routes cannot be reached from outside; 40
   const w = await startWorker(t)
   const root = await rawRequest(w.port, 'GET', '/', { host: 'vcs.example:8080' })
   t.equal(root.status, 200)
-  t.equal(root.body.toString(), 'vcs-worker: a git server. Clone with: git clone http://vcs.example:8080/<repo>.git\n')
+  t.equal(root.body.toString(), `vcs-worker ${VERSION}: a git server. Clone with: git clone http://127.0.0.1:${w.port}/<repo>.git\n`, 'the version, and the address the client reached: never a Host header anyone could write')
   const direct = await rawRequest(w.port, 'GET', '/.vcs/git/info-refs?service=git-upload-pack')
   t.equal(direct.status, 404, 'the fixed URL itself is no route')
   const unknownHealth = await rawRequest(w.port, 'GET', '/health/nope')
@@ -44,8 +45,29 @@ t.test('GET / says what this is; fixed routes cannot be reached from outside; 40
 t.test('with hg on, GET / mentions hg, and the fixed hg route cannot be named from outside either', async (t) => {
   const w = await startWorker(t, { 'hg-processes': '1' })
   const root = await rawRequest(w.port, 'GET', '/', { host: 'h' })
-  t.equal(root.body.toString(), 'vcs-worker: a git and Mercurial server. Clone with: git clone http://h/<repo>.git or hg clone http://h/<repo>\n')
+  t.equal(root.body.toString(), `vcs-worker ${VERSION}: a git and Mercurial server. Clone with: git clone http://127.0.0.1:${w.port}/<repo>.git or hg clone http://127.0.0.1:${w.port}/<repo>\n`)
   const direct = await rawRequest(w.port, 'GET', '/.vcs/hg?cmd=capabilities')
   t.equal(direct.status, 404)
   t.equal(direct.body.toString(), 'not found\n')
+})
+
+t.test('URLs the worker hands out come from publicUrl, or a trusted proxy\'s Host, never from an untrusted Host header', async (t) => {
+  const batch = async (w: Awaited<ReturnType<typeof startWorker>>, headers: Record<string, string>) => {
+    const r = await rawRequest(w.port, 'POST', '/demo.git/info/lfs/objects/batch', {
+      authorization: `Basic ${Buffer.from('ada:ada-password').toString('base64')}`, accept: 'application/vnd.git-lfs+json', 'content-type': 'application/vnd.git-lfs+json', ...headers,
+    }, JSON.stringify({ operation: 'upload', objects: [{ oid: 'a'.repeat(64), size: 1 }] }))
+    t.equal(r.status, 200, r.body.toString())
+    return (JSON.parse(r.body.toString()) as { objects: { actions: { upload: { href: string } } }[] }).objects[0]!.actions.upload.href
+  }
+  const plain = await startWorker(t)
+  await plain.addUser('ada', 'ada-password', { 'demo.git': 'write' })
+  t.equal(await batch(plain, { host: 'evil.example:9999' }), `http://127.0.0.1:${plain.port}/demo.git/info/lfs/objects/${'a'.repeat(64)}`, 'a direct client: the address it reached')
+  const proxied = await startWorker(t, { 'trusted-proxies': '127.0.0.1' })
+  await proxied.addUser('ada', 'ada-password', { 'demo.git': 'write' })
+  t.match(await batch(proxied, { host: 'git.example:8443', 'x-forwarded-proto': 'https' }), /^https:\/\/git\.example:8443\/demo\.git\/info\/lfs\//, 'through a trusted proxy: its Host and scheme')
+  const pub = await startWorker(t, { 'public-url': 'https://code.example.com/' })
+  await pub.addUser('ada', 'ada-password', { 'demo.git': 'write' })
+  t.match(await batch(pub, { host: 'evil.example:9999' }), /^https:\/\/code\.example\.com\/demo\.git\/info\/lfs\//, 'publicUrl wins over any Host')
+  const root = await rawRequest(pub.port, 'GET', '/', { host: 'evil.example' })
+  t.match(root.body.toString(), /git clone https:\/\/code\.example\.com\/<repo>\.git/)
 })

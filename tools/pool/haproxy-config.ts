@@ -6,6 +6,9 @@
  */
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
+import os from 'node:os'
+import { createHash } from 'node:crypto'
+import { INSTALL_ROOT } from '../../src/install.js'
 import { Type, type Static } from '@sinclair/typebox'
 import { ConfigError } from '../../src/errors.js'
 import { schemaProblems } from '../../src/config/check.js'
@@ -53,7 +56,17 @@ export type PoolWorker = Static<typeof POOL_WORKER>
 export type PoolSpec = Static<typeof POOL_SPEC>
 
 /** The pool `npm run pool` starts: two workers, the web stand-in, fixed loopback ports. */
-export function defaultPool(workers = 2, adminSocket = path.resolve('data/pool/haproxy.sock')): PoolSpec {
+/**
+ * The admin socket of the pool whose data dir is `data`: in DATA/pool, or, past a unix socket
+ * path's 107 bytes, a fixed temp path named after the data dir (so pool:stats finds it too).
+ */
+export function adminSocketOf(data: string): string {
+  const socket = path.join(data, 'pool', 'haproxy.sock')
+  if (Buffer.byteLength(socket) <= 107) return socket
+  return path.join(os.tmpdir(), `vcs-pool-${createHash('sha256').update(data).digest('hex').slice(0, 16)}.sock`)
+}
+
+export function defaultPool(workers = 2, adminSocket = adminSocketOf(path.join(INSTALL_ROOT, 'data'))): PoolSpec {
   return {
     frontend: '127.0.0.1:8000',
     stats: '127.0.0.1:8404',

@@ -89,10 +89,27 @@ export function freePort(): Promise<number> {
   })
 }
 
+/** The worker's own one-line reason (`vcs-worker: cannot listen on ...`) from its log file. */
+function workerError(logFile: string): string | undefined {
+  try {
+    return readFileSync(logFile, 'utf8').split('\n').filter((l) => l.startsWith('vcs-worker: ')).pop()?.slice('vcs-worker: '.length)
+  } catch {
+    return undefined
+  }
+}
+
+/** Thrown by a check of `until` when waiting longer cannot help (the process exited). */
+class GaveUp extends Error {}
+
 async function until(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
-    try { if (await check()) return } catch { /* not yet */ }
+    try {
+      if (await check()) return
+    } catch (err) {
+      if (err instanceof GaveUp) throw err
+      /* not yet: the socket is not there */
+    }
     await new Promise((r) => setTimeout(r, 100))
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
@@ -178,10 +195,11 @@ export class Pool {
     proc.once('exit', () => logStream.end())
     this.workers[i] = proc
     await until(() => {
-      if (proc.exitCode !== null) throw new Error(`worker ${w.name} exited: ${out}`)
+      if (proc.exitCode !== null) throw new GaveUp(`worker ${w.name} exited: ${workerError(logFile) ?? out.trim().split('\n').pop()}`)
       return out.includes('agent-check on') // the last start-up line
     }, 20_000, `worker ${w.name} to listen`).catch((err: unknown) => {
       proc.kill('SIGKILL')
+      if (err instanceof GaveUp) throw err // its own reason says it
       let tail = ''
       try { tail = readFileSync(logFile, 'utf8').slice(-1500) } catch { /* no log */ }
       throw new Error(`${(err as Error).message}; its output: ${out.slice(-500)} ${tail}`)
@@ -212,8 +230,14 @@ export class Pool {
     this.haproxy = spawn(this.opts.haproxyBin ?? 'haproxy', ['-db', '-f', cfg], { stdio: ['ignore', log, log], detached: true })
     closeSync(log)
     const proc = this.haproxy
+    const logFile = path.join(this.opts.runDir, 'haproxy.log')
     await until(() => {
-      if (proc.exitCode !== null) throw new Error(`haproxy exited (${proc.exitCode}); see ${path.join(this.opts.runDir, 'haproxy.log')}`)
+      if (proc.exitCode !== null) {
+        // HAProxy's own reason (`Starting frontend vcs: cannot bind socket (Address already in use) [127.0.0.1:8000]`)
+        let alerts: string[] = []
+        try { alerts = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('[ALERT]')).map((l) => l.replace(/^.*?\[ALERT\]\s*(\(\d+\)\s*)?:?\s*/, '')) } catch { /* no log */ }
+        throw new GaveUp(`haproxy exited (${proc.exitCode})${alerts.length ? `: ${alerts.slice(0, 3).join('; ')}` : ''}; see ${logFile}`)
+      }
       return this.allUp()
     }, 30_000, 'every server of the pool to be UP')
   }

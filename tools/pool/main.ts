@@ -8,15 +8,15 @@
  * everything.
  */
 import path from 'node:path'
-import os from 'node:os'
-import { existsSync, mkdtempSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { parseArgs } from 'node:util'
-import { fileURLToPath } from 'node:url'
-import { defaultPool } from './haproxy-config.js'
+import { adminSocketOf, defaultPool } from './haproxy-config.js'
 import { Pool, freePort } from './launch.js'
 import { prepareLocalStore, type PoolStore } from './store.js'
+import { INSTALL_ROOT } from '../../src/install.js'
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+// the install's data dir, as `npm start` made it, wherever the command is run from
+const ROOT = INSTALL_ROOT
 
 async function main(): Promise<void> {
   let values
@@ -32,10 +32,7 @@ async function main(): Promise<void> {
   if (!/^(sqlite|postgres|postgres(ql)?:\/\/.+)$/.test(authStore)) throw new UsageError('--auth-store: sqlite, postgres (a local server) or a postgres:// URL')
   const data = path.resolve(values.data ?? path.join(ROOT, 'data'))
   const runDir = path.join(data, 'pool')
-  let socket = path.join(runDir, 'haproxy.sock')
-  // a unix socket path has at most 107 bytes: a deep data dir gets its socket in a temp dir
-  if (Buffer.byteLength(socket) > 107) socket = path.join(mkdtempSync(path.join(os.tmpdir(), 'vcs-pool-')), 'haproxy.sock')
-  const spec = defaultPool(n, socket)
+  const spec = defaultPool(n, adminSocketOf(data))
   if (values.ports === 'auto') {
     // ports from the OS: the workers take port 0 and say which they got
     for (const key of ['frontend', 'stats', 'web'] as const) spec[key] = `127.0.0.1:${await freePort()}`
