@@ -21,6 +21,7 @@ class ChildOutput extends Transform {
     private readonly onExit: (s: ExitStatus) => Error | undefined,
     private prefix: Buffer | undefined,
     private readonly inBand: boolean,
+    private readonly ours?: () => { error: Error; sideband: boolean } | undefined,
   ) { super() }
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.emitPrefix()
@@ -31,6 +32,13 @@ class ChildOutput extends Transform {
   override _flush(cb: TransformCallback): void {
     this.child.exited.then((status) => {
       const err = this.onExit(status)
+      // a refusal of ours that ended git before it said anything: told inside the protocol, as
+      // git prints only "HTTP 413" of an HTTP error and then "Everything up-to-date"
+      const refusal = this.ours?.()
+      if (refusal && this.bytes === 0) {
+        this.push(inBandError(refusal.error.message, refusal.sideband))
+        return cb()
+      }
       if (!err) this.emitPrefix()
       // After the first byte the status line is gone: if git died between two packets, tell the
       // client inside the protocol (band 3 once side-band is on, else an ERR packet), which git
@@ -200,6 +208,8 @@ export interface StreamChildOptions {
   inBand?: boolean
   /** run to completion after the client left, once its request body is whole (receive-pack) */
   outliveOnceBodyIn?: { bodyIn: () => boolean; timeoutMs: number }
+  /** our own refusal that ended git (a push over maxPushBytes), told inside the protocol in place of git's exit */
+  refusal?: () => { error: Error; sideband: boolean } | undefined
 }
 
 /**
@@ -226,7 +236,7 @@ export function streamChild(req: FastifyRequest, reply: FastifyReply, child: Chi
     },
   }
   const judge = attach(req, reply, child, opts.what, () => out.bytes, undefined, 0, outlive)
-  const out = new ChildOutput(child, judge, opts.prefix, opts.inBand ?? false)
+  const out = new ChildOutput(child, judge, opts.prefix, opts.inBand ?? false, opts.refusal)
   let first: NodeJS.ReadableStream = stdout
   if (pass) {
     stdout.pipe(pass)

@@ -9,13 +9,13 @@ import { pipeline } from 'node:stream/promises'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { QuarantineSweeper } from './quarantine.js'
 import type { Config } from '../config/load.js'
-import { BadRequestError, ServiceUnavailableError, UnsupportedMediaTypeError } from '../errors.js'
+import { BadRequestError, PayloadTooLargeError, ServiceUnavailableError, UnsupportedMediaTypeError } from '../errors.js'
 import { DISCARD_LIMIT } from '../http/unread-body.js'
 import { stdinSink } from '../process/child.js'
 import { decodeBody, spillRequestBody, toClientError } from '../http/body.js'
 import { DUMB_HTTP, type RepoRoute } from '../http/routes.js'
 import { errPkt, FLUSH, pkt, PktLineChecker } from './pktline.js'
-import { sendChildChunks, streamChild } from './respond.js'
+import { inBandError, sendChildChunks, streamChild } from './respond.js'
 import { finishRelayed } from './relay.js'
 import { PACK_RELAY, relayableSocket, relayHead } from '../process/relay.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
@@ -183,6 +183,7 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
     } catch (err) {
       session?.close()
       release()
+      if (err instanceof PayloadTooLargeError) return tooLargeInProtocol(req, reply, err)
       throw err
     }
     const opened = session
@@ -198,11 +199,19 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
       const r = refs.find((x) => x.ref === ref && x.result === undefined)
       if (r) r.result = result
     }
-    const out = streamChild(req, reply, child, { what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor, onStatus), outliveOnceBodyIn: { bodyIn: () => bodyIn, timeoutMs: config.pushCompleteTimeoutMs } })
+    let refusal: Error | undefined
+    // whether the client asked for side-band (its first command's capabilities): where git reads an error
+    let sideband: boolean | undefined
+    const out = streamChild(req, reply, child, {
+      what: 'git receive-pack', rewrite: new ReportRewriter(session.reasonFor, onStatus),
+      outliveOnceBodyIn: { bodyIn: () => bodyIn, timeoutMs: config.pushCompleteTimeoutMs }, refusal: () => refusal && { error: refusal, sideband: sideband ?? true },
+    })
     // The body streams into git while it arrives; a bad or oversized body kills git before it
     // can update a ref (refs move only after the whole pack is in and checked).
     const onPacket = (payload: Buffer): undefined => {
-      const m = COMMAND_LINE.exec(payload.toString('latin1'))
+      const text = payload.toString('latin1')
+      if (sideband === undefined) sideband = /\0.*\bside-band(-64k)?\b/.test(text)
+      const m = COMMAND_LINE.exec(text)
       if (m && refs.length < MAX_AUDITED_REFS) refs.push({ ref: m[3]!, old: m[1]!, new: m[2]! })
       return undefined
     }
@@ -210,11 +219,28 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
       child.kill()
       body.abandon(DISCARD_LIMIT)
       if (!reply.raw.headersSent) reply.header('connection', 'close')
+      if (err instanceof PayloadTooLargeError && !reply.raw.headersSent) {
+        // git prints an ERR packet as "remote error: ..."; an HTTP 413 it shows without our reason
+        refusal = pushTooLarge(err)
+        req.accessRecord.refused = refusal.message
+        return
+      }
       out.destroy(toClientError(err))
     })
     reply.type('application/x-git-receive-pack-result').headers(NO_CACHE)
     return reply.send(out)
   }
+
+  /** A push whose declared length is over maxPushBytes: refused inside git's protocol, the body left unread. */
+  function tooLargeInProtocol(req: FastifyRequest, reply: FastifyReply, err: Error): FastifyReply {
+    const refusal = pushTooLarge(err)
+    req.accessRecord.refused = refusal.message
+    // the body is left unread, so its capabilities are unknown: git asks for side-band-64k whenever
+    // receive-pack offers it (git >= 1.6), and reads anything else there as a bad band
+    return reply.header('connection', 'close').type('application/x-git-receive-pack-result').headers(NO_CACHE).send(inBandError(refusal.message, true))
+  }
+
+  const pushTooLarge = (err: Error): Error => new Error(`push refused: ${err.message}`)
 
   /** The content type is checked before the repo is looked up, as the service is. */
   const posting = (service: GitService, action: Action) => (req: FastifyRequest): Action => {
