@@ -200,7 +200,8 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   app.decorate('drain', () => drain(app, health, admission, { graceMs: config.drainGraceMs, timeoutMs: config.drainTimeoutMs }))
 
   // The route table: every repository route with its id and the access it needs (http/routes.ts).
-  registerRepoRoutes(app, repoRoutes, { auth: app.vcsAuth, reposRoot })
+  const trustedPeer = trustedPeers(config.trustedProxies)
+  registerRepoRoutes(app, repoRoutes, { auth: app.vcsAuth, reposRoot, baseOf: (req) => publicBase(req, config.publicUrl, trustedPeer) })
   registerDumbRoute(app)
   const trusted = trustedPeers(config.trustedProxies)
   app.get('/', { config: { routeId: 'root' } }, async (req, reply) => reply.type('text/plain').send(rootLine(publicBase(req, config.publicUrl, trusted) ?? '', config.hgProcesses > 0)))

@@ -56,6 +56,8 @@ export class UnauthorizedError extends Unauthorized {
 export class RepoNotFoundError extends RepoNotFound {
   constructor() { super('repository not found') }
 }
+/** A git client at an hg repo or the reverse, that may read it: 404 with what to run instead (the reason phrase too: hg prints only that). */
+export const WrongKindError = member('VCS_WRONG_KIND', 404)
 export class MethodNotAllowedError extends MethodNotAllowed {
   constructor(allow: string[]) {
     super(`method not allowed; use ${allow.join(' or ')}`)

@@ -11,7 +11,7 @@
  */
 import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 'fastify'
-import { BadRequestError, MethodNotAllowedError, RepoNotFoundError } from '../errors.js'
+import { BadRequestError, MethodNotAllowedError, RepoNotFoundError, WrongKindError } from '../errors.js'
 import { resolveGitRepo, resolveHgRepo, type RepoKind, type RepoRef } from '../repos/path.js'
 import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
 
@@ -139,13 +139,47 @@ export interface RepoRoute {
 const ALL_METHODS: HTTPMethods[] = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']
 
 /** Registers the repository routes: each one's pre-handler authorizes before its handler runs; other methods get 405. */
-export function registerRepoRoutes(app: FastifyInstance, routes: RepoRoute[], deps: { auth: VcsAuth; reposRoot: string }): void {
+interface RouteDeps {
+  auth: VcsAuth
+  reposRoot: string
+  /** the public base URL of a request (publicBase), for the clone line of a wrong-kind answer */
+  baseOf?: (req: FastifyRequest) => string | undefined
+}
+
+export function registerRepoRoutes(app: FastifyInstance, routes: RepoRoute[], deps: RouteDeps): void {
   app.decorateRequest('repo', null as never)
   app.decorateRequest('principal', null as never)
   for (const route of routes) registerRepoRoute(app, route, deps)
 }
 
-function registerRepoRoute(app: FastifyInstance, route: RepoRoute, deps: { auth: VcsAuth; reposRoot: string }): void {
+/**
+ * A git client pointed at an hg repo (or an hg client at a git one) that may read it is told
+ * what to run instead; anyone else gets the not-found the lookup gave (401 or 404).
+ */
+async function wrongKind(req: FastifyRequest, kind: RepoKind, repoPath: string, deps: RouteDeps): Promise<void> {
+  const other = kind === 'git'
+    ? await resolveHgRepo(deps.reposRoot, repoPath.replace(/\.git$/, '')).catch(() => undefined)
+    : await resolveGitRepo(deps.reposRoot, gitPart(repoPath)).catch(() => undefined)
+  if (!other) return
+  try {
+    await deps.auth.authorize(req, other, 'read')
+  } catch {
+    return // may not read it: its existence is not revealed
+  }
+  const url = `${deps.baseOf?.(req) ?? ''}/${other.name}`
+  const message = other.kind === 'hg' ? `this is a Mercurial repository: use hg clone ${url}` : `this is a git repository: use git clone ${url}`
+  req.accessRecord.repo = other.name
+  throw new WrongKindError(message)
+}
+
+/** The repo part of an hg URL path read as a git one: up to a segment ending in .git, else all of it. */
+function gitPart(repoPath: string): string {
+  const segments = repoPath.split('/').filter(Boolean)
+  const end = segments.findIndex((s) => s.endsWith('.git'))
+  return segments.slice(0, end < 0 ? segments.length : end + 1).join('/')
+}
+
+function registerRepoRoute(app: FastifyInstance, route: RepoRoute, deps: RouteDeps): void {
   const url = REPO_URLS[route.id]
   const config = { routeId: route.id, discardLimit: route.discardLimit }
   const resolve = route.kind === 'git' ? resolveGitRepo : resolveHgRepo
@@ -158,7 +192,13 @@ function registerRepoRoute(app: FastifyInstance, route: RepoRoute, deps: { auth:
       const { repo, principal } = await deps.auth.authorizeLookup(req, async () => {
         const repoPath = repoPaths.get(req.raw)
         if (repoPath === undefined) throw new RepoNotFoundError() // not classified: cannot happen through the classifier
-        const found = await resolve(deps.reposRoot, repoPath)
+        let found: RepoRef
+        try {
+          found = await resolve(deps.reposRoot, repoPath)
+        } catch (err) {
+          if (err instanceof RepoNotFoundError) await wrongKind(req, route.kind, repoPath, deps)
+          throw err
+        }
         if (route.exact && repoPath.replace(/^\//, '') !== found.name) throw new RepoNotFoundError()
         req.accessRecord.repo = found.name
         return found
