@@ -107,7 +107,8 @@ t.test('a private repo\'s bundles need its read permission: the clone URL\'s cre
 })
 
 t.test('bad bundle URLs: only the bundle files, only under the repo itself, GET only; a bad Host gets no bundles', async (t) => {
-  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0' })
+  // the test's requests come from 127.0.0.1, here a trusted proxy: its Host names the URLs
+  const w = await startWorker(t, { 'hg-processes': '1', 'hg-clone-bundle-delay-ms': '0', 'trusted-proxies': '127.0.0.1' })
   const hg = await hgClient(w)
   t.equal((await hg(['clone', '-U', `${w.url}/demo-hg`, 'b1'])).code, 0)
   await bundlesMade(w)
@@ -125,6 +126,8 @@ t.test('bad bundle URLs: only the bundle files, only under the repo itself, GET 
   const m = await rawRequest(Number(new URL(w.url).port), 'GET', '/demo-hg?cmd=clonebundles', { host: 'evil host' })
   t.equal(m.status, 200)
   t.equal(m.body.toString(), '', 'no URL built from a Host that is not one')
+  const proxied = await rawRequest(Number(new URL(w.url).port), 'GET', '/demo-hg?cmd=clonebundles', { host: 'hg.example:8443', 'x-forwarded-proto': 'https' })
+  t.match(proxied.body.toString(), /^https:\/\/hg\.example:8443\/demo-hg\/\.hg\/clonebundles\/zstd-v2\.hg BUNDLESPEC=zstd-v2$/m, 'the proxy\'s Host and scheme')
   const good = await (await fetch(`${w.url}/demo-hg?cmd=clonebundles`)).text()
   t.match(good, `${w.url}/demo-hg/.hg/clonebundles/zstd-v2.hg BUNDLESPEC=zstd-v2\n`)
   t.equal((await stat(bundleDir(w))).isDirectory(), true)
