@@ -14,11 +14,13 @@ export const interactive = (): boolean => Boolean(process.stdin.isTTY)
 /** Reads one line from the terminal; without echo when `secret`. The prompt goes to stderr, so stdout stays the command's answer. */
 export function askLine(prompt: string, secret: boolean): Promise<string> {
   const stdin = process.stdin
-  process.stderr.write(prompt)
   return new Promise((resolve, reject) => {
     let line = ''
     const wasRaw = stdin.isRaw
+    // raw before the prompt shows: what is typed once it is seen is never echoed by the terminal,
+    // and Ctrl-C reaches us as a character, not as a signal
     stdin.setRawMode(true)
+    process.stderr.write(prompt)
     stdin.setEncoding('utf8')
     const finish = (err?: Error): void => {
       stdin.off('data', onData)
