@@ -19,6 +19,7 @@ import { listGrants, listProtections, listRepos, listTokens, listUsers, type Lis
 import { canonicalName, deleteRepo, renameRepo } from './lifecycle.js'
 import { askLine, interactive, readNewPassword } from './prompt.js'
 import { UsageError } from './errors.js'
+import { usageLineOf } from './usage.js'
 import path from 'node:path'
 
 export { UsageError }
@@ -117,13 +118,14 @@ function level(text: string | undefined): Level {
   return text as Level
 }
 
-function arity(args: string[], n: number, usage: string): void {
+/** Exactly `n` operands for the command `words`, else its usage line from the table (usage.ts) under the reason. */
+function arity(args: string[], n: number, words: string): void {
   if (args.length === n) return
-  const words = usage.split(/\s+/)
-  const command = words.filter((w, i) => /^[a-z]/.test(w) && words.slice(0, i).every((x) => /^[a-z]/.test(x))).join(' ')
-  const operands = words.filter((w) => /^[A-Z][A-Z|-]*$/.test(w))
+  const hint = usageLineOf(words.split(' '))!
+  // the words after the command's own, bar options and optional parts: NAME, PATH, read|write|admin
+  const operands = hint.split(/\s+/).slice(2 + words.split(' ').length).filter((w) => !/^(\[|--)|\]$/.test(w))
   const reason = args.length < n ? `missing ${operands[args.length] ?? 'an argument'}` : `unexpected ${args.slice(n).map((a) => JSON.stringify(a)).join(' ')}`
-  throw new UsageError(`${command}: ${reason}`, `usage: vcs-worker ${usage}`)
+  throw new UsageError(`${words}: ${reason}`, hint)
 }
 
 /** Runs one administrative command; `args` excludes the command word. */
@@ -133,13 +135,13 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
   const listing: ListContext = { config, store, out, json: Boolean(flags.json) }
   switch (`${command} ${sub ?? ''}`.trim()) {
     case 'user list':
-      arity(rest, 0, 'user list [--json]')
+      arity(rest, 0, 'user list')
       return listUsers(listing)
     case 'token list':
-      arity(rest, 1, 'token list NAME [--json]')
+      arity(rest, 1, 'token list')
       return listTokens(listing, checkUserName(rest[0]))
     case 'repo list':
-      arity(rest, 0, 'repo list [--json]')
+      arity(rest, 0, 'repo list')
       return listRepos(listing)
     case 'grant list': {
       // `grant list` takes no operands; `grant NAME PATH LEVEL` takes three, so a user named list still gets grants
@@ -151,7 +153,7 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       break
     }
     case 'user add': {
-      arity(rest, 1, 'user add NAME  (password at the prompt or on standard input)')
+      arity(rest, 1, 'user add')
       const name = checkUserName(rest[0])
       // told before the password is asked for
       if (await store.findUser(name)) throw new StoreConflictError(`user ${name} already exists`)
@@ -159,14 +161,14 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       return out(`added user ${name}`)
     }
     case 'user passwd': {
-      arity(rest, 1, 'user passwd NAME  (password at the prompt or on standard input)')
+      arity(rest, 1, 'user passwd')
       const name = checkUserName(rest[0])
       if (!(await store.findUser(name))) throw new StoreNotFoundError(`no such user: ${name}`)
       await store.setPassword(name, await hashPassword(await readPassword()))
       return out(`changed the password of ${name}`)
     }
     case 'user rename': {
-      arity(rest, 2, 'user rename NAME NEW-NAME')
+      arity(rest, 2, 'user rename')
       const [from, to] = [checkUserName(rest[0]), checkUserName(rest[1])]
       await store.renameUser(from, to)
       return out(`renamed user ${from} to ${to} (tokens, grants and locks kept)`)
@@ -176,7 +178,7 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       return listProtections(listing, rest[0] === undefined ? undefined : await storedRepoName(config, store, rest[0]))
     }
     case 'repo delete': {
-      arity(rest, 1, 'repo delete PATH --yes')
+      arity(rest, 1, 'repo delete')
       const repo = await findRepoByPath(config, rest[0]!)
       if (!flags.yes) {
         if (!interactive()) throw new UsageError(`repo delete removes ${repo.name} and everything in it for good: add --yes`, 'usage: vcs-worker repo delete PATH --yes')
@@ -186,7 +188,7 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       return out(await deleteRepo(config, store, repo))
     }
     case 'repo rename': {
-      arity(rest, 2, 'repo rename PATH NEW-PATH')
+      arity(rest, 2, 'repo rename')
       const repo = await findRepoByPath(config, rest[0]!)
       return out(await renameRepo(config, store, repo, rest[1]!))
     }
@@ -208,13 +210,13 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       return out(`unlocked ${done.join(' and ')}: earlier failures no longer count, on every worker`)
     }
     case 'user remove': {
-      arity(rest, 1, 'user remove NAME')
+      arity(rest, 1, 'user remove')
       const name = checkUserName(rest[0])
       await store.removeUser(name)
       return out(`removed user ${name} with their tokens and grants`)
     }
     case 'token create': {
-      arity(rest, 1, 'token create NAME [--expires 30d|DATE]')
+      arity(rest, 1, 'token create')
       const name = checkUserName(rest[0])
       const expires = flags.expires ? parseExpiry(flags.expires) : null
       const token = newToken()
@@ -223,21 +225,21 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       return out(token)
     }
     case 'token revoke': {
-      arity(rest, 2, 'token revoke NAME ID')
+      arity(rest, 2, 'token revoke')
       const name = checkUserName(rest[0])
       if (!/^\d+$/.test(rest[1]!)) throw new UsageError('token ID is a number (from token create)')
       await store.revokeToken(name, Number(rest[1]))
       return out(`revoked token ${rest[1]} of ${name}`)
     }
     case 'repo visibility': {
-      arity(rest, 2, 'repo visibility PATH public|private')
+      arity(rest, 2, 'repo visibility')
       if (rest[1] !== 'public' && rest[1] !== 'private') throw new UsageError('visibility is public or private')
       const repo = await findRepoByPath(config, rest[0]!)
       await store.setRepo(repo.name, repo.kind, rest[1] === 'public')
       return out(`${repo.name} is ${rest[1]}`)
     }
     case 'repo create': {
-      arity(rest, 1, 'repo create PATH --git|--hg [--public]')
+      arity(rest, 1, 'repo create')
       if (Boolean(flags.git) === Boolean(flags.hg)) throw new UsageError('repo create needs exactly one of --git or --hg')
       const kind: RepoKind = flags.git ? 'git' : 'hg'
       let name: string
@@ -258,7 +260,7 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       return
     }
     case 'repo default-branch': {
-      arity(rest, 2, 'repo default-branch PATH BRANCH')
+      arity(rest, 2, 'repo default-branch')
       const repo = await findRepoByPath(config, rest[0]!)
       if (repo.kind !== 'git') throw new UsageError(`${repo.name} is an hg repository: hg has no default-branch setting (clones check out the branch named default)`)
       const branch = rest[1]!.replace(/^refs\/heads\//, '')
@@ -274,7 +276,7 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
   }
   switch (command) {
     case 'grant': {
-      arity(args, 3, 'grant NAME PATH read|write|admin')
+      arity(args, 3, 'grant')
       const name = checkUserName(args[0])
       const lvl = level(args[2])
       const repo = await findRepoByPath(config, args[1]!)
@@ -284,14 +286,14 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       return out(`${name} has ${lvl} on ${repo.name}${lowered ? ` (lowered from ${before})` : before && before !== lvl ? ` (raised from ${before})` : ''}`)
     }
     case 'revoke': {
-      arity(args, 2, 'revoke NAME PATH')
+      arity(args, 2, 'revoke')
       const name = checkUserName(args[0])
       const repo = await storedRepoName(config, store, args[1]!)
       await store.removeGrant(name, repo)
       return out(`${name} has no grant on ${repo}`)
     }
     case 'protect': {
-      arity(args, 2, 'protect PATH REF-PATTERN [--users a,b]')
+      arity(args, 2, 'protect')
       const repo = await findRepoByPath(config, args[0]!)
       // hg pushes do not pass the git ref hooks that enforce it: refusing beats a rule that does nothing
       if (repo.kind !== 'git') throw new UsageError(`${repo.name} is an hg repository: branch protection is enforced on git pushes only`)
@@ -301,7 +303,7 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       return out(`${repo.name}: ${args[1]} is protected${users.length ? `, writable by ${users.join(', ')}` : ''}`)
     }
     case 'unprotect': {
-      arity(args, 2, 'unprotect PATH REF-PATTERN')
+      arity(args, 2, 'unprotect')
       const repo = await storedRepoName(config, store, args[0]!)
       await store.removeProtection(repo, args[1]!)
       return out(`${repo}: ${args[1]} is no longer protected`)

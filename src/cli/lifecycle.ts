@@ -8,7 +8,7 @@
  * inside the repo and go with it.
  */
 import { randomBytes } from 'node:crypto'
-import { access, mkdir, rename, rm } from 'node:fs/promises'
+import { access, mkdir, readdir, rename, rm } from 'node:fs/promises'
 import path from 'node:path'
 import type { AuthStore, RepoRecords } from '../auth/store.js'
 import type { Config } from '../config/load.js'
@@ -19,11 +19,33 @@ const exists = (p: string): Promise<boolean> => access(p).then(() => true, () =>
 
 const records = (r: RepoRecords): string => `${r.grants} grant${r.grants === 1 ? '' : 's'}, ${r.protections} protection${r.protections === 1 ? '' : 's'}, ${r.locks} LFS lock${r.locks === 1 ? '' : 's'}`
 
+const TRASH = '.deleted-'
+/** A delete that was cut (killed between the rename and the removal) left its trash at least this long ago. */
+const TRASH_AGE_MS = 3600_000
+
+/**
+ * Removes what deletes cut short left in the repos dir (hidden, so never served): only trash an
+ * hour old, as a younger one may belong to a delete still running, which puts it back if its
+ * store update fails. Returns how many were removed.
+ */
+export async function sweepTrash(reposDir: string, now = Date.now()): Promise<number> {
+  let removed = 0
+  for (const entry of await readdir(reposDir).catch(() => [] as string[])) {
+    // .deleted-<ms since the epoch>-<random>: the time of the delete, in its name
+    const m = /^\.deleted-(\d{13})-[0-9a-f]+$/.exec(entry)
+    if (!m || now - Number(m[1]) < TRASH_AGE_MS) continue
+    await rm(path.join(reposDir, entry), { recursive: true, force: true, maxRetries: 3 })
+    removed++
+  }
+  return removed
+}
+
 /** Removes a repository from disk and from the store; returns the line to print. */
 export async function deleteRepo(config: Config, store: AuthStore, repo: { name: string; kind: RepoKind }): Promise<string> {
   const root = path.resolve(config.reposDir)
+  await sweepTrash(root)
   const dir = await resolveInside(root, repo.name)
-  const trash = path.join(root, `.deleted-${randomBytes(6).toString('hex')}`)
+  const trash = path.join(root, `${TRASH}${Date.now()}-${randomBytes(6).toString('hex')}`)
   await rename(dir, trash)
   let moved: RepoRecords
   try {

@@ -3,6 +3,7 @@
  * `vcs-worker` commands. Exit codes (DESIGN.md): 0 ok, 2 bad usage or configuration (every
  * problem printed, each naming its key), 1 runtime failure.
  */
+import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { existsSync, mkdirSync, statSync } from 'node:fs'
 import { loadConfig, flagSpec, type Config } from '../config/load.js'
@@ -98,6 +99,9 @@ async function serve(config: Config, explicitRepos: boolean): Promise<void> {
   }
   const app = await buildApp(config, { logger, git })
   for (const line of looseModes(config)) logger.warn(line)
+  const { sweepTrash } = await import('./lifecycle.js')
+  const swept = await sweepTrash(path.resolve(config.reposDir))
+  if (swept) logger.info({ removed: swept }, 'removed what repo deletes cut short had left in the repos dir')
   let address: string
   try {
     address = await app.listen({ host: config.host, port: config.port, backlog: 2048 })
@@ -146,8 +150,10 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command === 'help' || !command) {
     const help = args[0] !== undefined ? helpOf(args[0]) : undefined
-    process.stdout.write(`${help ?? usage()}\n`)
-    return command || values.help ? 0 : 2
+    // asked for (help, --help): the answer, on stdout; no command at all: a usage mistake
+    const asked = Boolean(command || values.help)
+    ;(asked ? process.stdout : process.stderr).write(`${help ?? usage()}\n`)
+    return asked ? 0 : 2
   }
   if (!TOP_WORDS.includes(command)) {
     const near = nearestCommand(positionals)

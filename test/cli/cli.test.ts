@@ -1,6 +1,6 @@
 import t from 'tap'
 import path from 'node:path'
-import { readdir, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { loadConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors.js'
 import { CLI, ROOT, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
@@ -113,4 +113,58 @@ t.test('repo create: git and nested paths, refuses bad and existing names, never
   worker.proc.kill('SIGTERM')
   await new Promise((resolve) => worker.proc.once('exit', resolve))
   t.equal(worker.proc.exitCode, 0, 'SIGTERM: clean exit 0')
+})
+
+t.test('--version, -h, help: answers on stdout with exit 0; a bare or incomplete command is a usage mistake', async (t) => {
+  const pkg = JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }
+  const { reposDir, dataDir } = await fixtureDir(t)
+  for (const flag of ['--version', '-V']) t.same(await cli([flag]), { code: 0, stdout: `vcs-worker ${pkg.version}\n`, stderr: '' }, flag)
+  const whole = await cli(['--help'])
+  t.same([whole.code, whole.stderr], [0, ''])
+  t.match(whole.stdout, /^usage:\n {2}vcs-worker serve .*\n[\s\S]* {2}vcs-worker lfs fsck PATH .*\nevery command takes --data DIR/)
+  t.equal((await cli(['-h'])).stdout, whole.stdout, '-h is --help')
+  const bare = await cli([])
+  t.same([bare.code, bare.stdout, bare.stderr], [2, '', whole.stdout], 'no command: the usage, on stderr, exit 2')
+  const user = await cli(['user', '--help'])
+  t.equal(user.code, 0)
+  t.same(user.stdout.split('\n').filter((l) => l.startsWith('  ')).map((l) => l.trim().split(/\s+/).slice(0, 3).join(' ')), ['vcs-worker user add', 'vcs-worker user passwd', 'vcs-worker user rename', 'vcs-worker user remove', 'vcs-worker user unlock', 'vcs-worker user list'], 'user --help: the user commands only')
+  t.equal((await cli(['help', 'user'])).stdout, user.stdout, 'help user is the same')
+  const serveHelp = await cli(['serve', '--help'])
+  t.match(serveHelp.stdout, /docs\/configuration\.md/)
+  t.match(serveHelp.stdout, /^ {2}--heavy-limit N +.*\[\d+\]$/m, 'serve --help lists the settings with their defaults')
+  t.match(serveHelp.stdout, /^ {2}--pack-cache, --no-pack-cache /m)
+  for (const [args, stderr] of [
+    [['user'], 'vcs-worker: user needs a subcommand: add, passwd, rename, remove, unlock, list\nsee: vcs-worker user --help\n'],
+    [['usr', 'add'], 'vcs-worker: unknown command: usr; did you mean user add?\nsee: vcs-worker --help\n'],
+    [['user', 'ad', 'x'], 'vcs-worker: unknown command: user ad; did you mean user add?\nsee: vcs-worker user --help\n'],
+    [['token', 'create'], 'vcs-worker: token create: missing NAME\nusage: vcs-worker token create NAME [--expires 30d|12h|2027-01-31]\n'],
+    [['grant', 'ada', 'demo'], 'vcs-worker: grant: missing read|write|admin\nusage: vcs-worker grant NAME PATH read|write|admin\n'],
+  ] as [string[], string][]) {
+    const r = await cli([...args, '--data', dataDir, '--repos', reposDir])
+    t.same([r.code, r.stderr], [2, stderr], `${args.join(' ')}: the reason and one hint`)
+  }
+})
+
+t.test('--init makes a store only the owner can read; serve warns about looser modes; cut deletes are swept', async (t) => {
+  const dir = t.testdir({})
+  const data = path.join(dir, 'fresh-data')
+  const { reposDir } = await fixtureDir(t)
+  const r = await cli(['user', 'add', 'ada', '--data', data, '--repos', reposDir, '--init'], {}, 'ada-password-1\n')
+  t.same([r.code, r.stdout], [0, 'added user ada\n'], r.stderr)
+  t.equal((await stat(data)).mode & 0o777, 0o700, 'the data dir: 0700')
+  t.equal((await stat(path.join(data, 'auth.sqlite'))).mode & 0o777, 0o600, 'the store: 0600 (password hashes, token hashes)')
+  t.equal((await cli(['user', 'list', '--data', data, '--repos', reposDir])).code, 0, 'found again without --init')
+
+  await chmod(data, 0o755)
+  await chmod(path.join(data, 'auth.sqlite'), 0o644)
+  // a delete killed between its rename and its removal, two hours ago; and one still running
+  const old = path.join(reposDir, `.deleted-${Date.now() - 2 * 3600_000}-0a1b2c`)
+  const young = path.join(reposDir, `.deleted-${Date.now()}-3d4e5f`)
+  for (const d of [old, young]) await mkdir(path.join(d, 'objects'), { recursive: true })
+  const w = await spawnWorker(t, ['--data', data, '--repos', reposDir, '--hg-processes', '0'])
+  t.match(w.output(), `${data} is mode 755: others can read it (chmod 700 ${data})`)
+  t.match(w.output(), `${path.join(data, 'auth.sqlite')} is mode 644: others can read it (chmod 600 `)
+  t.same((await readdir(reposDir)).filter((e) => e.startsWith('.')), [path.basename(young)], 'the old trash is gone, the young one kept')
+  w.proc.kill('SIGTERM')
+  await new Promise((resolve) => w.proc.once('exit', resolve))
 })
