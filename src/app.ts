@@ -11,7 +11,7 @@ import { ProbeThread } from './health/probe-thread.js'
 import { drain } from './health/drain.js'
 import { Admission } from './admission/admission.js'
 import { WorkerMetrics } from './metrics/metrics.js'
-import Fastify, { LogController, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify'
 import { serverFactory } from './http/server.js'
 import type { Logger } from 'pino'
 import type { Config } from './config/load.js'
@@ -59,6 +59,10 @@ export interface AppDeps {
 
 /** Builds the worker app for `config`. */
 export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
+  // one judgement of which peers' forwarding headers count: fastify's (req.ip, req.host,
+  // req.protocol) and the URLs the worker hands out (LFS hrefs, bundle URLs, GET /)
+  const trustedPeer = trustedPeers(config.trustedProxies)
+  const baseOf = (req: FastifyRequest): string | undefined => publicBase(req, config.publicUrl, trustedPeer)
   const app = Fastify({
     ...(deps.logger ? { loggerInstance: deps.logger } : { logger: loggerOptions(config.logLevel) }),
     // Fastify's two lines per request give way to our one access line (log.ts).
@@ -67,14 +71,14 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     serverFactory: serverFactory(config),
     return503OnClosing: true,
     // X-Forwarded-For is believed only from the configured proxies (HAProxy); else the socket.
-    trustProxy: config.trustedProxies.length ? [...config.trustedProxies] : false,
+    trustProxy: config.trustedProxies.length ? trustedPeer : false,
     connectionTimeout: config.idleTimeoutMs,
     clientErrorHandler,
     frameworkErrors,
     rewriteUrl: urlClassifier(config.hgProcesses > 0),
   }) as unknown as FastifyInstance
   try {
-    await assemble(app, config, deps)
+    await assemble(app, config, deps, baseOf)
   } catch (err) {
     // Whatever was started (hg children, the hook endpoint, timers) stops with the app.
     await app.close().catch(() => {})
@@ -84,7 +88,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 }
 
 /** Registers every part of the worker on `app`; the route table of the whole worker. */
-async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Promise<void> {
+async function assemble(app: FastifyInstance, config: Config, deps: AppDeps, baseOf: (req: FastifyRequest) => string | undefined): Promise<void> {
   installErrorHandlers(app)
   // Metrics read the admission queue and health state when scraped; requests reach them through
   // the access record, created here first so every request is counted.
@@ -164,7 +168,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     app.addHook('onClose', () => packCache!.stop())
   }
   const repoRoutes: RepoRoute[] = gitRoutes({ config, git, admission, refHooks, log: app.log, packCache })
-  repoRoutes.push(...lfsRoutes({ config, store: new FsLfsStore(), auth: app.vcsAuth, admission, log: app.log }), lockRoute({ store, admission, maxPerRepo: config.lfsMaxLocksPerRepo }))
+  repoRoutes.push(...lfsRoutes({ config, store: new FsLfsStore(), auth: app.vcsAuth, admission, log: app.log, baseOf }), lockRoute({ store, admission, maxPerRepo: config.lfsMaxLocksPerRepo }))
   app.vcsAuth.addRefHook(lockHook(store, git))
   if (config.hgProcesses > 0) {
     const pool = new HgServePool(config, app.log)
@@ -172,7 +176,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
     app.decorate('hgPool', pool)
     // onClose runs after in-flight requests finished: only then stop the children.
     app.addHook('onClose', () => pool.stop())
-    const hgDeps = { config, pool, admission, recovery: new JournalRecovery(config, app.log), refused: () => metrics?.refused('no_hg_child', 'none') }
+    const hgDeps = { config, pool, admission, baseOf, recovery: new JournalRecovery(config, app.log), refused: () => metrics?.refused('no_hg_child', 'none') }
     if (config.hgCloneBundles) {
       const cloneBundles = new CloneBundles(config, app.log)
       app.addHook('onClose', () => cloneBundles.stop())
@@ -200,11 +204,9 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps): Pr
   app.decorate('drain', () => drain(app, health, admission, { graceMs: config.drainGraceMs, timeoutMs: config.drainTimeoutMs }))
 
   // The route table: every repository route with its id and the access it needs (http/routes.ts).
-  const trustedPeer = trustedPeers(config.trustedProxies)
-  registerRepoRoutes(app, repoRoutes, { auth: app.vcsAuth, reposRoot, baseOf: (req) => publicBase(req, config.publicUrl, trustedPeer) })
+  registerRepoRoutes(app, repoRoutes, { auth: app.vcsAuth, reposRoot, baseOf })
   registerDumbRoute(app)
-  const trusted = trustedPeers(config.trustedProxies)
-  app.get('/', { config: { routeId: 'root' } }, async (req, reply) => reply.type('text/plain').send(rootLine(publicBase(req, config.publicUrl, trusted) ?? '', config.hgProcesses > 0)))
+  app.get('/', { config: { routeId: 'root' } }, async (req, reply) => reply.type('text/plain').send(rootLine(baseOf(req) ?? '', config.hgProcesses > 0)))
 }
 
 /** What `GET /` says: what this server is, its version, and how to clone from it. */

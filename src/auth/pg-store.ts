@@ -385,14 +385,28 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
       return query<RepoRecord>('SELECT name, kind, public FROM repos ORDER BY name COLLATE "C"')
     },
     async dump(): Promise<StoreDump> {
-      const [users, tokens, repos, grants, protections, locks] = await Promise.all([
-        query<{ id: number; name: string; password: string; created_at: string }>('SELECT id, name, password, created_at FROM users ORDER BY id'),
-        query<{ id: number; user_id: number; hash: Buffer; expires_at: string | null; revoked_at: string | null; created_at: string; last_used_at: string | null }>('SELECT * FROM tokens ORDER BY id'),
-        query<{ name: string; kind: 'git' | 'hg'; public: boolean }>('SELECT name, kind, public FROM repos ORDER BY name'),
-        query<{ user_id: number; repo: string; level: Level }>('SELECT user_id, repo, level FROM grants ORDER BY user_id, repo'),
-        query<{ repo: string; pattern: string; users: string }>('SELECT repo, pattern, users FROM protections ORDER BY repo, pattern'),
-        query<Omit<LockRow, 'owner'>>('SELECT id, repo, path, user_id, locked_at FROM lfs_locks ORDER BY id'),
-      ])
+      // one snapshot: a user added or removed while the copy reads cannot leave a grant without its user
+      const client = await pool.connect().catch((err) => { throw unavailable(err) })
+      const read = async <R extends pg.QueryResultRow>(text: string): Promise<R[]> => (await client.query<R>(text)).rows
+      let rows
+      try {
+        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+        rows = [
+          await read<{ id: number; name: string; password: string; created_at: string }>('SELECT id, name, password, created_at FROM users ORDER BY id'),
+          await read<{ id: number; user_id: number; hash: Buffer; expires_at: string | null; revoked_at: string | null; created_at: string; last_used_at: string | null }>('SELECT * FROM tokens ORDER BY id'),
+          await read<{ name: string; kind: 'git' | 'hg'; public: boolean }>('SELECT name, kind, public FROM repos ORDER BY name'),
+          await read<{ user_id: number; repo: string; level: Level }>('SELECT user_id, repo, level FROM grants ORDER BY user_id, repo'),
+          await read<{ repo: string; pattern: string; users: string }>('SELECT repo, pattern, users FROM protections ORDER BY repo, pattern'),
+          await read<Omit<LockRow, 'owner'>>('SELECT id, repo, path, user_id, locked_at FROM lfs_locks ORDER BY id'),
+        ] as const
+        await client.query('COMMIT')
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => {})
+        throw isUnavailable(err) ? unavailable(err) : err
+      } finally {
+        client.release()
+      }
+      const [users, tokens, repos, grants, protections, locks] = rows
       return {
         users: users.map((u) => ({ id: u.id, name: u.name, password: u.password, createdAt: Number(u.created_at) })),
         tokens: tokens.map((t) => ({ id: t.id, userId: t.user_id, hash: t.hash, expiresAt: num(t.expires_at), revokedAt: num(t.revoked_at), createdAt: Number(t.created_at), lastUsedAt: num(t.last_used_at) })),

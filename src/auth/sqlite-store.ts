@@ -276,14 +276,15 @@ export function openSqliteStore(file: string): AuthStore {
     async dump(): Promise<StoreDump> {
       type Row = Record<string, unknown>
       const all = (sql: string): Row[] => db.prepare<[], Row>(sql).all()
-      return {
+      // one read transaction: one snapshot of every table, whatever a running worker writes meanwhile
+      return db.transaction((): StoreDump => ({
         users: all('SELECT id, name, password, created_at AS createdAt FROM users ORDER BY id') as StoreDump['users'],
         tokens: all('SELECT id, user_id AS userId, hash, expires_at AS expiresAt, revoked_at AS revokedAt, created_at AS createdAt, last_used_at AS lastUsedAt FROM tokens ORDER BY id') as StoreDump['tokens'],
         repos: all('SELECT name, kind, public FROM repos ORDER BY name').map((r) => ({ ...r, public: r.public === 1 })) as StoreDump['repos'],
         grants: all('SELECT user_id AS userId, repo, level FROM grants ORDER BY user_id, repo') as StoreDump['grants'],
         protections: all('SELECT repo, pattern, users FROM protections ORDER BY repo, pattern') as StoreDump['protections'],
         locks: all('SELECT id, repo, path, user_id AS userId, locked_at AS lockedAt FROM lfs_locks ORDER BY id') as StoreDump['locks'],
-      }
+      }))()
     },
     async restore(dump) {
       wroteHere = true

@@ -17,7 +17,7 @@ import { HgTimeoutError, HgUpstreamError, RepoNotFoundError, ServiceUnavailableE
 import type { Action, Identity } from '../auth/plugin.js'
 import { decodeBody, spillRequestBody, type SpillBuffer } from '../http/body.js'
 import type { RepoRoute } from '../http/routes.js'
-import { HOP_BY_HOP, publicBase, trustedPeers } from '../http/headers.js'
+import { HOP_BY_HOP } from '../http/headers.js'
 import { judgeHgRequest, keptAnswerRequest, type HgRequest } from './request.js'
 import type { Admission, Release } from '../admission/admission.js'
 import type { HgChild, HgServePool } from './serve-pool.js'
@@ -40,6 +40,8 @@ export interface HgDeps {
   cloneBundles?: CloneBundles
   /** light read answers kept per repo and request (one is made when not given) */
   answers?: HgAnswerCache
+  /** the base of the URLs handed out (http/headers.ts publicBase) */
+  baseOf: (req: FastifyRequest) => string | undefined
 }
 
 const SILENT_CHILD = 'the hg server process did not answer in time; try again'
@@ -48,7 +50,6 @@ const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 export function hgRoute(deps: HgDeps): RepoRoute {
   const judgedOf = new WeakMap<FastifyRequest, HgRequest>()
   const answers = deps.answers ?? new HgAnswerCache()
-  const trusted = trustedPeers(deps.config.trustedProxies)
 
   /** Judged before the repo is looked up: the action is the command's (request.ts). */
   function access(req: FastifyRequest): Action {
@@ -62,7 +63,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     const judged = judgedOf.get(req)!
     // a session starts with `capabilities`: refused here when a drain or a full queue would refuse its work
     if (judged.cmd === 'capabilities') deps.admission.refuseIfBusy()
-    if (deps.cloneBundles && (judged.cmd === 'clonebundles' || judged.cmd === 'clonebundles_manifest')) return manifest(req, reply, deps.cloneBundles, publicBase(req, deps.config.publicUrl, trusted))
+    if (deps.cloneBundles && (judged.cmd === 'clonebundles' || judged.cmd === 'clonebundles_manifest')) return manifest(req, reply, deps.cloneBundles, deps.baseOf(req))
     await deps.recovery.ensure(req.repo.dir)
     let keep: ((answer: CachedAnswer) => void) | undefined
     const asked = keptAnswerRequest(req.method, judged)

@@ -1,4 +1,5 @@
-import { BlockList, isIP } from 'node:net'
+import { isIP } from 'node:net'
+import proxyAddr from '@fastify/proxy-addr'
 import type { FastifyRequest } from 'fastify'
 
 /**
@@ -10,25 +11,15 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set(['connection', 'keep-aliv
 /** A Host header fit to build a URL from (name or IPv4 or [IPv6], optional port): the clone bundle and LFS hrefs. */
 export const SANE_HOST = /^([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:\d{1,5})?$/
 
-/** Addresses the worker believes forwarding headers from (trustedProxies: addresses, CIDRs, or proxy-addr's `loopback`). */
-export function trustedPeers(list: readonly string[]): (address: string | undefined) => boolean {
+/**
+ * Addresses the worker believes forwarding headers from (trustedProxies: addresses, CIDRs, or
+ * `loopback`), compiled by the same proxy-addr as fastify's trustProxy, which app.ts gives this
+ * very function: req.ip, req.host and req.protocol and the URLs built here trust the same peers.
+ */
+export function trustedPeers(list: readonly string[]): (address: string | undefined, hop?: number) => boolean {
   if (!list.length) return () => false
-  const block = new BlockList()
-  for (const item of list) {
-    const entries = item === 'loopback' ? ['127.0.0.0/8', '::1/128'] : [item]
-    for (const entry of entries) {
-      const [addr, bits] = entry.split('/')
-      const type = isIP(addr!) === 6 ? 'ipv6' : 'ipv4'
-      if (!isIP(addr!)) continue
-      if (bits === undefined) block.addAddress(addr!, type)
-      else block.addSubnet(addr!, Number(bits), type)
-    }
-  }
-  return (address) => {
-    if (!address) return false
-    const plain = address.replace(/^::ffff:(?=\d+\.)/, '')
-    return block.check(plain, isIP(plain) === 6 ? 'ipv6' : 'ipv4')
-  }
+  const trust = proxyAddr.compile([...list])
+  return (address, hop = 0) => address !== undefined && trust(address, hop)
 }
 
 /**

@@ -18,7 +18,6 @@ import { fileSending, sendFile } from '../http/send-file.js'
 import { decodeBody, toClientError, type DecodedBody } from '../http/body.js'
 import { DISCARD_LIMIT } from '../http/unread-body.js'
 import { LfsError, PayloadTooLargeError } from '../errors.js'
-import { publicBase, trustedPeers } from '../http/headers.js'
 import { isOid, LFS_UPLOAD_TEMPS, LfsObjectError, type FsLfsStore } from './store.js'
 import { QuarantineSweeper } from '../git/quarantine.js'
 import type { FastifyBaseLogger } from 'fastify'
@@ -36,6 +35,8 @@ export interface LfsDeps {
   auth: VcsAuth
   admission: Admission
   log: FastifyBaseLogger
+  /** the base of the URLs handed out (http/headers.ts publicBase) */
+  baseOf: (req: FastifyRequest) => string | undefined
 }
 
 interface BatchObject { oid: string; size: number }
@@ -84,8 +85,8 @@ export function wantsLfsJson(req: FastifyRequest): void {
 }
 
 /** The base URL of this repo's LFS endpoint (publicBase: never from an untrusted Host). */
-function lfsBase(req: FastifyRequest, config: Config, trusted: (address: string | undefined) => boolean): string {
-  const base = publicBase(req, config.publicUrl, trusted)
+function lfsBase(req: FastifyRequest, baseOf: LfsDeps['baseOf']): string {
+  const base = baseOf(req)
   if (!base) throw new LfsError(400, 'the Host header cannot name this server')
   return `${base}/${req.repo.name}/info/lfs`
 }
@@ -99,7 +100,6 @@ function sizeProblem(size: unknown, max: number): string | undefined {
 
 export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
   const { config, store, auth } = deps
-  const trusted = trustedPeers(config.trustedProxies)
   const maxObject = config.lfsMaxObjectBytes
   const sending = fileSending(config)
   // temp files of uploads a killed worker left (the push quarantines' rule: docs/lfs.md)
@@ -125,7 +125,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
       await auth.authorize(req, req.repo, 'write')
       await roomFor(req.repo.dir, 0)
     }
-    const base = lfsBase(req, config, trusted)
+    const base = lfsBase(req, deps.baseOf)
     const header: Record<string, string> = req.headers.authorization ? { Authorization: req.headers.authorization } : {}
     const objects = await Promise.all((body.objects as unknown[]).map(async (o) => {
       const { oid, size } = (typeof o === 'object' && o !== null ? o : {}) as { oid?: unknown; size?: unknown }

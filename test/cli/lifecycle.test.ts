@@ -1,5 +1,5 @@
 import t from 'tap'
-import { access, readdir, rm } from 'node:fs/promises'
+import { access, mkdir, readdir, rm, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { CLI, gitClient, rawRequest, run, startWorker } from '../helpers/worker.js'
 
@@ -120,4 +120,25 @@ t.test('user rename keeps tokens and grants; grants say when they lower; bad --u
   }
   t.same(JSON.parse((await cli('protect', 'list', 'demo', '--json')).stdout), [], 'the refused protect stored nothing')
   t.same(JSON.parse((await cli('token', 'list', 'bob', '--json')).stdout), [], 'no token made')
+})
+
+t.test('store copy SQLite to SQLite: an online backup while the server runs, only its owner can read it', async (t) => {
+  const w = await startWorker(t, {}, { private: true })
+  const common = ['--data', w.config.dataDir, '--repos', w.reposDir]
+  const cli = (...args: string[]) => run(process.execPath, [CLI, ...args, ...common], { env: { PATH: process.env.PATH } })
+  await w.addUser('ada', 'ada-password', { 'demo.git': 'write' })
+  t.equal((await cli('token', 'create', 'ada')).code, 0)
+  t.equal((await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack', { authorization: basic('ada', 'ada-password') })).status, 200, 'the server is serving from the store being copied')
+  const backup = path.join(w.dir, 'backup')
+  let r = await cli('store', 'copy', '--from', path.join(w.config.dataDir, 'auth.sqlite'), '--to', path.join(backup, 'auth.sqlite'))
+  t.equal(r.code, 1, 'into a directory that is not there: refused')
+  await mkdir(backup, { mode: 0o700 })
+  r = await cli('store', 'copy', '--from', path.join(w.config.dataDir, 'auth.sqlite'), '--to', path.join(backup, 'auth.sqlite'))
+  t.same([r.code, r.stdout], [0, `copied 1 users, 1 tokens, 1 grants, 4 repos, 0 protections, 0 locks to ${path.join(backup, 'auth.sqlite')}\n`], r.stderr)
+  t.equal((await stat(path.join(backup, 'auth.sqlite'))).mode & 0o777, 0o600)
+  const restored = await run(process.execPath, [CLI, 'grant', 'list', '--json', '--data', backup, '--repos', w.reposDir], { env: { PATH: process.env.PATH } })
+  t.same(JSON.parse(restored.stdout), [{ user: 'ada', repo: 'demo.git', level: 'write' }], 'the copy is a store the CLI opens')
+  r = await cli('store', 'copy', '--from', path.join(w.config.dataDir, 'auth.sqlite'), '--to', path.join(backup, 'auth.sqlite'))
+  t.equal(r.code, 1)
+  t.match(r.stderr, /is not empty: store copy writes only into an empty store; nothing was copied/, 'never over an existing store')
 })
