@@ -40,20 +40,24 @@ export async function sweepTrash(reposDir: string, now = Date.now()): Promise<nu
   return removed
 }
 
+/** The directory moves first, then the store follows; when the store fails the directory goes back. */
+async function moveThenRecord(from: string, to: string, record: () => Promise<RepoRecords>): Promise<RepoRecords> {
+  await rename(from, to)
+  try {
+    return await record()
+  } catch (err) {
+    await rename(to, from)
+    throw err
+  }
+}
+
 /** Removes a repository from disk and from the store; returns the line to print. */
 export async function deleteRepo(config: Config, store: AuthStore, repo: { name: string; kind: RepoKind }): Promise<string> {
   const root = path.resolve(config.reposDir)
   await sweepTrash(root)
   const dir = await resolveInside(root, repo.name)
   const trash = path.join(root, `${TRASH}${Date.now()}-${randomBytes(6).toString('hex')}`)
-  await rename(dir, trash)
-  let moved: RepoRecords
-  try {
-    moved = await store.moveRepo(repo.name, null)
-  } catch (err) {
-    await rename(trash, dir)
-    throw err
-  }
+  const moved = await moveThenRecord(dir, trash, () => store.moveRepo(repo.name, null))
   await rm(trash, { recursive: true, force: true, maxRetries: 3 })
   return `deleted ${repo.kind} repository ${repo.name} with its ${records(moved)}`
 }
@@ -88,13 +92,6 @@ export async function renameRepo(config: Config, store: AuthStore, repo: { name:
     throw new Error(`the store still holds grants or protections for ${to} (left by a repo removed by hand): revoke them first (vcs-worker grant list --repo ${to})`)
   }
   await mkdir(path.dirname(target), { recursive: true })
-  await rename(from, target)
-  let moved: RepoRecords
-  try {
-    moved = await store.moveRepo(repo.name, to)
-  } catch (err) {
-    await rename(target, from)
-    throw err
-  }
+  const moved = await moveThenRecord(from, target, () => store.moveRepo(repo.name, to))
   return `renamed ${repo.kind} repository ${repo.name} to ${to}, with its ${records(moved)}`
 }

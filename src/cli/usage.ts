@@ -38,7 +38,7 @@ export const COMMANDS: CommandLine[] = [
   { words: 'protect list', args: '[PATH] [--json]' },
   { words: 'unprotect', args: 'PATH REF-PATTERN' },
   { words: 'haproxy-config', args: '[--pool FILE.json] [--workers N]', note: 'the default pool of `npm run pool` without --pool' },
-  { words: 'store copy', args: '--from FILE|URL --to URL|FILE', note: 'SQLite to PostgreSQL or back, into an empty store' },
+  { words: 'store copy', args: '--from FILE|URL --to URL|FILE', note: 'a whole store into an empty one: SQLite or PostgreSQL either way; an online backup' },
   { words: 'lfs fsck', args: 'PATH', note: 're-hash a repo\'s Git LFS objects; names bad ones, deletes nothing' },
 ]
 
