@@ -1,7 +1,8 @@
 import t from 'tap'
-import { access } from 'node:fs/promises'
+import { access, chmod } from 'node:fs/promises'
 import path from 'node:path'
-import { CLI, rawRequest, run, startWorker } from '../helpers/worker.js'
+import { CLI, clientEnv, fixtureDir, gitClient, rawRequest, run, startWorker, waitFor } from '../helpers/worker.js'
+import { freePort } from '../../tools/pool/launch.js'
 import { atTerminal } from '../helpers/pty.js'
 
 // The CLI at a real terminal (a pty): the questions a person is asked, what the screen shows.
@@ -61,4 +62,33 @@ t.test('repo delete at a terminal asks for the name; a wrong answer deletes noth
   t.match(r.output, /deleted git repository team\/project\.git with its 0 grants, 0 protections, 0 LFS locks/)
   t.equal(await present(), false)
   t.equal((await rawRequest(w.port, 'GET', '/team/project.git/info/refs?service=git-upload-pack')).status, 401, 'the running server no longer serves it (to an anonymous caller, as any missing repo)')
+})
+
+t.test('serve at a terminal: one start-up line, one line per request, one line for Ctrl-C', async (t) => {
+  const { dir, reposDir, dataDir } = await fixtureDir(t)
+  await chmod(dataDir, 0o700)
+  for (const repo of ['demo', 'demo-hg']) t.equal((await run(process.execPath, [CLI, 'repo', 'visibility', repo, 'public', '--data', dataDir, '--repos', reposDir])).code, 0)
+  const port = await freePort()
+  const session = atTerminal([process.execPath, CLI, 'serve', '--port', String(port), '--data', dataDir, '--repos', reposDir, '--hg-processes', '1'], [
+    { expect: 'listening on', send: '' },
+    // the hg clone's last request, then Ctrl-C as a person presses it (the terminal sends SIGINT)
+    { expect: 'demo-hg getbundle', send: '\u0003' },
+  ])
+  const url = `http://127.0.0.1:${port}`
+  await waitFor(async () => (await fetch(`${url}/`).then((r) => r.status, () => 0)) === 200, 60_000, 'the worker to answer')
+  t.equal((await gitClient(dir)(['ls-remote', `${url}/demo.git`])).code, 0)
+  t.equal((await run('hg', ['clone', '-U', `${url}/demo-hg`, path.join(dir, 'h')], { env: clientEnv(path.join(dir, 'client-home')) })).code, 0)
+  const r = await session
+  t.same([r.code, r.stepsDone], [0, true], 'Ctrl-C: a clean stop')
+  // eslint-disable-next-line no-control-regex
+  const lines = r.output.replace(/\x1b\[[0-9;]*m/g, '').replace(/\^C/g, '').split(/\r?\n/).filter(Boolean)
+  if (process.env.VCSW_SHOW_TERMINAL) t.comment(lines.join('\n'))
+  t.match(lines[0], new RegExp(`^vcs-worker \\d+\\.\\d+\\.\\d+ listening on http://127\\.0\\.0\\.1:${port}/ \\(repos in .*; try: git clone http://127\\.0\\.0\\.1:${port}/demo\\.git\\)$`), 'the start-up line, first')
+  const requests = lines.filter((l) => /^\d\d:\d\d:\d\d {2}\d{3} {2}[A-Z]+ {2}/.test(l))
+  t.ok(requests.length >= 4, 'the root, the ls-remote and the hg clone\'s requests, one line each')
+  t.ok(requests.some((l) => /^\d\d:\d\d:\d\d {2}200 {2}POST {2}demo\.git upload-pack {2}- {2}\d+ B in {2}\d+ B out {2}[\d.]+ ms$/.test(l)), 'a git request: time, status, method, repo and service, user, bytes, ms')
+  t.ok(requests.some((l) => / {2}200 {2}GET {2}demo-hg getbundle {2}/.test(l)), 'an hg request line names the repo and the command')
+  t.match(lines.at(-1), /stopping now \(in-flight requests are cut; SIGTERM drains instead\) signal=SIGINT$/, 'Ctrl-C says what it does, last')
+  const other = lines.slice(1, -1).filter((l) => !requests.includes(l) && !l.includes('^C'))
+  t.same(other, [], 'nothing else: no hg child states, no "killed!" on the stop')
 })
