@@ -30,6 +30,11 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
+# the commit message rule (.githooks/commit-msg), in a git checkout whose hooks are not set otherwise
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ "$(git rev-parse --show-toplevel)" = "$PWD" ] && [ -z "$(git config --get core.hooksPath || true)" ]; then
+  git config core.hooksPath .githooks
+fi
+
 npx --no-install tsc -p tsconfig.json
 chmod +x dist/src/cli/main.js # the package's bin: runnable through a symlink on PATH
 bash scripts/build-native.sh
