@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds repos-fixture/ from nothing, byte-for-byte the same each time for a given git/hg
 # version: fixed authors, fixed dates, no hooks samples. The result is committed; the server
-# and the tests only ever copy it (DESIGN.md: never write into repos-fixture/).
+# and the tests only ever copy it (docs/design.md: never write into repos-fixture/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=repos-fixture

@@ -118,7 +118,7 @@ export function sendError(reply: FastifyReply, status: number, message: string, 
   return reply.code(status).headers(headers).type('text/plain; charset=utf-8').send(`${oneLine(message)}\n`)
 }
 
-/** Installs the error and not-found handlers: the whole status table of DESIGN.md lives here. */
+/** Installs the error and not-found handlers: the whole status table (README, docs/design.md) lives here. */
 export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | VcsError, req: FastifyRequest, reply: FastifyReply) => {
     if (reply.sent || reply.raw.headersSent) {

@@ -1,5 +1,5 @@
 /**
- * pino options and the access log. One line per request with DESIGN.md's fields, written when
+ * pino options and the access log. One line per request with the fields docs/design.md names, written when
  * the connection's response closes, so a clone the client abandoned is logged too. Credentials
  * never reach a log line: the access line carries no headers, and any serialized request has
  * `authorization` and `cookie` redacted.

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * `vcs-worker` commands. Exit codes (DESIGN.md): 0 ok, 2 bad usage or configuration (every
+ * `vcs-worker` commands. Exit codes (docs/design.md): 0 ok, 2 bad usage or configuration (every
  * problem printed, each naming its key), 1 runtime failure.
  */
 import path from 'node:path'

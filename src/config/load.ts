@@ -1,6 +1,6 @@
 /**
  * The one configuration object: defaults < config file (`--config FILE`, JSON) < `VCS_WORKER_*`
- * environment < command-line flags (DESIGN.md). Read once, checked against the schema
+ * environment < command-line flags (docs/design.md). Read once, checked against the schema
  * (schema.ts) with every problem named by its key, then frozen and passed in. Only this file
  * reads `process.env`.
  */

@@ -1,5 +1,5 @@
 /**
- * Repository paths from URLs. The text is checked against DESIGN.md's grammar before anything
+ * Repository paths from URLs. The text is checked against docs/design.md's grammar before anything
  * touches the filesystem: `/`-separated segments of `[A-Za-z0-9._-]`, none starting with `.`
  * (so no `..`, no `.ssh`, no `.git`), no percent-encoding, no backslash, no NUL. Only then is
  * the path resolved, and after resolving symlinks it must still lie inside the repos dir.
