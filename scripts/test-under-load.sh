@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The suite on a loaded machine (#13 point 9): `npm test` while stress-ng keeps every core busy.
+# The suite on a loaded machine: `npm test` while stress-ng keeps every core busy.
 # A test that passes only on an idle machine waits for a time instead of an event; this finds it.
 # Usage: npm run test:load [-- extra tap arguments, e.g. a file]
 set -euo pipefail

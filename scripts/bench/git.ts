@@ -76,7 +76,7 @@ async function main(): Promise<void> {
   }
   let worker, worker0, classic, floor
   try {
-    // the cold path (issue #15 point 10): every clone computed, as the references do; the
+    // the cold path: every clone computed, as the references do; the
     // pack cache (on by default) is bench:storm's subject
     worker = await start(startWorker(['--repos', REPOS, '--data', data, '--no-pack-cache']))
     // the same worker with its git children at the priority the references' servers run at

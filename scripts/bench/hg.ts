@@ -5,7 +5,7 @@
  * then 4 concurrent server-side bundle streams (curl sends `hg clone`'s own getbundle request and
  * throws the bytes away, so the servers' work is what is measured) with N=1 vs N=2 children, and
  * one vs two bare `hg serve`; the same for the legacy zlib request; and the worker's own CPU per
- * MB of clone. Clone bundles (issue #15 point 8): `hg clone` through a worker that has them
+ * MB of clone. Clone bundles: `hg clone` through a worker that has them
  * (the stream bundle, made before the rounds) against one without, wall time and the CPU of
  * each worker and all its children. Every other worker here runs without clone bundles, so
  * the figures above measure what they always did. The repo is generated once under data/bench-hg/.

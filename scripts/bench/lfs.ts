@@ -1,5 +1,5 @@
 /**
- * `npm run bench:lfs` (issue #16 point 10), one run, interleaved: a 200 MB Git LFS object
+ * `npm run bench:lfs`, one run, interleaved: a 200 MB Git LFS object
  * downloaded through the worker against the same file served by nginx as a static file (curl
  * to /dev/null for both, throughput; target worker/nginx >= 0.9); uploaded through the worker
  * (`curl -T`, as a client would) against `cp` of the file plus `sha256sum` of the

@@ -13,7 +13,7 @@
  * storm costs once the entry exists. Each round also has a storm of 16 commits asked for once
  * each, none repeated: what the cache costs the packs nobody asks for twice. Measured per storm: wall time (throughput), the CPU of the
  * worker and its children (the spawn helper and every git it started), the worker's RSS peak;
- * and the disk one cache miss writes. Targets (issue #15 point 7): throughput with the cache >=
+ * and the disk one cache miss writes. Targets: throughput with the cache >=
  * 4x without; server CPU per fetch with the cache <= 20% of without; RSS < 150 MB.
  * Beside them, the floors: git upload-pack alone (CPU per fetch with a pack that costs nothing,
  * a hook that cats the entry, and without a cache), and the same storms against the HTTP floor

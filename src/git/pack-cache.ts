@@ -1,5 +1,5 @@
 /**
- * The pack-objects cache (issue #15): identical pack-objects runs computed once. git upload-pack
+ * The pack-objects cache: identical pack-objects runs computed once. git upload-pack
  * hands its pack-objects call to `uploadpack.packObjectsHook` (honoured from `-c`, never from
  * a repo's own config); our hook, a small C program (a Node hook cost more CPU to start than
  * the pack it saved, bench:storm), posts the call to this server on loopback with a

@@ -5,7 +5,7 @@
  * with the client's connection as its stdout (through the spawn helper: the connection's handle
  * passed over the IPC channel, the worker keeping its own copy). The relay writes HEAD when git's
  * first byte is there and splices the rest, following the pkt-lines, and reports on its fd 3.
- * Profiled on an 81 MB clone (issue #15 point 10): the copy through the worker's event loop
+ * Profiled on an 81 MB clone: the copy through the worker's event loop
  * cost the server ~230 ms of CPU a clone, the relay ~60 ms over git writing to the socket itself.
  *
  * What the worker keeps, from the report and git's exit: a git that fails before its first byte

@@ -1,5 +1,5 @@
 /**
- * Clone bundles for hg (issue #15 point 5): each repo keeps a stream bundle (store files as they
+ * Clone bundles for hg: each repo keeps a stream bundle (store files as they
  * are: the fastest clone, for clients that support the repo's requirements) and a zstd bundle2
  * (for the rest), in REPO/.hg/clonebundles/, beside the repo on the shared storage, so every
  * worker of a pool lists and serves the same files. The children run Mercurial's clonebundles

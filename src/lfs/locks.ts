@@ -1,5 +1,5 @@
 /**
- * Git LFS file locking (issue #16, point 5), written to git-lfs's docs/api/locking.md:
+ * Git LFS file locking, written to git-lfs's docs/api/locking.md:
  * `POST …/info/lfs/locks` takes a lock, `GET …/locks` lists them (by `path`, `id`, `cursor`,
  * `limit`), `POST …/locks/verify` splits them into the caller's and others', and
  * `POST …/locks/:id/unlock` removes one: the owner's own, or anyone's with `force` by an admin of

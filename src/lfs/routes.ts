@@ -1,5 +1,5 @@
 /**
- * Git LFS over the worker (issue #16): the batch API and the basic transfer adapter, written to
+ * Git LFS over the worker: the batch API and the basic transfer adapter, written to
  * git-lfs's docs/api/batch.md and basic-transfers.md, found by `git lfs` with no configuration
  * at `<repo>.git/info/lfs` (or `<repo>/info/lfs`). Authorization is the auth middleware's: the
  * route's pre-handler authorizes reading; an upload batch, an upload and a verify authorize

@@ -1,5 +1,5 @@
 /**
- * Git LFS objects (issue #16): the content store. Objects live in their repository, under
+ * Git LFS objects: the content store. Objects live in their repository, under
  * `<repo>/lfs/objects/<oid[0:2]>/<oid[2:4]>/<oid>` (the layout git-lfs itself uses in a
  * client's `.git/lfs/objects`), so a pool on shared storage serves them from any worker and
  * a backup of the repos dir holds them. An upload streams into a temp file in `<repo>/lfs/tmp`

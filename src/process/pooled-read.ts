@@ -3,7 +3,7 @@
  * or a file allocates a new buffer for every read: 81 MB of pack is 1,300 buffers of 64 KiB,
  * which V8 counts as external memory, and each ~12-16 MB of it that lives past a scavenge (a
  * chunk waiting in a slow client's socket queue) starts a full mark-compact of the worker's
- * heap. perf on a large clone (issue #15 point 10): major GC was a quarter of the worker's
+ * heap. perf on a large clone: major GC was a quarter of the worker's
  * CPU samples; a 31 MB clone bundle the same. Here reads land in buffers taken from a pool and
  * each goes back once the response has written it (its write callback), so a download in
  * steady state allocates nothing.

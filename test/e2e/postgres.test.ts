@@ -1,5 +1,5 @@
 /**
- * Workers on PostgreSQL (#14): two "hosts" (workers with data dirs of their own) sharing one
+ * Workers on PostgreSQL: two "hosts" (workers with data dirs of their own) sharing one
  * repos dir and one PostgreSQL server started here; the CLI against the same URL; store copy;
  * a change seen by every worker; an outage that is never a wrong password.
  */

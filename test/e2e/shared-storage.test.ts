@@ -1,5 +1,5 @@
 /**
- * Two hosts, one repos dir (#14 point 6): a worker killed mid-push on one host does not block
+ * Two hosts, one repos dir: a worker killed mid-push on one host does not block
  * the next push from the other; a ref lock left by a killed git is cleared only when provably stale.
  */
 import t from 'tap'
