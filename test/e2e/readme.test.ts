@@ -6,6 +6,10 @@ import { execFileSync } from 'node:child_process'
 import { clientEnv, CLI, run } from '../helpers/worker.js'
 import { freshClone, readmeCommands, sections, tourScript } from '../helpers/readme.js'
 
+// a first npm start builds the whole clone (tsc, the C helpers) and starts two pools: about 90 s
+// idle, twice that with both cores busy; the file's own bound instead of tap's 300 s default
+t.setTimeout(600_000)
+
 // README's tour, every shell line exactly as written, top to bottom, in one shell, from a fresh
 // clone's layout: npm start, the clone, the users and tokens, the push after `cd project`, hg,
 // both pools and pool:stats. Then what a user meets next: npm start twice (the port in use) and a
