@@ -10,7 +10,7 @@ import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { QuarantineSweeper } from './quarantine.js'
 import type { Config } from '../config/load.js'
 import { BadRequestError, PayloadTooLargeError, ServiceUnavailableError, UnsupportedMediaTypeError } from '../errors.js'
-import { DISCARD_LIMIT } from '../http/unread-body.js'
+import { DISCARD_LIMIT, settleUnreadBody } from '../http/unread-body.js'
 import { stdinSink } from '../process/child.js'
 import { decodeBody, spillRequestBody, toClientError } from '../http/body.js'
 import { DUMB_HTTP, type RepoRoute } from '../http/routes.js'
@@ -235,9 +235,11 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
   function tooLargeInProtocol(req: FastifyRequest, reply: FastifyReply, err: Error): FastifyReply {
     const refusal = pushTooLarge(err)
     req.accessRecord.refused = refusal.message
-    // the body is left unread, so its capabilities are unknown: git asks for side-band-64k whenever
-    // receive-pack offers it (git >= 1.6), and reads anything else there as a bad band
-    return reply.header('connection', 'close').type('application/x-git-receive-pack-result').headers(NO_CACHE).send(inBandError(refusal.message, true))
+    // the body is not parsed, so its capabilities are unknown: git asks for side-band-64k whenever
+    // receive-pack offers it (git >= 1.6), and reads anything else there as a bad band. It is
+    // drained (within a bound): cut while curl still sends, git would see only "Broken pipe"
+    settleUnreadBody(req, reply)
+    return reply.type('application/x-git-receive-pack-result').headers(NO_CACHE).send(inBandError(refusal.message, true))
   }
 
   const pushTooLarge = (err: Error): Error => new Error(`push refused: ${err.message}`)
