@@ -34,7 +34,7 @@ async function main(): Promise<void> {
   const repos = path.join(BENCH, 'repos')
   cpSync(path.join(ROOT, 'repos-fixture'), repos, { recursive: true })
   const data = path.join(BENCH, 'data')
-  const admin = (args: string[], input?: string) => sh(process.execPath, [CLI, ...args, '--data', data, '--repos', repos], { input })
+  const admin = (args: string[], input?: string) => sh(process.execPath, [CLI, ...args, '--data', data, '--repos', repos, '--init'], { input })
   admin(['repo', 'visibility', 'demo', 'public'])
   admin(['user', 'add', 'bench'], 'bench-password\n')
   admin(['grant', 'bench', 'demo', 'read'])

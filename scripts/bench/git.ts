@@ -66,7 +66,7 @@ async function main(): Promise<void> {
   console.error(`bench: large repo ${packMb} MB, ${commits} commits`)
 
   const data = path.join(BENCH, 'worker-data')
-  for (const repo of ['large', 'small']) sh(process.execPath, [CLI, 'repo', 'visibility', repo, 'public', '--repos', REPOS, '--data', data])
+  for (const repo of ['large', 'small']) sh(process.execPath, [CLI, 'repo', 'visibility', repo, 'public', '--repos', REPOS, '--data', data, '--init'])
   // everything started is stopped, also when a later start fails
   const started: { stop(): Promise<void> }[] = []
   const start = async <T extends { stop(): Promise<void> }>(p: Promise<T>): Promise<T> => {

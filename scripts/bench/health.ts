@@ -49,7 +49,7 @@ async function main(): Promise<void> {
   mkdirSync(REPOS, { recursive: true })
   makeLargeRepo(path.join(REPOS, 'large.git'))
   const data = path.join(BENCH, 'worker-data')
-  sh(process.execPath, [CLI, 'repo', 'visibility', 'large', 'public', '--repos', REPOS, '--data', data])
+  sh(process.execPath, [CLI, 'repo', 'visibility', 'large', 'public', '--repos', REPOS, '--data', data, '--init'])
   const floor = await startFloor()
   try {
     for (const helper of [true, false]) await measure(data, helper, helper ? floor.url : undefined)

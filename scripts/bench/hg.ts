@@ -82,7 +82,7 @@ async function main(): Promise<void> {
   // bools go through the environment: clone bundles off but where measured
   const worker = async (name: string, flags: string[], env: Record<string, string> = { VCS_WORKER_HG_CLONE_BUNDLES: 'false' }) => {
     const data = path.join(BENCH, name)
-    sh(process.execPath, [CLI, 'repo', 'visibility', 'large-hg', 'public', '--repos', REPOS, '--data', data])
+    sh(process.execPath, [CLI, 'repo', 'visibility', 'large-hg', 'public', '--repos', REPOS, '--data', data, '--init'])
     return startWorker(['--repos', REPOS, '--data', data, ...flags], env)
   }
   const w2 = await worker('worker-data', ['--hg-processes', '2'])

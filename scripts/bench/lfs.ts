@@ -99,7 +99,7 @@ async function main(): Promise<void> {
   for (const dir of [repos, data, floorDir]) rmSync(dir, { recursive: true, force: true })
   mkdirSync(floorDir, { recursive: true })
   cpSync(path.join(ROOT, 'repos-fixture'), repos, { recursive: true })
-  const admin = (args: string[], input?: string) => sh(process.execPath, [CLI, ...args, '--data', data, '--repos', repos], { input })
+  const admin = (args: string[], input?: string) => sh(process.execPath, [CLI, ...args, '--data', data, '--repos', repos, '--init'], { input })
   admin(['user', 'add', 'bench'], 'bench-password\n')
   admin(['grant', 'bench', 'demo', 'write'])
   const auth = `Basic ${Buffer.from('bench:bench-password').toString('base64')}`

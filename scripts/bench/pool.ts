@@ -41,7 +41,7 @@ async function main(): Promise<void> {
   mkdirSync(REPOS, { recursive: true })
   rmSync(path.join(REPOS, 'small.git'), { recursive: true, force: true })
   sh('cp', ['-a', path.join(ROOT, 'repos-fixture', 'demo.git'), path.join(REPOS, 'small.git')])
-  sh(process.execPath, [CLI, 'repo', 'visibility', 'small', 'public', '--repos', REPOS, '--data', BENCH])
+  sh(process.execPath, [CLI, 'repo', 'visibility', 'small', 'public', '--repos', REPOS, '--data', BENCH, '--init'])
   const spec: PoolSpec = {
     frontend: `127.0.0.1:${await freePort()}`, stats: `127.0.0.1:${await freePort()}`, web: `127.0.0.1:${await freePort()}`,
     adminSocket: path.join(BENCH, 'haproxy.sock'),

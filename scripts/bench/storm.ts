@@ -131,7 +131,7 @@ async function main(): Promise<void> {
   const data = (name: string) => path.join(BENCH, `data-${name}`)
   for (const name of ['on', 'off']) {
     rmSync(data(name), { recursive: true, force: true })
-    for (const repo of ['wide', 'wide-pushed', 'wide-bitmap']) sh(process.execPath, [CLI, 'repo', 'visibility', repo, 'public', '--data', data(name), '--repos', REPOS])
+    for (const repo of ['wide', 'wide-pushed', 'wide-bitmap']) sh(process.execPath, [CLI, 'repo', 'visibility', repo, 'public', '--data', data(name), '--repos', REPOS, '--init'])
   }
   const packs = (repo: string) => readdirSync(path.join(REPOS, repo, 'objects', 'pack')).filter((n) => n.endsWith('.pack')).length
   const tip = sh('git', ['--git-dir', path.join(REPOS, 'wide.git'), 'rev-parse', 'main']).trim()
