@@ -35,6 +35,7 @@ import { FsLfsStore } from './lfs/store.js'
 import { lockHook, lockRoute } from './lfs/locks.js'
 import { publicBase, trustedPeers } from './http/headers.js'
 import { VERSION } from './install.js'
+import { onSpawnHelperWarning } from './process/helper-client.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -107,6 +108,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps, bas
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('*', (_req, _payload, done) => done(null))
 
+  onSpawnHelperWarning((message) => app.log.warn(message))
   const git = deps.git ?? createGitRunner(config)
   const reposRoot = realpathSync(config.reposDir)
   const store = deps.store ?? await openStore(config, {

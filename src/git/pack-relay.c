@@ -48,7 +48,8 @@
  *     on loopback). fds 2 and 3 are pipes the helper reads (and passes on to the worker). It
  *     waits for the client's connection over the IPC channel Node opened for it (fd
  *     NODE_CHANNEL_FD: newline-ended JSON messages, a handle in SCM_RIGHTS on its message,
- *     acknowledged with {"cmd":"NODE_HANDLE_ACK"}), which becomes fd 1, says so on the channel
+ *     acknowledged with {"cmd":"NODE_HANDLE_ACK"}: the contract as src/process/node-internals.ts
+ *     writes it down), which becomes fd 1, says so on the channel
  *     ({"took":true}), then waits for the arguments that follow `pack-relay` in the --file mode,
  *     each ended by a NUL, on stdin. Then as --file.
  *     The channel or stdin closed first (the helper is gone): exit 1, having written nothing.

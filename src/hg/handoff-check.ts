@@ -1,10 +1,10 @@
 /**
  * The handoff's start-up self-test. Handing a socket to an `hg serve` child leans on Node
- * internals (a sent socket's `_handle`, `socket.server`, and the IPC handle messages that our
- * Python extension re-implements: NODE_HANDLE, SCM_RIGHTS, NODE_HANDLE_ACK). `engines` names
- * the Node major it is tested on; on any runtime the worker first hands one connection of its
- * own (a loopback socket pair) to a short-lived hg running the extension and reads the answer.
- * If that does not come back whole, bundle downloads are proxied, with one warning.
+ * internals (process/node-internals.ts: a socket's bare handle, `socket.server`, and the IPC
+ * handle messages that our Python extension re-implements). On any runtime the worker first
+ * hands one connection of its own (a loopback socket pair) to a short-lived hg running the
+ * extension and reads the answer. If that does not come back whole, bundle downloads are
+ * proxied, with one warning.
  */
 import net from 'node:net'
 import { once } from 'node:events'

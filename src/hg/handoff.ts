@@ -17,6 +17,7 @@
  */
 import type { ChildProcess } from 'node:child_process'
 import type { Socket } from 'node:net'
+import { bareHandle, closeBareHandle, detachFromServer } from '../process/node-internals.js'
 
 export interface HandoffRequest {
   /** the request line and headers as the child reads them, ending with the empty line */
@@ -94,9 +95,9 @@ export class HandoffLine {
       // Node holds a sent socket's handle until the child acknowledges it, and keeps holding it
       // when the child dies first: the client would wait out its own timeout. A lost handover
       // closes it (a no-op once Node closed it); one still queued is closed with its socket.
-      const handle = (socket as unknown as { _handle?: { close(): void } | null })._handle
+      const handle = bareHandle(socket)
       this.jobs.set(id, (r) => {
-        if (r === LOST) try { handle?.close() } catch { /* closed already */ }
+        if (r === LOST) closeBareHandle(handle)
         socket.destroy()
         resolve(r)
       })
@@ -111,11 +112,9 @@ export class HandoffLine {
         idleMs: req.idleMs,
         beatMs: this.beatMs(),
       }
-      // Node's cluster bookkeeping for a sent server socket (socket.server set) makes the
-      // server wait at close for children that got sockets, and hangs it for good once they
-      // all exited (Server.close polls an empty worker list). Without it the socket is sent
-      // all the same; destroying the handle-less socket afterwards settles the server's count.
-      ;(socket as unknown as { server: unknown }).server = null
+      // Sent detached from the HTTP server (node-internals.ts); destroying the handle-less
+      // socket afterwards settles the server's count of connections.
+      detachFromServer(socket)
       this.proc.send(msg, socket, { keepOpen: false }, (err) => {
         socket.destroy()
         if (err) this.settle(id, LOST)

@@ -1,6 +1,7 @@
 # The handed-over connections of a vcs-worker `hg serve` child (see src/hg/handoff.ts and
 # vcsworker_ext.py, which loads this module): Node's IPC channel to the worker, the sockets it
-# passes (SCM_RIGHTS with a NODE_HANDLE line, acknowledged with NODE_HANDLE_ACK), the request
+# passes (SCM_RIGHTS with a NODE_HANDLE line, acknowledged with NODE_HANDLE_ACK: the contract is
+# written down in src/process/node-internals.ts), the request
 # each carries, and the watchdog that cuts off a request hg stays silent on.
 import base64
 import io

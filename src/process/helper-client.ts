@@ -10,6 +10,7 @@ import net from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { PassThrough, type Readable, type Writable } from 'node:stream'
 import { pooledSocket, type BufferPool, type ChunkSink, type ChunkSource } from './pooled-read.js'
+import { bareHandle } from './node-internals.js'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -74,6 +75,13 @@ let ready: Promise<void> | undefined
 /** the helper's socket for stdout connections the worker opens (helper-main.ts) */
 let stdoutAddress = ''
 
+let warn: (message: string) => void = (message) => process.emitWarning(message)
+
+/** Where the helper's warnings go (a feature it turned off, with why): the worker's log. */
+export function onSpawnHelperWarning(fn: (message: string) => void): void {
+  warn = fn
+}
+
 /** The spawn socket and the helper, started once. */
 function start(): Promise<void> {
   if (ready) return ready
@@ -87,7 +95,8 @@ function start(): Promise<void> {
     srv.once('error', reject)
     srv.listen(address, () => {
       const h = fork(HELPER, [name], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json' })
-      h.on('message', (m: { id: number; pid?: number; code?: number | null; signal?: NodeJS.Signals | null; error?: string; listening?: boolean }) => {
+      h.on('message', (m: { id: number; pid?: number; code?: number | null; signal?: NodeJS.Signals | null; error?: string; listening?: boolean; warning?: string }) => {
+        if (typeof m.warning === 'string') return void warn(m.warning)
         if (m.listening !== undefined) {
           // its stdout socket is up (or could not be): only now can spawns be asked for
           if (pending.size === 0) h.channel?.unref()
@@ -222,12 +231,11 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
     }
     const msg = { id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice, stdoutFromWorker: chunks !== undefined, stdoutSent: opts.stdoutSocket !== undefined, report: report !== undefined, prestart: opts.prestart }
     if (!opts.stdoutSocket) return void helper!.send(msg)
-    // The socket's bare TCP handle, not the net.Socket: Node's cluster bookkeeping for a sent
-    // server socket (hg/handoff.ts says more) stays out of it. keepOpen: the worker keeps its
-    // copy, to answer on when git fails before its first byte and to close it in the end.
-    const handle = (opts.stdoutSocket as unknown as { _handle?: object | null })._handle
+    // The socket's bare TCP handle, not the net.Socket (node-internals.ts). keepOpen: the worker
+    // keeps its copy, to answer on when git fails before its first byte and to close it in the end.
+    const handle = bareHandle(opts.stdoutSocket)
     if (!handle) return void pending.get(id)?.exit({ code: null, signal: null, error: new Error('the client connection is closed') })
-    helper!.send(msg, handle as net.Socket, { keepOpen: true }, (err) => {
+    helper!.send(msg, handle as unknown as net.Socket, { keepOpen: true }, (err) => {
       if (err) pending.get(id)?.exit({ code: null, signal: null, error: err })
     })
   }, (err: unknown) => pending.get(id)?.exit({ code: null, signal: null, error: err as Error }))

@@ -18,6 +18,9 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import net from 'node:net'
 import { setPriority } from 'node:os'
+import path from 'node:path'
+import type { BareHandle } from './node-internals.js'
+import { sendHandle, spareSelfTest, tookIt } from './relay-spare.js'
 
 interface SpawnRequest {
   id: number
@@ -113,14 +116,34 @@ const stdoutServer = net.createServer({ pauseOnConnect: true }, (s) => {
 /** pids of the children still running (each leads its own process group) */
 const running = new Set<number>()
 
-/** A bare handle (a TCP connection's), as Node passes one sent without its net.Socket. */
-interface Handle { close(): void }
+/** A connection's bare handle, as Node passes one sent without its net.Socket (node-internals.ts). */
+type Handle = BareHandle
 
 /** processes started ahead (`bin --wait`) by bin, at most SPARES each, none until a request asked for one */
 const spares = new Map<string, ChildProcess[]>()
 const SPARES = 2
 
+/** per bin, whether its spares passed the start-up self-test (run once, at the first request that could use one) */
+const spareChecks = new Map<string, Promise<boolean>>()
+
+/**
+ * Keeps SPARES of `bin --wait` waiting, once a self-test showed that one serves a connection
+ * handed over on this runtime; after a failed test the spares stay off (one warning to the
+ * worker) and every download spawns its relay, as it would without spares.
+ */
 function startSpares(bin: string): void {
+  let check = spareChecks.get(bin)
+  if (!check) {
+    check = spareSelfTest(bin).then(() => true, (err: Error) => {
+      send({ warning: `relay spares are off: ${path.basename(bin)} --wait failed its self-test on Node ${process.version} (${err.message}); each download starts its own relay` })
+      return false
+    })
+    spareChecks.set(bin, check)
+  }
+  void check.then((ok) => { if (ok) fillSpares(bin) })
+}
+
+function fillSpares(bin: string): void {
   const list = spares.get(bin) ?? []
   spares.set(bin, list)
   while (list.length < SPARES) {
@@ -133,32 +156,6 @@ function startSpares(bin: string): void {
     list.push(child)
   }
 }
-
-/** Sends `handle` over a spare's channel; resolves once written (a closed channel: the callback's error). */
-function sendHandle(child: ChildProcess, handle: unknown): Promise<void> {
-  return new Promise((resolve, reject) => {
-    child.send('fd', handle as net.Socket, { keepOpen: true }, (err) => (err ? reject(err) : resolve()))
-  })
-}
-
-/** Resolves once the spare says it took the connection; rejects when it exits, or says nothing for TOOK_MS. */
-function tookIt(child: ChildProcess): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = (err?: Error): void => {
-      clearTimeout(timer)
-      child.off('message', onMessage)
-      child.off('exit', onExit)
-      if (err) reject(err)
-      else resolve()
-    }
-    const onMessage = (msg: { took?: boolean }): void => { if (msg?.took === true) done() }
-    const onExit = (): void => done(new Error('the spare exited'))
-    const timer = setTimeout(() => done(new Error('the spare did not take the connection')), TOOK_MS)
-    child.on('message', onMessage)
-    child.once('exit', onExit)
-  })
-}
-const TOOK_MS = 2000
 
 /**
  * Request `m` served by a spare: the client's connection sent, the arguments written, and its

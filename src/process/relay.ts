@@ -13,6 +13,7 @@ import type { Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Child, ExitStatus } from './child.js'
+import { bareHandle } from './node-internals.js'
 
 /** The relay binary, built by `npm run build` (scripts/build-native.sh). */
 export const PACK_RELAY = fileURLToPath(new URL('../../bin/pack-relay', import.meta.url))
@@ -92,7 +93,7 @@ export function relayHead(reply: FastifyReply, opts: { length?: boolean } = {}):
 export function relayableSocket(req: FastifyRequest): Socket | undefined {
   const socket = req.raw.socket
   if ((socket as { encrypted?: boolean }).encrypted || socket.destroyed || !socket.writable || socket.writableLength > 0) return undefined
-  if (!(socket as unknown as { _handle?: { fd?: number } | null })._handle) return undefined
+  if (!bareHandle(socket)) return undefined
   return socket
 }
 
