@@ -218,7 +218,11 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
     pipeline(body.stream, new PktLineChecker({ mode: 'commands', onPacket }), stdinSink(child)).then(() => { bodyIn = true }, (err: unknown) => {
       child.kill()
       body.abandon(DISCARD_LIMIT)
-      if (!reply.raw.headersSent) reply.header('connection', 'close')
+      // Over the limit, the rest of the body is read and thrown away (up to DISCARD_LIMIT, then
+      // the connection is cut) on a connection kept open: git's curl sends the whole body
+      // before it reads the answer, and a connection closed behind the answer would reset it
+      // mid-send, leaving git "Connection reset by peer" instead of our reason.
+      if (!reply.raw.headersSent && !(err instanceof PayloadTooLargeError)) reply.header('connection', 'close')
       if (err instanceof PayloadTooLargeError && !reply.raw.headersSent) {
         // git prints an ERR packet as "remote error: ..."; an HTTP 413 it shows without our reason
         refusal = pushTooLarge(err)
