@@ -14,6 +14,7 @@ import { WorkerMetrics } from './metrics/metrics.js'
 import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify'
 import { serverFactory } from './http/server.js'
 import type { Logger } from 'pino'
+import { scryptParams } from './auth/password.js'
 import type { Config } from './config/load.js'
 import { clientErrorHandler, frameworkErrors, installErrorHandlers } from './errors.js'
 import { backendOf, installAccessLog, loggerOptions, requestIdGenerator } from './log.js'
@@ -124,6 +125,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps, bas
     userThrottleLimit: config.loginFailureUserLimit,
     throttleWindowMs: config.loginFailureWindowMs,
     passwordQueueLimit: config.passwordQueueLimit,
+    scrypt: scryptParams(config.kdfCost),
   })
   installHookScripts(config.hooksDir)
   // before the ref hooks judge a push, locks a killed git left on its refs are cleared (git takes them after)

@@ -12,6 +12,11 @@ const scrypt = (password: string, salt: Buffer, keylen: number, opts: ScryptOpti
 export const DEFAULT_SCRYPT = { N: 2 ** 17, r: 8, p: 1 }
 const KEYLEN = 32
 
+/** The scrypt parameters of cost `log2N` (the kdfCost setting). */
+export function scryptParams(log2N: number): { N: number; r: number; p: number } {
+  return { N: 2 ** log2N, r: 8, p: 1 }
+}
+
 /** Hashes a password with fresh salt. */
 export async function hashPassword(password: string, params = DEFAULT_SCRYPT): Promise<string> {
   const salt = randomBytes(16)

@@ -8,7 +8,7 @@ import { MAX_USER_NAME } from '../auth/credentials.js'
 import type { Config } from '../config/load.js'
 import type { AuthStore, Level } from '../auth/store.js'
 import { LEVELS, StoreConflictError, StoreNotFoundError } from '../auth/store.js'
-import { hashPassword } from '../auth/password.js'
+import { hashPassword, scryptParams } from '../auth/password.js'
 import { hashToken, newToken, TOKEN_PREFIX } from '../auth/tokens.js'
 import { gitRepoName, isBareGitRepo, parseRepoPath, resolveInside, type RepoKind } from '../repos/path.js'
 import { createRepo, isBranchName } from '../repos/create.js'
@@ -157,14 +157,14 @@ export async function runAdmin(command: string, args: string[], ctx: AdminContex
       const name = checkUserName(rest[0])
       // told before the password is asked for
       if (await store.findUser(name)) throw new StoreConflictError(`user ${name} already exists`)
-      await store.addUser(name, await hashPassword(await readPassword()))
+      await store.addUser(name, await hashPassword(await readPassword(), scryptParams(config.kdfCost)))
       return out(`added user ${name}`)
     }
     case 'user passwd': {
       arity(rest, 1, 'user passwd')
       const name = checkUserName(rest[0])
       if (!(await store.findUser(name))) throw new StoreNotFoundError(`no such user: ${name}`)
-      await store.setPassword(name, await hashPassword(await readPassword()))
+      await store.setPassword(name, await hashPassword(await readPassword(), scryptParams(config.kdfCost)))
       return out(`changed the password of ${name}`)
     }
     case 'user rename': {

@@ -41,6 +41,7 @@ export const SETTINGS = Type.Object({
   loginFailureLimit: int(10, 'failed logins per user and address before 429', { minimum: 1 }),
   loginFailureUserLimit: int(10, 'failed password logins of one user name, from all addresses together, before that user\'s password logins get 429 from anywhere (tokens still pass; `vcs-worker user unlock NAME` clears it)', { minimum: 1 }),
   loginFailureAddressLimit: int(50, 'failed password logins from one address, across all user names, before 429', { minimum: 1 }),
+  kdfCost: int(17, 'scrypt cost of new password hashes, as log2 of N (r=8, p=1): 17 is OWASP\'s floor. Existing hashes keep the cost they were made with; unknown users are checked against a hash of this cost, so their answer takes as long as a real user\'s', { minimum: 10, maximum: 22 }),
   passwordQueueLimit: int(16, 'password checks waiting for the slow KDF (two run at once); past it, 503', { minimum: 0 }),
   loginFailureWindowMs: int(300_000, 'window of the failed-login count', { minimum: 1000 }),
   realm: text('vcs-worker', 'HTTP Basic realm shown by clients'),

@@ -2,14 +2,14 @@ import t from 'tap'
 import { hashPassword } from '../../src/auth/password.js'
 import path from 'node:path'
 import { writeFile } from 'node:fs/promises'
-import { startWorker, gitClient, run, CLI, rawRequest, waitFor, type Worker } from '../helpers/worker.js'
+import { startWorker, gitClient, run, CLI, CLI_ENV, rawRequest, waitFor, type Worker } from '../helpers/worker.js'
 
 const basic = (user: string, secret: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}` })
 const refs = (repo: string, service = 'git-upload-pack') => `/${repo}/info/refs?service=${service}`
 
 /** Runs the real CLI against the worker's data and repos dirs, as an operator would. */
 function cli(w: Worker, args: string[], input?: string) {
-  return run(process.execPath, [CLI, ...args, '--data', w.config.dataDir, '--repos', w.config.reposDir], { env: { PATH: process.env.PATH }, input })
+  return run(process.execPath, [CLI, ...args, '--data', w.config.dataDir, '--repos', w.config.reposDir], { env: CLI_ENV, input })
 }
 
 async function commitIn(git: ReturnType<typeof gitClient>, dir: string, file: string) {

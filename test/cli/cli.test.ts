@@ -3,9 +3,10 @@ import path from 'node:path'
 import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { loadConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors.js'
-import { CLI, ROOT, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
+import { openSqliteStore } from '../../src/auth/sqlite-store.js'
+import { CLI, CLI_ENV, ROOT, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
 
-const cli = (args: string[], env: NodeJS.ProcessEnv = {}, input?: string) => run(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH, ...env }, input })
+const cli = (args: string[], env: NodeJS.ProcessEnv = {}, input?: string) => run(process.execPath, [CLI, ...args], { env: { ...CLI_ENV, ...env }, input })
 
 t.test('config precedence: defaults < file < env < flags', async (t) => {
   const dir = t.testdir({ 'c.json': JSON.stringify({ port: 1111, host: '127.0.0.2', hgProcesses: 3, logLevel: 'warn' }) })
@@ -167,4 +168,23 @@ t.test('--init makes a store only the owner can read; serve warns about looser m
   t.same((await readdir(reposDir)).filter((e) => e.startsWith('.')), [path.basename(young)], 'the old trash is gone, the young one kept')
   w.proc.kill('SIGTERM')
   await new Promise((resolve) => w.proc.once('exit', resolve))
+})
+
+t.test('kdfCost: new password hashes at the configured cost; a cost out of range refused, nothing written', async (t) => {
+  const { reposDir, dataDir } = await fixtureDir(t)
+  const common = ['--data', dataDir, '--repos', reposDir, '--init']
+  const hashOf = async (name: string) => {
+    const store = openSqliteStore(path.join(dataDir, 'auth.sqlite'))
+    try { return (await store.findUser(name))?.passwordHash } finally { await store.close() }
+  }
+  let r = await cli(['user', 'add', 'cheap', ...common], {}, 'cheap-password-1\n')
+  t.equal(r.code, 0, r.stderr)
+  t.match(await hashOf('cheap'), /^scrypt\$1024\$8\$1\$/, 'the tests\' cost, 2^10')
+  r = await cli(['user', 'add', 'dear', ...common], { VCS_WORKER_KDF_COST: '17' }, 'dear-password-1\n')
+  t.equal(r.code, 0, r.stderr)
+  t.match(await hashOf('dear'), /^scrypt\$131072\$8\$1\$/, 'the default cost, 2^17')
+  r = await cli(['user', 'add', 'weak', ...common], { VCS_WORKER_KDF_COST: '9' }, 'weak-password-1\n')
+  t.equal(r.code, 2)
+  t.equal(r.stderr, "vcs-worker: bad configuration: kdfCost: 9 is out of range [10, 22]\n")
+  t.equal(await hashOf('weak'), undefined, 'no user added')
 })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { access, mkdir, readdir, rm, stat } from 'node:fs/promises'
 import path from 'node:path'
-import { CLI, gitClient, rawRequest, run, startWorker } from '../helpers/worker.js'
+import { CLI, CLI_ENV, gitClient, rawRequest, run, startWorker } from '../helpers/worker.js'
 
 const LFS = 'application/vnd.git-lfs+json'
 const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`
@@ -12,7 +12,7 @@ const exists = (p: string) => access(p).then(() => true, () => false)
 t.test('repo rename and delete carry grants, protections and LFS locks; the running server follows', async (t) => {
   const w = await startWorker(t, {}, { private: true })
   const common = ['--data', w.config.dataDir, '--repos', w.reposDir]
-  const cli = (...args: string[]) => run(process.execPath, [CLI, ...args, ...common], { env: { PATH: process.env.PATH } })
+  const cli = (...args: string[]) => run(process.execPath, [CLI, ...args, ...common], { env: CLI_ENV })
   await w.addUser('ada', 'ada-password', { 'team/project.git': 'write' })
   await w.addUser('bob', 'bob-password', {})
   t.equal((await cli('protect', 'team/project', 'main', '--users', 'ada')).code, 0)
@@ -74,7 +74,7 @@ t.test('repo rename and delete carry grants, protections and LFS locks; the runn
 t.test('records left by a repo removed by hand: listed, revoked, and told about when the name comes back', async (t) => {
   const w = await startWorker(t, {}, { private: true })
   const common = ['--data', w.config.dataDir, '--repos', w.reposDir]
-  const cli = (...args: string[]) => run(process.execPath, [CLI, ...args, ...common], { env: { PATH: process.env.PATH } })
+  const cli = (...args: string[]) => run(process.execPath, [CLI, ...args, ...common], { env: CLI_ENV })
   await w.addUser('bob', 'bob-password', { 'demo.git': 'read' })
   await w.addUser('eve', 'eve-password', { 'demo.git': 'write' })
   t.equal((await cli('protect', 'demo', 'release/*')).code, 0)
@@ -91,7 +91,7 @@ t.test('records left by a repo removed by hand: listed, revoked, and told about 
 t.test('user rename keeps tokens and grants; grants say when they lower; bad --users, --expires 0d refused', async (t) => {
   const w = await startWorker(t, {}, { private: true })
   const common = ['--data', w.config.dataDir, '--repos', w.reposDir]
-  const cli = (...args: string[]) => run(process.execPath, [CLI, ...args, ...common], { env: { PATH: process.env.PATH } })
+  const cli = (...args: string[]) => run(process.execPath, [CLI, ...args, ...common], { env: CLI_ENV })
   await w.addUser('ada', 'ada-password', { 'demo.git': 'admin' })
   const token = (await cli('token', 'create', 'ada')).stdout.trim().split('\n').pop()!
   t.equal((await cli('grant', 'ada', 'demo', 'write')).stdout, 'ada has write on demo.git (lowered from admin)\n', 'a grant that lowers says so')
@@ -125,7 +125,7 @@ t.test('user rename keeps tokens and grants; grants say when they lower; bad --u
 t.test('store copy SQLite to SQLite: an online backup while the server runs, only its owner can read it', async (t) => {
   const w = await startWorker(t, {}, { private: true })
   const common = ['--data', w.config.dataDir, '--repos', w.reposDir]
-  const cli = (...args: string[]) => run(process.execPath, [CLI, ...args, ...common], { env: { PATH: process.env.PATH } })
+  const cli = (...args: string[]) => run(process.execPath, [CLI, ...args, ...common], { env: CLI_ENV })
   await w.addUser('ada', 'ada-password', { 'demo.git': 'write' })
   t.equal((await cli('token', 'create', 'ada')).code, 0)
   t.equal((await rawRequest(w.port, 'GET', '/demo.git/info/refs?service=git-upload-pack', { authorization: basic('ada', 'ada-password') })).status, 200, 'the server is serving from the store being copied')
@@ -136,7 +136,7 @@ t.test('store copy SQLite to SQLite: an online backup while the server runs, onl
   r = await cli('store', 'copy', '--from', path.join(w.config.dataDir, 'auth.sqlite'), '--to', path.join(backup, 'auth.sqlite'))
   t.same([r.code, r.stdout], [0, `copied 1 users, 1 tokens, 1 grants, 4 repos, 0 protections, 0 locks to ${path.join(backup, 'auth.sqlite')}\n`], r.stderr)
   t.equal((await stat(path.join(backup, 'auth.sqlite'))).mode & 0o777, 0o600)
-  const restored = await run(process.execPath, [CLI, 'grant', 'list', '--json', '--data', backup, '--repos', w.reposDir], { env: { PATH: process.env.PATH } })
+  const restored = await run(process.execPath, [CLI, 'grant', 'list', '--json', '--data', backup, '--repos', w.reposDir], { env: CLI_ENV })
   t.same(JSON.parse(restored.stdout), [{ user: 'ada', repo: 'demo.git', level: 'write' }], 'the copy is a store the CLI opens')
   r = await cli('store', 'copy', '--from', path.join(w.config.dataDir, 'auth.sqlite'), '--to', path.join(backup, 'auth.sqlite'))
   t.equal(r.code, 1)

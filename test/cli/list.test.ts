@@ -1,8 +1,8 @@
 import t from 'tap'
 import path from 'node:path'
-import { CLI, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
+import { CLI, CLI_ENV, fixtureDir, gitClient, run, spawnWorker } from '../helpers/worker.js'
 
-const cli = (args: string[], input?: string) => run(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH }, input })
+const cli = (args: string[], input?: string) => run(process.execPath, [CLI, ...args], { env: CLI_ENV, input })
 
 t.test('user, token, grant and repo list: tables for people, --json for scripts, never a secret', async (t) => {
   const { dir, reposDir, dataDir } = await fixtureDir(t)

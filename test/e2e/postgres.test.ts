@@ -9,7 +9,7 @@ import { rm, writeFile } from 'node:fs/promises'
 import { existsSync, readFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { CLI, fixtureDir, gitClient, metric, processesMatching, rawRequest, run, spawnWorker, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
+import { CLI, CLI_ENV, fixtureDir, gitClient, metric, processesMatching, rawRequest, run, spawnWorker, startWorker, TEST_SCRYPT, waitFor, type Worker } from '../helpers/worker.js'
 import { startTestPool, workerMetrics } from '../helpers/pool.js'
 import { PG_MIGRATIONS } from '../../src/auth/pg-schema.js'
 import { startPostgres, PG_PASSWORD } from '../helpers/postgres.js'
@@ -21,7 +21,7 @@ const server = await startPostgres(t)
 
 /** `vcs-worker ARGS --auth-store URL` with the data and repos dirs of `w` */
 function cli(w: { config: { dataDir: string }; reposDir: string }, url: string, args: string[], input?: string) {
-  return run(process.execPath, [CLI, ...args, '--auth-store', url, '--data', w.config.dataDir, '--repos', w.reposDir], { input })
+  return run(process.execPath, [CLI, ...args, '--auth-store', url, '--data', w.config.dataDir, '--repos', w.reposDir], { env: { ...process.env, ...CLI_ENV }, input })
 }
 
 const v2 = { 'git-protocol': 'version=2' }

@@ -4,7 +4,7 @@ import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { chmod, mkdir, open, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises'
-import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, run, waitFor, CLI } from '../helpers/worker.js'
+import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, run, waitFor, CLI, CLI_ENV } from '../helpers/worker.js'
 
 async function setup(t: Test, flags: Record<string, string | boolean> = {}, anonymous = false) {
   const w = await startWorker(t, flags)
@@ -173,7 +173,7 @@ t.test('pushed objects are fsck-checked: a tree with .GIT is refused with git\'s
 
 t.test('kill -9 of the worker mid-push: the push ends at once, its quarantine is left, and the next push sweeps it once it is provably stale', async (t) => {
   const { dir, reposDir, dataDir } = await fixtureDir(t)
-  const admin = (args: string[], input?: string) => run(process.execPath, [CLI, ...args, '--repos', reposDir, '--data', dataDir], { input })
+  const admin = (args: string[], input?: string) => run(process.execPath, [CLI, ...args, '--repos', reposDir, '--data', dataDir], { env: CLI_ENV, input })
   t.equal((await admin(['user', 'add', 'kip'], 'kip-password\n')).code, 0)
   t.equal((await admin(['grant', 'kip', 'demo', 'write'])).code, 0)
   const demo = path.join(reposDir, 'demo.git')

@@ -3,7 +3,7 @@
  * echo as the line discipline does it), answers its prompts as a person would type, and returns
  * everything the terminal showed. Each step waits for its prompt text, bounded in time.
  */
-import { run } from './worker.js'
+import { CLI_ENV, run } from './worker.js'
 
 const DRIVER = String.raw`
 import json, os, pty, select, sys, time
@@ -57,7 +57,7 @@ export interface PtyResult {
 }
 
 /** Runs argv at a terminal, typing each step's `send` once its `expect` text has appeared. */
-export async function atTerminal(argv: string[], steps: { expect: string; send: string }[], env: NodeJS.ProcessEnv = { PATH: process.env.PATH }, stepSeconds = 60): Promise<PtyResult> {
+export async function atTerminal(argv: string[], steps: { expect: string; send: string }[], env: NodeJS.ProcessEnv = CLI_ENV, stepSeconds = 60): Promise<PtyResult> {
   const r = await run('python3', ['-c', DRIVER, JSON.stringify({ argv, env: { TERM: 'dumb', ...env }, steps, stepSeconds })], { timeoutMs: (steps.length + 2) * stepSeconds * 1000 })
   if (r.code !== 0) throw new Error(`pty driver failed: ${r.stderr}`)
   return JSON.parse(r.stdout) as PtyResult

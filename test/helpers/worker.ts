@@ -30,6 +30,8 @@ export const CLI = path.join(ROOT, 'dist/src/cli/main.js')
  * N=2^17). test/auth/access.test.ts keeps users at production cost where the cost is the point.
  */
 export const TEST_SCRYPT = { N: 2 ** 10, r: 8, p: 1 }
+/** the CLI's environment in tests: password hashes (and the unknown-user hash) at TEST_SCRYPT's cost */
+export const CLI_ENV: NodeJS.ProcessEnv = { PATH: process.env.PATH, VCS_WORKER_KDF_COST: '10' }
 
 /** The subset of tap's Test the helpers need. */
 export interface T {
@@ -82,7 +84,7 @@ export const FIXTURE_REPOS: [string, 'git' | 'hg'][] = [['demo.git', 'git'], ['t
 export async function startWorker(t: T, flags: Record<string, string | boolean> = {}, opts: { private?: boolean; reposDir?: string } = {}): Promise<Worker> {
   const { dir, reposDir: ownRepos, dataDir } = await fixtureDir(t)
   const reposDir = opts.reposDir ?? ownRepos
-  const config = loadConfig({ flags: { repos: reposDir, data: dataDir, port: '0', 'log-level': 'debug', 'hg-processes': '0', ...flags }, env: { PATH: process.env.PATH } })
+  const config = loadConfig({ flags: { repos: reposDir, data: dataDir, port: '0', 'log-level': 'debug', 'hg-processes': '0', 'kdf-cost': '10', ...flags }, env: { PATH: process.env.PATH } })
   // the store the config names (SQLite in the data dir, or a PostgreSQL URL from flags)
   const store = await openStore(config)
   for (const [name, kind] of FIXTURE_REPOS) await store.setRepo(name, kind, !opts.private)
@@ -204,7 +206,7 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
 
 /** Starts `vcs-worker serve` as its own process and waits for its listening line. */
 export async function spawnWorker(t: T, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ url: string; proc: ChildProcess; output: () => string }> {
-  const proc = spawn(process.execPath, [CLI, 'serve', '--port', '0', ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const proc = spawn(process.execPath, [CLI, 'serve', '--port', '0', ...args], { env: { ...CLI_ENV, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   proc.stdout!.on('data', (c) => { out += c })
   proc.stderr!.on('data', (c) => { out += c })
