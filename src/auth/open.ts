@@ -3,7 +3,7 @@
  * machine) or PostgreSQL (a pool across machines). The worker and every CLI command come here.
  */
 import type { Config } from '../config/load.js'
-import { openPgStore, redactUrl } from './pg-store.js'
+import { redactUrl } from './pg-url.js'
 import { openSqliteStore } from './sqlite-store.js'
 import type { AuthStore } from './store.js'
 
@@ -18,6 +18,7 @@ export interface OpenOptions {
 export async function openStore(config: Config, opts: OpenOptions = {}): Promise<AuthStore> {
   if (!isPostgresUrl(config.authStore)) return openSqliteStore(config.authDb)
   try {
+    const { openPgStore } = await import('./pg-store.js') // pg is loaded only for a PostgreSQL store
     return await openPgStore({
       url: config.authStore,
       passwordFile: config.authStorePasswordFile || undefined,

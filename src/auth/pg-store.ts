@@ -33,18 +33,6 @@ export interface PgStoreOptions {
   onEvent?: (event: 'listening' | 'lost', detail: string) => void
 }
 
-/** The URL with its password replaced, for messages and logs. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url)
-    if (u.password) u.password = '***'
-    for (const key of [...u.searchParams.keys()]) if (/pass/i.test(key)) u.searchParams.set(key, '***')
-    return u.toString()
-  } catch {
-    return 'postgres://(unparseable URL)'
-  }
-}
-
 /** Is this error the server being unreachable or going away (rather than a bad query or row)? */
 export function isUnavailable(err: unknown): boolean {
   const e = err as { code?: string; message?: string }

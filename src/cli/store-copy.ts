@@ -5,7 +5,8 @@
  * transaction, so it lands whole or not at all.
  */
 import { existsSync } from 'node:fs'
-import { openPgStore, redactUrl } from '../auth/pg-store.js'
+import { openPgStore } from '../auth/pg-store.js'
+import { redactUrl } from '../auth/pg-url.js'
 import { openSqliteStore } from '../auth/sqlite-store.js'
 import { isPostgresUrl } from '../auth/open.js'
 import { StoreConflictError, type AuthStore } from '../auth/store.js'

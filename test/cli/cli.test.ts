@@ -1,5 +1,6 @@
 import t from 'tap'
 import path from 'node:path'
+import { pathToFileURL } from 'node:url'
 import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { loadConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors.js'
@@ -187,4 +188,19 @@ t.test('kdfCost: new password hashes at the configured cost; a cost out of range
   t.equal(r.code, 2)
   t.equal(r.stderr, "vcs-worker: bad configuration: kdfCost: 9 is out of range [10, 22]\n")
   t.equal(await hashOf('weak'), undefined, 'no user added')
+})
+
+t.test('an admin command loads neither the server nor the PostgreSQL driver', async (t) => {
+  const { reposDir, dataDir, dir } = await fixtureDir(t)
+  const seen = path.join(dir, 'loaded.txt')
+  const hooks = path.join(dir, 'hooks.mjs')
+  const register = path.join(dir, 'register.mjs')
+  // a module resolve hook (Node's module.register) writing every URL the CLI loads to a file
+  await writeFile(hooks, `import { appendFileSync } from 'node:fs'\nexport async function resolve(s, c, next) { const r = await next(s, c); appendFileSync(${JSON.stringify(seen)}, r.url + '\\n'); return r }\n`)
+  await writeFile(register, `import { register } from 'node:module'\nregister(${JSON.stringify(pathToFileURL(hooks).href)})\n`)
+  const r = await run(process.execPath, ['--import', pathToFileURL(register).href, CLI, 'repo', 'list', '--data', dataDir, '--repos', reposDir, '--init'], { env: CLI_ENV })
+  t.equal(r.code, 0, r.stderr)
+  const loaded = (await readFile(seen, 'utf8')).split('\n').filter(Boolean)
+  t.ok(loaded.some((u) => u.endsWith('/dist/src/cli/admin.js')), 'the hook saw the CLI load (admin.js)')
+  t.same(loaded.filter((u) => /\/node_modules\/(fastify|pg|pino)\/|\/dist\/src\/app\.js$/.test(u)), [], 'no fastify, pg, pino or app.js')
 })
