@@ -28,6 +28,8 @@ export interface AccessInfo {
   handedOver?: boolean
   /** the access line waits for this: a relayed answer's outcome is known only once the relay reported */
   settled?: Promise<unknown>
+  /** writes the access line now (once): for an answer whose connection the worker no longer holds (http/deliver.ts) */
+  finish?: () => void
   /** refused inside the protocol (HTTP 200 with git's ERR packet): why */
   refused?: string
   /** what the pack-objects cache did for this fetch: hit, miss, follow, off */
@@ -240,7 +242,11 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
       if (settled) void settled.then(record, record)
       else record()
     })
+    let recorded = false
+    req.accessRecord.finish = record
     function record(): void {
+      if (recorded) return
+      recorded = true
       ended?.()
       const a = req.accessRecord
       const record: AccessRecord = {

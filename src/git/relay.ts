@@ -20,6 +20,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Child } from '../process/child.js'
 import { relayOutcome, RELAY_CLOSE_GRACE_MS, type RelayReport } from '../process/relay.js'
 import { attach, inBandError } from './respond.js'
+import { answerInstead, awaitOutcome, relayDelivered } from '../http/deliver.js'
 
 /**
  * Waits for a relayed upload-pack and settles the answer: nothing went out, so the worker
@@ -30,7 +31,7 @@ export function finishRelayed(req: FastifyRequest, reply: FastifyReply, child: C
   // The client may be done (the relay ended the connection) before the worker hears of git's
   // exit: the access line waits for the outcome.
   const done = settleRelayed(req, reply, child, socket, what, idleTimeoutMs)
-  req.accessRecord.settled = done
+  awaitOutcome(req, done)
   return done
 }
 
@@ -47,17 +48,12 @@ async function settleRelayed(req: FastifyRequest, reply: FastifyReply, child: Ch
   if (report?.idle) req.log.info({ child_pid: child.pid, bytes_out: report.sent }, `${what}: no progress for ${idleTimeoutMs} ms, ended`)
   const err = judge(status)
   if (report && !report.head) {
-    // nothing went out: the worker answers, and closes the connection after it (a spawn without
-    // the helper stopped Node reading it: no next request would be seen)
-    socket.setTimeout(idleTimeoutMs)
-    reply.header('connection', 'close')
+    // nothing went out: the worker answers (git's one-line error, or an empty answer)
+    answerInstead(reply, socket, idleTimeoutMs)
     if (err) throw err
     return reply.send(Buffer.alloc(0))
   }
-  reply.hijack()
-  const access = req.accessRecord
-  access.handedOver = true
-  access.completed = !err && report !== undefined && !report.gone && !report.idle
+  relayDelivered(req, reply, { bytes: report?.sent ?? 0, completed: !err && report !== undefined && !report.gone && !report.idle })
   if (!report || report.gone || report.idle || report.closed || (err && !report.boundary)) {
     // gone; cut inside a packet (only a cut is honest); or ended by the relay already
     socket.destroy()

@@ -11,6 +11,7 @@ import { ChildFailedError, ServiceUnavailableError, oneLine } from '../errors.js
 import { describeExit, type Child, type ExitStatus } from '../process/child.js'
 import { feedResponse, type ChunkSource } from '../process/pooled-read.js'
 import { errPkt, pkt, PktDecoder } from './pktline.js'
+import { countOut, markAborted, startChunks } from '../http/deliver.js'
 
 /** Passes git's output through, counts it, and ends only once git exited, failing if git failed. */
 class ChildOutput extends Transform {
@@ -106,7 +107,7 @@ export function attach(req: FastifyRequest, reply: FastifyReply, child: Child, w
   if (outlive) access.settled = child.exited.then((status) => { if (outliving) judge(status) })
   reply.raw.once('close', () => {
     if (reply.raw.writableFinished) return
-    access.aborted = true
+    markAborted(req)
     if (outlive?.bodyIn()) {
       // the whole push is in: git may have moved refs already, and its post-receive must run
       req.log.info({ child_pid: child.pid }, `${what}: the client left after sending the whole request; running it to completion`)
@@ -123,7 +124,7 @@ export function attach(req: FastifyRequest, reply: FastifyReply, child: Child, w
   const judge = (status: ExitStatus): Error | undefined => {
     access.pid = child.pid // through the spawn helper the pid is known a moment after the spawn
     access.exitCode = status.code ?? (status.signal ? `${status.signal}` : null)
-    access.bytesOut = bytes()
+    countOut(req, bytes())
     const stderr = child.stderr()
     if (status.code === 0) {
       if (stderr) req.log.debug({ child_pid: child.pid, stderr }, 'git stderr')
@@ -145,7 +146,7 @@ export function attach(req: FastifyRequest, reply: FastifyReply, child: Child, w
  * stages between. The contract is streamChild's with `inBand`: nothing goes out before git's
  * first byte, so a git that fails first rejects (a one-line HTTP error); after it, a failure
  * is told inside the protocol at a packet boundary, else the response is cut. The reply is
- * hijacked at the first byte: the status line and the headers set on it go out then.
+ * taken over at the first byte (deliver.ts): the status line and the headers set on it go out then.
  */
 export function sendChildChunks(req: FastifyRequest, reply: FastifyReply, child: Child, source: ChunkSource, what: string): Promise<FastifyReply> {
   const res = reply.raw
@@ -158,9 +159,7 @@ export function sendChildChunks(req: FastifyRequest, reply: FastifyReply, child:
     const head = (): void => {
       if (headed) return
       headed = true
-      reply.hijack()
-      for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) res.setHeader(k, v)
-      res.writeHead(reply.statusCode)
+      startChunks(reply)
       resolve(reply)
     }
     source.start({

@@ -11,14 +11,15 @@ import { QuarantineSweeper } from './quarantine.js'
 import type { Config } from '../config/load.js'
 import { BadRequestError, PayloadTooLargeError, ServiceUnavailableError, UnsupportedMediaTypeError } from '../errors.js'
 import { DISCARD_LIMIT, settleUnreadBody } from '../http/unread-body.js'
-import { stdinSink } from '../process/child.js'
+import { stdinSink, type Child } from '../process/child.js'
+import type { Socket } from 'node:net'
 import { decodeBody, spillRequestBody, toClientError } from '../http/body.js'
 import { DUMB_HTTP, type RepoRoute } from '../http/routes.js'
 import { errPkt, FLUSH, pkt, PktLineChecker } from './pktline.js'
 import { inBandError, sendChildChunks, streamChild } from './respond.js'
 import { finishRelayed } from './relay.js'
 import { PACK_RELAY, relayableSocket, relayHead } from '../process/relay.js'
-import { checkGitProtocol, protocolVersion, type GitRunner, type GitService } from './spawn.js'
+import { checkGitProtocol, protocolVersion, type GitRunner, type GitService, type RunOptions } from './spawn.js'
 import { V2AdvertisementCache } from './advertise.js'
 import type { PackObjectsCache } from './pack-cache.js'
 import type { RefOutcome } from '../log.js'
@@ -26,6 +27,7 @@ import { ReportRewriter } from './report-status.js'
 import type { RefHookServer } from './ref-hooks.js'
 import type { Action } from '../auth/plugin.js'
 import type { Admission, Release, WorkClass } from '../admission/admission.js'
+import { countOut } from '../http/deliver.js'
 
 export interface GitDeps {
   config: Config
@@ -107,7 +109,7 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
     reply.type(`application/x-git-${service}-advertisement`).headers(NO_CACHE)
     if (service === 'upload-pack' && req.accessRecord.protocol === 'v2') {
       const body = await v2.get(req.repo.dir)
-      req.accessRecord.bytesOut = body.length
+      countOut(req, body.length)
       return reply.send(body)
     }
     const child = git.serve(service, req.repo.dir, { advertise: true, gitProtocol })
@@ -147,14 +149,27 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
     }
     // with the pack-objects cache, git's pack-objects call goes through our hook (pack-cache.ts)
     const cache = deps.packCache?.open(repo.dir, (outcome) => { req.accessRecord.packCache = outcome })
-    // a fetch's answer (a pack, or the acknowledgements of a negotiation round) through the pack relay
-    const socket = config.packRelay && shape.command !== 'ls-refs' ? relayableSocket(req) : undefined
-    const head = socket && relayHead(reply)
-    const relay = socket && head ? { socket, head, idleMs: config.idleTimeoutMs, bin: PACK_RELAY } : undefined
-    const child = git.serve('upload-pack', repo.dir, { gitProtocol, env: cache?.env, config: cache?.config, pooledStdout: true, relay })
+    const delivery = uploadPackDelivery(req, reply, shape.command)
+    const child = git.serve('upload-pack', repo.dir, { gitProtocol, env: cache?.env, config: cache?.config, ...delivery })
     void child.exited.then(() => { release?.(); cache?.close(); return spill.dispose() })
     pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))
-    if (relay) return finishRelayed(req, reply, child, relay.socket, 'git upload-pack', config.idleTimeoutMs)
+    return deliverUploadPack(req, reply, child, delivery.relay?.socket)
+  }
+
+  /**
+   * How upload-pack's answer leaves (http/deliver.ts), decided here once: a fetch's answer (a
+   * pack, or the acknowledgements of a negotiation round) through the pack relay when the
+   * connection can take it; else git's stdout as pooled chunks (through the spawn helper, which
+   * `git.serve` uses when it runs), else as a stream.
+   */
+  function uploadPackDelivery(req: FastifyRequest, reply: FastifyReply, command: string | undefined): { pooledStdout: true; relay?: NonNullable<RunOptions['relay']> } {
+    const socket = config.packRelay && command !== 'ls-refs' ? relayableSocket(req) : undefined
+    const head = socket && relayHead(reply)
+    return { pooledStdout: true, relay: socket && head ? { socket, head, idleMs: config.idleTimeoutMs, bin: PACK_RELAY } : undefined }
+  }
+
+  function deliverUploadPack(req: FastifyRequest, reply: FastifyReply, child: Child, relayed: Socket | undefined): Promise<FastifyReply> | FastifyReply {
+    if (relayed) return finishRelayed(req, reply, child, relayed, 'git upload-pack', config.idleTimeoutMs)
     if (child.stdoutChunks) return sendChildChunks(req, reply, child, child.stdoutChunks, 'git upload-pack')
     return reply.send(streamChild(req, reply, child, { what: 'git upload-pack', inBand: true }))
   }

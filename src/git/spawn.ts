@@ -91,10 +91,10 @@ export function createGitRunner(config: Config): GitRunner {
       const { relay } = opts
       if (relay) {
         if (relay.head.includes('\0')) throw new Error('NUL byte in the response head')
-        return spawnChild(relay.bin, [String(relay.idleMs), relay.head, '--', config.gitBin, ...args], { ...common, stdoutSocket: relay.socket, report: true })
+        return spawnChild(relay.bin, [String(relay.idleMs), relay.head, '--', config.gitBin, ...args], { ...common, stdout: { socket: relay.socket } })
       }
-      const pooledStdout = opts.pooledStdout && config.spawnHelper ? READ_POOL : undefined
-      return spawnChild(config.gitBin, args, { ...common, pooledStdout })
+      if (opts.pooledStdout && config.spawnHelper) return spawnChild(config.gitBin, args, { ...common, viaHelper: true, stdout: { pool: READ_POOL } })
+      return spawnChild(config.gitBin, args, common)
     },
     async exec(args, opts = {}) {
       if (args.some((a) => a.includes('\0'))) throw new Error('NUL byte in git argument')

@@ -27,6 +27,7 @@ import { isBundleName, type CloneBundles } from './clone-bundles.js'
 import { fileSending, sendFile } from '../http/send-file.js'
 import { HgAnswerCache, MAX_KEPT, type CachedAnswer } from './answer-cache.js'
 import { readRules } from './read-rules.js'
+import { addOut, countOut, handedOff } from '../http/deliver.js'
 
 
 export interface HgDeps {
@@ -74,7 +75,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
       const fingerprint = await answers.fingerprint(dir)
       const hit = answers.get(dir, kept, fingerprint)
       if (hit) {
-        req.accessRecord.bytesOut = hit.body.length
+        countOut(req, hit.body.length)
         reply.raw.statusMessage = hit.statusMessage
         return reply.headers(hit.headers).send(hit.body)
       }
@@ -189,8 +190,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
     let kept: Buffer[] | undefined = keep && res.statusCode === 200 ? [] : undefined
     const counted = new Transform({
       transform(chunk: Buffer, _enc, cb) {
-        req.accessRecord.bytesOut += chunk.length
-        if (req.accessRecord.bytesOut > MAX_KEPT) kept = undefined
+        if (addOut(req, chunk.length) > MAX_KEPT) kept = undefined
         kept?.push(chunk)
         cb(null, chunk)
       },
@@ -210,19 +210,15 @@ export function hgRoute(deps: HgDeps): RepoRoute {
   /** Hands a bundle download's connection to the child (handoff.ts); resolves once the child reports it done. */
   async function handOver(req: FastifyRequest, reply: FastifyReply, child: HgChild, handoff: HandoffLine, judged: HgRequest, headers: Record<string, string>, release: Release): Promise<FastifyReply> {
     const head = handoffHead(judged.target, req.headers.host, headers)
-    reply.hijack()
-    req.accessRecord.handedOver = true
     child.inflight++
-    const r = await handoff.hand(req.raw.socket, { head, addr: req.ip, timeoutBody: `${SILENT_CHILD}\n`, idleMs: deps.config.idleTimeoutMs })
-    child.inflight--
-    release()
-    if (r.cut) deps.pool.recycle(child, 'silent past hgTimeoutMs')
-    if (!r.status) req.log.error({ hg_child: child.id, child_pid: child.pid }, 'hg serve child lost a handed-over download')
-    reply.raw.statusCode = r.status || 502
-    req.accessRecord.bytesOut = r.bytes
-    req.accessRecord.completed = r.complete
-    reply.raw.emit('close') // the connection is the child's: this ends the worker's record of it (access log)
-    return reply
+    const outcome = handoff.hand(req.raw.socket, { head, addr: req.ip, timeoutBody: `${SILENT_CHILD}\n`, idleMs: deps.config.idleTimeoutMs }).then((r) => {
+      child.inflight--
+      release()
+      if (r.cut) deps.pool.recycle(child, 'silent past hgTimeoutMs')
+      if (!r.status) req.log.error({ hg_child: child.id, child_pid: child.pid }, 'hg serve child lost a handed-over download')
+      return { status: r.status || 502, bytes: r.bytes, completed: r.complete }
+    })
+    return handedOff(req, reply, outcome)
   }
 
   // hg sends a push as one POST with the whole bundle and reads nothing before it is sent: a
@@ -239,7 +235,7 @@ export function hgRoute(deps: HgDeps): RepoRoute {
  */
 async function manifest(req: FastifyRequest, reply: FastifyReply, bundles: CloneBundles, base: string | undefined): Promise<FastifyReply> {
   const text = base ? await bundles.manifest(req.repo.dir, `${base}/${req.repo.name}`) : ''
-  req.accessRecord.bytesOut = Buffer.byteLength(text)
+  countOut(req, Buffer.byteLength(text))
   return reply.type('application/mercurial-0.1').header('cache-control', 'no-cache').send(text)
 }
 

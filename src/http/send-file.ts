@@ -23,6 +23,7 @@ import { feedResponse, pooledFile, FILE_POOL, type ChunkSource } from '../proces
 import { spawnChild } from '../process/child.js'
 import type { Config } from '../config/load.js'
 import { PACK_RELAY, RELAY_CLOSE_GRACE_MS, relayableSocket, relayHead, relayOutcome } from '../process/relay.js'
+import { answerInstead, awaitOutcome, countOut, relayDelivered, startChunks } from './deliver.js'
 
 /** Below this a file goes through the worker: the relay's spawn would cost more than the copy. */
 export const FILE_RELAY_MIN = 1024 * 1024
@@ -87,24 +88,21 @@ export async function sendFile(req: FastifyRequest, reply: FastifyReply, file: s
         return relayed
       }
     }
-    req.accessRecord.bytesOut = length
+    countOut(req, length)
     const source = pooledFile(fh, start, length, FILE_POOL)
     return sendChunks(reply, source, pace).finally(() => fh.close())
   }
 }
 
-/** Hijacks the reply, writes its status and headers, then `source`'s chunks, each buffer given back once written. */
+/** The reply's status and headers, then `source`'s chunks, each buffer given back once written. */
 function sendChunks(reply: FastifyReply, source: ChunkSource, pace: Pace): Promise<FastifyReply> {
-  const res = reply.raw
-  reply.hijack()
+  const res = startChunks(reply)
   // the connection closed already (the client left while a relay was tried): nothing to send,
   // and no 'close' will come to end this answer
-  if (res.closed || res.destroyed) {
+  if (!res) {
     source.destroy()
     return new Promise((resolve) => resolve(reply))
   }
-  for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) res.setHeader(k, v)
-  res.writeHead(reply.statusCode)
   const stopWatch = watchPace(res.socket, pace, () => {
     reply.log.info({ min_rate: pace.minRate, window_ms: pace.windowMs }, 'file download: slower than transferMinRate, ended')
     res.socket?.resetAndDestroy() // what the kernel still holds for it is dropped too
@@ -163,29 +161,26 @@ async function relayFile(req: FastifyRequest, reply: FastifyReply, file: string,
   const head = socket && relayHead(reply, { length: true })
   if (!socket || !head) return undefined
   const limits = relay.pace.minRate > 0 ? `${relay.idleMs},${relay.pace.minRate},${relay.pace.windowMs}` : String(relay.idleMs)
-  const child = spawnChild(PACK_RELAY, [limits, head, '--file', file, String(ino), String(start), String(length)], {
-    env: {}, killGraceMs: relay.killGraceMs, viaHelper: relay.viaHelper, stdoutSocket: socket, report: true, prestart: true,
-  })
-  const access = req.accessRecord
+  const argv = [limits, head, '--file', file, String(ino), String(start), String(length)]
+  const base = { env: {}, killGraceMs: relay.killGraceMs }
+  // through the helper, a relay it started ahead may serve the download
+  const child = relay.viaHelper
+    ? spawnChild(PACK_RELAY, argv, { ...base, viaHelper: true, stdout: { socket, prestart: true } })
+    : spawnChild(PACK_RELAY, argv, { ...base, stdout: { socket } })
   reply.raw.once('close', () => {
     if (!reply.raw.writableFinished) setTimeout(() => child.kill(), RELAY_CLOSE_GRACE_MS).unref()
   })
   socket.setTimeout(0) // the relay watches the connection's idleness itself
   const outcome = relayOutcome(child)
-  access.settled = outcome.then(() => undefined)
+  awaitOutcome(req, outcome)
   const { status, report } = await outcome
   if (report && !report.head) {
-    // nothing went out: the worker sends the file; the connection closes after it (a spawn
-    // without the helper stopped Node reading it, so no next request would be seen)
-    socket.setTimeout(relay.idleMs)
-    reply.header('connection', 'close')
+    // nothing went out: the worker sends the file
+    answerInstead(reply, socket, relay.idleMs)
     if (status.error) req.log.warn({ err: status.error }, 'the file relay could not start; sending through the worker')
     return undefined
   }
-  reply.hijack()
-  access.handedOver = true
-  access.bytesOut = report?.sent ?? 0
-  access.completed = report?.closed === true
+  relayDelivered(req, reply, { bytes: report?.sent ?? 0, completed: report?.closed === true })
   if (report?.slow) req.log.info({ bytes_out: report.sent, min_rate: relay.pace.minRate, window_ms: relay.pace.windowMs }, 'file download: slower than transferMinRate, ended')
   else if (report?.idle) req.log.info({ bytes_out: report.sent }, `file download: no progress for ${relay.idleMs} ms, ended`)
   else if (!report?.closed && !report?.gone) req.log.error({ bytes_out: report?.sent, exit: status.code ?? status.signal }, 'file download cut: the relay stopped before the end')

@@ -1,7 +1,8 @@
 /**
  * Shared child-process helpers: spawn in an own process group, escalate SIGTERM to SIGKILL,
- * always await the exit, keep a bounded tail of stderr. git/ and hg/ build on this; nothing
- * else calls `spawn`.
+ * always await the exit, keep a bounded tail of stderr. Every child of the worker process is
+ * started here (git/, hg/ and the relays build on it); the spawn helper (helper-main.ts, with
+ * relay-spare.ts) runs the spawns it is asked for, and helper-client.ts forks that helper.
  */
 import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { setPriority } from 'node:os'
@@ -43,7 +44,7 @@ export interface Child {
   readonly killed: boolean
 }
 
-export interface SpawnOptions {
+interface SpawnBase {
   env: Record<string, string>
   cwd?: string
   killGraceMs: number
@@ -54,26 +55,42 @@ export interface SpawnOptions {
    * git saturates the machine. 0 leaves the priority alone.
    */
   nice?: number
-  /** spawn through the spawn helper: the fork does not block this process's event loop */
-  viaHelper?: boolean
-  /** open Node's IPC channel to the child as its fd 3 (direct spawns only) */
-  ipc?: boolean
-  /** read stdout into this pool's buffers (helper spawns only; a direct spawn has a plain stdout) */
-  pooledStdout?: BufferPool
-  /** the child's stdout is this connection itself (the pack relay); `proc.stdout` is then empty */
-  stdoutSocket?: Socket
-  /** open the child's fd 3 for it to report on (`Child.report`) */
-  report?: boolean
-  /** through the helper: a `bin --wait` it started ahead may serve this spawn (helper-main.ts; the file relay) */
-  prestart?: boolean
 }
+
+/**
+ * stdout a pipe (`proc.stdout`). Through the spawn helper (`viaHelper`: the fork does not block
+ * this process's event loop), or directly, where Node's IPC channel can be the child's fd 3
+ * (`ipc`: `Child.channel`).
+ */
+export type PipeSpawn = SpawnBase & { stdout?: 'pipe' } & ({ viaHelper?: boolean; ipc?: false } | { viaHelper?: false; ipc: true })
+
+/** stdout read into this pool's buffers (`Child.stdoutChunks`; `proc.stdout` is then empty): through the helper only. */
+export type PooledSpawn = SpawnBase & { viaHelper: true; stdout: { pool: BufferPool } }
+
+/**
+ * stdout is this connection itself (a relay writes the answer); `proc.stdout` is then empty,
+ * and fd 3 is open for the child's report (`Child.report`). `prestart`: a `bin --wait` the
+ * helper started ahead may serve it (helper-main.ts; the file relay), through the helper only.
+ */
+export type SocketSpawn = SpawnBase & ({ viaHelper?: boolean; stdout: { socket: Socket; prestart?: false } } | { viaHelper: true; stdout: { socket: Socket; prestart: true } })
+
+export type SpawnOptions = PipeSpawn | PooledSpawn | SocketSpawn
 
 /**
  * Spawns `bin args` without a shell, in its own process group, with a bounded stderr buffer;
  * with `viaHelper`, through the spawn helper (helper-client.ts), so the fork does not block the
- * worker's event loop.
+ * worker's event loop. Where stdout goes decides what the child has: pooled chunks, or a report.
  */
+export function spawnChild(bin: string, args: string[], opts: PooledSpawn): Child & { readonly stdoutChunks: ChunkSource }
+export function spawnChild(bin: string, args: string[], opts: SocketSpawn): Child & { readonly report: Readable }
+export function spawnChild(bin: string, args: string[], opts: PipeSpawn): Child
 export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Child {
+  const out = opts.stdout === undefined || opts.stdout === 'pipe' ? undefined : opts.stdout
+  const pool = out && 'pool' in out ? out.pool : undefined
+  const stdoutSocket = out && 'socket' in out ? out.socket : undefined
+  const prestart = out && 'socket' in out ? out.prestart === true : false
+  const ipc = 'ipc' in opts && opts.ipc === true
+  const reportFd = stdoutSocket !== undefined
   const limit = opts.stderrLimit ?? 8192
   let tail = ''
   let done = false
@@ -85,7 +102,7 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
   let report: Readable | undefined
   let exited: Promise<ExitStatus>
   if (opts.viaHelper) {
-    const remote = spawnViaHelper(bin, args, { env: opts.env, cwd: opts.cwd, nice: opts.nice, pooledStdout: opts.pooledStdout, stdoutSocket: opts.stdoutSocket, report: opts.report, prestart: opts.prestart })
+    const remote = spawnViaHelper(bin, args, { env: opts.env, cwd: opts.cwd, nice: opts.nice, pooledStdout: pool, stdoutSocket, report: reportFd, prestart })
     stdoutChunks = remote.stdoutChunks
     report = remote.report
     proc = remote
@@ -99,15 +116,15 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
       return status
     })
   } else {
-    const fd3 = opts.ipc ? ['ipc' as const] : opts.report ? ['pipe' as const] : []
-    const direct = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: ['pipe', opts.stdoutSocket ?? 'pipe', 'pipe', ...fd3] })
-    if (opts.stdoutSocket) {
+    const fd3 = ipc ? ['ipc' as const] : reportFd ? ['pipe' as const] : []
+    const direct = spawn(bin, args, { env: opts.env, cwd: opts.cwd, detached: true, stdio: ['pipe', stdoutSocket ?? 'pipe', 'pipe', ...fd3] })
+    if (stdoutSocket) {
       // the child writes to the connection itself: an empty stand-in for its stdout
       const none = new PassThrough()
       none.end()
       proc = { stdin: direct.stdin!, stdout: none, stderr: direct.stderr! }
     } else proc = direct as ChildProcessWithoutNullStreams // stdin, stdout and stderr are pipes either way
-    if (opts.report) report = direct.stdio[3] as Readable
+    if (reportFd) report = direct.stdio[3] as Readable
     pid = direct.pid
     // Set before the child had time to exec and fork: its children inherit the niceness.
     if (opts.nice && direct.pid !== undefined) {
@@ -136,7 +153,7 @@ export function spawnChild(bin: string, args: string[], opts: SpawnOptions): Chi
   proc.stdin.on('error', () => {})
   const child: Child = {
     proc,
-    channel: opts.ipc && !opts.viaHelper ? proc as ChildProcess : undefined,
+    channel: ipc && !opts.viaHelper ? proc as ChildProcess : undefined,
     stdoutChunks,
     report,
     get pid() { return pid },
