@@ -14,11 +14,9 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 
 import { BadRequestError, MethodNotAllowedError, RepoNotFoundError, WrongKindError } from '../errors.js'
 import { resolveGitRepo, resolveHgRepo, type RepoKind, type RepoRef } from '../repos/path.js'
 import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
+import { DUMB_GIT_SUFFIX, GIT_SUFFIXES, HG_BUNDLE_SUFFIX, LFS_SUFFIXES, WORKER_OWN_PATHS, type RouteId } from './route-table.js'
 
-export type RouteId =
-  | 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'git_dumb' | 'hg_proxy' | 'hg_clonebundle'
-  | 'lfs_batch' | 'lfs_download' | 'lfs_upload' | 'lfs_verify' | 'lfs_locks'
-  | 'health_live' | 'health_ready' | 'health_git' | 'health_hg' | 'metrics' | 'root' | 'other'
+export type { RouteId }
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -54,29 +52,10 @@ export const REPO_URLS = {
   lfs_locks: '/.vcs/lfs/locks',
 } as const
 
-/** Git LFS (git-lfs's docs/api): `/{repo}[.git]/info/lfs/...`, a git repo's */
-const LFS: [RegExp, keyof typeof REPO_URLS][] = [
-  [/^\/(.+?)\/info\/lfs\/objects\/batch$/, 'lfs_batch'],
-  [/^\/(.+?)\/info\/lfs\/objects\/[0-9a-f]{64}$/, 'lfs_download'], // a PUT to it: lfs_upload
-  [/^\/(.+?)\/info\/lfs\/verify$/, 'lfs_verify'],
-  [/^\/(.+?)\/info\/lfs\/locks(\/verify|\/[^/]+\/unlock)?$/, 'lfs_locks'], // the handler tells them apart
-]
-
-const GIT_SUFFIXES: [string, keyof typeof REPO_URLS][] = [
-  ['/info/refs', 'git_info_refs'],
-  ['/git-upload-pack', 'git_upload_pack'],
-  ['/git-receive-pack', 'git_receive_pack'],
-]
-/** files a dumb-HTTP client asks for (http-protocol.txt, "Dumb Clients") */
-const DUMB = /\/(HEAD|objects\/(info\/(packs|alternates|http-alternates)|pack\/pack-[0-9a-f]+\.(pack|idx)|[0-9a-f]{2}\/[0-9a-f]{38,62}))$/
-/** an hg repo's clone bundle, `/{repo}/.hg/clonebundles/{file}`: no repo segment and no file hg tracks is named `.hg` */
-const HG_BUNDLE = /^(\/.+?)\/\.hg\/clonebundles\/[^/]+$/
-/**
- * The worker's own URLs (docs/design.md, reserved): its health checks and metrics. Never a
- * repository here, and never sent to the VCS backends by the HAProxy frontend, whatever else a
- * request carries (tools/pool/haproxy-config.ts renders its ACL from this one definition).
- */
-export const WORKER_OWN_PATHS = { prefixes: ['/health/'], exact: ['/metrics'] } as const
+/** the table's paths as the classifier matches them (route-table.ts), the repo part captured */
+const LFS = LFS_SUFFIXES.map(([suffix, id]) => [new RegExp(`^/(.+?)${suffix}$`), id] as const)
+const DUMB = new RegExp(`${DUMB_GIT_SUFFIX}$`)
+const HG_BUNDLE = new RegExp(`^(/.+?)${HG_BUNDLE_SUFFIX}$`)
 /** the reserved URLs and `/`, which tells what the server is */
 const RESERVED = new RegExp(`^(${[...WORKER_OWN_PATHS.prefixes, ...WORKER_OWN_PATHS.exact.map((p) => `${p}$`), '/$'].join('|')})`)
 

@@ -12,8 +12,7 @@ import { INSTALL_ROOT } from '../../src/install.js'
 import { Type, type Static } from '@sinclair/typebox'
 import { ConfigError } from '../../src/errors.js'
 import { schemaProblems } from '../../src/config/check.js'
-import { HG_COMMAND_NAMES } from '../../src/hg/commands.js'
-import { WORKER_OWN_PATHS } from '../../src/http/routes.js'
+import { DUMB_GIT_SUFFIX, GIT_SUFFIXES, HG_BUNDLE_SUFFIX, HG_COMMANDS, LFS_SUFFIXES, WORKER_OWN_PATHS } from '../../src/http/route-table.js'
 
 const HOST_PORT = { type: 'string', pattern: '^(\\d{1,3}(\\.\\d{1,3}){3}|\\[[0-9a-fA-F:]+\\]|[A-Za-z0-9.-]+):\\d{1,5}$', expected: 'host:port' } as const
 const PORT = { minimum: 1, maximum: 65535 }
@@ -168,27 +167,22 @@ export function haproxyConfig(spec: PoolSpec): string {
     '  http-request del-header X-VCS-Worker-User',
     '  http-request del-header X-VCS-Worker-Access',
     '  option forwardfor',
-    '  # git smart HTTP (git\'s http-protocol.txt): the three endpoints, the service query, its content types, its header',
-    '  acl git_path path_end /info/refs /git-upload-pack /git-receive-pack',
-    '  acl git_service url_param(service) -m beg git-',
-    '  acl git_type req.hdr(content-type) -m beg application/x-git-',
-    '  acl git_proto req.hdr(git-protocol) -m found',
-    '  # Mercurial\'s wire protocol: a known ?cmd=, its arguments and capabilities headers, its content types',
-    `  acl hg_cmd url_param(cmd) -m str ${HG_COMMAND_NAMES.join(' ')}`,
-    '  acl hg_args req.hdr(x-hgarg-1) -m found',
-    '  acl hg_proto req.hdr(x-hgproto-1) -m found',
-    '  acl hg_type req.hdr(content-type) -m beg application/mercurial-',
-    '  acl hg_bundle path_reg /[.]hg/clonebundles/[^/]+$',
-    '  # Git LFS under a git repo (the batch API, its transfers and verify): the git servers answer it',
-    '  acl lfs_path path_reg /info/lfs/(objects/batch|objects/[0-9a-f]{64}|verify|locks|locks/verify|locks/[^/]+/unlock)$',
+    '  # what each URL is, rendered from the worker\'s route table (src/http/route-table.ts):',
+    '  # git smart HTTP\'s endpoints, dumb-HTTP files (the worker refuses them with the reason),',
+    '  # Git LFS under a git repo, hg\'s wire commands (a known ?cmd=) and clone bundles',
+    `  acl git_path path_end ${GIT_SUFFIXES.map(([suffix]) => suffix).join(' ')}`,
+    `  acl git_dumb path_reg ${DUMB_GIT_SUFFIX}$`,
+    `  acl lfs_path path_reg (${LFS_SUFFIXES.map(([suffix]) => suffix).join('|')})$`,
+    `  acl hg_cmd url_param(cmd) -m str ${HG_COMMANDS.join(' ')}`,
+    `  acl hg_bundle path_reg ${HG_BUNDLE_SUFFIX}$`,
     '  # the repo path, for repo-hash balancing: /team/project.git/info/refs -> /team/project/',
     '  http-request set-var(txn.repo) path,regsub(/info/lfs/.*$,/),regsub(/info/refs$,/),regsub(/git-upload-pack$,/),regsub(/git-receive-pack$,/),regsub([.]git/$,/)',
     '  # the workers\' own URLs (/health/*, /metrics) never reach a VCS backend from here, whatever',
     '  # else the request carries (a ?cmd=, a git or hg header or content type): the web app answers them',
     `  acl worker_own path,url_dec -m reg ^/+(${WORKER_OWN_PATHS.prefixes.map((p) => `${p.slice(1)}`).join('|')}|${WORKER_OWN_PATHS.exact.map((p) => `${p.slice(1)}/*$`).join('|')})`,
     '  use_backend servers-web if worker_own',
-    '  use_backend servers-git if git_path || git_service || git_type || git_proto || lfs_path',
-    '  use_backend servers-hg if hg_cmd || hg_args || hg_proto || hg_type || hg_bundle',
+    '  use_backend servers-git if git_path || git_dumb || lfs_path',
+    '  use_backend servers-hg if hg_cmd || hg_bundle',
     '  default_backend servers-web',
     '',
     ...vcsBackend('git'),
