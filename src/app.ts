@@ -133,7 +133,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps, bas
   const refHooks = new RefHookServer(async (ctx) => {
     await staleLocks.clear(ctx.repo.dir, ctx.updates.map((u) => u.ref))
     return app.vcsAuth.checkRefUpdates(ctx)
-  }, config.tmpDir)
+  }, config.tmpDir, config.gitBin)
   await refHooks.start()
   app.addHook('onClose', () => refHooks.stop())
 

@@ -24,13 +24,14 @@ const PASS_THROUGH = ['post-update', 'push-to-checkout']
  * whose HEAD dangles. Then the repository's own post-receive, with the same input.
  */
 const POST_RECEIVE = `#!/bin/sh
+git="\${VCS_WORKER_GIT:-git}" # the worker's gitBin
 input=$(cat)
-head=$(git symbolic-ref -q HEAD) || head=
-if [ -n "$head" ] && ! git rev-parse -q --verify "$head" >/dev/null; then
+head=$("$git" symbolic-ref -q HEAD) || head=
+if [ -n "$head" ] && ! "$git" rev-parse -q --verify "$head" >/dev/null; then
   first=$(printf '%s\\n' "$input" | while read -r old new ref; do
-    case "$ref" in refs/heads/*) if git rev-parse -q --verify "$ref" >/dev/null; then echo "$ref"; break; fi ;; esac
+    case "$ref" in refs/heads/*) if "$git" rev-parse -q --verify "$ref" >/dev/null; then echo "$ref"; break; fi ;; esac
   done)
-  if [ -n "$first" ]; then git symbolic-ref HEAD "$first"; fi
+  if [ -n "$first" ]; then "$git" symbolic-ref HEAD "$first"; fi
 fi
 if [ -x hooks/post-receive ]; then printf '%s\\n' "$input" | exec hooks/post-receive "$@"; fi
 exit 0
@@ -72,7 +73,8 @@ export class RefHookServer {
   private url = ''
   private readonly sessions = new Map<string, { ctx: Omit<RefContext, 'updates'>; reasons: Map<string, string> }>()
 
-  constructor(private readonly check: Check, private readonly tmpDir: string) {}
+  /** @param gitBin the git the hooks run (the worker's gitBin), as VCS_WORKER_GIT */
+  constructor(private readonly check: Check, private readonly tmpDir: string, private readonly gitBin = 'git') {}
 
   async start(): Promise<void> {
     this.server = http.createServer((req, res) => { void this.handle(req, res) })
@@ -95,7 +97,7 @@ export class RefHookServer {
     return {
       token,
       rejectsFile,
-      env: { VCS_WORKER_HOOK_URL: this.url, VCS_WORKER_HOOK_TOKEN: token, VCS_WORKER_HOOK_REJECTS: rejectsFile },
+      env: { VCS_WORKER_HOOK_URL: this.url, VCS_WORKER_HOOK_TOKEN: token, VCS_WORKER_HOOK_REJECTS: rejectsFile, VCS_WORKER_GIT: this.gitBin },
       reasonFor: (ref) => reasons.get(ref),
       close: async () => {
         this.sessions.delete(token)

@@ -4,7 +4,7 @@ import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { chmod, mkdir, open, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises'
-import { startWorker, spawnWorker, fixtureDir, gitClient, processesMatching, run, waitFor, CLI, CLI_ENV } from '../helpers/worker.js'
+import { startWorker, spawnWorker, fixtureDir, gitClient, gitWrapper, processesMatching, run, waitFor, CLI, CLI_ENV } from '../helpers/worker.js'
 
 async function setup(t: Test, flags: Record<string, string | boolean> = {}, anonymous = false) {
   const w = await startWorker(t, flags)
@@ -232,4 +232,24 @@ t.test('kill -9 of the worker mid-push: the push ends at once, its quarantine is
   t.same(await quarantines(), ['tmp_objdir-incoming-held', 'tmp_objdir-incoming-recent'], 'a recent one and one a process holds open stay')
   t.equal((await git(['--git-dir', demo, 'fsck', '--no-progress'])).code, 0, 'the repo is whole')
   second.proc.kill('SIGTERM')
+})
+
+t.test('the push hooks run the worker\'s gitBin, not the git on PATH', async (t) => {
+  // a wrapper that notes each command the hooks give it, then runs the real git
+  const wrapper = await gitWrapper(t, '#!/bin/sh\necho "$*" >> @DIR@/calls\nexec git "$@"\n')
+  const { git, work, server, w } = await setup(t, { 'git-bin': wrapper })
+  const calls = async () => (await readFile(path.join(path.dirname(wrapper), 'calls'), 'utf8').catch(() => '')).split('\n')
+  await writeFile(path.join(work, 'h.txt'), 'h\n')
+  await git(['add', 'h.txt'], work)
+  await git(['commit', '-m', 'h'], work)
+  let r = await git(['push', 'origin', 'main'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.ok((await calls()).some((c) => /^merge-base --is-ancestor [0-9a-f]{40} [0-9a-f]{40}$/.test(c)), 'pre-receive asked the wrapper for the ancestry of main')
+  // a repo whose HEAD names no branch: post-receive points it at the first branch pushed
+  await server(['symbolic-ref', 'HEAD', 'refs/heads/nothing-here'])
+  r = await git(['push', 'origin', 'main:refs/heads/landing'], work)
+  t.equal(r.code, 0, r.stderr)
+  t.equal((await server(['symbolic-ref', 'HEAD'])).stdout.trim(), 'refs/heads/landing', 'HEAD follows the branch pushed')
+  t.ok((await calls()).includes('symbolic-ref HEAD refs/heads/landing'), 'post-receive moved HEAD through the wrapper')
+  t.ok(w.logs().some((l) => l.msg === 'request' && l.route === 'git_receive_pack'), 'the pushes went through the worker')
 })

@@ -14,7 +14,7 @@ function kindOf(oldId: string, newId: string): 'create' | 'update' | 'force' | '
   if (ZERO.test(oldId)) return 'create'
   if (ZERO.test(newId)) return 'delete'
   // git passes the quarantine environment to hooks, so the new objects are visible here.
-  const r = spawnSync('git', ['merge-base', '--is-ancestor', oldId, newId], { stdio: 'ignore' })
+  const r = spawnSync(process.env.VCS_WORKER_GIT || 'git', ['merge-base', '--is-ancestor', oldId, newId], { stdio: 'ignore' })
   if (r.status === 0) return 'update'
   if (r.status === 1) return 'force'
   throw new Error(`cannot tell whether ${newId} descends from ${oldId}`)
