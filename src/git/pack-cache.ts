@@ -27,6 +27,14 @@ import { LRUCache } from 'lru-cache'
 import type { FastifyBaseLogger } from 'fastify'
 import { spawnChild } from '../process/child.js'
 
+/**
+ * The pack-objects hook's protocol (src/git/pack-objects-hook.c HOOK_PROTOCOL): a POST with
+ * X-VCS-Hook-Protocol, X-VCS-Token, X-VCS-Cwd and X-VCS-Args and pack-objects' input as the
+ * body; answered 200 with X-VCS-File (a finished entry), 200 chunked (a production followed as
+ * it is written, its trailer the rest of the progress), or anything else (run pack-objects).
+ */
+export const PACK_HOOK_PROTOCOL = 1
+
 export type PackCacheOutcome = 'hit' | 'miss' | 'follow' | 'off'
 
 export interface PackCacheOptions {
@@ -269,6 +277,11 @@ export class PackObjectsCache {
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     // the caller is judged on its headers before a byte of its body is read
+    if (req.headers['x-vcs-hook-protocol'] !== String(PACK_HOOK_PROTOCOL)) {
+      // a hook of another build (a data dir shared with another version): it runs pack-objects itself
+      res.writeHead(409, { connection: 'close' }).end('pack-objects hook of another protocol\n')
+      return
+    }
     const token = String(req.headers['x-vcs-token'] ?? '')
     const session = this.sessions.get(token)
     if (!session || path.resolve(String(req.headers['x-vcs-cwd'] ?? '')) !== session.repoDir) {

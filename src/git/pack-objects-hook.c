@@ -8,6 +8,8 @@
  *   - 200, chunked: a production it follows as it is written; only the last chunk says the pack
  *     is whole, and its trailer carries the rest of the progress;
  *   - anything else, or the worker unreachable: runs pack-objects itself on the same input.
+ * The request carries X-VCS-Hook-Protocol (HOOK_PROTOCOL, src/git/pack-cache.ts
+ * PACK_HOOK_PROTOCOL); the endpoint answers another one with 409, so the hook runs pack-objects.
  * Once a byte went to stdout, a failure exits 1 (git then reports the fetch failed) rather
  * than sending more.
  *
@@ -16,6 +18,7 @@
  * static binary starts in ~1 ms. No library beyond libc.
  */
 #define _GNU_SOURCE
+#define HOOK_PROTOCOL 1 /* the request and answers below; src/git/pack-cache.ts PACK_HOOK_PROTOCOL */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -283,9 +286,9 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN); /* a worker that goes away answers EPIPE, not a signal */
   char *req;
   int req_len = asprintf(&req,
-                         "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-VCS-Token: %s\r\n"
-                         "X-VCS-Cwd: %s\r\nX-VCS-Args: %s\r\nContent-Length: %zu\r\n\r\n",
-                         path, token, cwd, args, in_len);
+                         "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-VCS-Hook-Protocol: %d\r\n"
+                         "X-VCS-Token: %s\r\nX-VCS-Cwd: %s\r\nX-VCS-Args: %s\r\nContent-Length: %zu\r\n\r\n",
+                         path, HOOK_PROTOCOL, token, cwd, args, in_len);
   if (req_len < 0 || write_all(sock, req, (size_t)req_len) != 0 || write_all(sock, in, in_len) != 0) direct();
   signal(SIGPIPE, SIG_DFL);
 

@@ -10,8 +10,9 @@
  *     fd 1  the client's socket (shared with the worker, which wrote nothing on it yet)
  *     fd 2  CMD's stderr (inherited)
  *     fd 3  the report to the worker, one line once done:
- *           "sent=<bytes after HEAD> head=<0|1> boundary=<0|1> sideband=<0|1> idle=<0|1> gone=<0|1> exec=<errno>"
- *           " closed=<0|1> slow=<0|1>" (key=value pairs, read in any order by the worker)
+ *           "v=1 sent=<bytes after HEAD> head=<0|1> boundary=<0|1> sideband=<0|1> idle=<0|1> gone=<0|1>"
+ *           " exec=<errno> closed=<0|1> slow=<0|1>" (key=value pairs, read in any order by the worker,
+ *           which refuses another v: src/process/relay.ts RELAY_PROTOCOL)
  *           (exec: why CMD could not be started, 0 when it was; closed: the answer was whole and
  *           CMD succeeded, so the relay ended the connection itself: the client is done without
  *           waiting for the worker to hear of the exit)
@@ -50,7 +51,7 @@
  *     NODE_CHANNEL_FD: newline-ended JSON messages, a handle in SCM_RIGHTS on its message,
  *     acknowledged with {"cmd":"NODE_HANDLE_ACK"}: the contract as src/process/node-internals.ts
  *     writes it down), which becomes fd 1, says so on the channel
- *     ({"took":true}), then waits for the arguments that follow `pack-relay` in the --file mode,
+ *     ({"took":true,"v":1}, v being RELAY_PROTOCOL), then waits for the arguments that follow `pack-relay` in the --file mode,
  *     each ended by a NUL, on stdin. Then as --file.
  *     The channel or stdin closed first (the helper is gone): exit 1, having written nothing.
  */
@@ -68,6 +69,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define RELAY_PROTOCOL 1 /* the report line and the --wait hand-over (src/process/relay.ts RELAY_PROTOCOL) */
+#define STR(x) #x
+#define XSTR(x) STR(x)
 #define MAX_PKT 65520
 #define CHUNK (64 * 1024) /* one read of CMD's output at most */
 #define SMALL 16384 /* a packet's rest up to this size is read with the next block, past it spliced */
@@ -109,9 +113,9 @@ static void tick(int sig) {
 }
 
 static void report(void) {
-  char line[176];
-  int n = snprintf(line, sizeof line, "sent=%lld head=%d boundary=%d sideband=%d idle=%d gone=%d exec=%d closed=%d slow=%d\n",
-                   sent, head_sent, framed && boundary, sideband, (int)idle, gone, exec_errno, closed, (int)slow);
+  char line[184];
+  int n = snprintf(line, sizeof line, "v=%d sent=%lld head=%d boundary=%d sideband=%d idle=%d gone=%d exec=%d closed=%d slow=%d\n",
+                   RELAY_PROTOCOL, sent, head_sent, framed && boundary, sideband, (int)idle, gone, exec_errno, closed, (int)slow);
   if (write(3, line, (size_t)n) < 0) { /* the worker is gone: nobody to tell */ }
   close(3);
 }
@@ -344,7 +348,7 @@ static int wait_for_work(char **argv) {
   }
   /* the helper writes the arguments only once it reads this: a spare that died before taking
    * the connection is told apart from one that took it, and the request goes elsewhere */
-  static const char took[] = "{\"took\":true}\n";
+  static const char took[] = "{\"took\":true,\"v\":" XSTR(RELAY_PROTOCOL) "}\n";
   if (write(c, took, sizeof took - 1) < 0) return -1;
   static char args[65536];
   size_t len = 0;

@@ -14,6 +14,7 @@ import { realpath, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { RefContext, RefRejection, RefUpdate } from '../auth/plugin.js'
+import { HOOK_PROTOCOL, type HookAnswer, type HookError, type HookRequest } from './hook-protocol.js'
 
 /** Hooks receive-pack may run that are not ours: each chains to the repository's own. */
 const PASS_THROUGH = ['post-update', 'push-to-checkout']
@@ -107,7 +108,7 @@ export class RefHookServer {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const reply = (status: number, body: unknown): void => {
+    const reply = (status: number, body: HookAnswer | HookError): void => {
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
     }
     try {
@@ -118,7 +119,8 @@ export class RefHookServer {
         if (size > MAX_BODY) return reply(413, { error: 'too large' })
         chunks.push(c as Buffer)
       }
-      const { token, updates, objects } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { token?: unknown; updates?: unknown; objects?: unknown }
+      const { v, token, updates, objects } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { [K in keyof HookRequest]?: unknown }
+      if (v !== HOOK_PROTOCOL) return reply(400, { error: 'protocol', reason: `the push hook speaks protocol ${String(v)}, this worker ${HOOK_PROTOCOL}: restart the workers sharing this data dir on one version` })
       const session = typeof token === 'string' ? this.sessions.get(token) : undefined
       if (!session || !Array.isArray(updates)) return reply(403, { error: 'unknown push' })
       const checked = updates.filter(isRefUpdate)
@@ -127,7 +129,7 @@ export class RefHookServer {
       if (quarantine === null) return reply(400, { error: 'bad quarantine' })
       const rejections = await this.check({ ...session.ctx, updates: checked, quarantine })
       for (const r of rejections) session.reasons.set(r.ref, r.reason)
-      reply(200, { rejections })
+      reply(200, { rejections } satisfies HookAnswer)
     } catch (err) {
       // a refusal the pusher may read (the account store unreachable: 503) is passed on
       if (err instanceof VcsError) return reply(err.statusCode, { error: 'check failed', reason: err.message })

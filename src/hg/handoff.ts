@@ -43,6 +43,28 @@ export interface HandoffResult {
 
 const LOST: HandoffResult = { status: 0, bytes: 0, complete: false, cut: false }
 
+/**
+ * The handoff's messages on the child's IPC channel (newline-delimited JSON), one definition for
+ * both ends: this file and vcsworker_handoff.py, which checks HANDOFF_PROTOCOL and answers a
+ * request of another version as lost (its socket closed, nothing served). A ServeMessage comes
+ * with the client's socket as its handle (node-internals.ts); the child answers each with a
+ * DoneMessage, and sends `{"cmd":"vcsworker-alive"}` while it holds connections.
+ */
+export const HANDOFF_PROTOCOL = 1
+
+export interface ServeMessage {
+  cmd: 'vcsworker-serve'
+  v: number
+  id: number
+  /** the request head, base64 */
+  head: string
+  addr: string
+  timeoutMs: number
+  timeoutBody: string
+  idleMs: number
+  beatMs: number
+}
+
 interface DoneMessage { cmd: 'vcsworker-done'; id: number; status: number; bytes: number; complete: boolean; cut: boolean }
 
 function isDone(m: unknown): m is DoneMessage {
@@ -102,8 +124,9 @@ export class HandoffLine {
         resolve(r)
       })
       this.armSilence()
-      const msg = {
+      const msg: ServeMessage = {
         cmd: 'vcsworker-serve',
+        v: HANDOFF_PROTOCOL,
         id,
         head: req.head.toString('base64'),
         addr: req.addr,

@@ -11,6 +11,9 @@ import socket
 import threading
 import time
 
+# the messages' version, as src/hg/handoff.ts defines them (HANDOFF_PROTOCOL)
+PROTOCOL = 1
+
 
 class _HeadFirst(io.RawIOBase):
     """Reads the request head the worker already read off the socket, then the socket."""
@@ -165,6 +168,11 @@ class _Handoff:
     def _serve(self, fd, msg):
         sock = socket.socket(fileno=fd)
         os.set_inheritable(fd, False)
+        if msg.get('v') != PROTOCOL:
+            # a worker of another build: nothing served, the request lost (the worker answers 502)
+            sock.close()
+            self.send({'cmd': 'vcsworker-done', 'id': msg.get('id'), 'status': 0, 'bytes': 0, 'complete': False, 'cut': False})
+            return
         if self.selftest is not None:
             self._answer_selftest(sock, msg)
             return

@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto'
 import { PassThrough, type Readable, type Writable } from 'node:stream'
 import { pooledSocket, type BufferPool, type ChunkSink, type ChunkSource } from './pooled-read.js'
 import { bareHandle } from './node-internals.js'
+import { HELPER_PROTOCOL, MAX_TAG, parseStreamTag, stdoutTag, type HelperMessage, type SpawnRequest } from './helper-protocol.js'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -95,23 +96,24 @@ function start(): Promise<void> {
     srv.once('error', reject)
     srv.listen(address, () => {
       const h = fork(HELPER, [name], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json' })
-      h.on('message', (m: { id: number; pid?: number; code?: number | null; signal?: NodeJS.Signals | null; error?: string; listening?: boolean; warning?: string }) => {
-        if (typeof m.warning === 'string') return void warn(m.warning)
-        if (m.listening !== undefined) {
+      h.on('message', (m: HelperMessage) => {
+        if ('warning' in m) return void warn(m.warning)
+        if ('listening' in m) {
           // its stdout socket is up (or could not be): only now can spawns be asked for
           if (pending.size === 0) h.channel?.unref()
-          if (m.listening) resolve()
+          const problem = !m.listening ? m.error : m.protocol !== HELPER_PROTOCOL ? `it speaks protocol ${m.protocol}, this worker ${HELPER_PROTOCOL}` : undefined
+          if (problem === undefined) resolve()
           else {
-            reject(new Error(`spawn helper: ${m.error ?? 'no stdout socket'}`))
+            reject(new Error(`spawn helper: ${problem}`))
             h.kill()
           }
           return
         }
         const p = pending.get(m.id)
         if (!p) return
-        if (m.error !== undefined) p.exit({ code: null, signal: null, error: new Error(m.error) })
-        else if (m.pid !== undefined) p.started(m.pid)
-        else if ('code' in m) p.exit({ code: m.code ?? null, signal: m.signal ?? null })
+        if ('error' in m) p.exit({ code: null, signal: null, error: new Error(m.error) })
+        else if ('pid' in m) p.started(m.pid)
+        else p.exit({ code: m.code ?? null, signal: m.signal ?? null })
       })
       // The helper died (it should not): pending spawns fail; the next spawn starts a new one.
       h.on('exit', () => {
@@ -136,17 +138,17 @@ function route(socket: net.Socket): void {
     head = Buffer.concat([head, chunk])
     const nl = head.indexOf(0x0a)
     if (nl < 0) {
-      if (head.length > 64) socket.destroy()
+      if (head.length > MAX_TAG) socket.destroy()
       return
     }
     socket.off('data', onData)
     socket.pause()
-    const [id, n] = head.subarray(0, nl).toString('latin1').split(':').map(Number)
+    const tag = parseStreamTag(head.subarray(0, nl).toString('latin1'))
     const rest = head.subarray(nl + 1)
     if (rest.length) socket.unshift(rest)
-    const p = pending.get(id!)
-    if (!p || !(n! >= 0 && n! <= 3)) socket.destroy()
-    else p.attach(n!, socket)
+    const p = tag && pending.get(tag.id)
+    if (!tag || !p) socket.destroy()
+    else p.attach(tag.n, socket)
   }
   socket.on('data', onData)
 }
@@ -225,11 +227,11 @@ export function spawnViaHelper(bin: string, args: string[], opts: { env: Record<
     helper!.channel?.ref()
     if (chunks && pool) {
       chunks.set(pooledSocket(stdoutAddress, pool, {
-        onConnect: (s) => s.write(`${id}\n`),
+        onConnect: (s) => s.write(stdoutTag(id)),
         onClose: () => { open--; maybeDone() },
       }))
     }
-    const msg = { id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice, stdoutFromWorker: chunks !== undefined, stdoutSent: opts.stdoutSocket !== undefined, report: report !== undefined, prestart: opts.prestart }
+    const msg: SpawnRequest = { id, bin, args, env: opts.env, cwd: opts.cwd, nice: opts.nice, stdoutFromWorker: chunks !== undefined, stdoutSent: opts.stdoutSocket !== undefined, report: report !== undefined, prestart: opts.prestart }
     if (!opts.stdoutSocket) return void helper!.send(msg)
     // The socket's bare TCP handle, not the net.Socket (node-internals.ts). keepOpen: the worker
     // keeps its copy, to answer on when git fails before its first byte and to close it in the end.

@@ -20,40 +20,25 @@ import net from 'node:net'
 import { setPriority } from 'node:os'
 import path from 'node:path'
 import type { BareHandle } from './node-internals.js'
+import { HELPER_PROTOCOL, MAX_TAG, parseStdoutTag, streamTag, type HelperMessage, type SpawnRequest, type StreamNumber } from './helper-protocol.js'
 import { sendHandle, spareSelfTest, tookIt } from './relay-spare.js'
 
-interface SpawnRequest {
-  id: number
-  bin: string
-  args: string[]
-  env: Record<string, string>
-  cwd?: string
-  nice?: number
-  /** stdout is the worker's connection to STDOUT_SOCKET tagged with this id */
-  stdoutFromWorker?: boolean
-  /** stdout is the socket sent with this message (a client's connection: the pack relay) */
-  stdoutSent?: boolean
-  /** fd 3 is one more connection to the worker (stream 3): the pack relay's report */
-  report?: boolean
-  /** `bin --wait` started ahead may serve it (the socket sent over its channel, args on its stdin; stderr and the report piped through here) */
-  prestart?: boolean
-}
 
 /** the worker's spawn socket, in Linux's abstract namespace (the worker passes the name without its NUL) */
 const SOCKET = `\0${process.argv[2]!}`
 
 /** To the worker; once it is gone (the channel can close between the check and the write) there is no one to tell. */
-const send = (msg: object): void => {
+const send = (msg: HelperMessage): void => {
   if (process.connected) process.send!(msg, undefined, undefined, () => { /* EPIPE: the worker is gone */ })
 }
 
 /** One connection to the worker, tagged; paused so this process never reads a byte of it. */
-function connect(id: number, n: number): Promise<net.Socket> {
+function connect(id: number, n: StreamNumber): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const s = net.connect(SOCKET)
     s.pause()
     s.once('error', reject)
-    s.once('connect', () => s.write(`${id}:${n}\n`, () => resolve(s)))
+    s.once('connect', () => s.write(streamTag(id, n), () => resolve(s)))
   })
 }
 
@@ -95,13 +80,13 @@ const stdoutServer = net.createServer({ pauseOnConnect: true }, (s) => {
     head += chunk.toString('latin1')
     const nl = head.indexOf('\n')
     if (nl < 0) {
-      if (head.length > 24) s.destroy()
+      if (head.length > MAX_TAG) s.destroy()
       return
     }
     s.off('data', onData)
     s.pause()
-    const id = Number(head.slice(0, nl))
-    if (!Number.isSafeInteger(id) || nl !== head.length - 1) return void s.destroy()
+    const id = parseStdoutTag(head.slice(0, nl))
+    if (id === undefined || nl !== head.length - 1) return void s.destroy()
     const e = stdoutEntry(id, () => s.destroy())
     if (e.take) {
       clearTimeout(e.timer)
@@ -199,7 +184,7 @@ function track(id: number, child: ChildProcess, nice?: number): void {
   if (nice) {
     try { setPriority(child.pid!, nice) } catch { /* gone already, or not permitted */ }
   }
-  send({ id, pid: child.pid })
+  send({ id, pid: child.pid! }) // track is called only for a child that started
   running.add(child.pid!)
   const exited = (code: number | null, signal: NodeJS.Signals | null): void => {
     running.delete(child.pid!)
@@ -221,7 +206,7 @@ process.on('message', (m: SpawnRequest, sent?: Handle) => {
           return track(m.id, spare, m.nice)
         }
       }
-      const streams = m.report ? [0, 1, 2, 3] : [0, 1, 2]
+      const streams: StreamNumber[] = m.report ? [0, 1, 2, 3] : [0, 1, 2]
       const got = await Promise.allSettled(streams.map((n) => {
         if (n === 1 && sent) return Promise.resolve(sent as unknown as net.Socket) // spawn takes a bare handle as stdio
         return n === 1 && m.stdoutFromWorker ? workerStdout(m.id) : connect(m.id, n)
@@ -247,7 +232,7 @@ process.on('message', (m: SpawnRequest, sent?: Handle) => {
   })()
 })
 
-stdoutServer.listen(STDOUT_SOCKET, () => send({ listening: true }))
+stdoutServer.listen(STDOUT_SOCKET, () => send({ listening: true, protocol: HELPER_PROTOCOL }))
 stdoutServer.once('error', (err) => send({ listening: false, error: err.message }))
 
 // The worker is gone (exit or kill -9): children lose their reader and writer with it and end

@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process'
 import { closeSync, openSync, readSync, statSync } from 'node:fs'
 import net from 'node:net'
 import { bareHandle } from './node-internals.js'
+import { RELAY_PROTOCOL } from './relay.js'
 
 /** Sends `handle` over a spare's channel; resolves once written (a closed channel: the callback's error). */
 export function sendHandle(child: ChildProcess, handle: unknown): Promise<void> {
@@ -26,7 +27,10 @@ export function tookIt(child: ChildProcess): Promise<void> {
       if (err) reject(err)
       else resolve()
     }
-    const onMessage = (msg: { took?: boolean }): void => { if (msg?.took === true) done() }
+    const onMessage = (msg: { took?: boolean; v?: number }): void => {
+      if (msg?.took !== true) return
+      done(msg.v === RELAY_PROTOCOL ? undefined : new Error(`the spare speaks protocol ${String(msg.v)}, this worker ${RELAY_PROTOCOL}`))
+    }
     const onExit = (): void => done(new Error('the spare exited'))
     const timer = setTimeout(() => done(new Error('the spare did not take the connection')), TOOK_MS)
     child.on('message', onMessage)

@@ -48,10 +48,16 @@ export interface RelayReport {
   slow: boolean
 }
 
-/** the report's keys (pack-relay.c); `slow` came later and may be missing */
-const REPORT_KEYS = ['sent', 'head', 'boundary', 'sideband', 'idle', 'gone', 'exec', 'closed'] as const
+/**
+ * The relay's protocol, as pack-relay.c speaks it: its report line (`v=` and the keys below) and,
+ * in `--wait` mode, its `{"took":true,"v":...}` on the IPC channel (relay-spare.ts). A relay of
+ * another build is refused: its report reads as none, a spare of it is never used.
+ */
+export const RELAY_PROTOCOL = 1
+/** the report's keys (pack-relay.c) */
+const REPORT_KEYS = ['v', 'sent', 'head', 'boundary', 'sideband', 'idle', 'gone', 'exec', 'closed', 'slow'] as const
 
-/** The relay's report line (`key=value` pairs in any order), or undefined when there is none (the relay was killed, or crashed). */
+/** The relay's report line (`key=value` pairs in any order), or undefined when there is none (the relay was killed, or crashed) or it is of another version. */
 export function parseReport(text: string): RelayReport | undefined {
   if (!text.endsWith('\n')) return undefined
   const fields = new Map<string, number>()
@@ -60,7 +66,7 @@ export function parseReport(text: string): RelayReport | undefined {
     if (!m || fields.has(m[1]!)) return undefined
     fields.set(m[1]!, Number(m[2]))
   }
-  if (!REPORT_KEYS.every((k) => fields.has(k))) return undefined
+  if (!REPORT_KEYS.every((k) => fields.has(k)) || fields.get('v') !== RELAY_PROTOCOL) return undefined
   const flag = (k: string) => fields.get(k) === 1
   return { sent: fields.get('sent')!, head: flag('head'), boundary: flag('boundary'), sideband: flag('sideband'), idle: flag('idle'), gone: flag('gone'), execErrno: fields.get('exec')!, closed: flag('closed'), slow: flag('slow') }
 }

@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { pino } from 'pino'
 import { addBigRepo, gitClient, gitWrapper, metric, startWorker, waitFor, type Worker } from '../helpers/worker.js'
-import { checkArgs, PackObjectsCache } from '../../src/git/pack-cache.js'
+import { checkArgs, PACK_HOOK_PROTOCOL, PackObjectsCache } from '../../src/git/pack-cache.js'
 
 const outcomes = (w: { logs(): Record<string, unknown>[] }, from = 0) =>
   // requests that ran pack-objects (a v2 ls-refs does not)
@@ -270,8 +270,11 @@ t.test('the endpoint answers only the upload-pack it was opened for: no token, a
     const res = await fetch(url, { method: 'POST', headers, body })
     return { status: res.status, text: await res.text() }
   }
-  const good = { 'x-vcs-token': session.env.VCS_WORKER_PACK_TOKEN!, 'x-vcs-cwd': repoDir, 'x-vcs-args': 'git pack-objects --revs --stdout' }
-  t.same(await call({ 'x-vcs-cwd': repoDir, 'x-vcs-args': good['x-vcs-args'] }), { status: 403, text: 'unknown pack-objects call\n' }, 'no token')
+  const good = { 'x-vcs-hook-protocol': String(PACK_HOOK_PROTOCOL), 'x-vcs-token': session.env.VCS_WORKER_PACK_TOKEN!, 'x-vcs-cwd': repoDir, 'x-vcs-args': 'git pack-objects --revs --stdout' }
+  t.same(await call({ 'x-vcs-hook-protocol': String(PACK_HOOK_PROTOCOL), 'x-vcs-cwd': repoDir, 'x-vcs-args': good['x-vcs-args'] }), { status: 403, text: 'unknown pack-objects call\n' }, 'no token')
+  t.same(await call({ ...good, 'x-vcs-hook-protocol': String(PACK_HOOK_PROTOCOL + 1) }), { status: 409, text: 'pack-objects hook of another protocol\n' }, 'a hook of another protocol')
+  const { 'x-vcs-hook-protocol': _, ...unversioned } = good
+  t.same(await call(unversioned), { status: 409, text: 'pack-objects hook of another protocol\n' }, 'a hook that names no protocol')
   t.same(await call({ ...good, 'x-vcs-token': 'guessed' }), { status: 403, text: 'unknown pack-objects call\n' }, 'a token never issued')
   t.same(await call({ ...good, 'x-vcs-cwd': dir }), { status: 403, text: 'unknown pack-objects call\n' }, 'another directory')
   t.same(await call({ ...good, 'x-vcs-args': 'git pack-objects --stdout --exec=sh' }), { status: 400, text: 'unexpected pack-objects arguments\n' }, 'an argument upload-pack never passes')

@@ -2,6 +2,7 @@ import t from 'tap'
 import { mkdir } from 'node:fs/promises'
 import path from 'node:path'
 import { RefHookServer } from '../../src/git/ref-hooks.js'
+import { HOOK_PROTOCOL } from '../../src/git/hook-protocol.js'
 import type { RefContext } from '../../src/auth/plugin.js'
 
 t.test('the pre-receive endpoint judges what it is sent: only object ids reach the ref hooks, only a quarantine inside the repo', async (t) => {
@@ -13,7 +14,7 @@ t.test('the pre-receive endpoint judges what it is sent: only object ids reach t
   await server.start()
   t.teardown(() => server.stop())
   const session = server.open({ principal: { kind: 'anonymous' }, repo: { kind: 'git', name: 'r.git', dir: repo } })
-  const post = (body: unknown) => fetch(session.env.VCS_WORKER_HOOK_URL!, { method: 'POST', body: JSON.stringify({ token: session.token, ...body as object }) })
+  const post = (body: unknown) => fetch(session.env.VCS_WORKER_HOOK_URL!, { method: 'POST', body: JSON.stringify({ v: HOOK_PROTOCOL, token: session.token, ...body as object }) })
   const id = 'a'.repeat(40)
   const update = { ref: 'refs/heads/main', oldId: id, newId: 'b'.repeat(40), kind: 'update' }
 
@@ -27,6 +28,10 @@ t.test('the pre-receive endpoint judges what it is sent: only object ids reach t
   const ok = await post({ updates: [update], objects: path.join(repo, 'objects', 'tmp_objdir-incoming-abc123') })
   t.equal(ok.status, 200)
   t.same(seen[0]?.quarantine?.objects, path.join(repo, 'objects', 'tmp_objdir-incoming-abc123'), 'the quarantine, rebuilt from the repo\'s own objects dir')
-  t.equal((await fetch(session.env.VCS_WORKER_HOOK_URL!, { method: 'POST', body: JSON.stringify({ token: 'forged', updates: [update] }) })).status, 403, 'no session, no answer')
+  t.equal((await fetch(session.env.VCS_WORKER_HOOK_URL!, { method: 'POST', body: JSON.stringify({ v: HOOK_PROTOCOL, token: 'forged', updates: [update] }) })).status, 403, 'no session, no answer')
+  const old = await post({ v: HOOK_PROTOCOL + 1, updates: [update] })
+  t.equal(old.status, 400, 'a hook of another protocol refused')
+  t.match(((await old.json()) as { reason?: string }).reason, /^the push hook speaks protocol 2, this worker 1: /, 'with the reason the pusher reads')
+  t.equal(seen.length, 1, 'and no hook ran for it')
   await session.close()
 })

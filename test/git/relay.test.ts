@@ -137,9 +137,11 @@ t.test('a client that stops reading: the relay gives up after idleTimeoutMs, git
 })
 
 t.test('the relay\'s report and head: only what they should be', async (t) => {
-  t.same(parseReport('sent=12 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0 closed=1\n'), { sent: 12, head: true, boundary: true, sideband: true, idle: false, gone: false, execErrno: 0, closed: true, slow: false })
-  t.same(parseReport('slow=1 closed=0 exec=0 gone=0 idle=1 sideband=0 boundary=0 head=1 sent=7\n'), { sent: 7, head: true, boundary: false, sideband: false, idle: true, gone: false, execErrno: 0, closed: false, slow: true }, 'pairs in any order')
-  t.equal(parseReport('sent=1 sent=2 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0 closed=1\n'), undefined, 'a key twice')
+  t.same(parseReport('v=1 sent=12 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0 closed=1 slow=0\n'), { sent: 12, head: true, boundary: true, sideband: true, idle: false, gone: false, execErrno: 0, closed: true, slow: false })
+  t.same(parseReport('slow=1 closed=0 exec=0 gone=0 idle=1 sideband=0 boundary=0 head=1 sent=7 v=1\n'), { sent: 7, head: true, boundary: false, sideband: false, idle: true, gone: false, execErrno: 0, closed: false, slow: true }, 'pairs in any order')
+  t.equal(parseReport('v=2 sent=12 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0 closed=1 slow=0\n'), undefined, 'a report of another version')
+  t.equal(parseReport('sent=12 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0 closed=1 slow=0\n'), undefined, 'a report without its version')
+  t.equal(parseReport('v=1 sent=1 sent=2 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0 closed=1 slow=0\n'), undefined, 'a key twice')
   t.equal(parseReport(''), undefined, 'no report (the relay was killed)')
   t.equal(parseReport('sent=12 head=1\n'), undefined, 'a partial line')
   t.equal(parseReport('sent=12 head=1 boundary=1 sideband=1 idle=0 gone=0 exec=0 closed=0\nextra'), undefined, 'anything after it')

@@ -8,7 +8,7 @@ import { finished } from 'node:stream/promises'
 import path from 'node:path'
 import { processesMatching, rawRequest, startWorker, waitFor, type Worker } from '../helpers/worker.js'
 import { routeRequests, storeObject } from '../helpers/lfs.js'
-import { PACK_RELAY } from '../../src/process/relay.js'
+import { PACK_RELAY, RELAY_PROTOCOL } from '../../src/process/relay.js'
 
 const downloads = (w: Worker) => routeRequests(w, 0, 'lfs_download')
 
@@ -132,7 +132,7 @@ t.test('the relay sends nothing from a file that is not the one the worker judge
   t.same([shorter.code, shorter.out], [1, ''], 'a file shorter than the range: nothing written')
   const fine = await relay([String(ino), '90', '10'])
   t.same([fine.code, fine.out], [0, 'HTTP/1.1 200 OK\r\n\r\nxxxxxxxxxx'], 'the head, then the range\'s bytes')
-  t.match(fine.report, /^sent=10 head=1 /)
+  t.match(fine.report, /^v=1 sent=10 head=1 /)
 })
 
 t.test('downloads after the first are served by relays started ahead: whole, counted, each replaced; a spare killed while it waits changes nothing', async (t) => {
@@ -229,8 +229,8 @@ t.test('pack-relay --wait: the connection from its IPC channel, the arguments fr
   const args = ['1000', head, '--file', file, String(ino), '900', '100']
   const fine = await run({ socket: true, args })
   t.same([fine.code, fine.got], [0, head + 'y'.repeat(100)], 'the head, then the range\'s bytes, on the connection it was sent')
-  t.match(fine.report, /^sent=100 head=1 .*closed=1/, 'the report on fd 3')
-  t.same(fine.said, [{ took: true }], 'it said on the channel that it took the connection')
+  t.match(fine.report, /^v=1 sent=100 head=1 .*closed=1/, 'the report on fd 3')
+  t.same(fine.said, [{ took: true, v: RELAY_PROTOCOL }], 'it said on the channel that it took the connection')
   const noSocket = await run({ args })
   t.same([noSocket.code, noSocket.got, noSocket.report, noSocket.said], [1, '', '', []], 'the channel closed before a connection came: exit 1, nothing written, nothing reported')
   const noArgs = await run({ socket: true, args: args.slice(0, 4) })

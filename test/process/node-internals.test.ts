@@ -46,7 +46,7 @@ t.test(`the relay's spare passes its self-test on Node ${process.version}`, asyn
   await t.resolves(spareSelfTest(PACK_RELAY))
 })
 
-t.test('a spare that never takes the connection fails the self-test with a reason', async (t) => {
+t.test('a spare that never takes the connection, or speaks another protocol, fails the self-test with a reason', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'vcs-spare-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const exits = path.join(dir, 'exits')
@@ -58,4 +58,9 @@ t.test('a spare that never takes the connection fails the self-test with a reaso
   await writeFile(silent, '#!/bin/sh\nexec cat <&"$NODE_CHANNEL_FD" >/dev/null\n')
   await chmod(silent, 0o755)
   await t.rejects(spareSelfTest(silent), { message: /did not take the connection/ })
+  const other = path.join(dir, 'other')
+  // takes it, in another protocol's words (a relay of another build)
+  await writeFile(other, '#!/bin/sh\nprintf \'{"took":true,"v":2}\\n\' >&"$NODE_CHANNEL_FD"\nexec cat <&"$NODE_CHANNEL_FD" >/dev/null\n')
+  await chmod(other, 0o755)
+  await t.rejects(spareSelfTest(other), { message: 'the spare speaks protocol 2, this worker 1' })
 })

@@ -7,10 +7,11 @@
  */
 import { spawnSync } from 'node:child_process'
 import { readFileSync, writeFileSync, accessSync, constants } from 'node:fs'
+import { HOOK_PROTOCOL, type HookAnswer, type HookError, type HookRequest, type HookUpdate } from '../hook-protocol.js'
 
 const ZERO = /^0+$/
 
-function kindOf(oldId: string, newId: string): 'create' | 'update' | 'force' | 'delete' {
+function kindOf(oldId: string, newId: string): HookUpdate['kind'] {
   if (ZERO.test(oldId)) return 'create'
   if (ZERO.test(newId)) return 'delete'
   // git passes the quarantine environment to hooks, so the new objects are visible here.
@@ -29,17 +30,18 @@ async function main(): Promise<number> {
     process.stderr.write('error: push checks are not available\n')
     return 1
   }
-  const updates = input.toString('utf8').split('\n').filter(Boolean).map((line) => {
+  const updates: HookUpdate[] = input.toString('utf8').split('\n').filter(Boolean).map((line) => {
     const [oldId, newId, ref] = line.split(' ') as [string, string, string]
     return { ref, oldId, newId, kind: kindOf(oldId, newId) }
   })
-  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token, updates, objects: process.env.GIT_OBJECT_DIRECTORY }), signal: AbortSignal.timeout(30_000) })
+  const request: HookRequest = { v: HOOK_PROTOCOL, token, updates, objects: process.env.GIT_OBJECT_DIRECTORY }
+  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(request), signal: AbortSignal.timeout(30_000) })
   if (!res.ok) {
     // the worker's one-line reason when it has one (the account store unreachable), else the status
-    const reason = ((await res.json().catch(() => ({}))) as { reason?: string }).reason
+    const reason = ((await res.json().catch(() => ({}))) as Partial<HookError>).reason
     throw new Error(reason ?? `worker answered ${res.status}`)
   }
-  const { rejections } = (await res.json()) as { rejections: { ref: string; reason: string }[] }
+  const { rejections } = (await res.json()) as HookAnswer
   writeFileSync(rejectsFile, rejections.map((r) => `${r.ref}\n`).join(''))
   for (const r of rejections) process.stderr.write(`${r.ref}: ${r.reason}\n`)
   const own = 'hooks/pre-receive'
