@@ -247,7 +247,9 @@ export async function paced(url: string, perSecond: number, seconds: number): Pr
  * listening on 127.0.0.1:port with `server` as the inside of its server block.
  */
 export async function startNginx(dir: string, port: number, workers: number, server: string): Promise<{ url: string; stop(): Promise<void> }> {
-  writeFileSync(path.join(dir, 'nginx.conf'), `
+  // as root, nginx's workers would run as nobody, who cannot enter the data dir (mode 0700): they
+  // run as the user that owns the files they serve
+  writeFileSync(path.join(dir, 'nginx.conf'), `${process.getuid?.() === 0 ? 'user root;' : ''}
 worker_processes ${workers};
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
