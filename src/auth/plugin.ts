@@ -15,7 +15,7 @@ import { dummyPasswordHash, DEFAULT_SCRYPT, PasswordQueueFullError, PasswordVeri
 import { hashToken, looksLikeToken } from './tokens.js'
 import { CredentialCache, type CachedIdentity } from './cache.js'
 import { localFailureCounter, type FailureCounter } from './throttle.js'
-import type { AuthStore, Level } from './store.js'
+import type { Level, RequestStore } from './store.js'
 import { protectionHook } from './protection.js'
 
 export type Action = 'read' | 'write'
@@ -60,7 +60,7 @@ export interface RefContext {
 export type RefHook = (ctx: RefContext) => Promise<RefRejection[]>
 
 export interface VcsAuth {
-  readonly store: AuthStore
+  readonly store: RequestStore
   /** Who is asking: from the Authorization header, once per request. */
   authenticate(req: FastifyRequest): Promise<Identity>
   /** Authenticates if needed, then runs every repo hook; throws 401/403/404. */
@@ -87,7 +87,7 @@ declare module 'fastify' {
 }
 
 export interface AuthOptions {
-  store: AuthStore
+  store: RequestStore
   realm: string
   cacheTtlMs?: number
   /** failed logins of one user name (or of tokens, or malformed headers) from one address before 429 */

@@ -5,7 +5,7 @@
  * `refs/` means a branch (`main` = `refs/heads/main`). `*` stays inside one path segment,
  * `**` crosses them.
  */
-import type { AuthStore, Protection } from './store.js'
+import type { Protection, RequestStore } from './store.js'
 import type { RefHook, RefRejection } from './plugin.js'
 
 export function refPattern(pattern: string): RegExp {
@@ -18,7 +18,7 @@ function matching(protections: Protection[], ref: string): Protection | undefine
   return protections.find((p) => refPattern(p.pattern).test(ref))
 }
 
-export function protectionHook(store: AuthStore): RefHook {
+export function protectionHook(store: RequestStore): RefHook {
   return async ({ principal, repo, updates }) => {
     const protections = await store.protections(repo.name)
     if (!protections.length) return []

@@ -93,7 +93,11 @@ export interface LockFilter {
   limit: number
 }
 
-export interface AuthStore {
+/**
+ * What the request path reads, behind the caches (auth/cache.ts): users, tokens, repo records,
+ * grants and protections, and whether anything changed since it last asked.
+ */
+export interface RequestStore {
   findUser(name: string): Promise<UserRecord | undefined>
   findToken(hash: Buffer): Promise<TokenRecord | undefined>
   authorizeRepo(name: string): Promise<RepoRecord | undefined>
@@ -105,7 +109,19 @@ export interface AuthStore {
    * and synchronous: it is asked on every request before a cached credential is trusted.
    */
   changedSinceLastCheck(): boolean
+  /** notes a token's use; written at most once an hour per token, so the request path rarely writes */
+  touchToken(id: number): Promise<void>
+  /** when `subject`'s logins were last unlocked (ms since the epoch), or undefined */
+  loginsUnlockedAt(subject: string): Promise<number | undefined>
+  /** failed-login counts shared by every worker using this store; absent: each worker counts alone */
+  failureCounter?(name: string, limit: number, windowMs: number): FailureCounter
+  /** a cheap round trip for the health check; what it found, or throws */
+  ping(): Promise<string>
+}
 
+/** What the admin commands write and list (the CLI, `store copy`). */
+export interface AdminStore {
+  findUser(name: string): Promise<UserRecord | undefined>
   addUser(name: string, passwordHash: string): Promise<void>
   setPassword(name: string, passwordHash: string): Promise<void>
   removeUser(name: string): Promise<void>
@@ -125,9 +141,8 @@ export interface AuthStore {
   removeGrant(userName: string, repo: string): Promise<void>
   setProtection(repo: string, pattern: string, users: string[]): Promise<void>
   removeProtection(repo: string, pattern: string): Promise<void>
-  /** notes a token's use; written at most once an hour per token, so the request path rarely writes */
-  touchToken(id: number): Promise<void>
-
+  /** a repo's protected patterns (as the request path reads them) */
+  protections(repo: string): Promise<Protection[]>
   listUsers(): Promise<UserSummary[]>
   /** the user's tokens, revoked and expired ones too; StoreNotFoundError for an unknown user */
   listTokens(userName: string): Promise<TokenSummary[]>
@@ -139,14 +154,17 @@ export interface AuthStore {
    * before now no longer count, on every worker that asks `loginsUnlockedAt`.
    */
   unlockLogins(subject: string): Promise<void>
-  /** when `subject`'s logins were last unlocked (ms since the epoch), or undefined */
-  loginsUnlockedAt(subject: string): Promise<number | undefined>
-  /** failed-login counts shared by every worker using this store; absent: each worker counts alone */
-  failureCounter?(name: string, limit: number, windowMs: number): FailureCounter
-  /**
-   * Locks `path` of `repo` for the user, unless it is locked already or the repo holds `maxPerRepo`
-   * locks. Locks are never cached: every worker of a pool sees a lock as soon as it is taken.
-   */
+  /** everything, ids and hashes included (store copy) */
+  dump(): Promise<StoreDump>
+  /** writes a dump into this store, which must be empty (StoreConflictError otherwise); all or nothing */
+  restore(dump: StoreDump): Promise<void>
+}
+
+/**
+ * Git LFS file locks. Never cached: every worker of a pool sees a lock as soon as it is taken.
+ */
+export interface LockStore {
+  /** Locks `path` of `repo` for the user, unless it is locked already or the repo holds `maxPerRepo` locks. */
   createLock(repo: string, path: string, userId: number, maxPerRepo: number): Promise<LockOutcome>
   /** a repo's locks by id, ascending */
   listLocks(repo: string, filter: LockFilter): Promise<LockRecord[]>
@@ -156,12 +174,10 @@ export interface AuthStore {
   locksOn(repo: string, paths: string[], exceptUserId: number): Promise<LockRecord[]>
   /** removes a lock; false when there was none with that id on that repo */
   removeLock(repo: string, id: number): Promise<boolean>
-  /** a cheap round trip for the health check; what it found, or throws */
-  ping(): Promise<string>
-  /** everything, ids and hashes included (store copy) */
-  dump(): Promise<StoreDump>
-  /** writes a dump into this store, which must be empty (StoreConflictError otherwise); all or nothing */
-  restore(dump: StoreDump): Promise<void>
+}
+
+/** One store (SQLite or PostgreSQL) is all three; each consumer names the part it uses. */
+export interface AuthStore extends RequestStore, AdminStore, LockStore {
   close(): void | Promise<void>
 }
 

@@ -6,7 +6,7 @@
 import { isIP } from 'node:net'
 import { MAX_USER_NAME } from '../auth/credentials.js'
 import type { Config } from '../config/load.js'
-import type { AuthStore, Level } from '../auth/store.js'
+import type { AdminStore, Level } from '../auth/store.js'
 import { LEVELS, StoreConflictError, StoreNotFoundError } from '../auth/store.js'
 import { hashPassword, scryptParams } from '../auth/password.js'
 import { hashToken, newToken, TOKEN_PREFIX } from '../auth/tokens.js'
@@ -26,7 +26,7 @@ export { UsageError }
 
 export interface AdminContext {
   config: Config
-  store: AuthStore
+  store: AdminStore
   flags: { git?: boolean; hg?: boolean; public?: boolean; expires?: string; users?: string; json?: boolean; user?: string; repo?: string; address?: string; yes?: boolean }
   out: (line: string) => void
   /** notes beside the answer (standard error) */
@@ -91,7 +91,7 @@ export async function findRepoByPath(config: Config, text: string): Promise<{ na
  * (removed by hand), the name under which the store still holds grants or protections, so
  * they can be listed and revoked.
  */
-async function storedRepoName(config: Config, store: AuthStore, text: string): Promise<string> {
+async function storedRepoName(config: Config, store: AdminStore, text: string): Promise<string> {
   try {
     return (await findRepoByPath(config, text)).name
   } catch (err) {
@@ -105,7 +105,7 @@ async function storedRepoName(config: Config, store: AuthStore, text: string): P
 }
 
 /** Users named in `--users` must exist: a typo would protect a branch for nobody. */
-async function existingUsers(store: AuthStore, list: string): Promise<string[]> {
+async function existingUsers(store: AdminStore, list: string): Promise<string[]> {
   const users = list.split(',').map((u) => checkUserName(u.trim()))
   const missing = []
   for (const u of users) if (!(await store.findUser(u))) missing.push(u)

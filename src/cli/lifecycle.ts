@@ -10,7 +10,7 @@
 import { randomBytes } from 'node:crypto'
 import { access, mkdir, readdir, rename, rm } from 'node:fs/promises'
 import path from 'node:path'
-import type { AuthStore, RepoRecords } from '../auth/store.js'
+import type { AdminStore, RepoRecords } from '../auth/store.js'
 import type { Config } from '../config/load.js'
 import { gitRepoName, parseRepoPath, resolveInside, type RepoKind } from '../repos/path.js'
 import { UsageError } from './errors.js'
@@ -52,7 +52,7 @@ async function moveThenRecord(from: string, to: string, record: () => Promise<Re
 }
 
 /** Removes a repository from disk and from the store; returns the line to print. */
-export async function deleteRepo(config: Config, store: AuthStore, repo: { name: string; kind: RepoKind }): Promise<string> {
+export async function deleteRepo(config: Config, store: AdminStore, repo: { name: string; kind: RepoKind }): Promise<string> {
   const root = path.resolve(config.reposDir)
   await sweepTrash(root)
   const dir = await resolveInside(root, repo.name)
@@ -76,7 +76,7 @@ export function canonicalName(text: string, kind: RepoKind): string {
 }
 
 /** Moves a repository to a new name, with everything the store holds under the old one. */
-export async function renameRepo(config: Config, store: AuthStore, repo: { name: string; kind: RepoKind }, toText: string): Promise<string> {
+export async function renameRepo(config: Config, store: AdminStore, repo: { name: string; kind: RepoKind }, toText: string): Promise<string> {
   const to = canonicalName(toText, repo.kind)
   if (to === repo.name) throw new UsageError(`${repo.name} already has that name`)
   const root = path.resolve(config.reposDir)

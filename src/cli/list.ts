@@ -6,11 +6,11 @@
 import { readdir } from 'node:fs/promises'
 import path from 'node:path'
 import type { Config } from '../config/load.js'
-import type { AuthStore } from '../auth/store.js'
+import type { AdminStore } from '../auth/store.js'
 
 export interface ListContext {
   config: Config
-  store: AuthStore
+  store: AdminStore
   json: boolean
   out: (line: string) => void
 }

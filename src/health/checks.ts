@@ -11,7 +11,7 @@ import type { Config } from '../config/load.js'
 import type { GitRunner } from '../git/spawn.js'
 import type { HgServePool } from '../hg/serve-pool.js'
 import type { Admission } from '../admission/admission.js'
-import type { AuthStore } from '../auth/store.js'
+import type { RequestStore } from '../auth/store.js'
 import type { PackObjectsCache } from '../git/pack-cache.js'
 
 export type CheckName = 'repos_dir' | 'disk' | 'git_binary' | 'git_canary' | 'hg_children' | 'auth_store' | 'pack_cache' | 'draining' | 'saturation'
@@ -124,7 +124,7 @@ export class HealthChecker {
   /** called when a result may have changed: after each round of checks and at a drain */
   onChange: (() => void) | undefined
 
-  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgServePool | undefined, canaryDir: string, private readonly admission: Admission, store: AuthStore, packCache?: PackObjectsCache) {
+  constructor(private readonly config: Config, git: GitRunner, private readonly pool: HgServePool | undefined, canaryDir: string, private readonly admission: Admission, store: RequestStore, packCache?: PackObjectsCache) {
     const add = (name: CheckName, run: () => Promise<string>): void => {
       this.checks.set(name, { run, ok: false, failures: 0, lastRun: 0, durationMs: 0, message: 'not run yet' })
     }

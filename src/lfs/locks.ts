@@ -12,7 +12,7 @@
  * has locked, with the owner named, as GitLab does for lockable files.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { LOCKED_AMONG_BATCH, type AuthStore, type LockRecord } from '../auth/store.js'
+import { LOCKED_AMONG_BATCH, type LockRecord, type LockStore, type RequestStore } from '../auth/store.js'
 import type { Admission } from '../admission/admission.js'
 import type { RefHook, RefRejection, RefUpdate } from '../auth/plugin.js'
 import type { RepoRoute } from '../http/routes.js'
@@ -65,7 +65,8 @@ function userOf(req: FastifyRequest): { id: number; name: string } {
 }
 
 export interface LockDeps {
-  store: AuthStore
+  /** the locks, and the grants that say who may remove another's (admin) */
+  store: LockStore & Pick<RequestStore, 'findGrant'>
   admission: Admission
   /** locks one repo may hold (lfsMaxLocksPerRepo) */
   maxPerRepo: number
@@ -179,7 +180,7 @@ export function lockRoute({ store, admission, maxPerRepo }: LockDeps): RepoRoute
  * time, never by reading every lock of the repo. The push's objects are in git's quarantine until
  * the hooks accept it, so git is pointed at it (`RefContext.quarantine`).
  */
-export function lockHook(store: AuthStore, git: GitRunner): RefHook {
+export function lockHook(store: LockStore, git: GitRunner): RefHook {
   return async ({ principal, repo, updates, quarantine }) => {
     if (repo.kind !== 'git') return []
     const me = principal.kind === 'user' ? principal.id : -1
