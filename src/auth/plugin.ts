@@ -13,7 +13,7 @@ import type { RepoRef } from '../repos/path.js'
 import { MAX_AUTHORIZATION, parseAuthorization, type Credentials } from './credentials.js'
 import { dummyPasswordHash, DEFAULT_SCRYPT, PasswordQueueFullError, PasswordVerifier } from './password.js'
 import { hashToken, looksLikeToken } from './tokens.js'
-import { CredentialCache, type CachedIdentity } from './cache.js'
+import { CredentialCache, type CachedIdentity, type Clock } from './cache.js'
 import { localFailureCounter, type FailureCounter } from './throttle.js'
 import type { Level, RequestStore } from './store.js'
 import { protectionHook } from './protection.js'
@@ -100,6 +100,8 @@ export interface AuthOptions {
   /** password checks waiting for the KDF before 503 */
   passwordQueueLimit?: number
   scrypt?: { N: number; r: number; p: number }
+  /** the credential cache's clock (ms since the epoch): the real one unless a test moves its own */
+  clock?: Clock
 }
 
 /** Throttle keys: each kind of failure counts apart, so garbage never locks out a real credential. */
@@ -124,7 +126,7 @@ interface Why { reason?: string }
 
 async function authPlugin(app: FastifyInstance, opts: AuthOptions): Promise<void> {
   const { store, realm } = opts
-  const cache = new CredentialCache(opts.cacheTtlMs ?? 60_000)
+  const cache = new CredentialCache(opts.cacheTtlMs ?? 60_000, undefined, opts.clock)
   const windowMs = opts.throttleWindowMs ?? 5 * 60_000
   // shared by the pool when the store can (PostgreSQL), else this worker's own
   const counter = (name: string, limit: number): FailureCounter => store.failureCounter?.(name, limit, windowMs) ?? localFailureCounter(limit, windowMs)

@@ -3,12 +3,13 @@ import type * as Tap from 'tap'
 import pg from 'pg'
 import { openPgStore } from '../../src/auth/pg-store.js'
 import { redactUrl } from '../../src/auth/pg-url.js'
-import { PG_MIGRATIONS } from '../../src/auth/pg-schema.js'
+import { CHANNEL, PG_MIGRATIONS } from '../../src/auth/pg-schema.js'
 import Database from 'better-sqlite3'
 import { openSqliteStore, SQLITE_MIGRATIONS } from '../../src/auth/sqlite-store.js'
 import type { AuthStore } from '../../src/auth/store.js'
 import { StoreConflictError, StoreNotFoundError, StoreUnavailableError } from '../../src/auth/store.js'
 import { startPostgres, PG_PASSWORD } from '../helpers/postgres.js'
+import { waitFor } from '../helpers/worker.js'
 import path from 'node:path'
 
 const server = await startPostgres(t)
@@ -185,13 +186,21 @@ t.test('a change through one store is seen by another within a second (NOTIFY), 
   const t1 = Date.now()
   while (!b.changedSinceLastCheck() && Date.now() - t1 < 5000) await new Promise((r) => setTimeout(r, 10))
   t.equal(await b.authorizeRepo('r').then((r) => r?.public), false, 'psql changes are seen too')
-  // a token's last use is not a change anyone needs to hear about
+  // a token's last use is not a change anyone needs to hear about: what the channel carries
+  // between the touch and a marker change made after it (notifications arrive in commit order)
+  const listener = new pg.Client({ connectionString: server.url(db) })
+  await listener.connect()
+  t.teardown(() => listener.end())
+  const heard: string[] = []
+  listener.on('notification', (n) => heard.push(n.payload ?? ''))
+  await listener.query(`LISTEN ${CHANNEL}`)
   const id = await a.addToken('cy', Buffer.alloc(32, 1), null)
-  await new Promise((r) => setTimeout(r, 200))
-  b.changedSinceLastCheck()
+  await waitFor(() => heard.includes('tokens'), 5000, 'the new token announced')
+  heard.length = 0
   await a.touchToken(id)
-  await new Promise((r) => setTimeout(r, 300))
-  t.equal(b.changedSinceLastCheck(), false, 'touchToken notifies nobody')
+  await a.setRepo('marker', 'git', false)
+  await waitFor(() => heard.includes('repos'), 5000, 'the marker change announced')
+  t.same(heard, ['repos'], 'touchToken notified nobody: only the marker was heard')
 })
 
 t.test('server down: cached answers still given, the rest StoreUnavailableError; back up: served afresh', async (t) => {
