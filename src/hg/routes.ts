@@ -248,7 +248,7 @@ export function hgCloneBundleRoute(deps: HgDeps & { cloneBundles: CloneBundles }
     exact: true,
     access: 'read',
     handler: async (req, reply) => {
-      const name = decodeURIComponent(req.originalUrl.split('?')[0]!.split('/').pop()!)
+      const name = decodeURIComponent(req.urlParams.bundle ?? '')
       req.accessRecord.service = 'clonebundle'
       const file = isBundleName(name) ? await deps.cloneBundles.file(req.repo.dir, name) : undefined
       if (!file) throw new RepoNotFoundError() // no such bundle, or not one the repo may hand out now

@@ -22,21 +22,35 @@ export const GIT_SUFFIXES = [
 
 /**
  * Git LFS (git-lfs's docs/api), under a git repo: `/{repo}[.git]` then one of these (regular
- * expression sources that HAProxy's PCRE and JavaScript read alike). A PUT to an object is
- * lfs_upload; the lock endpoints are told apart by their handler.
+ * expression sources that HAProxy's PCRE and JavaScript read alike; their named groups become
+ * the request's UrlParams). A PUT to an object is lfs_upload.
  */
 export const LFS_SUFFIXES = [
   ['/info/lfs/objects/batch', 'lfs_batch'],
-  ['/info/lfs/objects/[0-9a-f]{64}', 'lfs_download'],
+  ['/info/lfs/objects/(?<oid>[0-9a-f]{64})', 'lfs_download'],
   ['/info/lfs/verify', 'lfs_verify'],
-  ['/info/lfs/locks(/verify|/[^/]+/unlock)?', 'lfs_locks'],
+  ['/info/lfs/locks(/(?<verify>verify)|/(?<lockId>[^/]+)/unlock)?', 'lfs_locks'],
 ] as const satisfies readonly (readonly [string, RouteId])[]
 
 /** files a dumb-HTTP git client asks for (http-protocol.txt, "Dumb Clients"): refused with the reason */
 export const DUMB_GIT_SUFFIX = '/(HEAD|objects/(info/(packs|alternates|http-alternates)|pack/pack-[0-9a-f]+[.](pack|idx)|[0-9a-f]{2}/[0-9a-f]{38,62}))'
 
 /** an hg repo's clone bundle, `/{repo}/.hg/clonebundles/{file}`: no repo segment and no file hg tracks is named `.hg` */
-export const HG_BUNDLE_SUFFIX = '/[.]hg/clonebundles/[^/]+'
+export const HG_BUNDLE_SUFFIX = '/[.]hg/clonebundles/(?<bundle>[^/]+)'
+
+/** What the classifier read out of a repository URL, handed to the route's handler as `req.urlParams`. */
+export interface UrlParams {
+  /** the repo part of the path (git: without the leading `/`; hg: the whole path) */
+  repoPath: string
+  /** an LFS object's oid (lfs_download, lfs_upload) */
+  oid?: string
+  /** `/locks/verify` (lfs_locks) */
+  verify?: string
+  /** the lock of `/locks/{id}/unlock`, as sent (lfs_locks) */
+  lockId?: string
+  /** a clone bundle's file name, as sent (still percent-encoded) */
+  bundle?: string
+}
 
 /**
  * The worker's own URLs (docs/design.md, reserved): its health checks and metrics. Never a

@@ -14,7 +14,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 
 import { BadRequestError, MethodNotAllowedError, RepoNotFoundError, WrongKindError } from '../errors.js'
 import { resolveGitRepo, resolveHgRepo, type RepoKind, type RepoRef } from '../repos/path.js'
 import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
-import { DUMB_GIT_SUFFIX, GIT_SUFFIXES, HG_BUNDLE_SUFFIX, LFS_SUFFIXES, WORKER_OWN_PATHS, type RouteId } from './route-table.js'
+import { DUMB_GIT_SUFFIX, GIT_SUFFIXES, HG_BUNDLE_SUFFIX, LFS_SUFFIXES, WORKER_OWN_PATHS, type RouteId, type UrlParams } from './route-table.js'
 
 export type { RouteId }
 
@@ -30,6 +30,8 @@ declare module 'fastify' {
     repo: RepoRef
     /** who asked, as the pre-handler authorized them */
     principal: Identity
+    /** what the classifier read out of the URL (route-table.ts): the repo part, an LFS oid, a bundle name */
+    urlParams: UrlParams
   }
 }
 
@@ -59,8 +61,16 @@ const HG_BUNDLE = new RegExp(`^(/.+?)${HG_BUNDLE_SUFFIX}$`)
 /** the reserved URLs and `/`, which tells what the server is */
 const RESERVED = new RegExp(`^(${[...WORKER_OWN_PATHS.prefixes, ...WORKER_OWN_PATHS.exact.map((p) => `${p}$`), '/$'].join('|')})`)
 
-/** The repo part of each classified request's path (git: without the leading `/`; hg: the whole path). */
-const repoPaths = new WeakMap<IncomingMessage, string>()
+/**
+ * What the classifier read out of each request's URL, until the route's pre-handler moves it to
+ * the request (`req.urlParams`): `rewriteUrl` runs before fastify has made its request object.
+ */
+const classified = new WeakMap<IncomingMessage, UrlParams>()
+const params = (m: RegExpExecArray): UrlParams => {
+  const p: UrlParams = { repoPath: m[1]! }
+  for (const [k, v] of Object.entries(m.groups ?? {})) if (v !== undefined) p[k as 'oid'] = v
+  return p
+}
 
 /**
  * fastify's `rewriteUrl`: the fixed route a raw URL takes, remembering its repo part. Reserved
@@ -77,14 +87,14 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
     if (rawPath.startsWith(FIXED_PREFIX)) return NO_ROUTE // the fixed routes are reached only through here
     for (const [suffix, id] of GIT_SUFFIXES) {
       if (rawPath.endsWith(suffix)) {
-        repoPaths.set(req, rawPath.slice(1, -suffix.length))
+        classified.set(req, { repoPath: rawPath.slice(1, -suffix.length) })
         return REPO_URLS[id] + query
       }
     }
     for (const [pattern, id] of LFS) {
       const m = pattern.exec(rawPath)
       if (m) {
-        repoPaths.set(req, m[1]!)
+        classified.set(req, params(m))
         if (id === 'lfs_locks') return REPO_URLS.lfs_locks + query
         return REPO_URLS[id === 'lfs_download' && req.method === 'PUT' ? 'lfs_upload' : id]
       }
@@ -94,10 +104,10 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
     if (!hg || RESERVED.test(rawPath)) return url
     const bundle = HG_BUNDLE.exec(rawPath)
     if (bundle) {
-      repoPaths.set(req, bundle[1]!)
+      classified.set(req, params(bundle))
       return REPO_URLS.hg_clonebundle
     }
-    repoPaths.set(req, rawPath)
+    classified.set(req, { repoPath: rawPath })
     return REPO_URLS.hg_proxy + query
   }
 }
@@ -128,6 +138,7 @@ interface RouteDeps {
 export function registerRepoRoutes(app: FastifyInstance, routes: RepoRoute[], deps: RouteDeps): void {
   app.decorateRequest('repo', null as never)
   app.decorateRequest('principal', null as never)
+  app.decorateRequest('urlParams', null as never)
   for (const route of routes) registerRepoRoute(app, route, deps)
 }
 
@@ -169,8 +180,10 @@ function registerRepoRoute(app: FastifyInstance, route: RepoRoute, deps: RouteDe
     preHandler: async (req) => {
       const action = typeof route.access === 'function' ? route.access(req) : route.access
       const { repo, principal } = await deps.auth.authorizeLookup(req, async () => {
-        const repoPath = repoPaths.get(req.raw)
-        if (repoPath === undefined) throw new RepoNotFoundError() // not classified: cannot happen through the classifier
+        const urlParams = classified.get(req.raw)
+        if (urlParams === undefined) throw new RepoNotFoundError() // not classified: cannot happen through the classifier
+        req.urlParams = urlParams
+        const { repoPath } = urlParams
         let found: RepoRef
         try {
           found = await resolve(deps.reposRoot, repoPath)

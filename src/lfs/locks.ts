@@ -160,10 +160,10 @@ export function lockRoute({ store, admission, maxPerRepo }: LockDeps): RepoRoute
     access: (req) => (req.method === 'GET' || req.method === 'HEAD' ? 'read' : 'write'),
     handler: async (req, reply) => {
       req.accessRecord.service = 'lfs-locks'
-      const sub = /\/info\/lfs\/locks(?:\/(verify)|\/([^/]+)\/unlock)?$/.exec(req.originalUrl.split('?')[0]!)
+      const { verify: isVerify, lockId } = req.urlParams
       const post = req.method === 'POST'
-      if (sub?.[1]) { if (!post) throw new MethodNotAllowedError(['POST']); return admitted(req, reply, verify) }
-      if (sub?.[2]) { if (!post) throw new MethodNotAllowedError(['POST']); return unlock(req, reply, sub[2]) }
+      if (isVerify) { if (!post) throw new MethodNotAllowedError(['POST']); return admitted(req, reply, verify) }
+      if (lockId !== undefined) { if (!post) throw new MethodNotAllowedError(['POST']); return unlock(req, reply, lockId) }
       if (post) return create(req, reply)
       wantsLfsJson(req)
       return admitted(req, reply, list)

@@ -145,7 +145,7 @@ export function lfsRoutes(deps: LfsDeps): RepoRoute[] {
   }
 
   function oidOf(req: FastifyRequest): string {
-    const oid = req.originalUrl.split('?')[0]!.split('/').pop()
+    const oid = req.urlParams.oid
     if (!isOid(oid)) throw new LfsError(422, 'oid must be 64 lowercase hex digits (a SHA-256)')
     req.accessRecord.oid = oid
     return oid
