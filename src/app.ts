@@ -1,5 +1,5 @@
 /**
- * Builds the fastify app from its parts. Never listens: cli.ts and the tests do. Every route
+ * Builds the fastify app from its parts. Never listens: cli/main.ts (serve) and the tests do. Every route
  * and plugin of the worker is listed here, in one place.
  */
 import { existsSync, realpathSync } from 'node:fs'

@@ -49,19 +49,18 @@ const SILENT_CHILD = 'the hg server process did not answer in time; try again'
 
 /** The hg route of the route table: every wire-protocol command and hgweb page. */
 export function hgRoute(deps: HgDeps): RepoRoute {
-  const judgedOf = new WeakMap<FastifyRequest, HgRequest>()
   const answers = deps.answers ?? new HgAnswerCache()
 
   /** Judged before the repo is looked up: the action is the command's (request.ts). */
   function access(req: FastifyRequest): Action {
     const judged = judgeHgRequest(req.method, req.originalUrl, req.raw.rawHeaders)
     req.accessRecord.service = judged.cmd ?? 'hgweb'
-    judgedOf.set(req, judged)
+    req.hgRequest = judged
     return judged.action
   }
 
   async function hg(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-    const judged = judgedOf.get(req)!
+    const judged = req.hgRequest
     // a session starts with `capabilities`: refused here when a drain or a full queue would refuse its work
     if (judged.cmd === 'capabilities') deps.admission.refuseIfBusy()
     if (deps.cloneBundles && (judged.cmd === 'clonebundles' || judged.cmd === 'clonebundles_manifest')) return manifest(req, reply, deps.cloneBundles, deps.baseOf(req))

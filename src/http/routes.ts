@@ -14,6 +14,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 
 import { BadRequestError, MethodNotAllowedError, RepoNotFoundError, WrongKindError } from '../errors.js'
 import { resolveGitRepo, resolveHgRepo, type RepoKind, type RepoRef } from '../repos/path.js'
 import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
+import type { HgRequest } from '../hg/request.js'
 import { DUMB_GIT_SUFFIX, GIT_SUFFIXES, HG_BUNDLE_SUFFIX, LFS_SUFFIXES, WORKER_OWN_PATHS, type RouteId, type UrlParams } from './route-table.js'
 
 export type { RouteId }
@@ -32,6 +33,8 @@ declare module 'fastify' {
     principal: Identity
     /** what the classifier read out of the URL (route-table.ts): the repo part, an LFS oid, a bundle name */
     urlParams: UrlParams
+    /** an hg request as judged before the repo was looked up (hg/request.ts): the hg route's access sets it */
+    hgRequest: HgRequest
   }
 }
 
@@ -139,6 +142,7 @@ export function registerRepoRoutes(app: FastifyInstance, routes: RepoRoute[], de
   app.decorateRequest('repo', null as never)
   app.decorateRequest('principal', null as never)
   app.decorateRequest('urlParams', null as never)
+  app.decorateRequest('hgRequest', null as never)
   for (const route of routes) registerRepoRoute(app, route, deps)
 }
 

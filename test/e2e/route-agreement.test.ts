@@ -81,25 +81,35 @@ t.test('the worker\'s route table and the HAProxy frontend rendered from it send
   const address = `127.0.0.1:${(standIn.address() as { port: number }).port}`
   const sockDir = await mkdtemp(path.join(os.tmpdir(), 'vcsr-'))
   t.teardown(() => rm(sockDir, { recursive: true, force: true }))
-  const spec: PoolSpec = {
-    frontend: `127.0.0.1:${await freePort()}`, stats: `127.0.0.1:${await freePort()}`, web: address, adminSocket: path.join(sockDir, 'admin.sock'),
-    workers: [{ name: 'w1', address, agentPort: await freePort(), healthPort: 0 }],
-    balance: 'leastconn', checkIntervalMs: 500, fall: 2, rise: 1, slowstartMs: 1000, idleTimeoutMs: 60_000,
+  // HAProxy's ports are picked free and bound a moment later: a test file running beside this one
+  // may take one meanwhile, and that bind failure is retried on fresh ports (at most 3 times)
+  let port = 0
+  for (let attempt = 1; ; attempt++) {
+    const spec: PoolSpec = {
+      frontend: `127.0.0.1:${await freePort()}`, stats: `127.0.0.1:${await freePort()}`, web: address, adminSocket: path.join(sockDir, 'admin.sock'),
+      workers: [{ name: 'w1', address, agentPort: await freePort(), healthPort: 0 }],
+      balance: 'leastconn', checkIntervalMs: 500, fall: 2, rise: 1, slowstartMs: 1000, idleTimeoutMs: 60_000,
+    }
+    // the frontend as generated; only the backends gain a tag (what reached them is read back)
+    const cfg = haproxyConfig(spec).split('\n').flatMap((line) => {
+      const m = /^backend servers-(git|hg|web)$/.exec(line)
+      return m ? [line, `  http-request set-header X-Pool ${m[1]}`] : [line]
+    }).join('\n')
+    const file = path.join(sockDir, 'haproxy.cfg')
+    await writeFile(file, cfg)
+    const haproxy = spawn('haproxy', ['-db', '-f', file], { stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    haproxy.stderr.on('data', (c) => { stderr += c })
+    const exited = once(haproxy, 'exit').then(() => 'exited' as const)
+    t.teardown(() => { if (haproxy.exitCode === null && haproxy.signalCode === null) haproxy.kill('SIGKILL') })
+    port = Number(spec.frontend.split(':')[1])
+    // up once its git servers answer (their checks passed), or it exited
+    const up = waitFor(async () => haproxy.exitCode !== null || (await rawRequest(port, 'GET', '/demo.git/info/refs?service=git-upload-pack').catch(() => undefined))?.body.toString() === 'git', 20_000, 'HAProxy\'s git servers up').then(() => 'up' as const)
+    const outcome = await Promise.race([up, exited])
+    if (outcome === 'up' && haproxy.exitCode === null) break
+    if (attempt < 3 && /Address already in use/.test(stderr)) continue
+    throw new Error(`haproxy did not start: ${stderr.slice(-400)}`)
   }
-  // the frontend as generated; only the backends gain a tag (what reached them is read back)
-  const cfg = haproxyConfig(spec).split('\n').flatMap((line) => {
-    const m = /^backend servers-(git|hg|web)$/.exec(line)
-    return m ? [line, `  http-request set-header X-Pool ${m[1]}`] : [line]
-  }).join('\n')
-  const file = path.join(sockDir, 'haproxy.cfg')
-  await writeFile(file, cfg)
-  const haproxy = spawn('haproxy', ['-db', '-f', file], { stdio: ['ignore', 'ignore', 'pipe'] })
-  let stderr = ''
-  haproxy.stderr.on('data', (c) => { stderr += c })
-  t.teardown(() => { if (haproxy.exitCode === null) haproxy.kill('SIGKILL') })
-  const port = Number(spec.frontend.split(':')[1])
-  // up once its git servers answer (their checks passed)
-  await waitFor(async () => (await rawRequest(port, 'GET', '/demo.git/info/refs?service=git-upload-pack').catch(() => undefined))?.body.toString() === 'git', 20_000, `HAProxy's git servers up (${stderr.slice(-300)})`)
 
   const seen = new Set<Pool>()
   for (const { method, url, headers } of CORPUS) {

@@ -46,15 +46,28 @@ export async function startTestPool(t: T, opts: { workers?: number; workerArgs?:
   const workers = []
   // port 0: each worker takes what the OS gives it and says so; the pool configures HAProxy with that
   for (let i = 0; i < n; i++) workers.push({ name: `w${i + 1}`, address: '127.0.0.1:0', agentPort: 0, healthPort: 0 })
-  const spec: PoolSpec = {
-    frontend: await port(), stats: await port(), web: await port(), adminSocket: path.join(sockDir, 'haproxy.sock'),
-    workers, balance: opts.balance ?? 'leastconn', checkIntervalMs: 500, fall: 2, rise: 2, slowstartMs: 1000, idleTimeoutMs: 600_000,
+  // HAProxy's ports are picked free, then bound seconds later, once the workers are up: another
+  // test file running beside this one may have taken one meanwhile (the OS hands out the same
+  // range for port 0). That bind failure is retried on fresh ports, a bounded number of times.
+  let spec: PoolSpec
+  let pool: Pool
+  for (let attempt = 1; ; attempt++) {
+    spec = {
+      frontend: await port(), stats: await port(), web: await port(), adminSocket: path.join(sockDir, 'haproxy.sock'),
+      workers: workers.map((w) => ({ ...w })), balance: opts.balance ?? 'leastconn', checkIntervalMs: 500, fall: 2, rise: 2, slowstartMs: 1000, idleTimeoutMs: 600_000,
+    }
+    try {
+      pool = await Pool.start({
+        spec, reposDir, dataDir, runDir: path.join(dir, 'run'),
+        workerArgs: ['--hg-processes', '1', '--log-level', 'info', '--drain-grace-ms', '2000', ...(opts.authStore ? ['--auth-store', opts.authStore] : []), ...(opts.workerArgs ?? [])],
+        argsOf: opts.authStore ? (i) => ['--data', path.join(dir, `host-${i + 1}`), ...(opts.argsOf?.(i) ?? [])] : opts.argsOf,
+      })
+      break
+    } catch (err) {
+      if (attempt < 3 && /Address already in use|EADDRINUSE/.test(String((err as Error).message))) continue
+      throw err
+    }
   }
-  const pool = await Pool.start({
-    spec, reposDir, dataDir, runDir: path.join(dir, 'run'),
-    workerArgs: ['--hg-processes', '1', '--log-level', 'info', '--drain-grace-ms', '2000', ...(opts.authStore ? ['--auth-store', opts.authStore] : []), ...(opts.workerArgs ?? [])],
-    argsOf: opts.authStore ? (i) => ['--data', path.join(dir, `host-${i + 1}`), ...(opts.argsOf?.(i) ?? [])] : opts.argsOf,
-  })
   t.teardown(() => pool.stop())
   const url = `http://${spec.frontend}`
   const hgrc = path.join(dir, 'hgrc-pool')

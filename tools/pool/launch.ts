@@ -1,7 +1,7 @@
 /**
  * Starts a pool on one machine: N worker processes sharing one repos dir and one data dir
  * (so one auth store), a stand-in for the web application, and HAProxy in front with the
- * configuration of haproxy.ts. `npm run pool`, the pool tests and bench:pool use it. Stops
+ * configuration of haproxy-config.ts. `npm run pool`, the pool tests and bench:pool use it. Stops
  * only what it started, by PID.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
