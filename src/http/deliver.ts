@@ -98,7 +98,6 @@ export function answerInstead(reply: FastifyReply, socket: Socket, idleTimeoutMs
  */
 export function handedOff(req: FastifyRequest, reply: FastifyReply, outcome: Promise<Delivered>): Promise<FastifyReply> {
   reply.hijack()
-  req.accessRecord.handedOver = true
   // The connection is the child's now: Node never tells this response it closed, so the record
   // ends when the child's report is in.
   const recorded = outcome.then((d) => {
