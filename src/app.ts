@@ -20,7 +20,8 @@ import { clientErrorHandler, frameworkErrors, installErrorHandlers } from './err
 import { backendOf, installAccessLog, loggerOptions, requestIdGenerator } from './log.js'
 import { createGitRunner, type GitRunner } from './git/spawn.js'
 import { gitRoutes } from './git/routes.js'
-import { installHookScripts, RefHookServer } from './git/ref-hooks.js'
+import { PushHooks } from './git/ref-hooks.js'
+import { HookService } from './git/hook-service.js'
 import authPlugin from './auth/plugin.js'
 import { openStore } from './auth/open.js'
 import { StaleRefLocks } from './git/ref-locks.js'
@@ -113,7 +114,10 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps, bas
   const git = deps.git ?? createGitRunner(config)
   const reposRoot = realpathSync(config.reposDir)
   const store = deps.store ?? await openStore(config, {
-    onEvent: (event, detail) => (event === 'lost' ? app.log.warn({ detail }, 'auth store: lost the connection that listens for changes; reconnecting') : app.log.info('auth store: listening for changes')),
+    onEvent: (event, detail) => {
+      if (event === 'lost') app.log.warn({ detail }, 'auth store: lost the connection that listens for changes; reconnecting')
+      else if (event === 'listening') app.log.info('auth store: listening for changes')
+    },
   })
   if (!deps.store) app.addHook('onClose', async () => store.close())
   await app.register(authPlugin, {
@@ -127,15 +131,16 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps, bas
     passwordQueueLimit: config.passwordQueueLimit,
     scrypt: scryptParams(config.kdfCost),
   })
-  installHookScripts(config.hooksDir)
+  // the one service git's hooks call: pushes' ref checks, fetches' pack cache
+  const hooks = new HookService(config.hooksDir)
+  await hooks.start()
+  app.addHook('onClose', () => hooks.stop())
   // before the ref hooks judge a push, locks a killed git left on its refs are cleared (git takes them after)
   const staleLocks = new StaleRefLocks(config.refLockStaleMs, app.log)
-  const refHooks = new RefHookServer(async (ctx) => {
+  const refHooks = new PushHooks(hooks, async (ctx) => {
     await staleLocks.clear(ctx.repo.dir, ctx.updates.map((u) => u.ref))
     return app.vcsAuth.checkRefUpdates(ctx)
-  }, config.tmpDir, config.gitBin)
-  await refHooks.start()
-  app.addHook('onClose', () => refHooks.stop())
+  }, config.tmpDir, git, config.gitBin)
 
   // The canary: a repo of our own (outside the repos dir) whose ref advertisement proves git works.
   const canary = path.join(config.dataDir, 'canary.git')
@@ -154,7 +159,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps, bas
   if (config.packCache) {
     packCache = new PackObjectsCache({
       dir: config.packCacheDir || path.join(config.dataDir, 'pack-cache'),
-      hookPath: path.join(config.hooksDir, 'pack-objects'),
+      hooks,
       gitBin: config.gitBin,
       env: { PATH: config.envPath, HOME: config.homeDir, GIT_CONFIG_NOSYSTEM: '1', LC_ALL: 'C' },
       maxAgeMs: config.packCacheMaxAgeMs,
@@ -168,8 +173,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps, bas
       viaHelper: config.spawnHelper,
       log: app.log,
     })
-    await packCache.start()
-    app.addHook('onClose', () => packCache!.stop())
+    packCache.start()
   }
   const repoRoutes: RepoRoute[] = gitRoutes({ config, git, admission, refHooks, log: app.log, packCache })
   repoRoutes.push(...lfsRoutes({ config, store: new FsLfsStore(), auth: app.vcsAuth, admission, log: app.log, baseOf }), lockRoute({ store, admission, maxPerRepo: config.lfsMaxLocksPerRepo }))

@@ -22,7 +22,7 @@ interface Derived {
   readonly tmpDir: string
   /** the SQLite auth store, `<dataDir>/auth.sqlite` */
   readonly authDb: string
-  /** hook scripts receive-pack runs, `<dataDir>/hooks` */
+  /** the hook program, under each hook name git runs (git/hook-service.ts), `<dataDir>/hooks` */
   readonly hooksDir: string
 }
 

@@ -1,9 +1,9 @@
 /**
  * The pack-objects cache: identical pack-objects runs computed once. git upload-pack
  * hands its pack-objects call to `uploadpack.packObjectsHook` (honoured from `-c`, never from
- * a repo's own config); our hook, a small C program (a Node hook cost more CPU to start than
- * the pack it saved, bench:storm), posts the call to this server on loopback with a
- * per-request token only our upload-pack children carry:
+ * a repo's own config); the worker's hook program (src/git/hook.c; a Node hook cost more CPU to
+ * start than the pack it saved, bench:storm) posts the call to the hook service on loopback
+ * (hook-service.ts), under the session of one upload-pack run; this cache answers it:
  *
  * - 204: run pack-objects yourself (a key seen for the first time: most packs are asked for
  *   once, and are not worth the disk; the cache stepping aside);
@@ -17,30 +17,22 @@
  * its stdin (wants, haves, shallow lines); nothing per user. Objects are immutable, so an entry
  * is correct forever; `maxAgeMs` and `maxBytes` bound the disk, not correctness.
  */
-import http from 'node:http'
+import type http from 'node:http'
 import { createHash, randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { open, readFile, rename, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { LRUCache } from 'lru-cache'
 import type { FastifyBaseLogger } from 'fastify'
 import { spawnChild } from '../process/child.js'
-
-/**
- * The pack-objects hook's protocol (src/git/pack-objects-hook.c HOOK_PROTOCOL): a POST with
- * X-VCS-Hook-Protocol, X-VCS-Token, X-VCS-Cwd and X-VCS-Args and pack-objects' input as the
- * body; answered 200 with X-VCS-File (a finished entry), 200 chunked (a production followed as
- * it is written, its trailer the rest of the progress), or anything else (run pack-objects).
- */
-export const PACK_HOOK_PROTOCOL = 1
+import { readHookBody, type HookService } from './hook-service.js'
 
 export type PackCacheOutcome = 'hit' | 'miss' | 'follow' | 'off'
 
 export interface PackCacheOptions {
   dir: string
-  /** where the hook script is written (the hooks dir) */
-  hookPath: string
+  /** the service the hook program calls (hook-service.ts): the cache answers its pack-objects calls */
+  hooks: HookService
   gitBin: string
   env: Record<string, string>
   maxAgeMs: number
@@ -64,14 +56,6 @@ export interface PackCacheOptions {
   log: FastifyBaseLogger
 }
 
-/**
- * The hook git runs (pack-objects-hook.c, built into dist/bin by `npm run build` and set-up):
- * git starts it for every fetch, so its start-up is paid on every cache hit. A static C binary
- * starts in ~1 ms of CPU here; the perl script it replaces cost ~7 ms (a shallow fetch served
- * from the cache costs ~45 ms in all), and the first hook, sh with curl and coreutils, ~120 ms.
- */
-export const PACK_HOOK = fileURLToPath(new URL('../../bin/pack-objects-hook', import.meta.url))
-
 /** progress text kept with an entry (its tail): it travels in a header */
 const MAX_PROGRESS = 6 * 1024
 
@@ -80,7 +64,6 @@ const FLAGS = new Set(['--revs', '--thin', '--stdout', '--progress', '--delta-ba
 const VALUED = /^--(filter|uri-protocol)=[A-Za-z0-9:+._-]+$/
 
 interface Session {
-  repoDir: string
   onOutcome: (outcome: PackCacheOutcome) => void
 }
 
@@ -194,9 +177,6 @@ export interface PackCacheStats {
 }
 
 export class PackObjectsCache {
-  private server: http.Server | undefined
-  private url = ''
-  private readonly sessions = new Map<string, Session>()
   private readonly producing = new Map<string, Production>()
   private readonly seen: LRUCache<string, number>
   readonly stats: PackCacheStats = { hits: 0, misses: 0, follows: 0, bytesServed: 0, evictions: 0, failures: 0, overflows: 0 }
@@ -218,19 +198,9 @@ export class PackObjectsCache {
     this.finishedBytes = this.entryCount().bytes
   }
 
-  async start(): Promise<void> {
-    if (!existsSync(PACK_HOOK)) throw new Error(`the pack-objects hook is not built (${PACK_HOOK}): run \`npm run build\`, or start with --no-pack-cache`)
-    const tmp = `${this.opts.hookPath}.${process.pid}`
-    writeFileSync(tmp, readFileSync(PACK_HOOK), { mode: 0o755 })
-    renameSync(tmp, this.opts.hookPath)
-    this.server = http.createServer((req, res) => { void this.handle(req, res) })
-    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve))
-    this.url = `http://127.0.0.1:${(this.server.address() as { port: number }).port}/pack-objects`
-  }
-
-  async stop(): Promise<void> {
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()))
-    this.server?.closeAllConnections()
+  /** Answers the hook program's pack-objects calls from now on. */
+  start(): void {
+    this.opts.hooks.route<Session & { repoDir: string }>('pack-objects', (req, res, session) => this.handle(req, res, session))
   }
 
   /**
@@ -251,15 +221,10 @@ export class PackObjectsCache {
     return this.degraded ? `degraded (clones served directly): ${this.degraded}` : `${entries} entries, ${Math.round(bytes / 1048576)} MiB`
   }
 
-  /** A session for one upload-pack: the environment and `-c` setting its child needs. */
+  /** A session for one upload-pack in `repoDir`: the environment and `-c` setting its child needs. */
   open(repoDir: string, onOutcome: (o: PackCacheOutcome) => void): { env: Record<string, string>; config: string[]; close: () => void } {
-    const token = randomBytes(24).toString('base64url')
-    this.sessions.set(token, { repoDir, onOutcome })
-    return {
-      env: { VCS_WORKER_PACK_URL: this.url, VCS_WORKER_PACK_TOKEN: token },
-      config: [`uploadpack.packObjectsHook=${this.opts.hookPath}`],
-      close: () => { this.sessions.delete(token) },
-    }
+    const session = this.opts.hooks.open('fetch', repoDir, { repoDir, onOutcome })
+    return { env: session.env, config: [`uploadpack.packObjectsHook=${this.opts.hooks.hookPath('pack-objects')}`], close: session.close }
   }
 
   entryCount(): { entries: number; bytes: number } {
@@ -275,19 +240,7 @@ export class PackObjectsCache {
     return { entries, bytes }
   }
 
-  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    // the caller is judged on its headers before a byte of its body is read
-    if (req.headers['x-vcs-hook-protocol'] !== String(PACK_HOOK_PROTOCOL)) {
-      // a hook of another build (a data dir shared with another version): it runs pack-objects itself
-      res.writeHead(409, { connection: 'close' }).end('pack-objects hook of another protocol\n')
-      return
-    }
-    const token = String(req.headers['x-vcs-token'] ?? '')
-    const session = this.sessions.get(token)
-    if (!session || path.resolve(String(req.headers['x-vcs-cwd'] ?? '')) !== session.repoDir) {
-      res.writeHead(403, { connection: 'close' }).end('unknown pack-objects call\n')
-      return
-    }
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse, session: Session & { repoDir: string }): Promise<void> {
     // the hook sends "$*": git's arguments joined by spaces (flags have none; the one empty
     // argument, after --shallow-file, shows as two spaces)
     const args = checkArgs(String(req.headers['x-vcs-args'] ?? '').split(' '))
@@ -295,11 +248,9 @@ export class PackObjectsCache {
       res.writeHead(400, { connection: 'close' }).end('unexpected pack-objects arguments\n')
       return
     }
-    let input: Buffer
-    try {
-      input = await readBody(req, this.opts.maxInputBytes)
-    } catch (err) {
-      res.writeHead(400, { connection: 'close' }).end(`${(err as Error).message}\n`)
+    const input = await readHookBody(req, this.opts.maxInputBytes)
+    if (!input) {
+      res.writeHead(400, { connection: 'close' }).end('pack-objects input too large\n')
       return
     }
     const direct = (outcome: PackCacheOutcome): void => {
@@ -586,18 +537,6 @@ function drained(res: http.ServerResponse): Promise<void> {
     res.on('drain', done)
     res.on('close', done)
   })
-}
-
-/** The hook's call body: pack-objects' stdin, bounded. */
-async function readBody(req: http.IncomingMessage, max: number): Promise<Buffer> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const c of req) {
-    size += (c as Buffer).length
-    if (size > max) throw new Error('pack-objects input too large')
-    chunks.push(c as Buffer)
-  }
-  return Buffer.concat(chunks)
 }
 
 /**

@@ -1,47 +1,29 @@
 /**
- * Per-ref authorization for pushes. receive-pack runs with `core.hooksPath` pointing at hook
- * scripts the worker writes: `pre-receive` asks this loopback endpoint which updates the ref
- * hooks refuse; `update` then declines exactly those refs, and ReportRewriter turns git's
- * `hook declined` into our reason. The other receive-side hooks chain to the repository's own.
- * Each push gets a random token naming its principal and repo; the endpoint answers nothing
- * without one.
+ * Per-ref authorization for pushes, and what the worker does after one. receive-pack runs with
+ * `core.hooksPath` naming the hooks dir, where the worker's hook program stands under each
+ * hook's name (hook-service.ts, src/git/hook.c): `pre-receive` asks this module which updates
+ * the ref hooks refuse; `update` then declines exactly those refs, and ReportRewriter turns
+ * git's `hook declined` into our reason. `post-receive` tells it what moved. Each of the
+ * repository's own hooks runs after ours. Each push gets a hook session naming its principal
+ * and repo; nothing is answered without one.
  */
-import http from 'node:http'
+import type http from 'node:http'
 import { VcsError } from '../errors.js'
-import { randomBytes } from 'node:crypto'
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs'
-import { realpath, rm } from 'node:fs/promises'
+import { rename, rm, writeFile } from 'node:fs/promises'
+import { realpath } from 'node:fs/promises'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { RefContext, RefRejection, RefUpdate } from '../auth/plugin.js'
-import { HOOK_PROTOCOL, type HookAnswer, type HookError, type HookRequest } from './hook-protocol.js'
+import { UPDATE_KINDS } from './hook-protocol.js'
+import { readHookBody, type HookService } from './hook-service.js'
+import type { GitRunner } from './spawn.js'
 
-/** Hooks receive-pack may run that are not ours: each chains to the repository's own. */
-const PASS_THROUGH = ['post-update', 'push-to-checkout']
-
-/**
- * post-receive: HEAD follows the first branch pushed to a repo whose HEAD names no branch that
- * exists (GitLab and Gitea do the same): dulwich, libgit2 and isomorphic-git cannot clone a repo
- * whose HEAD dangles. Then the repository's own post-receive, with the same input.
- */
-const POST_RECEIVE = `#!/bin/sh
-git="\${VCS_WORKER_GIT:-git}" # the worker's gitBin
-input=$(cat)
-head=$("$git" symbolic-ref -q HEAD) || head=
-if [ -n "$head" ] && ! "$git" rev-parse -q --verify "$head" >/dev/null; then
-  first=$(printf '%s\\n' "$input" | while read -r old new ref; do
-    case "$ref" in refs/heads/*) if "$git" rev-parse -q --verify "$ref" >/dev/null; then echo "$ref"; break; fi ;; esac
-  done)
-  if [ -n "$first" ]; then "$git" symbolic-ref HEAD "$first"; fi
-fi
-if [ -x hooks/post-receive ]; then printf '%s\\n' "$input" | exec hooks/post-receive "$@"; fi
-exit 0
-`
 const MAX_BODY = 4 * 1024 * 1024
 
 export interface PushSession {
   token: string
   rejectsFile: string
+  /** what receive-pack's environment needs for the hooks */
+  env: Record<string, string>
   /** our reason for a ref we declined */
   reasonFor(ref: string): string | undefined
   close(): Promise<void>
@@ -49,93 +31,110 @@ export interface PushSession {
 
 type Check = (ctx: RefContext) => Promise<RefRejection[]>
 
-/** Writes the hook scripts into `dir` (atomically, so concurrent workers may share it). */
-export function installHookScripts(dir: string): void {
-  mkdirSync(dir, { recursive: true })
-  const preReceive = path.join(path.dirname(fileURLToPath(import.meta.url)), 'hooks', 'pre-receive.js')
-  const scripts: Record<string, string> = {
-    'pre-receive': `#!/bin/sh\nexec '${process.execPath}' '${preReceive}'\n`,
-    update: '#!/bin/sh\n'
-      + 'if [ -f "$VCS_WORKER_HOOK_REJECTS" ] && grep -qxF -- "$1" "$VCS_WORKER_HOOK_REJECTS"; then exit 1; fi\n'
-      + 'if [ -x hooks/update ]; then exec hooks/update "$@"; fi\nexit 0\n',
-    'post-receive': POST_RECEIVE,
-  }
-  for (const name of PASS_THROUGH) scripts[name] = `#!/bin/sh\nif [ -x hooks/${name} ]; then exec hooks/${name} "$@"; fi\nexit 0\n`
-  for (const [name, body] of Object.entries(scripts)) {
-    const tmp = path.join(dir, `.${name}.${process.pid}`)
-    writeFileSync(tmp, body, { mode: 0o755 })
-    renameSync(tmp, path.join(dir, name))
-  }
+interface Push {
+  ctx: Omit<RefContext, 'updates'>
+  reasons: Map<string, string>
+  rejectsFile: string
 }
 
-/** The loopback endpoint the pre-receive hook calls, and the per-push sessions. */
-export class RefHookServer {
-  private server: http.Server | undefined
-  private url = ''
-  private readonly sessions = new Map<string, { ctx: Omit<RefContext, 'updates'>; reasons: Map<string, string> }>()
-
-  /** @param gitBin the git the hooks run (the worker's gitBin), as VCS_WORKER_GIT */
-  constructor(private readonly check: Check, private readonly tmpDir: string, private readonly gitBin = 'git') {}
-
-  async start(): Promise<void> {
-    this.server = http.createServer((req, res) => { void this.handle(req, res) })
-    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve))
-    this.url = `http://127.0.0.1:${(this.server.address() as { port: number }).port}/pre-receive`
+/** The push side of the hook service: pre-receive's checks and post-receive's follow-up. */
+export class PushHooks {
+  /**
+   * @param git runs post-receive's follow-up (the worker's gitBin)
+   * @param gitBin the git the hook program runs for ancestry (VCS_WORKER_GIT)
+   */
+  constructor(private readonly service: HookService, private readonly check: Check, private readonly tmpDir: string,
+    private readonly git: Pick<GitRunner, 'exec'>, private readonly gitBin = 'git') {
+    service.route<Push>('pre-receive', (req, res, push) => this.preReceive(req, res, push))
+    service.route<Push>('post-receive', (req, res, push) => this.postReceive(req, res, push))
   }
 
-  async stop(): Promise<void> {
-    if (!this.server) return
-    this.server.closeAllConnections()
-    await new Promise((resolve) => this.server!.close(resolve))
-  }
-
-  /** Environment for one receive-pack run. */
-  open(ctx: Omit<RefContext, 'updates'>): PushSession & { env: Record<string, string> } {
-    const token = randomBytes(24).toString('base64url')
+  /** A session for one receive-pack run. */
+  open(ctx: Omit<RefContext, 'updates'>): PushSession {
     const reasons = new Map<string, string>()
-    this.sessions.set(token, { ctx, reasons })
-    const rejectsFile = path.join(this.tmpDir, `rejects-${token}`)
+    const push: Push = { ctx, reasons, rejectsFile: '' }
+    const session = this.service.open('push', ctx.repo.dir, push)
+    push.rejectsFile = path.join(this.tmpDir, `rejects-${session.token}`)
     return {
-      token,
-      rejectsFile,
-      env: { VCS_WORKER_HOOK_URL: this.url, VCS_WORKER_HOOK_TOKEN: token, VCS_WORKER_HOOK_REJECTS: rejectsFile, VCS_WORKER_GIT: this.gitBin },
+      token: session.token,
+      rejectsFile: push.rejectsFile,
+      env: { ...session.env, VCS_WORKER_HOOK_REJECTS: push.rejectsFile, VCS_WORKER_GIT: this.gitBin },
       reasonFor: (ref) => reasons.get(ref),
       close: async () => {
-        this.sessions.delete(token)
-        await rm(rejectsFile, { force: true })
+        session.close()
+        await rm(push.rejectsFile, { force: true })
       },
     }
   }
 
-  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const reply = (status: number, body: HookAnswer | HookError): void => {
-      res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
+  private async preReceive(req: http.IncomingMessage, res: http.ServerResponse, push: Push): Promise<void> {
+    const answer = (status: number, text: string): void => {
+      res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(text) }).end(text)
     }
+    const body = await readHookBody(req, MAX_BODY)
+    if (!body) return answer(413, 'too many ref updates in one push\n')
+    const updates = parseUpdates(body.toString('utf8'))
+    if (!updates) return answer(400, 'unexpected ref updates\n')
+    const quarantine = await quarantineOf(push.ctx.repo.dir, req.headers['x-vcs-objects'])
+    if (quarantine === null) return answer(400, 'unexpected object directory\n')
+    let rejections: RefRejection[]
     try {
-      const chunks: Buffer[] = []
-      let size = 0
-      for await (const c of req) {
-        size += (c as Buffer).length
-        if (size > MAX_BODY) return reply(413, { error: 'too large' })
-        chunks.push(c as Buffer)
-      }
-      const { v, token, updates, objects } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { [K in keyof HookRequest]?: unknown }
-      if (v !== HOOK_PROTOCOL) return reply(400, { error: 'protocol', reason: `the push hook speaks protocol ${String(v)}, this worker ${HOOK_PROTOCOL}: restart the workers sharing this data dir on one version` })
-      const session = typeof token === 'string' ? this.sessions.get(token) : undefined
-      if (!session || !Array.isArray(updates)) return reply(403, { error: 'unknown push' })
-      const checked = updates.filter(isRefUpdate)
-      if (checked.length !== updates.length) return reply(400, { error: 'bad updates' })
-      const quarantine = await quarantineOf(session.ctx.repo.dir, objects)
-      if (quarantine === null) return reply(400, { error: 'bad quarantine' })
-      const rejections = await this.check({ ...session.ctx, updates: checked, quarantine })
-      for (const r of rejections) session.reasons.set(r.ref, r.reason)
-      reply(200, { rejections } satisfies HookAnswer)
+      rejections = await this.check({ ...push.ctx, updates, quarantine })
     } catch (err) {
       // a refusal the pusher may read (the account store unreachable: 503) is passed on
-      if (err instanceof VcsError) return reply(err.statusCode, { error: 'check failed', reason: err.message })
-      reply(500, { error: 'check failed' })
+      if (err instanceof VcsError) return answer(err.statusCode, `${oneLine(err.message)}\n`)
+      return answer(500, 'the worker could not check the push\n')
     }
+    for (const r of rejections) push.reasons.set(r.ref, r.reason)
+    // written whole before the answer: `update` reads it for every ref
+    const tmp = `${push.rejectsFile}.tmp`
+    await writeFile(tmp, rejections.map((r) => `${r.ref}\n`).join(''))
+    await rename(tmp, push.rejectsFile)
+    answer(200, rejections.map((r) => `${r.ref}: ${oneLine(r.reason)}\n`).join(''))
   }
+
+  /**
+   * HEAD follows the first branch pushed to a repo whose HEAD names no branch that exists
+   * (GitLab and Gitea do the same): dulwich, libgit2 and isomorphic-git cannot clone a repo
+   * whose HEAD dangles.
+   */
+  private async postReceive(req: http.IncomingMessage, res: http.ServerResponse, push: Push): Promise<void> {
+    const body = await readHookBody(req, MAX_BODY)
+    const cwd = push.ctx.repo.dir
+    const exists = (ref: string): Promise<boolean> => this.git.exec(['rev-parse', '-q', '--verify', '--end-of-options', ref], { cwd }).then(() => true, () => false)
+    const head = (await this.git.exec(['symbolic-ref', '-q', 'HEAD'], { cwd }).catch(() => '')).trim()
+    if (body && head && !(await exists(head))) {
+      for (const line of body.toString('utf8').split('\n')) {
+        const ref = line.split(' ')[2]
+        if (ref?.startsWith('refs/heads/') && REF_NAME.test(ref) && await exists(ref)) {
+          await this.git.exec(['symbolic-ref', 'HEAD', ref], { cwd })
+          break
+        }
+      }
+    }
+    res.writeHead(200, { 'content-length': 0 }).end()
+  }
+}
+
+const oneLine = (s: string): string => s.replace(/[\r\n]+/g, ' ')
+
+/** a ref name as a hook reads one: no spaces or control characters, not an option */
+// eslint-disable-next-line no-control-regex
+const REF_NAME = /^refs\/[^\x00-\x20\x7f]+$/
+/** an object id as git prints one (SHA-1 or SHA-256): never an option to the git commands the ref hooks run */
+const OBJECT_ID = /^[0-9a-f]{40}([0-9a-f]{24})?$/
+
+/** `OLD NEW KIND REF` lines, each judged; undefined if any is not one */
+function parseUpdates(text: string): RefUpdate[] | undefined {
+  const updates: RefUpdate[] = []
+  for (const line of text.split('\n')) {
+    if (line === '') continue
+    const [oldId, newId, kind, ref, ...rest] = line.split(' ')
+    if (rest.length || !oldId || !newId || !ref || !OBJECT_ID.test(oldId) || !OBJECT_ID.test(newId) || !REF_NAME.test(ref)) return undefined
+    if (!(UPDATE_KINDS as readonly string[]).includes(kind ?? '')) return undefined
+    updates.push({ ref, oldId, newId, kind: kind as RefUpdate['kind'] })
+  }
+  return updates
 }
 
 /**
@@ -152,12 +151,3 @@ async function quarantineOf(repoDir: string, objects: unknown): Promise<RefConte
   return { objects: path.join(own, path.basename(objects)), alternate: own }
 }
 const QUARANTINE = /^tmp_objdir-incoming-[A-Za-z0-9]+$/
-
-/** an object id as git prints one (SHA-1 or SHA-256): never an option to the git commands the ref hooks run */
-const OBJECT_ID = /^[0-9a-f]{40}([0-9a-f]{24})?$/
-
-function isRefUpdate(u: unknown): u is RefUpdate {
-  const x = u as RefUpdate
-  return typeof x?.ref === 'string' && typeof x.oldId === 'string' && typeof x.newId === 'string'
-    && OBJECT_ID.test(x.oldId) && OBJECT_ID.test(x.newId) && ['create', 'update', 'force', 'delete'].includes(x.kind)
-}

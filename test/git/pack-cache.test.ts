@@ -6,7 +6,9 @@ import os from 'node:os'
 import path from 'node:path'
 import { pino } from 'pino'
 import { addBigRepo, gitClient, gitWrapper, metric, startWorker, waitFor, type Worker } from '../helpers/worker.js'
-import { checkArgs, PACK_HOOK_PROTOCOL, PackObjectsCache } from '../../src/git/pack-cache.js'
+import { checkArgs, PackObjectsCache } from '../../src/git/pack-cache.js'
+import { HookService } from '../../src/git/hook-service.js'
+import { HOOK_PROTOCOL } from '../../src/git/hook-protocol.js'
 
 const outcomes = (w: { logs(): Record<string, unknown>[] }, from = 0) =>
   // requests that ran pack-objects (a v2 ls-refs does not)
@@ -256,27 +258,32 @@ t.test('the endpoint answers only the upload-pack it was opened for: no token, a
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const repoDir = path.join(dir, 'r.git')
   await mkdir(repoDir)
+  const hooks = new HookService(path.join(dir, 'hooks'))
+  await hooks.start()
+  t.teardown(() => hooks.stop())
   const cache = new PackObjectsCache({
-    dir: path.join(dir, 'cache'), hookPath: path.join(dir, 'hook'), gitBin: 'git', env: { PATH: process.env.PATH! },
+    dir: path.join(dir, 'cache'), hooks, gitBin: 'git', env: { PATH: process.env.PATH! },
     maxAgeMs: 60_000, maxBytes: 1 << 30, writeOnOccurrence: 2, diskFloorBytes: 0, maxProductions: 1,
     maxInputBytes: 1024, killGraceMs: 1000, nice: 0, viaHelper: false, log: pino({ level: 'silent' }),
   })
-  await cache.start()
-  t.teardown(() => cache.stop())
+  cache.start()
   const seen: string[] = []
   const session = cache.open(repoDir, (o) => seen.push(o))
-  const url = session.env.VCS_WORKER_PACK_URL!
+  const url = `${session.env.VCS_WORKER_HOOK_URL!}/pack-objects`
   const call = async (headers: Record<string, string>, body = 'want\n') => {
     const res = await fetch(url, { method: 'POST', headers, body })
     return { status: res.status, text: await res.text() }
   }
-  const good = { 'x-vcs-hook-protocol': String(PACK_HOOK_PROTOCOL), 'x-vcs-token': session.env.VCS_WORKER_PACK_TOKEN!, 'x-vcs-cwd': repoDir, 'x-vcs-args': 'git pack-objects --revs --stdout' }
-  t.same(await call({ 'x-vcs-hook-protocol': String(PACK_HOOK_PROTOCOL), 'x-vcs-cwd': repoDir, 'x-vcs-args': good['x-vcs-args'] }), { status: 403, text: 'unknown pack-objects call\n' }, 'no token')
-  t.same(await call({ ...good, 'x-vcs-hook-protocol': String(PACK_HOOK_PROTOCOL + 1) }), { status: 409, text: 'pack-objects hook of another protocol\n' }, 'a hook of another protocol')
+  const good = { 'x-vcs-hook-protocol': String(HOOK_PROTOCOL), 'x-vcs-token': session.env.VCS_WORKER_HOOK_TOKEN!, 'x-vcs-cwd': repoDir, 'x-vcs-args': 'git pack-objects --revs --stdout' }
+  t.same(await call({ 'x-vcs-hook-protocol': String(HOOK_PROTOCOL), 'x-vcs-cwd': repoDir, 'x-vcs-args': good['x-vcs-args'] }), { status: 403, text: 'unknown hook call\n' }, 'no token')
+  t.same(await call({ ...good, 'x-vcs-hook-protocol': String(HOOK_PROTOCOL + 1) }), { status: 409, text: `the hook program speaks protocol ${HOOK_PROTOCOL + 1}, this worker ${HOOK_PROTOCOL}: restart the workers sharing this data dir on one version\n` }, 'a hook of another protocol')
   const { 'x-vcs-hook-protocol': _, ...unversioned } = good
-  t.same(await call(unversioned), { status: 409, text: 'pack-objects hook of another protocol\n' }, 'a hook that names no protocol')
-  t.same(await call({ ...good, 'x-vcs-token': 'guessed' }), { status: 403, text: 'unknown pack-objects call\n' }, 'a token never issued')
-  t.same(await call({ ...good, 'x-vcs-cwd': dir }), { status: 403, text: 'unknown pack-objects call\n' }, 'another directory')
+  t.same(await call(unversioned), { status: 409, text: `the hook program speaks protocol none, this worker ${HOOK_PROTOCOL}: restart the workers sharing this data dir on one version\n` }, 'a hook that names no protocol')
+  t.same(await call({ ...good, 'x-vcs-token': 'guessed' }), { status: 403, text: 'unknown hook call\n' }, 'a token never issued')
+  const push = hooks.open('push', repoDir, {})
+  t.same(await call({ ...good, 'x-vcs-token': push.token }), { status: 403, text: 'unknown hook call\n' }, 'a push\'s session may not ask the pack cache')
+  push.close()
+  t.same(await call({ ...good, 'x-vcs-cwd': dir }), { status: 403, text: 'unknown hook call\n' }, 'another directory')
   t.same(await call({ ...good, 'x-vcs-args': 'git pack-objects --stdout --exec=sh' }), { status: 400, text: 'unexpected pack-objects arguments\n' }, 'an argument upload-pack never passes')
   t.same(await call(good, 'x'.repeat(2048)), { status: 400, text: 'pack-objects input too large\n' }, 'a body over maxInputBytes')
   t.same(seen, [], 'none of them counted as a cache outcome')
