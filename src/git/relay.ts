@@ -19,7 +19,7 @@ import type { Socket } from 'node:net'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Child } from '../process/child.js'
 import { relayOutcome, RELAY_CLOSE_GRACE_MS, type RelayReport } from '../process/relay.js'
-import { attach, inBandError } from './respond.js'
+import { attach, inBandError } from '../http/deliver.js'
 import { answerInstead, awaitOutcome, relayDelivered } from '../http/deliver.js'
 
 /**

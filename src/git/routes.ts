@@ -16,7 +16,7 @@ import type { Socket } from 'node:net'
 import { decodeBody, spillRequestBody, toClientError } from '../http/body.js'
 import { DUMB_HTTP, type RepoRoute } from '../http/routes.js'
 import { errPkt, FLUSH, pkt, PktLineChecker } from './pktline.js'
-import { inBandError, sendChildChunks, streamChild } from './respond.js'
+import { inBandError, sendChildChunks, streamChild } from '../http/deliver.js'
 import { finishRelayed } from './relay.js'
 import { PACK_RELAY, relayableSocket, relayHead } from '../process/relay.js'
 import { checkGitProtocol, protocolVersion, type GitRunner, type GitService, type RunOptions } from './spawn.js'
@@ -24,7 +24,7 @@ import { V2AdvertisementCache } from './advertise.js'
 import type { PackObjectsCache } from './pack-cache.js'
 import type { RefOutcome } from '../log.js'
 import { ReportRewriter } from './report-status.js'
-import type { RefHookServer } from './ref-hooks.js'
+import type { PushHooks } from './ref-hooks.js'
 import type { Action } from '../auth/plugin.js'
 import type { Admission, Release, WorkClass } from '../admission/admission.js'
 import { countOut } from '../http/deliver.js'
@@ -32,7 +32,7 @@ import { countOut } from '../http/deliver.js'
 export interface GitDeps {
   config: Config
   git: GitRunner
-  refHooks: RefHookServer
+  refHooks: PushHooks
   admission: Admission
   log: FastifyBaseLogger
   /** the pack-objects cache, when packCache is on */
@@ -133,20 +133,8 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
       await spill.dispose()
       return reply.send(Buffer.alloc(0))
     }
-    let release: Release | undefined
-    try {
-      const cls = await shape.workClass((oids) => git.anyObjectExists(repo.dir, oids))
-      if (cls) release = await deps.admission.admit(req, reply, cls)
-    } catch (err) {
-      await spill.dispose()
-      // git prints the body of a refused POST only as "HTTP 503": inside the protocol it
-      // prints the reason: "fatal: remote error: server busy: ...".
-      if (err instanceof ServiceUnavailableError) {
-        req.accessRecord.refused = err.message
-        return reply.headers(err.headers ?? {}).send(errPkt(err.message))
-      }
-      throw err
-    }
+    const { release, refused } = await admitFetch(req, reply, shape).catch(async (err: unknown) => { await spill.dispose(); throw err })
+    if (refused) return spill.dispose().then(() => refused)
     // with the pack-objects cache, git's pack-objects call goes through our hook (pack-cache.ts)
     const cache = deps.packCache?.open(repo.dir, (outcome) => { req.accessRecord.packCache = outcome })
     const delivery = uploadPackDelivery(req, reply, shape.command)
@@ -154,6 +142,22 @@ export function gitRoutes(deps: GitDeps): RepoRoute[] {
     void child.exited.then(() => { release?.(); cache?.close(); return spill.dispose() })
     pipeline(spill.reader(), stdinSink(child)).catch((err: unknown) => req.log.warn({ err }, 'feeding git upload-pack failed'))
     return deliverUploadPack(req, reply, child, delivery.relay?.socket)
+  }
+
+  /**
+   * A slot of the work class the negotiation asks for (none for a round that costs nothing). A
+   * refusal is told inside the protocol: git prints the body of a refused POST only as "HTTP
+   * 503", but "fatal: remote error: server busy: ..." from the protocol.
+   */
+  async function admitFetch(req: FastifyRequest, reply: FastifyReply, shape: NegotiationShape): Promise<{ release?: Release; refused?: FastifyReply }> {
+    try {
+      const cls = await shape.workClass((oids) => git.anyObjectExists(req.repo.dir, oids))
+      return { release: cls ? await deps.admission.admit(req, reply, cls) : undefined }
+    } catch (err) {
+      if (!(err instanceof ServiceUnavailableError)) throw err
+      req.accessRecord.refused = err.message
+      return { refused: reply.headers(err.headers ?? {}).send(errPkt(err.message)) }
+    }
   }
 
   /**
