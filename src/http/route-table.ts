@@ -8,10 +8,18 @@
  */
 import { HG_COMMAND_NAMES } from '../hg/commands.js'
 
-export type RouteId =
-  | 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'git_dumb' | 'hg_proxy' | 'hg_clonebundle'
-  | 'lfs_batch' | 'lfs_download' | 'lfs_upload' | 'lfs_verify' | 'lfs_locks'
-  | 'health_live' | 'health_ready' | 'health_git' | 'health_hg' | 'metrics' | 'root' | 'other'
+/**
+ * The repository routes: each is declared with its handler, access and limits as a RepoRoute
+ * (http/routes.ts) in its module (git/routes.ts, lfs/routes.ts, hg/routes.ts), and matched by
+ * the paths below. A new one is an id here, its path below, and its RepoRoute.
+ */
+export const REPO_ROUTE_IDS = [
+  'git_info_refs', 'git_upload_pack', 'git_receive_pack', 'hg_proxy', 'hg_clonebundle',
+  'lfs_batch', 'lfs_download', 'lfs_upload', 'lfs_verify', 'lfs_locks',
+] as const
+export type RepoRouteId = typeof REPO_ROUTE_IDS[number]
+
+export type RouteId = RepoRouteId | 'git_dumb' | 'health_live' | 'health_ready' | 'health_git' | 'health_hg' | 'metrics' | 'root' | 'other'
 
 /** git smart HTTP's endpoints (git's http-protocol.txt): the path ends with one of these */
 export const GIT_SUFFIXES = [

@@ -2,7 +2,7 @@
  * The route table's machinery. A repo path has any number of segments, which find-my-way cannot
  * match in front of a fixed suffix, so a classifier in front of the router (fastify's
  * `rewriteUrl`) reads the raw (undecoded) path, keeps the repo part aside, and rewrites the URL
- * to the fixed route of its endpoint: `/{repo}.git/info/refs` becomes `/.vcs/git/info-refs`.
+ * to the fixed route of its endpoint: `/{repo}.git/info/refs` becomes `/.vcs/git_info_refs`.
  * Percent-encoding never reaches the repo-path grammar, it fails it; no repo segment starts
  * with `.`, so no repo URL can name a fixed route. Each repository route is declared once
  * (app.ts) with its id, the kind of repo it serves and the access it needs; registering it
@@ -15,7 +15,7 @@ import { BadRequestError, MethodNotAllowedError, RepoNotFoundError, WrongKindErr
 import { resolveGitRepo, resolveHgRepo, type RepoKind, type RepoRef } from '../repos/path.js'
 import type { Action, Identity, VcsAuth } from '../auth/plugin.js'
 import type { HgRequest } from '../hg/request.js'
-import { DUMB_GIT_SUFFIX, GIT_SUFFIXES, HG_BUNDLE_SUFFIX, LFS_SUFFIXES, WORKER_OWN_PATHS, type RouteId, type UrlParams } from './route-table.js'
+import { DUMB_GIT_SUFFIX, GIT_SUFFIXES, HG_BUNDLE_SUFFIX, LFS_SUFFIXES, REPO_ROUTE_IDS, WORKER_OWN_PATHS, type RepoRouteId, type RouteId, type UrlParams } from './route-table.js'
 
 export type { RouteId }
 
@@ -42,20 +42,8 @@ const FIXED_PREFIX = '/.vcs/'
 /** where a URL naming a fixed route itself goes: no route, 404 */
 const NO_ROUTE = '/.vcs-no-route'
 
-/** Fixed URLs of the repository endpoints, as the classifier rewrites them. */
-export const REPO_URLS = {
-  git_info_refs: '/.vcs/git/info-refs',
-  git_upload_pack: '/.vcs/git/upload-pack',
-  git_receive_pack: '/.vcs/git/receive-pack',
-  git_dumb: '/.vcs/git/dumb',
-  hg_proxy: '/.vcs/hg',
-  hg_clonebundle: '/.vcs/hg/clonebundle',
-  lfs_batch: '/.vcs/lfs/batch',
-  lfs_download: '/.vcs/lfs/download',
-  lfs_upload: '/.vcs/lfs/upload',
-  lfs_verify: '/.vcs/lfs/verify',
-  lfs_locks: '/.vcs/lfs/locks',
-} as const
+/** Fixed URLs of the repository endpoints (and the dumb-HTTP refusal), as the classifier rewrites them. */
+export const REPO_URLS = Object.fromEntries([...REPO_ROUTE_IDS, 'git_dumb'].map((id) => [id, `${FIXED_PREFIX}${id}`])) as Record<RepoRouteId | 'git_dumb', string>
 
 /** the table's paths as the classifier matches them (route-table.ts), the repo part captured */
 const LFS = LFS_SUFFIXES.map(([suffix, id]) => [new RegExp(`^/(.+?)${suffix}$`), id] as const)
@@ -117,7 +105,7 @@ export function urlClassifier(hg: boolean): (req: IncomingMessage) => string {
 
 /** A repository route, declared once in the route table. */
 export interface RepoRoute {
-  id: 'git_info_refs' | 'git_upload_pack' | 'git_receive_pack' | 'hg_proxy' | 'hg_clonebundle' | 'lfs_batch' | 'lfs_download' | 'lfs_upload' | 'lfs_verify' | 'lfs_locks'
+  id: RepoRouteId
   /** the URL names the repo exactly: a path under it (hgweb's pages) is not this route's */
   exact?: true
   methods: ('GET' | 'POST' | 'PUT')[]

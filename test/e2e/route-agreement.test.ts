@@ -56,7 +56,7 @@ const CORPUS: { method: string; url: string; headers?: Record<string, string> }[
   { method: 'GET', url: '/x?cmd=notacommand' },
   { method: 'GET', url: '/x?service=git-upload-pack', headers: { 'content-type': 'application/x-git-upload-pack-request' } },
   { method: 'GET', url: '/demo.git/info/lfs/objects/xyz' },
-  { method: 'GET', url: '/.vcs/git/info-refs' },
+  { method: 'GET', url: '/.vcs/git_info_refs' },
   { method: 'GET', url: '/demo-hg?cmd=capabilities&cmd=heads' },
   { method: 'POST', url: '/demo-hg', headers: { 'content-type': 'application/mercurial-0.1' } },
 ]

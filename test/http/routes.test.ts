@@ -25,7 +25,7 @@ t.test('GET / says what this is; fixed routes cannot be reached from outside; 40
   const root = await rawRequest(w.port, 'GET', '/', { host: 'vcs.example:8080' })
   t.equal(root.status, 200)
   t.equal(root.body.toString(), `vcs-worker ${VERSION}: a git server. Clone with: git clone http://127.0.0.1:${w.port}/<repo>.git\n`, 'the version, and the address the client reached: never a Host header anyone could write')
-  const direct = await rawRequest(w.port, 'GET', '/.vcs/git/info-refs?service=git-upload-pack')
+  const direct = await rawRequest(w.port, 'GET', '/.vcs/git_info_refs?service=git-upload-pack')
   t.equal(direct.status, 404, 'the fixed URL itself is no route')
   const unknownHealth = await rawRequest(w.port, 'GET', '/health/nope')
   t.equal(unknownHealth.status, 404)
@@ -36,7 +36,7 @@ t.test('GET / says what this is; fixed routes cannot be reached from outside; 40
   const log = w.logs().filter((l) => l.msg === 'request')
   t.same(log.map((l) => [l.url, l.route, l.status]), [
     ['/', 'root', 200],
-    ['/.vcs/git/info-refs?service=git-upload-pack', 'other', 404],
+    ['/.vcs/git_info_refs?service=git-upload-pack', 'other', 404],
     ['/health/nope', 'other', 404],
     ['/demo.git/git-upload-pack', 'git_upload_pack', 405],
   ], 'access lines carry the URL as sent and the route id from the table')
@@ -46,7 +46,7 @@ t.test('with hg on, GET / mentions hg, and the fixed hg route cannot be named fr
   const w = await startWorker(t, { 'hg-processes': '1' })
   const root = await rawRequest(w.port, 'GET', '/', { host: 'h' })
   t.equal(root.body.toString(), `vcs-worker ${VERSION}: a git and Mercurial server. Clone with: git clone http://127.0.0.1:${w.port}/<repo>.git or hg clone http://127.0.0.1:${w.port}/<repo>\n`)
-  const direct = await rawRequest(w.port, 'GET', '/.vcs/hg?cmd=capabilities')
+  const direct = await rawRequest(w.port, 'GET', '/.vcs/hg_proxy?cmd=capabilities')
   t.equal(direct.status, 404)
   t.equal(direct.body.toString(), 'not found\n')
 })
