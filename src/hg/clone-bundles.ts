@@ -99,8 +99,9 @@ export class CloneBundles {
     }
     const present = meta.bundles.filter((_, i) => whole[i])
     const state = await repoState(repoDir)
-    if (state === meta.state || !present.length) return present
-    this.schedule(repoDir) // the repo changed since: made again, later
+    if (state === meta.state) return present
+    this.schedule(repoDir) // the repo changed since (an empty one got its first changeset too): made again, later
+    if (!present.length) return present
     const passed = await this.stillServed(repoDir, state, present)
     return present.filter((b) => passed.has(b.name))
   }
