@@ -11,7 +11,7 @@ export const isPostgresUrl = (value: string): boolean => /^postgres(ql)?:\/\//.t
 
 export interface OpenOptions {
   /** a PostgreSQL store's listener lost or regained its connection */
-  onEvent?: (event: 'listening' | 'lost', detail: string) => void
+  onEvent?: (event: 'listening' | 'lost' | 'changed', detail: string) => void
 }
 
 /** The store, migrated and ready; a PostgreSQL server that cannot be reached throws one line naming it (without its password). */

@@ -29,8 +29,8 @@ export interface PgStoreOptions {
   timeoutMs?: number
   /** cache request-path reads until a change is announced (default true; the benchmark turns it off) */
   readCache?: boolean
-  /** told of connection losses and recoveries (never the URL's password) */
-  onEvent?: (event: 'listening' | 'lost', detail: string) => void
+  /** told of connection losses and recoveries (never the URL's password), and of each change heard (its table) */
+  onEvent?: (event: 'listening' | 'lost' | 'changed', detail: string) => void
 }
 
 /** Is this error the server being unreachable or going away (rather than a bad query or row)? */
@@ -108,7 +108,9 @@ export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
     client.on('error', onLost)
     client.on('end', () => onLost())
     client.on('notification', (msg) => {
-      if (msg.channel === CHANNEL) dropCaches()
+      if (msg.channel !== CHANNEL) return
+      dropCaches()
+      opts.onEvent?.('changed', msg.payload ?? '')
     })
     try {
       await client.connect()

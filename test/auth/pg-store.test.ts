@@ -207,14 +207,15 @@ t.test('a change through one store is seen by another within a second (NOTIFY), 
 
 t.test('server down: cached answers still given, the rest StoreUnavailableError; back up: served afresh', async (t) => {
   const db = await server.database()
-  const s = await store(t, server.url(db))
+  const heard: string[] = []
+  const s = await openPgStore({ url: server.url(db), onEvent: (event, detail) => { if (event === 'changed') heard.push(detail) } })
+  t.teardown(() => s.close())
   await s.addUser('dee', 'h')
   await s.setRepo('known', 'git', true)
   // our own writes are announced too (NOTIFY), and their arrival drops the cache: read only
-  // after they came, or the read cached here can be dropped just before the outage
-  const announced = Date.now()
-  while (!s.changedSinceLastCheck() && Date.now() - announced < 5000) await new Promise((r) => setTimeout(r, 10))
-  await new Promise((r) => setTimeout(r, 100))
+  // after they came (in commit order: the last write's last), or the read cached here can be
+  // dropped just before the outage
+  await waitFor(() => heard.at(-1) === 'repos' && heard.includes('users'), 5000, 'both writes announced')
   s.changedSinceLastCheck()
   t.equal((await s.authorizeRepo('known'))?.public, true)
   t.equal(s.changedSinceLastCheck(), false, 'no change announced since that read: it stays cached')
