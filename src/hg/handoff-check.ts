@@ -12,13 +12,17 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config/load.js'
 import { spawnChild } from '../process/child.js'
 import { hgEnv } from './spawn.js'
-import { HandoffLine } from './handoff.js'
+import { HANDOFF_PROTOCOL, HandoffLine } from './handoff.js'
 
 const TIMEOUT_MS = 15_000
 const REQUEST_LINE = 'GET /vcs-worker-handoff-self-test HTTP/1.1'
 
-/** Resolves true when a handed-over connection is answered end to end on this runtime. */
-export async function handoffWorks(config: Config, extension: string, log: FastifyBaseLogger): Promise<boolean> {
+/**
+ * Resolves true when a handed-over connection is answered end to end on this runtime.
+ * `protocol`: the version the hand-over claims (handoff.ts HANDOFF_PROTOCOL unless a test asks
+ * for another, which the child must refuse).
+ */
+export async function handoffWorks(config: Config, extension: string, log: FastifyBaseLogger, protocol = HANDOFF_PROTOCOL): Promise<boolean> {
   const child = spawnChild(config.hgBin, ['--config', `extensions.vcsworker=${extension}`, 'debugvcsworkerhandoff'], {
     env: hgEnv(config, { VCS_WORKER_PID: String(process.pid), VCS_WORKER_HANDOFF_SELFTEST: '1' }),
     killGraceMs: config.killGraceMs,
@@ -37,7 +41,7 @@ export async function handoffWorks(config: Config, extension: string, log: Fasti
     client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1')
     const [ours] = await accepted
     const answer = readAll(client)
-    const line = new HandoffLine(child.channel, TIMEOUT_MS, () => child.kill())
+    const line = new HandoffLine(child.channel, TIMEOUT_MS, () => child.kill(), protocol)
     const timedOut = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`no answer within ${TIMEOUT_MS} ms`)), TIMEOUT_MS) })
     const result = await Promise.race([line.hand(ours, { head: Buffer.from(`${REQUEST_LINE}\r\n\r\n`), addr: '127.0.0.1', timeoutBody: '', idleMs: TIMEOUT_MS }), timedOut])
     const text = await Promise.race([answer, timedOut])

@@ -92,7 +92,8 @@ export class HandoffLine {
    *   connections handed over, a child that says nothing on the channel this long (it beats four
    *   times per silentMs, at most every second) is given up: `onSilent`
    */
-  constructor(private readonly proc: ChildProcess, private readonly silentMs: number, private readonly onSilent: () => void) {
+  /** @param protocol the version the messages carry: HANDOFF_PROTOCOL, another only to see the child refuse it */
+  constructor(private readonly proc: ChildProcess, private readonly silentMs: number, private readonly onSilent: () => void, private readonly protocol = HANDOFF_PROTOCOL) {
     proc.on('message', (m: unknown) => {
       this.heard = Date.now()
       if (isDone(m)) this.settle(m.id, { status: m.status, bytes: m.bytes, complete: m.complete === true, cut: m.cut === true })
@@ -126,7 +127,7 @@ export class HandoffLine {
       this.armSilence()
       const msg: ServeMessage = {
         cmd: 'vcsworker-serve',
-        v: HANDOFF_PROTOCOL,
+        v: this.protocol,
         id,
         head: req.head.toString('base64'),
         addr: req.addr,
