@@ -177,7 +177,7 @@ async function assemble(app: FastifyInstance, config: Config, deps: AppDeps, bas
   }
   const repoRoutes: RepoRoute[] = gitRoutes({ config, git, admission, refHooks, log: app.log, packCache })
   repoRoutes.push(...lfsRoutes({ config, store: new FsLfsStore(), auth: app.vcsAuth, admission, log: app.log, baseOf }), lockRoute({ store, admission, maxPerRepo: config.lfsMaxLocksPerRepo }))
-  app.vcsAuth.addRefHook(lockHook(store, git))
+  app.vcsAuth.addRefHook(lockHook(store, git, config.lfsLockCheckTimeoutMs))
   if (config.hgProcesses > 0) {
     const pool = new HgServePool(config, app.log)
     await pool.start()

@@ -79,6 +79,7 @@ export const SETTINGS = Type.Object({
   authStorePasswordFile: text('', 'a file whose first line is the PostgreSQL password (keeps it off the command line and out of the config file)'),
   authStorePoolSize: int(10, 'PostgreSQL connections each worker keeps at most (plus one that listens for changes)', { minimum: 1, maximum: 1000 }),
   lfsMaxObjectBytes: int(5 * 1024 ** 3, 'largest Git LFS object accepted (413 past it)', { minimum: 1 }),
+  lfsLockCheckTimeoutMs: int(20_000, 'how long listing a push\'s changed paths for the Git LFS lock check may take; past it the push is refused (fail closed). Under the push hook\'s own 30 s wait', { minimum: 100, maximum: 25_000 }),
   lfsMaxLocksPerRepo: int(10_000, 'Git LFS file locks one repository may hold; past it a new lock is refused (422)', { minimum: 1, maximum: 1_000_000 }),
   packCache: bool(true, 'the pack-objects cache: identical clone and fetch packs computed once, kept on disk for packCacheMaxAgeMs; an identical fetch that follows is served from it (docs/git.md, "The pack-objects cache"); false computes every pack'),
   packCacheDir: text('', 'where the pack-objects cache keeps its entries, per host (empty: DATA/pack-cache)'),

@@ -30,8 +30,6 @@ export const MAX_PAGE = 1000
 export const MAX_PATH_BYTES = 1024
 /** the output of the git command that lists a push's changed paths, at most (a push past it is refused, not waved through) */
 const MAX_CHANGED_PATHS_BYTES = 64 * 1024 * 1024
-/** how long listing a push's changed paths may take: under the pre-receive hook's own 30 s wait, so git is stopped, not left running */
-const CHECK_TIMEOUT_MS = 20_000
 const LOCK_ID = /^[1-9][0-9]{0,14}$/
 
 /** The API's lock object. */
@@ -180,7 +178,11 @@ export function lockRoute({ store, admission, maxPerRepo }: LockDeps): RepoRoute
  * time, never by reading every lock of the repo. The push's objects are in git's quarantine until
  * the hooks accept it, so git is pointed at it (`RefContext.quarantine`).
  */
-export function lockHook(store: LockStore, git: GitRunner): RefHook {
+/**
+ * @param checkTimeoutMs how long listing a push's changed paths may take (lfsLockCheckTimeoutMs):
+ *   under the pre-receive hook's own 30 s wait, so git is stopped, not left running
+ */
+export function lockHook(store: LockStore, git: GitRunner, checkTimeoutMs: number): RefHook {
   return async ({ principal, repo, updates, quarantine }) => {
     if (repo.kind !== 'git') return []
     const me = principal.kind === 'user' ? principal.id : -1
@@ -190,10 +192,10 @@ export function lockHook(store: LockStore, git: GitRunner): RefHook {
     for (const u of updates.filter((x: RefUpdate) => x.kind !== 'delete')) {
       let out: string
       try {
-        out = await git.exec(['--git-dir', repo.dir, 'log', '-z', '--format=', '--name-only', '--no-renames', '--diff-merges=first-parent', u.newId, '--not', '--all'], { env, maxOutput: MAX_CHANGED_PATHS_BYTES, timeoutMs: CHECK_TIMEOUT_MS })
+        out = await git.exec(['--git-dir', repo.dir, 'log', '-z', '--format=', '--name-only', '--no-renames', '--diff-merges=first-parent', u.newId, '--not', '--all'], { env, maxOutput: MAX_CHANGED_PATHS_BYTES, timeoutMs: checkTimeoutMs })
       } catch {
         // fail closed: what cannot be checked against the locks is not let through
-        rejections.push({ ref: u.ref, reason: `cannot check this push against file locks: its changed paths pass ${MAX_CHANGED_PATHS_BYTES / 1024 / 1024} MiB or ${CHECK_TIMEOUT_MS / 1000} s, or git failed` })
+        rejections.push({ ref: u.ref, reason: `cannot check this push against file locks: its changed paths pass ${MAX_CHANGED_PATHS_BYTES / 1024 / 1024} MiB or ${checkTimeoutMs / 1000} s, or git failed` })
         continue
       }
       const paths = [...new Set(out.split('\0').filter((p) => p !== '' && Buffer.byteLength(p) <= MAX_PATH_BYTES))]
