@@ -46,6 +46,8 @@ export interface AccessInfo {
   refs?: RefOutcome[]
   /** receive-pack's unpack status when it was not `ok` (a pack fsck refused) */
   unpack?: string
+  /** the push event this push's committed refs were journaled as (docs/events.md) */
+  event?: string
   /** reads the byte count of the request body lazily, at log time */
   countIn?: () => number
 }
@@ -291,6 +293,7 @@ export function installAccessLog(app: FastifyInstance, observer: AccessObserver 
         login_user: a.login?.user,
         login_failure: a.login?.reason,
         refs: a.refs?.slice(0, MAX_LOGGED_REFS),
+        event: a.event,
         refs_more: a.refs && a.refs.length > MAX_LOGGED_REFS ? a.refs.length - MAX_LOGGED_REFS : undefined,
         unpack: a.unpack,
         duration_ms: record.durationMs,

@@ -69,6 +69,31 @@ export const PG_MIGRATIONS = [
    );`,
   // 3: login lockouts cleared by `user unlock` (failures before at_ms no longer count)
   'CREATE TABLE login_unlocks (subject text PRIMARY KEY, at_ms bigint NOT NULL);',
+  // 4: the push events' journal (events/pg-journal.ts); no trigger: a push must not drop every
+  // worker's credential cache
+  `CREATE TABLE vcs_events (
+     pos bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+     id uuid NOT NULL UNIQUE,
+     repo text NOT NULL,
+     kind text NOT NULL,
+     protocol text NOT NULL,
+     pusher text,
+     at bigint NOT NULL,
+     changes jsonb NOT NULL,
+     detail jsonb,
+     state text NOT NULL CHECK (state IN ('intent', 'pending', 'delivered', 'failed')),
+     host text NOT NULL,
+     pid integer NOT NULL,
+     seq bigint,
+     attempts integer NOT NULL DEFAULT 0,
+     next_at bigint NOT NULL DEFAULT 0,
+     last_error text,
+     delivered_at bigint,
+     last_attempt_at bigint
+   );
+   CREATE INDEX vcs_events_open ON vcs_events (repo, pos) WHERE state IN ('intent', 'pending');
+   CREATE INDEX vcs_events_repo ON vcs_events (repo, pos);
+   CREATE TABLE vcs_event_seqs (repo text PRIMARY KEY, last bigint NOT NULL);`,
 ]
 
 /** Brings the schema up to date in one transaction, serialized across workers by an advisory lock. */

@@ -51,19 +51,24 @@ function unavailable(err: unknown): StoreUnavailableError {
 interface LockRow { id: string | number; repo: string; path: string; user_id: number; locked_at: string | number; owner: string }
 const lockRecord = (r: LockRow): LockRecord => ({ id: Number(r.id), repo: r.repo, path: r.path, ownerId: r.user_id, owner: r.owner, lockedAt: Number(r.locked_at) })
 
-/** Connects, migrates (once across the pool) and starts listening. Throws if the server cannot be reached. */
-export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
+/** How a client of the store connects: the URL, the password file, the time bounds. */
+export function pgClientConfig(opts: Pick<PgStoreOptions, 'url' | 'passwordFile' | 'timeoutMs'>): pg.ClientConfig {
   const timeoutMs = opts.timeoutMs ?? 5000
   const password = opts.passwordFile ? readFileSync(opts.passwordFile, 'utf8').split('\n')[0] : undefined
   // parsed here, not passed as connectionString: pg would let the URL's (absent) password
   // override the one from the file
-  const clientConfig: pg.ClientConfig = {
+  return {
     ...parseIntoClientConfig(opts.url),
     ...(password !== undefined ? { password } : {}),
     connectionTimeoutMillis: timeoutMs,
     query_timeout: timeoutMs,
     application_name: 'vcs-worker',
   }
+}
+
+/** Connects, migrates (once across the pool) and starts listening. Throws if the server cannot be reached. */
+export async function openPgStore(opts: PgStoreOptions): Promise<AuthStore> {
+  const clientConfig = pgClientConfig(opts)
   const pool = new pg.Pool({ ...clientConfig, max: opts.poolSize ?? 10, idleTimeoutMillis: 30_000 })
   // an idle client losing its server is reported here; the next query reconnects
   pool.on('error', () => {})
