@@ -65,14 +65,8 @@ const TOUCH_EVERY_S = 3600
 
 /** Opens (creating and migrating as needed) the store at `file`. */
 export function openSqliteStore(file: string): AuthStore {
-  // password hashes live here: a new store is readable by its owner only (SQLite gives the
-  // -wal and -shm files the database's own mode)
-  if (!existsSync(file)) closeSync(openSync(file, 'a', 0o600))
-  const db = new Database(file)
-  db.pragma('journal_mode = WAL')
-  db.pragma('busy_timeout = 5000')
+  const db = openSqliteFile(file, SQLITE_MIGRATIONS)
   db.pragma('foreign_keys = ON')
-  migrate(db)
 
   const q = {
     user: db.prepare<[string], { id: number; name: string; password: string }>('SELECT id, name, password FROM users WHERE name = ?'),
@@ -315,15 +309,30 @@ export function openSqliteStore(file: string): AuthStore {
 interface LockRow { id: number; repo: string; path: string; user_id: number; locked_at: number; owner: string }
 const lockRecord = (r: LockRow): LockRecord => ({ id: r.id, repo: r.repo, path: r.path, ownerId: r.user_id, owner: r.owner, lockedAt: r.locked_at })
 
-function migrate(db: Database.Database): void {
+/**
+ * A SQLite file of the data dir, created owner-only (SQLite gives the -wal and -shm files the
+ * database's own mode: password hashes, push history), in WAL mode, migrated.
+ */
+export function openSqliteFile(file: string, migrations: readonly string[], synchronous?: 'FULL'): Database.Database {
+  if (!existsSync(file)) closeSync(openSync(file, 'a', 0o600))
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
+  if (synchronous) db.pragma(`synchronous = ${synchronous}`)
+  db.pragma('busy_timeout = 5000')
+  migrateSqlite(db, migrations)
+  return db
+}
+
+/** Brings a SQLite file's schema up to `migrations` by its user_version (the auth store's, the events journal's). */
+export function migrateSqlite(db: Database.Database, migrations: readonly string[]): void {
   const current = db.pragma('user_version', { simple: true }) as number
-  if (current > SQLITE_MIGRATIONS.length) throw new SchemaTooNewError(current, SQLITE_MIGRATIONS.length)
-  for (let v = current; v < SQLITE_MIGRATIONS.length; v++) {
+  if (current > migrations.length) throw new SchemaTooNewError(current, migrations.length)
+  for (let v = current; v < migrations.length; v++) {
     db.transaction(() => {
       // another process (a second worker starting on a new data dir) may have migrated first:
       // the version is read again under the write lock
       if ((db.pragma('user_version', { simple: true }) as number) > v) return
-      db.exec(SQLITE_MIGRATIONS[v]!)
+      db.exec(migrations[v]!)
       db.pragma(`user_version = ${v + 1}`)
     }).immediate()
   }

@@ -6,10 +6,8 @@
  * taken in an immediate (write-locked) transaction; a claimer killed mid-delivery leaves a lease
  * that runs out, and another worker sends the event again (at least once).
  */
-import { closeSync, existsSync, openSync } from 'node:fs'
 import { randomBytes, randomUUID } from 'node:crypto'
-import Database from 'better-sqlite3'
-import { SchemaTooNewError } from '../auth/store.js'
+import { openSqliteFile } from '../auth/sqlite-store.js'
 import type { Change, Claim, EventFilter, EventJournal, EventRecord, JournalStats, NewEvent, Outcome } from './journal.js'
 
 /** how long a claim holds a head event: past the delivery timeout, with room */
@@ -61,12 +59,7 @@ export function recordOf(r: Row): EventRecord {
 const HEADS = "SELECT MIN(pos) FROM events WHERE state IN ('intent', 'pending') GROUP BY repo"
 
 export function openSqliteJournal(file: string): EventJournal {
-  if (!existsSync(file)) closeSync(openSync(file, 'a', 0o600))
-  const db = new Database(file)
-  db.pragma('journal_mode = WAL')
-  db.pragma('synchronous = FULL')
-  db.pragma('busy_timeout = 5000')
-  migrate(db)
+  const db = openSqliteFile(file, MIGRATIONS, 'FULL')
   const owner = randomBytes(8).toString('hex')
   const q = {
     insert: db.prepare<Record<string, unknown>, Row>(`INSERT INTO events (id, repo, kind, protocol, pusher, at, changes, detail, state, host, pid, next_at)
@@ -140,17 +133,5 @@ export function openSqliteJournal(file: string): EventJournal {
       return { pending: s.pending, intents: s.intents, failed: s.failed, oldestPendingAt: s.oldest }
     },
     async close() { db.close() },
-  }
-}
-
-function migrate(db: Database.Database): void {
-  const current = db.pragma('user_version', { simple: true }) as number
-  if (current > MIGRATIONS.length) throw new SchemaTooNewError(current, MIGRATIONS.length)
-  for (let v = current; v < MIGRATIONS.length; v++) {
-    db.transaction(() => {
-      if ((db.pragma('user_version', { simple: true }) as number) > v) return
-      db.exec(MIGRATIONS[v]!)
-      db.pragma(`user_version = ${v + 1}`)
-    }).immediate()
   }
 }
