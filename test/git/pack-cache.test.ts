@@ -84,6 +84,8 @@ t.test('a pack asked for again is computed once: direct, then written, then serv
   const before = w.logs().length
   t.equal((await git(['fetch', '-q', 'origin'], path.join(w.dir, 'c2'))).code, 0)
   t.match((await git(['log', '--format=%s', '-1', 'origin/main'], path.join(w.dir, 'c2'))).stdout, 'after the cache', 'and a fetch after the push too')
+  // a relayed answer's access line comes when the relay has reported, which may be after git returned
+  await waitFor(() => outcomes(w, before).length > 0, 5000, 'the fetch\'s access line')
   t.same(outcomes(w, before), ['miss'])
 
 })
