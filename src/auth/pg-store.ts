@@ -44,7 +44,7 @@ export function isUnavailable(err: unknown): boolean {
   return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection terminated due to connection timeout|Query read timeout|not queryable/i.test(e?.message ?? '')
 }
 
-function unavailable(err: unknown): StoreUnavailableError {
+export function unavailable(err: unknown): StoreUnavailableError {
   return new StoreUnavailableError((err as Error).message.split('\n')[0]!)
 }
 

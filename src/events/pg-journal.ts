@@ -8,9 +8,8 @@
  */
 import pg from 'pg'
 import { randomUUID } from 'node:crypto'
-import { pgClientConfig, isUnavailable } from '../auth/pg-store.js'
+import { pgClientConfig, isUnavailable, unavailable } from '../auth/pg-store.js'
 import { migrate } from '../auth/pg-schema.js'
-import { StoreUnavailableError } from '../auth/store.js'
 import { recordOf } from './sqlite-journal.js'
 import type { Change, Claim, EventJournal, EventRecord, JournalStats, NewEvent, Outcome } from './journal.js'
 
@@ -32,7 +31,7 @@ export async function openPgJournal(opts: PgJournalOptions): Promise<EventJourna
     try {
       return (await pool.query<R>(text, values)).rows
     } catch (err) {
-      if (isUnavailable(err)) throw new StoreUnavailableError((err as Error).message.split('\n')[0]!)
+      if (isUnavailable(err)) throw unavailable(err)
       throw err
     }
   }
@@ -57,7 +56,7 @@ export async function openPgJournal(opts: PgJournalOptions): Promise<EventJourna
     try {
       client = await pool.connect()
     } catch (err) {
-      throw new StoreUnavailableError((err as Error).message.split('\n')[0]!)
+      throw unavailable(err)
     }
     try {
       await client.query('BEGIN')
@@ -93,13 +92,13 @@ export async function openPgJournal(opts: PgJournalOptions): Promise<EventJourna
           } catch (err) {
             // the server went away: the row's lock went with the connection, the attempt is not recorded
             client.release(err as Error)
-            throw isUnavailable(err) ? new StoreUnavailableError((err as Error).message.split('\n')[0]!) : err
+            throw isUnavailable(err) ? unavailable(err) : err
           }
         },
       }
     } catch (err) {
       client.release(err as Error)
-      throw isUnavailable(err) ? new StoreUnavailableError((err as Error).message.split('\n')[0]!) : err
+      throw isUnavailable(err) ? unavailable(err) : err
     }
   }
 
